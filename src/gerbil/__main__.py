@@ -1,0 +1,5 @@
+import sys
+
+from gerbil.cli import main
+
+sys.exit(main())

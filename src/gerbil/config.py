@@ -1,0 +1,133 @@
+"""Model configuration and the Gerbil size ladder.
+
+Pure Python (no torch import): `gerbil plan` and the registry read these without touching a GPU.
+
+The ladder is GPT-J shaped (REFERENCE.md §1): parallel attention + MLP off one LayerNorm, rotary on the
+first `rotary_dim` dims of each head, untied embedding and head, head with bias.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# GPT-2 BPE (50,257) + the 7 Blender special tokens (REFERENCE.md §2).
+GPT2_VOCAB_SIZE = 50257
+VOCAB_SIZE = 50264
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of one GPT-J-style model. Serializable primitives only."""
+
+    d_model: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    rotary_dim: int = 8
+    vocab_size: int = VOCAB_SIZE
+    # Maximum context; rotary has no learned positions, so this only bounds the rope cache and exports.
+    seq_len: int = 2048
+    # Pad the embedding/head rows to a multiple of this for tensor-core friendly shapes (1 = no padding).
+    # Padded rows are never counted as parameters and their logits are masked to -inf.
+    pad_vocab_multiple: int = 1
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    arch: str = "gptj"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for f in ("d_model", "n_layer", "n_head", "vocab_size", "seq_len", "pad_vocab_multiple"):
+            if int(getattr(self, f)) <= 0:
+                raise ValueError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.rotary_dim % 2 or self.rotary_dim > self.head_dim or self.rotary_dim < 0:
+            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim {self.head_dim}")
+        if self.arch != "gptj":
+            raise ValueError(f"unknown arch {self.arch!r} (supported: gptj)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_multiple
+        return ((self.vocab_size + m - 1) // m) * m
+
+    def n_params(self, kind: str = "total") -> int:
+        """Parameter count at the real (unpadded) vocabulary.
+
+        kind: "total" (everything), "non_embedding" (blocks + final LayerNorm; excludes the token
+        embedding and the head weight+bias, the convention of REFERENCE.md §1), or "embedding".
+        """
+        d, L, V = self.d_model, self.n_layer, self.vocab_size
+        # per block: ln (2d) + q,k,v,out (4d², no bias) + fc_in (4d²+4d) + fc_out (4d²+d)
+        block = 2 * d + 4 * d * d + (4 * d * d + 4 * d) + (4 * d * d + d)
+        non_emb = L * block + 2 * d  # + final LayerNorm
+        emb = V * d + (V * d + V)  # wte + lm_head (weight + bias)
+        if kind == "total":
+            return non_emb + emb
+        if kind == "non_embedding":
+            return non_emb
+        if kind == "embedding":
+            return emb
+        raise ValueError(f"unknown parameter kind {kind!r} (total, non_embedding, embedding)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """One rung of the ladder: architecture + the seed's default global batch in tokens."""
+
+    name: str
+    d_model: int
+    n_layer: int
+    n_head: int
+    rotary_dim: int
+    batch_tokens: int  # REFERENCE.md §3
+    source: str = ""
+
+    def model_config(self, **overrides) -> ModelConfig:
+        kw = dict(d_model=self.d_model, n_layer=self.n_layer, n_head=self.n_head,
+                  rotary_dim=self.rotary_dim, name=self.name)
+        kw.update(overrides)
+        return ModelConfig(**kw)
+
+
+# The six ladder sizes (REFERENCE.md §1 and §3). Batch sizes: 65.5k = 32×2048, 131k = 64×2048, ...
+SIZES: dict[str, SizeSpec] = {
+    s.name: s
+    for s in [
+        SizeSpec("3.3m", 32, 4, 4, 8, 65_536, "published config.json"),
+        SizeSpec("6.7m", 64, 4, 4, 8, 131_072, "inferred from the param count"),
+        SizeSpec("15m", 128, 6, 8, 16, 131_072, "inferred (A budget 280M in the seed)"),
+        SizeSpec("32m", 256, 8, 8, 16, 262_144, "published config.json"),
+        SizeSpec("77m", 512, 8, 8, 64, 262_144, "published config.json"),
+        SizeSpec("104m", 640, 8, 10, 64, 1_048_576, "inferred from the param count"),
+    ]
+}
+
+PRESETS: dict[str, ModelConfig] = {name: spec.model_config() for name, spec in SIZES.items()}
+
+
+def get_size(name: str) -> SizeSpec:
+    """Look up a ladder size by name ("6.7m", also accepts "6.7M")."""
+    key = name.strip().lower()
+    if key not in SIZES:
+        raise ValueError(f"unknown size {name!r} (known: {', '.join(SIZES)})")
+    return SIZES[key]
+
+
+def model_config(size: str, **overrides) -> ModelConfig:
+    """ModelConfig for a ladder size, with field overrides (e.g. vocab_size, pad_vocab_multiple)."""
+    return get_size(size).model_config(**overrides)
