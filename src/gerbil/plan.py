@@ -1,0 +1,799 @@
+"""Training plans: class token budgets, batch schedules, steps, FLOPs and time estimates.
+
+Pure Python — this module never imports torch, so `gerbil plan` answers instantly on any machine and
+the trainer, the registry and the results table can all reuse it.
+
+A plan turns (model, class) into numbers:
+
+    budget  = ratio × total parameters              (class A 20, B 42, C 76, D 142, E 284; REFERENCE §3)
+    steps   = the exact integer steps of a `BatchSchedule` (constant batch or a ramp such as 131k-262k)
+    FLOPs   = flops_per_token × tokens trained      (PaLM's MFU convention, see `flops_per_token`)
+    time    = FLOPs / (GPU peak × MFU)              (peaks in `GPUS`, MFU measured per size, `default_mfu`)
+
+Star classes (E*, B*) continue an earlier run: `make_plan(..., from_run=RUN)` reads the run's latest
+checkpoint `meta.json` (plain JSON) and plans only the tokens still missing from the class budget.
+
+The formatting helpers (`fmt_params`, `fmt_tokens`, `fmt_batch`) write numbers the way the seed's
+results table does (6.7m, 134M, 131k, 131k-262k, 1M) and are shared with the results table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from gerbil.config import SIZES, ModelConfig, get_size
+from gerbil.errors import GerbilError
+
+# Tokens per total parameter (REFERENCE §3): A is Chinchilla-optimal; B–D are LLaMA's tokens/parameter
+# ratios scaled down to this ladder; E doubles D. A star class ("E*") has the same ratio but continues
+# an earlier checkpoint of the same model (the seed's B*-77m row used 40 instead of 42: pass ratio=40).
+CLASSES: dict[str, int] = {"A": 20, "B": 42, "C": 76, "D": 142, "E": 284}
+
+DEFAULT_SEQ_LEN = 2048
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def _short(x: float) -> str:
+    """One decimal below 10, a whole number from 10 on: 6.68 → '6.7', 76.7 → '77', 9.96 → '10'."""
+    if round(x, 1) < 10:
+        s = f"{x:.1f}"
+        return s[:-2] if s.endswith(".0") else s
+    return str(round(x))
+
+
+def fmt_params(n: int) -> str:
+    """Parameter count as the seed names models: 6,682,584 → '6.7m', 76,716,120 → '77m'.
+
+    The seed's size names are these strings for every published rung except 15m, whose preset has
+    ≈14.1M parameters ('14m'): tables show the ladder name, this helper shows the count.
+    """
+    n = int(n)
+    if n >= 1_000_000_000:
+        return _short(n / 1e9) + "b"
+    if n >= 1_000_000:
+        return _short(n / 1e6) + "m"
+    if n >= 1_000:
+        return _short(n / 1e3) + "k"
+    return str(n)
+
+
+def fmt_tokens(n: int) -> str:
+    """Token count in decimal millions as the seed's table writes it: 133,651,680 → '134M'.
+
+    Whole millions from 10M on (the seed writes 1520M, not 1.52B), one decimal below 10M, k below 1M.
+
+    What this reproduces: the seed multiplied a *nominal* parameter count by the ratio, and not always
+    the same one — A/B/C-6.7m used 6.7M (134M, 281M, 509M) while D-6.7m and E*-6.7m used 6M (852M,
+    1704M), A-15m 14M (280M), A-32m 32M (640M), A-77m 76M (1520M), A-104m 103M (2060M). gerbil
+    multiplies the exact count, so its strings equal the seed's for A-6.7m (134M) and B-6.7m (281M)
+    and differ elsewhere (A-77m: 20 × 76,716,120 = 1534M, D-6.7m: 949M). We do not imitate the
+    seed's inconsistent arithmetic.
+    """
+    n = int(n)
+    if n >= 1_000_000:
+        return _short(n / 1e6) + "M"
+    if n >= 1_000:
+        return _short(n / 1e3) + "k"
+    return str(n)
+
+
+_MEGA_BATCH = 1 << 20  # batch "M" is binary: the seed's 1M batch is 2^20 = 512 × 2048 tokens
+
+
+def _fmt_one_batch(n: int) -> str:
+    n = int(n)
+    if n >= _MEGA_BATCH:
+        y = n / _MEGA_BATCH
+        return (str(round(y)) if y >= 100 else f"{y:.3g}") + "M"
+    if n >= 1_000:
+        x = n / 1_000
+        return (str(round(x)) if x >= 100 else f"{x:.3g}") + "k"
+    return str(n)
+
+
+def fmt_batch(start: int, end: int | None = None) -> str:
+    """Batch size in tokens as the seed writes it: 65,536 → '65.5k', 131,072 → '131k', 2^20 → '1M'.
+
+    Below 2^20 the value is decimal thousands to three significant digits (131,072 → '131k', which
+    is how the seed names 2^17); from 2^20 on it is binary millions (2^20 → '1M', 1.5 × 2^20 →
+    '1.5M'). A ramp prints as 'start-end' ('131k-262k'). `parse_batch` reads these strings back.
+    """
+    if end is None or int(end) == int(start):
+        return _fmt_one_batch(start)
+    return f"{_fmt_one_batch(start)}-{_fmt_one_batch(end)}"
+
+
+def fmt_flops(x: float) -> str:
+    """FLOPs in compact scientific notation: 3.58e15."""
+    if x <= 0:
+        return "0"
+    exp = int(math.floor(math.log10(x)))
+    mant = x / 10**exp
+    if round(mant, 2) >= 10:  # 9.996e15 rounds to 10.0: carry into the exponent
+        mant, exp = mant / 10, exp + 1
+    return f"{mant:.3g}e{exp}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """Human duration: '42 s', '17 min', '3.2 h', '4.5 d'."""
+    s = float(seconds)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 90 * 60:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+# --------------------------------------------------------------------------------------------- parsing
+_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+_COUNT_RE = re.compile(rf"^{_NUM}(?:e(\d+))?\s*([kmbgt]?)$", re.IGNORECASE)
+_COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(text: str | int, what: str = "count") -> int:
+    """A token count with decimal suffixes: '500M' → 500,000,000, '1.5B' → 1,500,000,000, '2e9'.
+
+    Token counts are decimal, like the seed's 134M. Must be a positive whole number of tokens.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _COUNT_RE.match(str(text).strip().replace("_", "").replace(",", ""))
+        if not m:
+            raise ValueError(f"{what} {text!r} is not a number like 134M, 1.5B or 500000000")
+        x = float(m.group(1)) * 10 ** int(m.group(2) or 0) * _COUNT_UNITS[m.group(3).lower()]
+        value = round(x)
+    if value <= 0:
+        raise ValueError(f"{what} must be positive, got {text!r}")
+    return int(value)
+
+
+_BATCH_RE = re.compile(rf"^{_NUM}\s*([kKmM]?)$")
+_RAMP_SPLIT = re.compile(r"\s*(?:->|→|–|—|-|\.\.)\s*")
+
+
+def parse_batch(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> int:
+    """One global batch size in tokens, resolved to a multiple of `seq_len`.
+
+    - A plain integer ('131072') is taken exactly and must be a multiple of seq_len.
+    - 'k' is decimal thousands and 'M' binary millions (2^20), because that is what the seed's labels
+      mean: its batches are powers of two, written 65.5k (2^16), 131k (2^17), 262k, 524k, 1M (2^20).
+      Reading 'k' as ×1024 would be wrong: 131 × 1024 = 134,144 is not 131,072.
+    - A shorthand names a number only to its last written digit (131k = 131,000 ± 500). If a power
+      of two that is a multiple of seq_len lies in that range it is the one meant (131k → 131,072 at
+      any seq_len); otherwise the nearest multiple of seq_len is taken (500k → 499,712 at 2048).
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = int(text)
+        if n <= 0:
+            raise ValueError(f"batch must be positive, got {n}")
+        if n % seq_len:
+            raise ValueError(f"batch {n} tokens is not a multiple of seq_len {seq_len}")
+        return n
+    s = str(text).strip().replace("_", "").replace(",", "")
+    m = _BATCH_RE.match(s)
+    if not m:
+        raise ValueError(f"batch {text!r} is not a size like 131072, 131k or 1M")
+    digits, suffix = m.group(1), m.group(2)
+    if not suffix:
+        if "." in digits:
+            raise ValueError(f"batch {text!r} must be a whole number of tokens")
+        return parse_batch(int(digits), seq_len)
+    unit = 1_000 if suffix in "kK" else _MEGA_BATCH
+    value = float(digits) * unit
+    decimals = len(digits.split(".")[1]) if "." in digits else 0
+    half = 0.5 * unit / 10**decimals  # half a unit of the last written digit
+    candidates = [1 << e for e in range(0, 63)
+                  if abs((1 << e) - value) <= half and (1 << e) % seq_len == 0]
+    if candidates:
+        n = min(candidates, key=lambda p: abs(p - value))
+    else:
+        n = int(math.floor(value / seq_len + 0.5)) * seq_len
+    if n <= 0:
+        raise ValueError(f"batch {text!r} is smaller than one sequence of {seq_len} tokens")
+    return n
+
+
+def parse_batch_spec(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> tuple[int, int]:
+    """A batch or a ramp: '131k' → (131072, 131072); '131k-262k' → (131072, 262144).
+
+    A ramp must not shrink (the seed's ramps grow the batch as the loss flattens).
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        b = parse_batch(text, seq_len)
+        return b, b
+    s = str(text).strip()
+    parts = [p for p in _RAMP_SPLIT.split(s)]
+    if len(parts) == 1:
+        b = parse_batch(parts[0], seq_len)
+        return b, b
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"batch ramp {text!r} is malformed (expected START-END, e.g. 131k-262k)")
+    b0, b1 = parse_batch(parts[0], seq_len), parse_batch(parts[1], seq_len)
+    if b1 < b0:
+        raise ValueError(f"batch ramp {text!r} shrinks; a ramp goes from the smaller to the larger batch")
+    return b0, b1
+
+
+def parse_class(cls: str | None, ratio: float | None = None) -> tuple[str, float, bool]:
+    """(label, ratio, star) for a class name ('A', 'e*', 'E-star'), a number ('300', '~300') or None.
+
+    An explicit `ratio` overrides the class's ratio but keeps its label ('B*' with ratio 40 is the
+    seed's B*-77m). With no class and no ratio the class is A.
+    """
+    if ratio is not None:
+        ratio = float(ratio)
+        if not math.isfinite(ratio) or ratio <= 0:
+            raise ValueError(f"ratio must be a positive number of tokens per parameter, got {ratio:g}")
+    if cls is None or not str(cls).strip():
+        if ratio is None:
+            return "A", float(CLASSES["A"]), False
+        return f"{ratio:g}", ratio, False
+    s = str(cls).strip().upper()
+    star = False
+    for suffix in ("*", "-STAR", "STAR"):
+        if s.endswith(suffix):
+            s, star = s[: -len(suffix)], True
+            break
+    if s in CLASSES:
+        base = float(CLASSES[s])
+        label = s + ("*" if star else "")
+    else:
+        try:
+            base = float(s.lstrip("~"))
+        except ValueError:
+            raise ValueError(f"unknown class {cls!r} (A, B, C, D, E, a star class such as E*, "
+                             f"or tokens per parameter such as 300)") from None
+        if not math.isfinite(base) or base <= 0:
+            raise ValueError(f"class ratio must be a positive number of tokens per parameter, got {cls!r}")
+        label = f"{base:g}" + ("*" if star else "")
+    return label, (ratio if ratio is not None else base), star
+
+
+# -------------------------------------------------------------------------------------- batch schedule
+@dataclass(frozen=True)
+class BatchStage:
+    """`steps` consecutive optimizer steps of `batch_tokens` tokens each."""
+
+    batch_tokens: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """The global batch size at every optimizer step, as data the trainer can follow exactly.
+
+    Steps are global: a continuation of a run that stopped at step 1000 starts at `start_step` 1000,
+    after `start_tokens` tokens. `stages` cover this run's steps in order. Every batch is a multiple
+    of `seq_len`, so a stage is `batch_tokens // seq_len` sequences (split into micro-batches by the
+    trainer).
+    """
+
+    stages: tuple[BatchStage, ...]
+    seq_len: int
+    start_step: int = 0
+    start_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        for st in self.stages:
+            if st.steps <= 0 or st.batch_tokens <= 0 or st.batch_tokens % self.seq_len:
+                raise ValueError(f"bad batch stage {st} for seq_len {self.seq_len}")
+
+    @property
+    def total_steps(self) -> int:
+        """Steps in this run (not counting the parent's)."""
+        return sum(st.steps for st in self.stages)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens this run trains on (not counting the parent's)."""
+        return sum(st.steps * st.batch_tokens for st in self.stages)
+
+    @property
+    def end_step(self) -> int:
+        return self.start_step + self.total_steps
+
+    @property
+    def end_tokens(self) -> int:
+        return self.start_tokens + self.total_tokens
+
+    def _locate(self, step: int) -> tuple[int, int]:
+        """(stage index, tokens before `step`) for a global step in [start_step, end_step)."""
+        if not self.start_step <= step < self.end_step:
+            raise IndexError(f"step {step} is outside this schedule [{self.start_step}, {self.end_step})")
+        s, tokens = self.start_step, self.start_tokens
+        for i, st in enumerate(self.stages):
+            if step < s + st.steps:
+                return i, tokens + (step - s) * st.batch_tokens
+            s += st.steps
+            tokens += st.steps * st.batch_tokens
+        raise AssertionError("unreachable")
+
+    def batch_tokens_at(self, step: int) -> int:
+        """Global batch in tokens for (0-based, global) optimizer step `step`."""
+        return self.stages[self._locate(step)[0]].batch_tokens
+
+    def tokens_before(self, step: int) -> int:
+        """Tokens trained since the run's very start (parent included) before `step`."""
+        if step == self.end_step:
+            return self.end_tokens
+        return self._locate(step)[1]
+
+    def label(self) -> str:
+        """'131k' or '131k-262k' (first and last batch), as the seed's table shows it."""
+        return fmt_batch(self.stages[0].batch_tokens, self.stages[-1].batch_tokens)
+
+    def to_dict(self) -> dict:
+        return {"seq_len": self.seq_len, "start_step": self.start_step, "start_tokens": self.start_tokens,
+                "stages": [dataclasses.asdict(st) for st in self.stages]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BatchSchedule":
+        return cls(stages=tuple(BatchStage(int(s["batch_tokens"]), int(s["steps"])) for s in d["stages"]),
+                   seq_len=int(d["seq_len"]), start_step=int(d.get("start_step", 0)),
+                   start_tokens=int(d.get("start_tokens", 0)))
+
+
+def build_schedule(tokens: int, seq_len: int, batch_start: int, batch_end: int | None = None, *,
+                   ramp_tokens: int | None = None, ramp_shape: str = "step", quantum: int | None = None,
+                   start_step: int = 0, start_tokens: int = 0) -> BatchSchedule:
+    """Steps that train at least `tokens` new tokens, with the batch growing from start to end.
+
+    The ramp is measured in tokens since the run's very start (a continuation's parent included),
+    so it does not depend on the batch sizes themselves:
+      - "step":   `batch_start` before `ramp_tokens`, `batch_end` from there on (how the seed's star
+                  runs went: the parent at 131k, the continuation at 262k);
+      - "linear": the batch grows linearly with tokens trained, in multiples of `quantum` (default
+                  seq_len; pass micro_batch × seq_len for whole micro-batches), reaching `batch_end`
+                  at `ramp_tokens`.
+    Whole steps only: the last step may overshoot the budget by less than one batch (a class budget
+    is a minimum, and a partial last batch would change the gradient noise of that step).
+    """
+    if tokens <= 0:
+        raise ValueError(f"token budget must be positive, got {tokens}")
+    b0 = int(batch_start)
+    b1 = b0 if batch_end is None else int(batch_end)
+    for b in (b0, b1):
+        if b <= 0 or b % seq_len:
+            raise ValueError(f"batch {b} tokens is not a positive multiple of seq_len {seq_len}")
+    if b1 < b0:
+        raise ValueError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
+    if ramp_shape not in ("step", "linear"):
+        raise ValueError(f"unknown ramp shape {ramp_shape!r} (step, linear)")
+    q = int(quantum or seq_len)
+    if q <= 0 or q % seq_len:
+        raise ValueError(f"ramp quantum {q} is not a positive multiple of seq_len {seq_len}")
+    span = int(ramp_tokens) if ramp_tokens is not None else 0
+    if b1 != b0 and span < 0:
+        raise ValueError(f"ramp span must not be negative, got {span}")
+
+    def level(t: int) -> tuple[int, int | None]:
+        """(batch at tokens t, tokens at which the batch next changes or None)."""
+        if b1 == b0 or t >= span:
+            return b1, None
+        if ramp_shape == "step":
+            return b0, span
+        # linear: batch = b0 + k·q with k = floor((b1-b0)·t / (span·q)), capped at b1
+        k = (b1 - b0) * t // (span * q)
+        b = min(b1, b0 + k * q)
+        if b >= b1:
+            return b1, None
+        nxt = -(-(k + 1) * q * span // (b1 - b0))  # first t reaching level k+1
+        return b, min(nxt, span)
+
+    stages: list[BatchStage] = []
+    t, target = int(start_tokens), int(start_tokens) + int(tokens)
+    while t < target:
+        b, change = level(t)
+        stop = target if change is None else min(change, target)
+        n = -(-(stop - t) // b)  # ceil: whole steps until the next change (or the budget)
+        if stages and stages[-1].batch_tokens == b:
+            stages[-1] = BatchStage(b, stages[-1].steps + n)
+        else:
+            stages.append(BatchStage(b, n))
+        t += n * b
+    return BatchSchedule(tuple(stages), seq_len, int(start_step), int(start_tokens))
+
+
+# ------------------------------------------------------------------------------------------ FLOPs, GPUs
+def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training: bool = True) -> int:
+    """Model FLOPs per token: 6·(N_non_embedding + d·V) + 12·L·T·d for training (REFERENCE §6).
+
+    This is PaLM's MFU convention (Chowdhery et al. 2022, appendix B: 6N + 12·L·H·Q·T):
+      - 6 FLOPs per parameter per token (2 forward, 4 backward) for every matmul weight: the blocks
+        (non-embedding parameters; their LayerNorms and biases are counted too, < 1% at these sizes)
+        and the head d·V — which at vocab 50k is most of the compute of a tiny model. The embedding
+        is a lookup and costs no FLOPs, so it is not counted.
+      - 12·L·T·d for attention scores and the weighted sum over all T positions (QKᵀ and AV, 2·T·d
+        each forward, ×3 for training). A causal kernel skips about half of this work; MFU counts
+        it anyway, like PaLM.
+    Elementwise work (softmax, GELU, LayerNorm, loss) is ignored. V is the real vocabulary: padded
+    head rows are an implementation detail, not model FLOPs. This formula reproduces the MFU column
+    of REFERENCE §6 (6%, 23%, 37% on an H200 at 989 TFLOP/s). Forward only: a third of it.
+    """
+    d, L, V = model.d_model, model.n_layer, model.vocab_size
+    train = 6 * (model.n_params("non_embedding") + d * V) + 12 * L * seq_len * d
+    return train if training else train // 3
+
+
+@dataclass(frozen=True)
+class GPU:
+    """Peak dense tensor-core throughput of one GPU at the precision gerbil trains in on it."""
+
+    name: str
+    peak_flops: float  # FLOP/s, dense (no 2:4 sparsity), fp32 accumulation
+    precision: str  # "bf16" or "fp16" (+ loss scaling, on GPUs without bf16)
+    source: str
+
+
+# Peak numbers from the vendors' datasheets / architecture whitepapers (dense; the "with sparsity"
+# figures are twice these). GeForce cards run fp16/bf16 tensor math with fp32 accumulation — what
+# PyTorch autocast uses — at half their fp16-accumulate rate, so that halved number is the peak here.
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in [
+        # Tesla T4 datasheet: "Mixed Precision (FP16/FP32) 65 TFLOPS". Turing has no bf16.
+        GPU("T4", 65e12, "fp16", "NVIDIA T4 datasheet: 65 TFLOPS FP16/FP32 mixed precision"),
+        # TU106, 240 tensor cores × 64 FMA/clk × 2 × 1.68 GHz boost = 51.6 TFLOPS with fp16
+        # accumulate; GeForce Turing halves that with fp32 accumulate (Turing whitepaper). No bf16.
+        GPU("RTX 2060", 25.8e12, "fp16", "Turing whitepaper arithmetic: 51.6 TF fp16-acc, half with fp32-acc"),
+        # GA106, 112 tensor cores × 128 FMA/clk × 2 × 1.777 GHz = 51 TFLOPS fp16-accumulate; fp16/bf16
+        # with fp32 accumulate at half rate on GeForce Ampere (GA102 whitepaper, RTX 3090 71 of 142).
+        GPU("RTX 3060", 25.5e12, "bf16", "Ampere GA10x whitepaper arithmetic: 25.5 TF bf16 fp32-acc"),
+        # A100 datasheet: BF16 Tensor Core 312 TFLOPS (624 with sparsity), SXM and PCIe alike.
+        GPU("A100", 312e12, "bf16", "NVIDIA A100 datasheet: 312 TFLOPS BF16 dense"),
+        # H100 SXM datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity → 989 dense (PCIe: 756).
+        GPU("H100", 989e12, "bf16", "NVIDIA H100 SXM datasheet: 989 TFLOPS BF16 dense"),
+        # H200 datasheet: same Hopper compute as H100 SXM (more and faster memory).
+        GPU("H200", 989e12, "bf16", "NVIDIA H200 datasheet: 989 TFLOPS BF16 dense"),
+    ]
+}
+
+
+def get_gpu(name: str) -> GPU:
+    """Look up a GPU by name, ignoring case, spaces and dashes ('rtx3060', 'RTX-3060', 'h100')."""
+    key = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    for g in GPUS.values():
+        if re.sub(r"[^a-z0-9]", "", g.name.lower()) == key:
+            return g
+    raise ValueError(f"unknown GPU {name!r} (known: {', '.join(GPUS)})")
+
+
+# Measured model FLOPs utilization of gerbil-style compiled PyTorch, bf16, seq 2048, on one H200
+# (REFERENCE §6, 2026-11-26). Tiny models are launch- and memory-bound, so MFU climbs steeply with
+# size; a flat 30% would make the 6.7m estimate five times too optimistic.
+MEASURED_MFU: dict[str, float] = {"6.7m": 0.06, "32m": 0.23, "77m": 0.37}
+
+
+def default_mfu(model: ModelConfig) -> float:
+    """MFU assumed for the time estimate: `MEASURED_MFU` interpolated in log(total parameters).
+
+    Clamped to the measured range outside it (3.3m → 6%, 104m → 37%): no extrapolation. The same MFU
+    is assumed on every GPU — a rough estimate: the consumer cards have about the same bytes per
+    FLOP as an H200, so their MFU at these sizes should be similar; measure and pass `mfu` to refine.
+    """
+    pts = sorted((SIZES[n].model_config().n_params(), u) for n, u in MEASURED_MFU.items())
+    x = math.log(model.n_params())
+    if x <= math.log(pts[0][0]):
+        return pts[0][1]
+    for (n0, u0), (n1, u1) in zip(pts, pts[1:]):
+        x0, x1 = math.log(n0), math.log(n1)
+        if x <= x1:
+            return u0 + (u1 - u0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
+
+
+# ---------------------------------------------------------------------------------- run checkpoints
+def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
+    """(checkpoint directory, meta dict) for a run directory or a checkpoint directory — no torch.
+
+    The checkpoint is found by `gerbil.checkpoint.latest_checkpoint` (it follows the run's
+    `checkpoints/latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check
+    is skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
+    """
+    from gerbil import checkpoint  # torch-free at import; only its weight/state loaders need torch
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such run or checkpoint: {p}")
+    ckpt = checkpoint.latest_checkpoint(p, check_hash=False)
+    if ckpt is None:
+        raise FileNotFoundError(f"no complete checkpoint in {p}")
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GerbilError(f"cannot read {ckpt / 'meta.json'}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise GerbilError(f"{ckpt / 'meta.json'} has no model config")
+    for key in ("tokens", "step"):
+        if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), int) or meta[key] < 0:
+            raise GerbilError(f"{ckpt / 'meta.json'}: {key!r} must be a non-negative integer")
+    return ckpt, meta
+
+
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass
+class Plan:
+    """Everything `gerbil plan` reports for one run; `to_dict()` is its JSON form."""
+
+    size: str  # ladder name ("6.7m") or the custom model's name ("custom")
+    model: ModelConfig
+    cls: str  # "A", "E*", "300"
+    ratio: float  # tokens per total parameter
+    seq_len: int
+    budget_tokens: int  # the class's total budget, counted from the run's very start
+    start_tokens: int  # already trained by the parent run (0 for a fresh run)
+    schedule: BatchSchedule
+    flops_per_token: int
+    mfu: float
+    mfu_source: str
+    gpus: tuple[GPU, ...]
+    parent: str | None = None  # checkpoint directory continued from
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Seed-style run name, e.g. 'A-6.7m', 'E*-6.7m'."""
+        return f"{self.cls}-{self.size}"
+
+    @property
+    def params_total(self) -> int:
+        return self.model.n_params("total")
+
+    @property
+    def params_non_embedding(self) -> int:
+        return self.model.n_params("non_embedding")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens this run still has to train (budget − parent's tokens)."""
+        return self.budget_tokens - self.start_tokens
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens this run's whole steps actually consume (≥ `tokens`, by less than one batch)."""
+        return self.schedule.total_tokens
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.total_steps
+
+    @property
+    def batch(self) -> str:
+        return self.schedule.label()
+
+    @property
+    def total_flops(self) -> float:
+        """Training FLOPs of this run (the parent's are not counted)."""
+        return float(self.flops_per_token) * self.trained_tokens
+
+    def seconds_on(self, gpu: str | GPU) -> float:
+        """Estimated wall time on one GPU: FLOPs / (peak × MFU)."""
+        g = gpu if isinstance(gpu, GPU) else get_gpu(gpu)
+        return self.total_flops / (g.peak_flops * self.mfu)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "model": self.model.to_dict(),
+            "params_total": self.params_total,
+            "params_non_embedding": self.params_non_embedding,
+            "class": self.cls,
+            "ratio": self.ratio,
+            "seq_len": self.seq_len,
+            "budget_tokens": self.budget_tokens,
+            "start_tokens": self.start_tokens,
+            "tokens": self.tokens,
+            "trained_tokens": self.trained_tokens,
+            "steps": self.steps,
+            "batch": self.batch,
+            "schedule": self.schedule.to_dict(),
+            "flops_per_token": self.flops_per_token,
+            "flops_formula": "6*(non_embedding_params + d_model*vocab) + 12*n_layer*seq_len*d_model",
+            "total_flops": self.total_flops,
+            "mfu": self.mfu,
+            "mfu_source": self.mfu_source,
+            "gpus": {g.name: {"peak_flops": g.peak_flops, "precision": g.precision,
+                              "seconds": self.seconds_on(g)} for g in self.gpus},
+            "parent": self.parent,
+            "notes": list(self.notes),
+            "display": {"params": fmt_params(self.params_total), "tokens": fmt_tokens(self.budget_tokens),
+                        "batch": self.batch},
+        }
+
+
+def _default_batch(model: ModelConfig, size: str | None) -> int:
+    """The seed's batch for a ladder size; for a custom model, the rung nearest in total parameters."""
+    if size in SIZES:
+        return SIZES[size].batch_tokens
+    n = math.log(model.n_params())
+    nearest = min(SIZES.values(), key=lambda s: abs(math.log(s.model_config().n_params()) - n))
+    return nearest.batch_tokens
+
+
+def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+              batch_tokens: int | str | tuple[int, int] | None = None, ratio: float | None = None,
+              from_run: str | Path | None = None, *, tokens: int | str | None = None,
+              ramp_tokens: int | str | None = None, ramp_shape: str = "step", quantum: int | None = None,
+              mfu: float | None = None, gpus: Iterable[str] | None = None) -> Plan:
+    """Plan one training run.
+
+    size:         a ladder name ("6.7m"), a ModelConfig for a custom model, or None with `from_run`.
+    cls:          "A".."E", a star class ("E*"), or tokens per parameter ("300"); default A.
+    batch_tokens: global batch in tokens — an int, "131k", a ramp "131k-262k" or a (start, end) pair;
+                  default the seed's batch for the size (rounded to a multiple of seq_len).
+    ratio:        tokens per total parameter, overriding the class's.
+    from_run:     a run or checkpoint directory to continue (star class): the budget counts the
+                  tokens it already trained, and steps continue from its step.
+    tokens:       an explicit total budget (e.g. "500M"), overriding class and ratio.
+    ramp_tokens:  where a ramp ends, in tokens since the run's very start. Default: the parent's
+                  tokens for a continuation (the parent ran at the first batch), otherwise half the
+                  budget — both how the seed's star rows (E*-6.7m, B*-77m) were trained.
+    ramp_shape:   "step" (one switch) or "linear" (see `build_schedule`); quantum: ramp granularity.
+    mfu:          model FLOPs utilization for the time estimate (0 < mfu ≤ 1); default `default_mfu`.
+    gpus:         GPU names to estimate; default all of `GPUS`.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    label, r, star = parse_class(cls, ratio)
+    notes: list[str] = []
+
+    # --- the model: a ladder size, a custom ModelConfig, or the parent run's model
+    meta, parent = None, None
+    if isinstance(size, ModelConfig):
+        model, size_name = size, size.name or "custom"
+    elif size is not None:
+        spec = get_size(str(size))
+        # the ladder model at this context length (seq_len only bounds rope tables: no parameters)
+        model, size_name = spec.model_config(seq_len=seq_len), spec.name
+    elif from_run is None:
+        raise ValueError("no model: give a size (e.g. 6.7m), a ModelConfig, or a run to continue")
+    if from_run is not None:
+        ckpt, meta = read_checkpoint_meta(from_run)
+        parent = str(ckpt)
+        try:
+            run_model = ModelConfig.from_dict(meta["model"])
+        except (TypeError, ValueError) as e:
+            raise GerbilError(f"{ckpt / 'meta.json'}: bad model config: {e}") from None
+        run_size = str(meta.get("size") or run_model.name or "custom")
+        if size is None:
+            model, size_name = run_model, run_size
+        elif run_model.n_params() != model.n_params() or run_model.d_model != model.d_model \
+                or run_model.n_layer != model.n_layer:
+            raise ValueError(f"run {from_run} is a {run_size} model, not {size_name}")
+        else:
+            model, size_name = run_model, run_size
+        if not star:
+            label += "*"  # a continued run is a star run by definition (REFERENCE §3)
+    elif star:
+        notes.append(f"{label} planned from scratch; pass from_run (--from RUN) to continue an earlier run")
+    if seq_len > model.seq_len:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's context of {model.seq_len}")
+
+    # --- the budget: ratio × total parameters (or an explicit total)
+    n_total = model.n_params("total")
+    if tokens is not None:
+        budget = parse_count(tokens, "token budget")
+        r = budget / n_total
+        if cls is None and ratio is None:
+            label = f"{r:.3g}"
+    else:
+        budget = int(round(r * n_total))
+    start_tokens = int(meta["tokens"]) if meta else 0
+    start_step = int(meta["step"]) if meta else 0
+    if budget <= start_tokens:
+        raise ValueError(f"run {from_run} already trained {fmt_tokens(start_tokens)} tokens, "
+                         f"class {label} budget is {fmt_tokens(budget)}: nothing left to train")
+
+    # --- the batch: explicit, a ramp, or the seed's default for the size
+    if batch_tokens is None:
+        b = _default_batch(model, size_name if size_name in SIZES else None)
+        if b % seq_len:  # the seed's defaults are "about 131k": round to whole sequences
+            b = max(seq_len, int(math.floor(b / seq_len + 0.5)) * seq_len)
+            notes.append(f"default batch rounded to {b} tokens = {b // seq_len} × {seq_len}")
+        b0 = b1 = b
+    elif isinstance(batch_tokens, tuple):
+        b0, b1 = (parse_batch(int(x), seq_len) for x in batch_tokens)
+        if b1 < b0:
+            raise ValueError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
+    else:
+        b0, b1 = parse_batch_spec(batch_tokens, seq_len)
+    if ramp_tokens is not None:
+        span = parse_count(ramp_tokens, "ramp span")
+    else:
+        span = start_tokens if meta else budget // 2
+    schedule = build_schedule(budget - start_tokens, seq_len, b0, b1, ramp_tokens=span,
+                              ramp_shape=ramp_shape, quantum=quantum, start_step=start_step,
+                              start_tokens=start_tokens)
+    first = schedule.stages[0].batch_tokens
+    if budget - start_tokens < first:  # less than one step: surely a mistake (e.g. tokens vs params)
+        raise ValueError(f"token budget {budget - start_tokens:,} is smaller than one batch "
+                         f"({first:,} tokens)")
+
+    # --- FLOPs and time
+    if mfu is None:
+        u, source = default_mfu(model), "measured per size on one H200, REFERENCE §6"
+    else:
+        u, source = float(mfu), "given"
+        if not (0 < u <= 1):
+            raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    gpu_list = tuple(get_gpu(g) for g in gpus) if gpus is not None else tuple(GPUS.values())
+    return Plan(size=size_name, model=model, cls=label, ratio=r, seq_len=seq_len, budget_tokens=budget,
+                start_tokens=start_tokens, schedule=schedule,
+                flops_per_token=flops_per_token(model, seq_len), mfu=u, mfu_source=source,
+                gpus=gpu_list, parent=parent, notes=notes)
+
+
+def make_ladder(cls: str | None = None, sizes: Sequence[str] | None = None, **kwargs) -> list[Plan]:
+    """One plan per ladder size (default all six) for the same class and options."""
+    return [make_plan(s, cls, **kwargs) for s in (sizes or list(SIZES))]
+
+
+# ---------------------------------------------------------------------------------------- rendering
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w)
+                         for c, w, r in zip(cells, widths, right)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _ratio_str(r: float) -> str:
+    return f"{r:g}" if float(r).is_integer() else f"{r:.3g}"
+
+
+def format_plan(plan: Plan) -> str:
+    """A readable multi-line report of one plan (what `gerbil plan` prints)."""
+    m = plan.model
+    sched = plan.schedule
+    lines = [f"Gerbil-{plan.name} plan",
+             f"  model        {plan.size}: d_model {m.d_model}, n_layer {m.n_layer}, n_head {m.n_head}, "
+             f"rotary_dim {m.rotary_dim}, vocab {m.vocab_size}",
+             f"  params       {fmt_params(plan.params_total)} = {plan.params_total:,} total, "
+             f"{plan.params_non_embedding:,} non-embedding",
+             f"  class        {plan.cls}: {_ratio_str(plan.ratio)} tokens per parameter",
+             f"  tokens       {fmt_tokens(plan.budget_tokens)} = {plan.budget_tokens:,}"]
+    if plan.start_tokens:
+        lines.append(f"  continues    {plan.parent} at step {sched.start_step:,}, "
+                     f"{fmt_tokens(plan.start_tokens)} trained; {fmt_tokens(plan.tokens)} to go")
+    lines += [f"  batch        {plan.batch} tokens, seq_len {plan.seq_len}"]
+    for st in sched.stages if 1 < len(sched.stages) <= 8 else ():
+        lines.append(f"                 {st.steps:>9,} steps × {st.batch_tokens:,} tokens "
+                     f"({st.batch_tokens // plan.seq_len} sequences)")
+    if len(sched.stages) > 8:
+        lines.append(f"                 {len(sched.stages)} ramp stages (see --json)")
+    lines += [f"  steps        {plan.steps:,} ({plan.trained_tokens:,} tokens trained)",
+              f"  FLOPs        {fmt_flops(plan.total_flops)} = {plan.flops_per_token:,} per token "
+              f"× {plan.trained_tokens:,}",
+              f"               per token: 6·(non-embedding + d·V) + 12·L·T·d",
+              f"  time         at {plan.mfu:.0%} MFU ({plan.mfu_source}):", ""]
+    rows = [[g.name, g.precision, f"{g.peak_flops / 1e12:g}", fmt_duration(plan.seconds_on(g))]
+            for g in plan.gpus]
+    lines += ["    " + s for s in _table(["GPU", "precision", "peak TFLOP/s", "time"], rows,
+                                       [False, False, True, True]).splitlines()]
+    lines += [f"  note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def format_ladder(plans: Sequence[Plan]) -> str:
+    """One row per plan (the `--size all` ladder), times on each GPU of the first plan."""
+    gpus = plans[0].gpus if plans else ()
+    header = ["model", "params", "non-emb", "class", "ratio", "tokens", "batch", "steps", "FLOPs"]
+    header += [g.name for g in gpus]
+    rows = []
+    for p in plans:
+        rows.append([p.size, fmt_params(p.params_total), fmt_params(p.params_non_embedding), p.cls,
+                     _ratio_str(p.ratio), fmt_tokens(p.budget_tokens), p.batch, f"{p.steps:,}",
+                     fmt_flops(p.total_flops)] + [fmt_duration(p.seconds_on(g)) for g in gpus])
+    out = _table(header, rows, [False] + [True] * (len(header) - 1))
+    mfus = ", ".join(f"{p.size} {p.mfu:.0%}" for p in plans)
+    return out + f"\n\ntimes at MFU {mfus} ({plans[0].mfu_source if plans else ''})"
