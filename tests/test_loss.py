@@ -1,0 +1,152 @@
+"""The chunked head + cross-entropy: same loss and same gradients as the plain full-logits computation,
+for every chunking, with masks, ignored targets, vocabulary padding and autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gerbil.loss import IGNORE_INDEX, lm_loss
+
+B, T, D, V = 3, 11, 16, 97  # deliberately odd sizes: chunks never divide the tokens evenly
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls: one intra-op thread is faster on a shared box (see test_export.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _inputs(seed: int = 0, rows: int = V, bias: bool = True, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, D, generator=g, dtype=dtype).requires_grad_()
+    weight = (0.3 * torch.randn(rows, D, generator=g, dtype=dtype)).requires_grad_()
+    b = (0.1 * torch.randn(rows, generator=g, dtype=dtype)).requires_grad_() if bias else None
+    targets = torch.randint(0, V, (B, T), generator=g)
+    targets[0, :3] = IGNORE_INDEX  # ignored positions
+    mask = (torch.rand(B, T, generator=g) > 0.3).float()  # e.g. the prefix of an FIM/MLM example
+    return hidden, weight, b, targets, mask
+
+
+def _grads(loss, *tensors):
+    loss.backward()
+    out = [t.grad.clone() if t is not None else None for t in tensors]
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    return out
+
+
+def _reference(hidden, weight, bias, targets, mask):
+    """The definition: mean over positions with mask 1 and target != -100 of -log softmax[target]."""
+    logits = hidden.reshape(-1, D) @ weight.t() + (bias if bias is not None else 0)
+    y = targets.reshape(-1)
+    keep = (y != IGNORE_INDEX) & (mask.reshape(-1) > 0)
+    return F.cross_entropy(logits[keep], y[keep])
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 16, 4096])
+def test_chunked_equals_full_loss_and_gradients(chunk_tokens):
+    h, w, b, y, m = _inputs()
+    ref = _reference(h, w, b, y, m)
+    g_ref = _grads(ref, h, w, b)
+    full = lm_loss(h, w, b, y, loss_mask=m, impl="full")
+    g_full = _grads(full, h, w, b)
+    chunked = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=chunk_tokens)
+    g_chunked = _grads(chunked, h, w, b)
+    torch.testing.assert_close(full, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked, ref, rtol=1e-6, atol=1e-6)
+    for a, c, r in zip(g_full, g_chunked, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(c, r, rtol=1e-5, atol=1e-7)
+
+
+def test_without_bias_and_without_mask():
+    h, w, _, y, _ = _inputs(seed=1, bias=False)
+    ones = torch.ones(B, T)
+    ref = _reference(h, w, None, y, ones)
+    g_ref = _grads(ref, h, w)
+    loss = lm_loss(h, w, None, y, chunk_tokens=7)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for a, r in zip(_grads(loss, h, w), g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)
+
+
+def test_flat_and_batched_inputs_agree():
+    h, w, b, y, m = _inputs(seed=2)
+    batched = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8)
+    flat = lm_loss(h.reshape(-1, D), w, b, y.reshape(-1), loss_mask=m.reshape(-1), chunk_tokens=8)
+    torch.testing.assert_close(batched, flat)
+
+
+def test_upstream_gradient_scales_the_stored_gradients():
+    """backward only rescales what forward computed: (k · loss).backward() must give k × gradients."""
+    h, w, b, y, m = _inputs(seed=3)
+    g1 = _grads(lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=4), h, w, b)
+    g3 = _grads(3.0 * lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=4), h, w, b)
+    for a, c in zip(g1, g3):
+        torch.testing.assert_close(3.0 * a, c)
+    # and as one term of a larger graph (a second loss on the same hidden states)
+    loss = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=4) + (h ** 2).mean()
+    (gh,) = _grads(loss, h)
+    torch.testing.assert_close(gh, g1[0] + 2 * h.detach() / h.numel())
+
+
+def test_padded_vocabulary_rows_never_win_and_get_no_gradient():
+    rows = 128  # V = 97 real rows + 31 padding rows (pad_vocab_multiple = 64)
+    h, w, b, y, m = _inputs(seed=4, rows=rows)
+    with torch.no_grad():
+        b[V:] = 1e4  # padding that would dominate every softmax if it were ever a logit
+        w[V:] = 5.0
+    for impl in ("chunked", "full"):
+        loss = lm_loss(h, w, b, y, loss_mask=m, vocab_size=V, impl=impl, chunk_tokens=6)
+        ref = _reference(h, w[:V], b[:V], y, m)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+        gh, gw, gb = _grads(loss, h, w, b)
+        assert torch.all(gw[V:] == 0) and torch.all(gb[V:] == 0)
+        assert gw[:V].abs().sum() > 0 and gb[:V].abs().sum() > 0
+
+
+def test_everything_masked_gives_zero_not_nan():
+    h, w, b, y, _ = _inputs(seed=5)
+    for impl in ("chunked", "full"):
+        loss = lm_loss(h, w, b, torch.full_like(y, IGNORE_INDEX), impl=impl)
+        assert loss.item() == 0.0
+        for g in _grads(loss, h, w, b):
+            assert torch.all(g == 0)
+
+
+def test_frozen_head_and_no_grad():
+    h, w, b, y, m = _inputs(seed=6)
+    w.requires_grad_(False)
+    b.requires_grad_(False)
+    ref = _reference(h, w, b, y, m)
+    (g_ref,) = _grads(ref, h)
+    loss = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=5)
+    (gh,) = _grads(loss, h)
+    torch.testing.assert_close(gh, g_ref, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=5), ref.detach())
+
+
+def test_autocast_bf16_is_close_to_fp32():
+    h, w, b, y, m = _inputs(seed=7)
+    ref = lm_loss(h, w, b, y, loss_mask=m)
+    g_ref = _grads(ref, h, w, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8)
+    assert loss.dtype == torch.float32  # the softmax math stays fp32
+    grads = _grads(loss, h, w, b)
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=2e-2)
+    for g, r in zip(grads, g_ref):
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        assert (g - r).abs().max() < 0.05 * r.abs().max()
+
+
+def test_unknown_impl_is_refused():
+    h, w, b, y, _ = _inputs()
+    with pytest.raises(ValueError, match="impl"):
+        lm_loss(h, w, b, y, impl="fast")
