@@ -1,0 +1,229 @@
+"""An index of runs: what each run is, how far it trained, and its evaluation results.
+
+The run directory is the source of truth (docs/architecture.md, "Run directory"); the registry reads it
+without importing torch:
+
+* `config.yaml` — name, size, class, objective, params, resolved batch label;
+* the latest checkpoint's `meta.json` — step, tokens, train/val loss, size/class/objective again;
+* `metrics.jsonl` — the last logged training loss (a fallback when the checkpoint has none);
+* `eval/TASK.json` (full-set results) and `eval/TASK.partial.json` (`--limit` results), as written by
+  `gerbil.evaluate`. A full-set result always wins; a partial one is kept apart and flagged, so the
+  two are never mixed. A result computed at an older checkpoint than the latest is flagged `stale`.
+
+`scan(paths)` accepts run directories and folders of runs (e.g. `runs/`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EVAL_TASKS = ("hellaswag", "lambada_openai", "winogrande")
+
+
+@dataclass
+class EvalEntry:
+    """One task's stored result for a run."""
+
+    task: str
+    metrics: dict[str, float]
+    n_items: int
+    n_items_full: int
+    partial: bool
+    step: int | None
+    path: Path
+    stale: bool = False  # evaluated at another checkpoint than the run's latest
+
+
+@dataclass
+class RunRecord:
+    """Everything the results table needs about one run."""
+
+    run_dir: Path
+    name: str
+    size: str | None = None
+    cls: str | None = None
+    objective: str | None = None
+    params: int | None = None
+    tokens: int | None = None
+    budget: int | None = None
+    batch: str | None = None
+    step: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    evals: dict[str, EvalEntry] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """Tokens trained per parameter."""
+        if self.tokens and self.params:
+            return self.tokens / self.params
+        return None
+
+    @property
+    def complete(self) -> bool:
+        """Trained to its budget (when the budget is known)."""
+        return bool(self.budget and self.tokens and self.tokens >= self.budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("name", "size", "cls", "objective", "params", "tokens", "budget",
+                                            "batch", "step", "train_loss", "val_loss")}
+        d["run_dir"] = str(self.run_dir)
+        d["ratio"] = self.ratio
+        d["evals"] = {t: {"metrics": e.metrics, "n_items": e.n_items, "n_items_full": e.n_items_full,
+                          "partial": e.partial, "step": e.step, "stale": e.stale, "path": str(e.path)}
+                      for t, e in self.evals.items()}
+        return d
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("skipping unreadable %s (%s)", path, e)
+        return None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        import yaml
+
+        return yaml.safe_load(path.read_text()) or {}
+    except Exception as e:  # noqa: BLE001 - a damaged config must not hide the other runs
+        log.warning("skipping unreadable %s (%s)", path, e)
+        return {}
+
+
+def _last_loss(metrics: Path) -> float | None:
+    """The last `loss` logged in metrics.jsonl (read from the end; the file can be long)."""
+    if not metrics.is_file():
+        return None
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("loss") is not None:
+            return float(rec["loss"])
+    return None
+
+
+def _latest_meta(run_dir: Path) -> dict:
+    """The latest checkpoint's meta.json, following `checkpoints/latest` (JSON only, no hashing)."""
+    ck = run_dir / "checkpoints"
+    if not ck.is_dir():
+        return {}
+    pointer = ck / "latest"
+    cands = []
+    if pointer.is_file():
+        cands.append(ck / pointer.read_text().strip())
+    cands += sorted((p for p in ck.glob("step-*") if (p / "meta.json").is_file()), reverse=True)
+    for c in cands:
+        if (c / "meta.json").is_file():
+            meta = _read_json(c / "meta.json")
+            if isinstance(meta, dict):
+                return meta
+    return {}
+
+
+def read_evals(run_dir: Path, latest_step: int | None = None) -> dict[str, EvalEntry]:
+    """The run's stored results per task: the full-set one if present, else the partial one."""
+    out: dict[str, EvalEntry] = {}
+    ev = run_dir / "eval"
+    for task in EVAL_TASKS:
+        for name, partial in ((f"{task}.json", False), (f"{task}.partial.json", True)):
+            p = ev / name
+            if not p.is_file():
+                continue
+            rec = _read_json(p)
+            if not isinstance(rec, dict) or "metrics" not in rec:
+                continue
+            n = int(rec.get("n_items") or 0)
+            full = int(rec.get("n_items_full") or n)
+            step = (rec.get("model") or {}).get("step")
+            e = EvalEntry(task, dict(rec["metrics"]), n, full, bool(rec.get("partial", n < full)) or partial,
+                          step, p)
+            e.stale = latest_step is not None and step is not None and int(step) != int(latest_step)
+            out[task] = e
+            break  # the full-set file wins
+    return out
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "config.yaml").is_file()
+                              or (path / "eval").is_dir() and (path / "metrics.jsonl").is_file())
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """The registry record of one run directory."""
+    run_dir = Path(run_dir)
+    cfg = _read_yaml(run_dir / "config.yaml")
+    meta = _latest_meta(run_dir)
+    resolved = cfg.get("resolved") or {}
+    model = meta.get("model") or cfg.get("model") or {}
+    params = cfg.get("params")
+    if params is None and model:
+        try:
+            from gerbil.config import ModelConfig
+
+            params = ModelConfig.from_dict(model).n_params("total")
+        except (TypeError, ValueError):
+            params = None
+    train_loss = meta.get("train_loss")
+    if train_loss is None:
+        train_loss = _last_loss(run_dir / "metrics.jsonl")
+    step = meta.get("step")
+    return RunRecord(
+        run_dir=run_dir,
+        name=str(cfg.get("name") or meta.get("run") or run_dir.name),
+        size=meta.get("size") or cfg.get("size"),
+        cls=meta.get("class") or cfg.get("class"),
+        objective=meta.get("objective") or cfg.get("objective"),
+        params=int(params) if params is not None else None,
+        tokens=meta.get("tokens"),
+        budget=meta.get("budget") or resolved.get("budget"),
+        batch=resolved.get("batch"),
+        step=step,
+        train_loss=float(train_loss) if train_loss is not None else None,
+        val_loss=meta.get("val_loss"),
+        evals=read_evals(run_dir, step),
+    )
+
+
+def scan(paths: Iterable[str | Path] | None = None) -> list[RunRecord]:
+    """Records for run directories and folders of runs (default `./runs`), sorted by objective,
+    size (parameters) and tokens — the seed's table order."""
+    paths = list(paths) if paths else [Path("runs")]
+    dirs: list[Path] = []
+    for p in map(Path, paths):
+        if is_run_dir(p):
+            dirs.append(p)
+        elif p.is_dir():
+            dirs += sorted(c for c in p.iterdir() if is_run_dir(c))
+        else:
+            from gerbil.errors import GerbilError
+
+            raise GerbilError(f"{p}: no such run directory or folder of runs")
+    seen, records = set(), []
+    for d in dirs:
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            records.append(read_run(d))
+    records.sort(key=lambda r: (r.objective == "blender", r.params or 0, r.tokens or 0, r.name))
+    return records

