@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gerbil.loader import IGNORE_INDEX, Loader, eval_windows
+from gerbil.loader import EOT_ID, IGNORE_INDEX, Loader, eval_batches, eval_windows
 
 
 @dataclass
@@ -160,6 +160,80 @@ def test_eval_windows_are_the_leading_windows():
     w = eval_windows(split, 10, 35)
     assert w.shape == (3, 11)
     assert w[1].tolist() == split.tokens[10:21].astype(np.int64).tolist()
+
+
+def _tiny_val_split(tmp_path, n_docs=120):
+    """The val split of a tiny real token store (GPT-2 ids, EOT 50256) of short random documents."""
+    from gerbil.store import TokenStore
+
+    rng = np.random.default_rng(4)
+    docs = [rng.integers(0, 50000, size=int(rng.integers(1, 40))) for _ in range(n_docs)]
+    TokenStore.write(tmp_path / "store", docs, tokenizer_sha256="t", vocab_size=50264, eot_id=EOT_ID,
+                     val_fraction=0.5, overwrite=True)
+    return TokenStore.open(tmp_path / "store").split("val")
+
+
+def test_eval_batches_plain_are_the_raw_windows(tmp_path):
+    split = _tiny_val_split(tmp_path)
+    w = eval_windows(split, 16, 200)
+    for objective in ("plain", "fim", "mlm", None):  # no causal mode token: raw windows, all scored
+        x, y = eval_batches(split, 16, 200, objective=objective)
+        assert torch.equal(x, w[:, :-1]) and torch.equal(y, w[:, 1:])
+
+
+@pytest.mark.parametrize("objective", ["blender", "causal"])
+def test_eval_batches_causal_mode_for_blender(tmp_path, objective):
+    from gerbil.objectives import CAUSAL
+
+    split = _tiny_val_split(tmp_path)
+    T, budget = 16, 200
+    raw = eval_windows(split, T, budget)
+    n = len(raw)
+    x, y = eval_batches(split, T, budget, objective=objective)
+    assert x.shape == y.shape and x.shape[1] == T and x.dtype == y.dtype == torch.int64
+    # the stream the windows cover (inputs + the last target of each window), minus the end padding
+    stream = torch.cat([x.reshape(-1), x.new_tensor([EOT_ID])]).tolist()
+    assert stream[0] == CAUSAL  # the first window starts with <causal>
+    flat = split.tokens[: n * T + 1].astype(np.int64).tolist()
+    n_eot = sum(t == EOT_ID for t in flat[:-1])
+    n_inserted = 1 + n_eot
+    real = stream[: n * T + 1 + n_inserted]
+    # <causal> right after every EOT that is followed by more text, and nowhere else
+    assert [a for a in real if a != CAUSAL] == flat
+    for i, t in enumerate(real[:-1]):
+        if t == EOT_ID:
+            assert real[i + 1] == CAUSAL
+    assert real.count(CAUSAL) == n_inserted
+    # scored: exactly the plain windows' N·T targets, in order; <causal> is never a target
+    yy = y[y != IGNORE_INDEX]
+    assert len(yy) == n * T and yy.tolist() == raw[:, 1:].reshape(-1).tolist()
+    assert not (y == CAUSAL).any()
+    # targets are the inputs shifted by one, across window boundaries too (one packed stream)
+    nxt = torch.cat([x.reshape(-1)[1:], x.new_tensor([EOT_ID])])
+    scored = y.reshape(-1) != IGNORE_INDEX
+    assert torch.equal(y.reshape(-1)[scored], nxt[scored])
+
+
+def test_evaluate_loss_counts_only_scored_targets(tmp_path):
+    from gerbil.config import ModelConfig
+    from gerbil.model import GPT
+    from gerbil.train import evaluate_loss
+
+    split = _tiny_val_split(tmp_path)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(d_model=32, n_layer=1, n_head=2, rotary_dim=8, vocab_size=50264, seq_len=16))
+    kw = dict(micro_batch=3, device=torch.device("cpu"), autocast_dtype=None, vocab_size=50264)
+    w = eval_windows(split, 16, 200)
+    plain = evaluate_loss(model, model.lm_head, w, **kw)
+    assert evaluate_loss(model, model.lm_head, eval_batches(split, 16, 200), **kw) == pytest.approx(plain, rel=1e-6)
+    # by hand: the mean per-token loss over the scored targets only (-100 ignored, not diluting)
+    x, y = eval_batches(split, 16, 200, objective="blender")
+    with torch.no_grad():
+        logits = model.lm_head(model(x)).float()[..., :50264]
+        per = torch.nn.functional.cross_entropy(logits.reshape(-1, 50264), y.reshape(-1), reduction="none",
+                                                ignore_index=IGNORE_INDEX)
+    expect = float(per.sum() / (y != IGNORE_INDEX).sum())
+    assert evaluate_loss(model, model.lm_head, (x, y), **kw) == pytest.approx(expect, rel=1e-5)
 
 
 def test_bad_arguments():

@@ -3,6 +3,7 @@ damaged checkpoints, star continuation, schedules, bad input, NaN handling, reci
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -162,6 +163,8 @@ def test_wsd_run_and_objective_path(store, tmp_path):
     model = dict(d_model=32, n_layer=2, n_head=2, rotary_dim=8, vocab_size=50264, seq_len=64, name="tiny")
     r = train(tiny_config(big, tmp_path, model=model, objective="blender", schedule="wsd", tokens=128 * 3))
     assert r.steps == 3 and r.info["objective"] == "blender"
+    # validated in causal mode (<causal> per val document, unscored; loader.eval_batches)
+    assert r.info["val_mode"] == "causal" and r.val_loss is not None and math.isfinite(r.val_loss)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store, tmp_path, monkeypatch):

@@ -104,8 +104,11 @@ class Objective:
     def chunk_len(self, seq_len: int) -> int:
         """The longest chunk whose output plus the EOT fits in ``seq_len`` tokens (≥ 1).
 
-        A loader that cuts documents into chunks of this length never splits one task's example across
-        two training sequences.
+        With chunks of this length no example (one task's output plus its EOT) is longer than a training
+        sequence. It does not by itself keep an example inside one sequence: the loader packs examples
+        into one stream cut every ``seq_len`` tokens, so the example straddling a cut continues in the
+        next sequence (as documents do in plain training); with chunks of ``seq_len`` a FIM/MLM example
+        of a long document would be longer than any sequence and could never be seen whole.
         """
         lo, hi = 1, max(1, int(seq_len))
         while lo < hi:  # largest n with max_output_len(n) + 1 <= seq_len; max_output_len is monotone

@@ -31,9 +31,10 @@ import torch
 
 from gerbil import checkpoint as ckpt
 from gerbil.errors import GerbilError
-from gerbil.loader import Loader, eval_windows
+from gerbil.loader import Loader, eval_batches
 from gerbil.loss import lm_loss
 from gerbil.model import GPT
+from gerbil.objectives import mode_prefix
 from gerbil.run import (RunPaths, StepPlan, append_metrics, configure_optimizer, lr_at, resolve,
                         truncate_metrics, write_run_files)
 
@@ -65,7 +66,8 @@ class TrainConfig:
     checkpoint_every: int | None = None  # tokens between checkpoints (None: 10 per run); a final one always
     keep_checkpoints: int = 3  # newest checkpoints kept (0: all)
     eval_every: int | None = None  # tokens between validations (None: 10 per run); one at the end always
-    val_tokens: int = 1_048_576  # fixed validation size (leading windows of the val split)
+    val_tokens: int = 1_048_576  # fixed validation size: the val split's first val_tokens // seq_len · seq_len
+    # targets, in causal mode (`<causal>` per document, unscored) for causal/blender (loader.eval_batches)
     log_every: int = 1  # steps between metrics.jsonl lines
     runs: str = "runs"  # folder holding run directories
     seed: int = 0
@@ -209,20 +211,32 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.o
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows: torch.Tensor, micro_batch: int,
+def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_batch: int,
                   device: torch.device, autocast_dtype: torch.dtype | None, vocab_size: int,
                   chunk_tokens: int = 4096) -> float:
-    """Mean next-token loss over `windows` (N, T+1): every target counted once, in fp32 accumulation."""
+    """Mean next-token loss over the scored targets, every one counted once, in fp32 accumulation.
+
+    windows: raw windows (N, T+1) (every target scored), or ``(inputs, targets)`` of shape (N, T) with
+    -100 where a target is not scored (`loader.eval_batches`, e.g. the ``<causal>`` mode tokens).
+    """
+    if isinstance(windows, torch.Tensor):
+        inputs, targets = windows[:, :-1], windows[:, 1:]
+    else:
+        inputs, targets = windows
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for s in range(0, len(windows), micro_batch):
-        w = windows[s : s + micro_batch].to(device, non_blocking=True)
-        x, y = w[:, :-1], w[:, 1:]
+    for s in range(0, len(inputs), micro_batch):
+        y_cpu = targets[s : s + micro_batch]
+        n = int((y_cpu != -100).sum())  # counted on the CPU copy: no device sync
+        if n == 0:  # nothing scored here (lm_loss would return 0 for it; skip the forward pass)
+            continue
+        x = inputs[s : s + micro_batch].to(device, non_blocking=True)
+        y = y_cpu.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             loss = lm_loss(model(x), head.weight, head.bias, y, vocab_size=vocab_size, chunk_tokens=chunk_tokens)
-        total += float(loss) * y.numel()
-        count += y.numel()
+        total += float(loss) * n  # lm_loss is the mean over this micro-batch's scored targets
+        count += n
     model.train(was_training)
     return total / max(1, count)
 
@@ -265,7 +279,10 @@ def train(config: TrainConfig | dict) -> RunResult:
     run_model = model
     if r.compile:
         run_model = torch.compile(model)  # checkpoints still save `model` (no `_orig_mod.` names)
-    val = eval_windows(r.val_split, cfg.seq_len, cfg.val_tokens) if r.val_split is not None else None
+    # the fixed validation set: the same N·T val tokens for every objective, presented in causal mode
+    # (`<causal>` at each document start, never scored) for causal/blender models — loader.eval_batches
+    val = (eval_batches(r.val_split, cfg.seq_len, cfg.val_tokens, objective=cfg.objective, eot_id=r.store.eot_id)
+           if r.val_split is not None else None)
     chunk = 4096 if device.type == "cuda" else 1024  # CPU: keep one chunk's fp32 logits ≈ 200 MB
 
     def validate() -> float | None:
@@ -332,7 +349,9 @@ def train(config: TrainConfig | dict) -> RunResult:
         skipped_steps=state.skipped_steps, n_params=model_cfg.n_params("total"),
         info={"size": r.size, "class": r.cls, "objective": cfg.objective, "budget": r.budget,
               "batch": r.batch_label, "device": str(device), "precision": r.precision,
-              "micro_batch": r.micro_batch, "parent": r.parent_record},
+              "micro_batch": r.micro_batch, "parent": r.parent_record,
+              # how validation presented the (objective-independent) scored tokens: loader.eval_batches
+              "val_mode": "causal" if mode_prefix(cfg.objective) else "plain"},
     )
     if state.skipped_steps:
         log.warning("%d fp16 steps were skipped by the loss scaler (gradient overflow)", state.skipped_steps)
