@@ -230,7 +230,15 @@ class Encoder:
                     ctx, cont = ctx[:-n], ctx[-n:] + cont
                 plan.append(("pair", len(texts)))
                 texts += [ctx + cont, ctx]
-        enc = self.encode_batch(texts)
+        # encode each distinct string once: hellaswag's context is the same for its four endings,
+        # so its 8 strings per item become 5 (tokenization is deterministic: no id changes)
+        uniq = list(dict.fromkeys(texts))
+        if len(uniq) < len(texts):
+            at = {t: i for i, t in enumerate(uniq)}
+            enc_u = self.encode_batch(uniq)
+            enc = [enc_u[at[t]] for t in texts]
+        else:
+            enc = self.encode_batch(texts)
         out = []
         for kind, i in plan:
             if kind == "empty":
@@ -300,43 +308,68 @@ def _build_rows(group: Sequence[tuple[list[int], list[int]]], gi: int, max_lengt
     return rows
 
 
-def _tree_forward(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+def _tree_forward(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor | None) -> torch.Tensor:
     """GPT forward with explicit rotary positions and a shared-prefix ("tree") attention mask.
 
     Token a attends to token b iff b is not after a in the row and b is in the shared prefix or in
     a's own segment. Mathematically identical to running each (prefix + suffix) as its own row.
+    ``seg=None``: plain causal rows (no mask tensor), the same as ``model(idx)``.
     Uses the model's own modules (parameter names per docs/architecture.md).
     idx/pos/seg: (B, T).
+
+    Rotary is applied to q and k together, in place in the qkv projection's output, with exactly
+    ``model.apply_rotary``'s products and sums (bit-identical results), in half the ops of two
+    apply_rotary calls. On a CPU each op is a parallel region whose thread hand-off costs more than
+    the arithmetic at d_model 64, and far more when another process competes for the cores.
+    (A complex multiplication would be 2 ops, and measured ~35% faster on lambada on a loaded
+    2-core box, but it rounds differently in the last bit: log-likelihoods move by ~3e-6.)
     """
     import torch
     import torch.nn.functional as F
 
-    from gerbil.model import apply_rotary, rotary_tables
+    from gerbil.model import rotary_tables
 
     m = getattr(model, "_orig_mod", model)
     B, T = idx.shape
     cfg = m.config
-    cos_t, sin_t = rotary_tables(int(pos.max()) + 1, cfg.rotary_dim, device=idx.device)
-    cos, sin = cos_t[pos].unsqueeze(1), sin_t[pos].unsqueeze(1)  # (B, 1, T, rot/2)
-    ar = torch.arange(T, device=idx.device)
-    causal = ar[None, :] <= ar[:, None]  # (T, T): [a, b] = b <= a
-    sa, sb = seg[:, :, None], seg[:, None, :]  # (B, T, 1), (B, 1, T)
-    mask = (causal[None] & ((sb == -1) | (sb == sa)))[:, None]  # (B, 1, T, T)
+    nh, hs, rot = cfg.n_head, cfg.head_dim, cfg.rotary_dim
+    cos_t, sin_t = rotary_tables(int(pos.max()) + 1, rot, device=idx.device)
+    cos, sin = cos_t[pos].unsqueeze(2), sin_t[pos].unsqueeze(2)  # (B, T, 1, rot/2)
+    if seg is None:
+        mask = None
+    else:
+        ar = torch.arange(T, device=idx.device)
+        causal = ar[None, :] <= ar[:, None]  # (T, T): [a, b] = b <= a
+        sa, sb = seg[:, :, None], seg[:, None, :]  # (B, T, 1), (B, 1, T)
+        mask = (causal[None] & ((sb == -1) | (sb == sa)))[:, None]  # (B, 1, T, T)
     x = m.wte(idx)  # (B, T, d)
     for blk in m.h:
         h = blk.ln_1(x)
         a = blk.attn
         C = h.shape[-1]
-        q, k, v = a.qkv_proj(h).split(C, dim=-1)
-        q = q.view(B, T, a.n_head, a.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, a.n_head, a.head_dim).transpose(1, 2)
-        v = v.view(B, T, a.n_head, a.head_dim).transpose(1, 2)
-        q = apply_rotary(q, cos, sin, a.rotary_dim)
-        k = apply_rotary(k, cos, sin, a.rotary_dim)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        qkv = a.qkv_proj(h).view(B, T, 3 * nh, hs)
+        if rot:
+            xr = qkv[:, :, : 2 * nh, :rot]  # q and k heads, their rotary dims: (B, T, 2nh, rot)
+            xp = xr.unflatten(-1, (rot // 2, 2))
+            x0, x1 = xp[..., 0], xp[..., 1]  # GPT-J's interleaved pairs
+            # (bf16/fp16 weights: the fp32 tables promote the products to fp32 and copy_ rounds
+            # back, the same round trip as apply_rotary's)
+            xr.copy_(torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2))
+        q, k, v = (t.transpose(1, 2) for t in qkv.split(nh, dim=2))  # (B, nh, T, hs)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # with a mask the kernel's summation order follows q/k's layout: keep the one that
+            # two apply_rotary calls produced (contiguous), so results stay bit-identical
+            y = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         x = x + a.out_proj(y) + blk.mlp(h)
     return m.ln_f(x)
+
+
+#: Rows of logits per head chunk on CPU (×50k vocabulary × 4 bytes = the buffer): large enough that
+#: the matmul runs near full speed (MKL re-packs the 50k×d weight on every call, which dominates
+#: below ~256 rows), small enough to stay out of the way; measured on a 2-core EPYC.
+HEAD_CHUNK_CPU = 512
 
 
 class Scorer:
@@ -344,6 +377,21 @@ class Scorer:
 
     ``score(groups)`` takes a list of groups (an item's requests) and returns, per group, the
     harness's ``(loglikelihood, is_greedy)`` for each request.
+
+    Where the time goes (a 6.7m model on a 2-core CPU, hellaswag): ~85% of the FLOPs are the
+    50k-vocabulary head, at ~55 scored positions per item, and what follows it (log-softmax over
+    50k logits, argmax) touches every one of those logits again. So the head is applied
+
+    * once per distinct scored position: hellaswag's four endings are all predicted from the
+      context's last position (and from any first tokens the endings share), which used to go
+      through the head once per ending;
+    * chunk by chunk into one preallocated logits buffer, log-softmaxed in place. Allocating a
+      fresh ~270 MB logits tensor (and its log-softmax) per chunk made the allocator hand memory
+      back to the kernel and fault it in again each time: 5.6 M page faults and 19 s of system time
+      for 1,000 hellaswag items (20 s of 32 s on an idle 2-core box).
+
+    The numbers are unchanged: the same fp32 matmul, log-softmax and argmax per position as before,
+    summed per request in the same order.
     """
 
     def __init__(self, model, device: str | torch.device = "cpu", batch_size: int | None = None,
@@ -359,21 +407,13 @@ class Scorer:
         self.max_length = max_length or cfg.seq_len
         self.vocab_size = cfg.vocab_size
         self.share_prefix = share_prefix
-        # head chunk: ~256 MB of fp32 logits at a time
-        self.head_chunk = head_chunk or max(64, (1 << 26) // self.vocab_size)
+        # Rows of logits per head chunk. CPU: HEAD_CHUNK_CPU (see there); GPU: ~256 MB of fp32 logits.
+        self.head_chunk = head_chunk or (HEAD_CHUNK_CPU if self.device.type == "cpu"
+                                         else max(64, (1 << 26) // self.vocab_size))
+        self._logits_buf: torch.Tensor | None = None  # reused across chunks and batches
 
-    def score(self, groups: Sequence[Sequence[tuple[list[int], list[int]]]],
-              progress: Any = None) -> list[list[tuple[float, bool]]]:
-        import numpy as np
-        import torch
-
-        rows: list[_Row] = []
-        for gi, g in enumerate(groups):
-            rows += _build_rows(g, gi, self.max_length, self.share_prefix, 2 * self.max_length)
-        results: list[list[tuple[float, bool] | None]] = [[None] * len(g) for g in groups]
-        rows_left = np.zeros(len(groups), dtype=np.int64)
-        for r in rows:
-            rows_left[r.group] += 1
+    def _batches(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Rows sorted by length and cut into batches of at most `batch_tokens` (padded) tokens."""
         # longest first (the first batch is the largest: memory problems show at once), then by
         # tokens so rows of one item and identical rows sit together
         order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].tokens), rows[i].tokens))
@@ -389,50 +429,108 @@ class Scorer:
             cur.append(r)
         if cur:
             batches.append(cur)
+        return batches
 
-        model = self.model
+    def _hidden(self, batch: list[_Row]) -> torch.Tensor:
+        """Final hidden states (B, T, d) of a batch of rows (right-padded)."""
+        import torch
+
+        B, T = len(batch), len(batch[0].tokens)
+        idx = torch.zeros(B, T, dtype=torch.long)
+        for b, r in enumerate(batch):
+            idx[b, : len(r.tokens)] = torch.tensor(r.tokens)
+        idx = idx.to(self.device)
+        if any(r.shared for r in batch):
+            pos = torch.zeros(B, T, dtype=torch.long)
+            seg = torch.full((B, T), -2, dtype=torch.long)  # padding: its own segment
+            for b, r in enumerate(batch):
+                pos[b, : len(r.pos)] = torch.tensor(r.pos)
+                seg[b, : len(r.seg)] = torch.tensor(r.seg)
+            return _tree_forward(self.model, idx, pos.to(self.device), seg.to(self.device))
+        # plain causal rows: right padding never influences earlier positions
+        pos = torch.arange(T, device=self.device).expand(B, T)
+        return _tree_forward(self.model, idx, pos, None)
+
+    def _head(self, h: torch.Tensor, prow, ptgt) -> tuple[Any, Any]:
+        """log p(target) and is-argmax for scored (position, target) pairs.
+
+        h: (U, d) hidden states of the distinct scored positions; prow/ptgt: numpy int arrays, pair
+        i asks for target ptgt[i] at position prow[i], sorted by prow (so each chunk of positions
+        owns a contiguous run of pairs). Returns (float32 log-probs, bools) as numpy arrays.
+        """
+        import numpy as np
+        import torch
+
+        m = getattr(self.model, "_orig_mod", self.model)
+        V = self.vocab_size
+        # the model's logits() (lm_head, then drop padded vocabulary rows) as one addmm into a buffer
+        W, bias = m.lm_head.weight[:V], m.lm_head.bias[:V]
+        U, M = h.shape[0], self.head_chunk
+        buf = self._logits_buf
+        if buf is None or buf.shape[0] < min(M, U) or buf.dtype != W.dtype or buf.device != h.device:
+            buf = self._logits_buf = torch.empty(min(M, U), V, dtype=W.dtype, device=h.device)
+        prow_t = torch.from_numpy(prow).to(h.device)
+        ptgt_t = torch.from_numpy(ptgt).to(h.device)
+        bounds = np.searchsorted(prow, np.arange(0, U + M, M))  # pairs of chunk c: bounds[c]:bounds[c+1]
+        lp = torch.empty(len(prow), dtype=torch.float32, device=h.device)
+        ok = torch.empty(len(prow), dtype=torch.bool, device=h.device)
+        for c, s in enumerate(range(0, U, M)):
+            e = min(s + M, U)
+            logits = torch.addmm(bias, h[s:e], W.t(), out=buf[: e - s])
+            if logits.dtype != torch.float32:  # bf16/fp16 weights: the softmax still in fp32
+                logits = logits.float()
+            # in place: each row is read (max, sum of exp) before it is overwritten
+            logp = torch.log_softmax(logits, dim=-1, out=logits)
+            a, b = int(bounds[c]), int(bounds[c + 1])
+            r, t = prow_t[a:b] - s, ptgt_t[a:b]
+            lpt = logp[r, t]
+            lp[a:b] = lpt
+            # greedy = the target is the argmax of the log-softmax, as the harness computes it
+            # (first index of the maximum). A row maximum (amax) is several times cheaper than an
+            # argmax over 50k logits, and a target below it is not greedy; only where the target
+            # reaches the maximum is the exact argmax taken (it differs on an exact tie with an
+            # earlier token), on those rows alone.
+            hit = lpt == logp.amax(dim=-1)[r]
+            cand = hit.nonzero()[:, 0]
+            if len(cand):
+                hit[cand] = logp[r[cand]].argmax(dim=-1) == t[cand]
+            ok[a:b] = hit
+        return lp.cpu().numpy(), ok.cpu().numpy()
+
+    def score(self, groups: Sequence[Sequence[tuple[list[int], list[int]]]],
+              progress: Any = None) -> list[list[tuple[float, bool]]]:
+        import numpy as np
+        import torch
+
+        rows: list[_Row] = []
+        for gi, g in enumerate(groups):
+            rows += _build_rows(g, gi, self.max_length, self.share_prefix, 2 * self.max_length)
+        results: list[list[tuple[float, bool] | None]] = [[None] * len(g) for g in groups]
+        rows_left = np.zeros(len(groups), dtype=np.int64)
+        for r in rows:
+            rows_left[r.group] += 1
+
         with torch.inference_mode():
-            for batch in batches:
-                B, T = len(batch), len(batch[0].tokens)
-                idx = torch.zeros(B, T, dtype=torch.long)
+            for batch in self._batches(rows):
+                hidden = self._hidden(batch)
+                B, T, d = hidden.shape
+                # every scored (position, target) pair, its position as a flat index into the batch
+                keys, tgt, owner, req_keys = [], [], [], []
                 for b, r in enumerate(batch):
-                    idx[b, : len(r.tokens)] = torch.tensor(r.tokens)
-                idx = idx.to(self.device)
-                if any(r.shared for r in batch):
-                    pos = torch.zeros(B, T, dtype=torch.long)
-                    seg = torch.full((B, T), -2, dtype=torch.long)  # padding: its own segment
-                    for b, r in enumerate(batch):
-                        pos[b, : len(r.pos)] = torch.tensor(r.pos)
-                        seg[b, : len(r.seg)] = torch.tensor(r.seg)
-                    hidden = _tree_forward(model, idx, pos.to(self.device), seg.to(self.device))
-                else:
-                    hidden = model(idx)  # right padding never influences earlier positions
-                # gather only the positions whose next token is scored
-                bi, ti, tgt, owner = [], [], [], []
-                req_keys = []
-                for b, r in enumerate(batch):
+                    base = b * T
                     for (ri, rowpos, cont) in r.scored:
-                        k = len(req_keys)
+                        owner += [len(req_keys)] * len(rowpos)
                         req_keys.append((r.group, ri))
-                        bi += [b] * len(rowpos)
-                        ti += rowpos
+                        keys += [base + p for p in rowpos]
                         tgt += cont
-                        owner += [k] * len(rowpos)
-                bi_t = torch.tensor(bi, device=self.device)
-                ti_t = torch.tensor(ti, device=self.device)
-                tgt_t = torch.tensor(tgt, device=self.device)
-                h = hidden[bi_t, ti_t]  # (N, d)
-                lp_parts, ok_parts = [], []
-                for s in range(0, h.shape[0], self.head_chunk):
-                    logits = getattr(model, "_orig_mod", model).logits(h[s: s + self.head_chunk]).float()
-                    t = tgt_t[s: s + self.head_chunk]
-                    # fused log_softmax then argmax of it, as the harness does (measured faster on
-                    # CPU than a separate max + logsumexp); greedy = argmax is the target
-                    logp = torch.log_softmax(logits, dim=-1)
-                    lp_parts.append(logp.gather(1, t[:, None])[:, 0])
-                    ok_parts.append(logp.argmax(dim=-1) == t)
-                lp = torch.cat(lp_parts).double().cpu().numpy()
-                ok = torch.cat(ok_parts).cpu().numpy()
+                # the head once per distinct position (shared ones: the context's last token, ...)
+                uniq, inv = np.unique(np.asarray(keys, dtype=np.int64), return_inverse=True)
+                order = np.argsort(inv, kind="stable")
+                h = hidden.reshape(B * T, d)[torch.from_numpy(uniq).to(self.device)]
+                lp_s, ok_s = self._head(h, inv[order], np.asarray(tgt, dtype=np.int64)[order])
+                lp = np.empty(len(keys), dtype=np.float64)
+                ok = np.empty(len(keys), dtype=bool)
+                lp[order], ok[order] = lp_s, ok_s  # back to pair order: sums in the same order
                 owner_a = np.asarray(owner)
                 ll = np.zeros(len(req_keys))
                 np.add.at(ll, owner_a, lp)
