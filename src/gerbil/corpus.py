@@ -430,12 +430,10 @@ class Corpus:
                 yield from self._emit(v)
 
     # ----------------------------------------------------------------------------------------- text
-    def _text_file(self, path: Path) -> Iterator[tuple[str, bool]]:
-        """One document per file, read in blocks: memory stays bounded for any file size."""
+    def _decoded_blocks(self, path: Path) -> Iterator[tuple[bytes, str]]:
+        """``(raw, text)`` per 1 MiB block, decoded incrementally (bad bytes → U+FFFD); the last pair is
+        ``(b"", tail)``. A file whose first block holds NUL bytes is counted as binary and yields nothing."""
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        buf = _PieceBuffer(self.max_piece_chars)
-        lossy = False
-        nonblank = False
         with open(path, "rb") as f:
             first = True
             while True:
@@ -445,13 +443,24 @@ class Corpus:
                     log.warning("%s: NUL bytes, looks binary; skipped", path)
                     return
                 first = False
-                text = decoder.decode(raw, final=not raw)
-                lossy = lossy or _lossy(raw, text)
-                nonblank = nonblank or (bool(text) and not text.isspace())
-                for p in buf.add(text):
-                    yield p, False
+                yield raw, decoder.decode(raw, final=not raw)
                 if not raw:
-                    break
+                    return
+
+    def _text_file(self, path: Path) -> Iterator[tuple[str, bool]]:
+        """One document per file, read in blocks: memory stays bounded for any file size."""
+        buf = _PieceBuffer(self.max_piece_chars)
+        lossy = False
+        nonblank = False
+        seen = False
+        for raw, text in self._decoded_blocks(path):
+            seen = True
+            lossy = lossy or _lossy(raw, text)
+            nonblank = nonblank or (bool(text) and not text.isspace())
+            for p in buf.add(text):
+                yield p, False
+        if not seen:  # binary file, already counted
+            return
         rest = buf.finish()
         if lossy:
             self.counts.non_utf8 += 1
@@ -472,47 +481,39 @@ class Corpus:
         buffer holds at most the current paragraph — and a paragraph longer than a piece is released
         in pieces, so memory stays bounded even for one giant paragraph or line.
         """
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         # A virtual line break before the file turns blank lines at its top into a separator too.
         pending = "\n"
         virtual = True      # pending[0] is that virtual "\n", not yet consumed
         self._para_open = self._para_lossy = False
         lossy_file = False
         produced = 0
-        with open(path, "rb") as f:
-            first = True
-            while True:
-                raw = f.read(_BLOCK)
-                if first and b"\x00" in raw:
-                    self.counts.binary_files += 1
-                    log.warning("%s: NUL bytes, looks binary; skipped", path)
-                    return
-                first = False
-                final = not raw
-                text = decoder.decode(raw, final=final)
-                lossy_file = lossy_file or _lossy(raw, text)
-                pending += text
-                # Separators are whitespace, so any ending before the last non-space are complete.
-                limit = len(pending) if final else len(pending.rstrip())
-                pos = 0
-                for m in _BLANK_RUN.finditer(pending, 0, limit):
-                    para = pending[pos + virtual:m.start()] if pos == 0 else pending[pos:m.start()]
-                    virtual = False
-                    produced += yield from self._paragraph(para, lossy_file, last=True)
-                    pos = m.end()
-                if final:
-                    tail = pending[pos + virtual:] if pos == 0 else pending[pos:]
-                    produced += yield from self._paragraph(tail, lossy_file, last=True)
-                    break
-                if pos:
-                    pending, limit, virtual = pending[pos:], limit - pos, False
-                if limit > self.max_piece_chars:  # a huge unfinished paragraph: release all but its tail
-                    head = pending[virtual:limit]
-                    pieces = split_text(head, self.max_piece_chars)
-                    for piece in pieces[:-1]:
-                        yield from self._paragraph(piece, lossy_file, last=False)
-                    pending, virtual = pieces[-1] + pending[limit:], False
-        if not produced:
+        seen = False
+        for raw, text in self._decoded_blocks(path):
+            seen = True
+            final = not raw
+            lossy_file = lossy_file or _lossy(raw, text)
+            pending += text
+            # Separators are whitespace, so any ending before the last non-space are complete.
+            limit = len(pending) if final else len(pending.rstrip())
+            pos = 0
+            for m in _BLANK_RUN.finditer(pending, 0, limit):
+                para = pending[pos + virtual:m.start()] if pos == 0 else pending[pos:m.start()]
+                virtual = False
+                produced += yield from self._paragraph(para, lossy_file, last=True)
+                pos = m.end()
+            if final:
+                tail = pending[pos + virtual:] if pos == 0 else pending[pos:]
+                produced += yield from self._paragraph(tail, lossy_file, last=True)
+                break
+            if pos:
+                pending, limit, virtual = pending[pos:], limit - pos, False
+            if limit > self.max_piece_chars:  # a huge unfinished paragraph: release all but its tail
+                head = pending[virtual:limit]
+                pieces = split_text(head, self.max_piece_chars)
+                for piece in pieces[:-1]:
+                    yield from self._paragraph(piece, lossy_file, last=False)
+                pending, virtual = pieces[-1] + pending[limit:], False
+        if seen and not produced:
             self.counts.empty += 1  # a file with no text at all is one empty document
 
     def _paragraph(self, text: str, lossy_file: bool,
