@@ -112,3 +112,14 @@ def test_cli_table(tmp_path, capsys):
     assert "Gerbil-A-6.7m" in capsys.readouterr().out
     assert main(["table", str(tmp_path / "missing")]) == 2
     assert "no such run" in capsys.readouterr().err
+
+
+def test_a_run_short_of_its_class_budget_is_not_shown_as_that_class(tmp_path):
+    # `gerbil train --class A --tokens 262144` (the CPU demo): the meta says class A, but 262k tokens
+    # for 6.68M parameters is a ratio of 0.039, not 20 — neither the name nor the class may say "A".
+    run = make_run(tmp_path, "short", tokens=262_144)
+    row = table.row_for_run(run)
+    assert row["Model Name"] == "Gerbil-6.7m"
+    assert row["Class"] == "custom budget"
+    assert row["Ratio"] == "0.039"
+    assert table.row_for_run(make_run(tmp_path, "full"))["Class"] == "A-Class"

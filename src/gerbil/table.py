@@ -93,17 +93,29 @@ def _size_label(r: RunRecord) -> str:
     return str(r.size or "—")
 
 
+def _class(r: RunRecord) -> str | None:
+    """The run's class, or None when its tokens fall short of the class's ratio (a `--tokens` budget,
+    e.g. the CPU demo): such a run must not be named or shown as a class model."""
+    from gerbil.plan import CLASSES
+
+    nominal = CLASSES.get((r.cls or "").rstrip("*").upper())
+    if nominal and r.ratio is not None and r.ratio < 0.9 * nominal:
+        return None
+    return r.cls
+
+
 def _model_name(r: RunRecord) -> str:
     from gerbil.export import model_name
 
-    return model_name(r.objective, _size_label(r), r.cls)
+    return model_name(r.objective, _size_label(r), _class(r))
 
 
 def _values(r: RunRecord) -> dict[str, Any]:
     """Raw (unformatted) values of a run's row, plus the flags that decide its markers."""
+    cls = _class(r)
     v: dict[str, Any] = {
         "Model Name": _model_name(r), "Parameters": _size_label(r), "params": r.params,
-        "Class": f"{r.cls}-Class" if r.cls else "—",
+        "Class": f"{cls}-Class" if cls else ("custom budget" if r.cls else "—"),
         "Ratio": r.ratio, "Tokens": r.tokens, "Batch Size (Tokens)": r.batch, "Training Loss ↓": r.train_loss,
         "run_dir": str(r.run_dir), "step": r.step,
     }
@@ -124,7 +136,8 @@ def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
         "Model Name": v["Model Name"],
         "Parameters": v["Parameters"],
         "Class": v["Class"],
-        "Ratio": "—" if v["Ratio"] is None else _num(v["Ratio"], 0 if v["Ratio"] >= 10 else 1),
+        "Ratio": "—" if v["Ratio"] is None else (_num(v["Ratio"], 0 if v["Ratio"] >= 10 else 1)
+                                                 if v["Ratio"] >= 1 else f"{v['Ratio']:.2g}"),
         "Tokens": "—" if not v["Tokens"] else fmt_tokens(v["Tokens"]),
         "Batch Size (Tokens)": v["Batch Size (Tokens)"] or "—",
         "Training Loss ↓": "—" if v["Training Loss ↓"] is None else f"{v['Training Loss ↓']:.4f}",
