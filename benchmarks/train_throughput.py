@@ -59,10 +59,19 @@ def bench_gerbil(cfg, x, device, autocast_dtype, use_scaler, compile_: bool, los
     inputs, targets = x[:, :-1], x[:, 1:]
     chunk = 4096 if device.type == "cuda" else 1024
 
+    def loss_fn():
+        return lm_loss(fwd(inputs), model.lm_head.weight, model.lm_head.bias, targets,
+                       vocab_size=cfg.vocab_size, impl=loss_impl, chunk_tokens=chunk)
+
+    return _run(_train_step(loss_fn, model, opt, scaler, device, autocast_dtype), device, warmup, steps, x)
+
+
+def _train_step(loss_fn, model, opt, scaler, device, autocast_dtype):
+    """One optimizer step, identical for both sides: autocast forward+loss, (scaled) backward, clip 1.0."""
+
     def step():
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = lm_loss(fwd(inputs), model.lm_head.weight, model.lm_head.bias, targets,
-                           vocab_size=cfg.vocab_size, impl=loss_impl, chunk_tokens=chunk)
+            loss = loss_fn()
         (scaler.scale(loss) if scaler else loss).backward()
         if scaler:
             scaler.unscale_(opt)
@@ -70,7 +79,7 @@ def bench_gerbil(cfg, x, device, autocast_dtype, use_scaler, compile_: bool, los
         (scaler.step(opt), scaler.update()) if scaler else opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return _run(step, device, warmup, steps, x)
+    return step
 
 
 def bench_transformers(cfg, x, device, autocast_dtype, use_scaler, warmup: int, steps: int) -> dict:
@@ -86,17 +95,10 @@ def bench_transformers(cfg, x, device, autocast_dtype, use_scaler, warmup: int, 
                             lr=1e-4, betas=(0.9, 0.95), **kw)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
 
-    def step():
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # HF shifts labels internally
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        (scaler.step(opt), scaler.update()) if scaler else opt.step()
-        opt.zero_grad(set_to_none=True)
+    def loss_fn():
+        return model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # HF shifts labels internally
 
-    return _run(step, device, warmup, steps, x)
+    return _run(_train_step(loss_fn, model, opt, scaler, device, autocast_dtype), device, warmup, steps, x)
 
 
 def _run(step, device, warmup, steps, x) -> dict:

@@ -29,3 +29,20 @@ def tokenizer(assets_home):
     from gerbil.tokenizer import Tokenizer
 
     return Tokenizer.load()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module, the previous setting restored after it.
+
+    Why: these tests run tiny matmuls and token-by-token decoding; on a shared 2-core box intra-op
+    threads spin against each other and made such modules 5-8x slower (measured). Bitwise comparisons
+    across processes (exact resume) also want one thread. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

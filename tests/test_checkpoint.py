@@ -15,12 +15,7 @@ from gerbil.model import GPT
 from train_fixtures import TINY_MODEL
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(run_dir, step, model=None, keep=0):

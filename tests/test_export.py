@@ -34,14 +34,7 @@ LADDER = ["3.3m", "6.7m", "15m", "32m"]
 BIG = ["77m", "104m"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These matmuls are tiny: on a shared 2-core box, intra-op threads spin against each other and
-    made this module 5-8x slower (measured). One thread here; the previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_a_few_steps(model, steps: int = 3, seed: int = 0, lr: float = 1e-2) -> None:

@@ -11,13 +11,7 @@ from gerbil.loss import IGNORE_INDEX, lm_loss
 B, T, D, V = 3, 11, 16, 97  # deliberately odd sizes: chunks never divide the tokens evenly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one intra-op thread is faster on a shared box (see test_export.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(seed: int = 0, rows: int = V, bias: bool = True, dtype=torch.float32):

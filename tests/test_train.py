@@ -22,12 +22,7 @@ from gerbil.train import NonFiniteLoss, TrainConfig, train
 from train_fixtures import make_store, tiny_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bitwise comparisons across processes; and a busy 2-core box
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
