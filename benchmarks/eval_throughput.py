@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from gerbil import evaluate as E
+    from gerbil.eval import evaluate as E
     from gerbil.export import export, random_model
 
     if args.threads:

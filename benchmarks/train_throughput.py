@@ -28,7 +28,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _precision(device: torch.device, name: str):
-    from gerbil.run import choose_precision
+    from gerbil.train.resolve import choose_precision
 
     return choose_precision(device, name)
 
@@ -46,9 +46,9 @@ def _time_steps(step, device: torch.device, warmup: int, steps: int) -> float:
 
 def bench_gerbil(cfg, x, device, autocast_dtype, use_scaler, compile_: bool, loss_impl: str,
                  warmup: int, steps: int) -> dict:
-    from gerbil.loss import lm_loss
-    from gerbil.model import GPT
-    from gerbil.run import configure_optimizer
+    from gerbil.model.loss import lm_loss
+    from gerbil.model.model import GPT
+    from gerbil.train.resolve import configure_optimizer
 
     model = GPT(cfg).to(device)
     opt = configure_optimizer(model, 0.1, (0.9, 0.95), fused=device.type == "cuda")
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
 
-    from gerbil.config import get_size
-    from gerbil.run import pick_device
+    from gerbil.model.config import get_size
+    from gerbil.train.resolve import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

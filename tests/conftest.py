@@ -26,7 +26,7 @@ def assets_home() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(assets_home):
     """The real GPT-2 + Blender tokenizer (50,264 ids), loaded once per session."""
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.tokenizer import Tokenizer
 
     return Tokenizer.load()
 

@@ -42,10 +42,10 @@ def train_tiny(run_dir: Path, tokenizer, steps: int = 30, seed: int = 0, objecti
     import numpy as np
     import torch
 
-    from gerbil.checkpoint import save_checkpoint
-    from gerbil.config import ModelConfig
-    from gerbil.loss import lm_loss
-    from gerbil.model import GPT
+    from gerbil.train.checkpoint import save_checkpoint
+    from gerbil.model.config import ModelConfig
+    from gerbil.model.loss import lm_loss
+    from gerbil.model.model import GPT
 
     g = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(**TINY)

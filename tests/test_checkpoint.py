@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from gerbil import checkpoint as ckpt
-from gerbil.config import ModelConfig
-from gerbil.model import GPT
+from gerbil.train import checkpoint as ckpt
+from gerbil.model.config import ModelConfig
+from gerbil.model.model import GPT
 from train_fixtures import TINY_MODEL
 
 
@@ -70,7 +70,7 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
         f.write_bytes(bytes(data))
     else:
         (bad / "meta.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="gerbil.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="gerbil.train.checkpoint"):
         assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-00000002"
     if damage != "no_meta":
         assert "damaged" in caplog.text

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gerbil import corpus as corpus_mod
-from gerbil.corpus import BadInputCounts, Corpus, split_text
+from gerbil.data import corpus as corpus_mod
+from gerbil.data.corpus import BadInputCounts, Corpus, split_text
 from gerbil.errors import GerbilError
 
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from gerbil import evaluate as E
+from gerbil.eval import evaluate as E
 from gerbil.errors import GerbilError
 
 
@@ -20,8 +20,8 @@ def docs(assets_home):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from gerbil.config import ModelConfig
-    from gerbil.model import GPT
+    from gerbil.model.config import ModelConfig
+    from gerbil.model.model import GPT
 
     torch.manual_seed(0)
     return GPT(ModelConfig(d_model=32, n_layer=2, n_head=4, rotary_dim=8, seq_len=256)).eval()
@@ -170,7 +170,7 @@ def test_perplexity_stderr_is_the_harness_bootstrap():
 
 # ----------------------------------------------------------------------------------- end to end
 def _save_run(run_dir, model, objective="plain"):
-    from gerbil.checkpoint import save_checkpoint
+    from gerbil.train.checkpoint import save_checkpoint
 
     save_checkpoint(run_dir, 5, model, {"step": 5},
                     {"model": model.config.to_dict(), "tokens": 1234, "objective": objective, "size": "tiny"})
@@ -256,7 +256,7 @@ def test_gerbil_lm_adapter_blender_prefix(tiny_model, tokenizer):
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
-    from gerbil.harness import GerbilLM
+    from gerbil.eval.harness import GerbilLM
 
     pairs = [("The cat sat on the", " mat"), ("The cat sat on the", " hat"), ("Hello  ", "world")]
     reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0) for p in pairs]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gerbil.cli import main
-from gerbil.config import VOCAB_SIZE, model_config
+from gerbil.model.config import VOCAB_SIZE, model_config
 from gerbil.export import (
     export,
     from_transformers_state_dict,
@@ -22,7 +22,7 @@ from gerbil.export import (
     read_info,
     to_transformers,
 )
-from gerbil.loss import lm_loss
+from gerbil.model.loss import lm_loss
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTJConfig, GPTJForCausalLM  # noqa: E402
@@ -225,7 +225,7 @@ def test_tokenizer_and_generation(tmp_path, tokenizer, assets_home):
 
 
 def test_export_from_run_directory_and_cli(tmp_path, tokenizer):
-    from gerbil.checkpoint import save_checkpoint
+    from gerbil.train.checkpoint import save_checkpoint
 
     model = random_model("3.3m", seed=5, seq_len=SEQ)
     _train_a_few_steps(model, steps=1)

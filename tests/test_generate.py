@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gerbil.config import ModelConfig
+from gerbil.model.config import ModelConfig
 from gerbil.generate import generate_ids, infill, load_model, sample, unmask
-from gerbil.model import GPT
-from gerbil.objectives import (
+from gerbil.model.model import GPT
+from gerbil.data.objectives import (
     CAUSAL, FITM_RESULT, FITM_START, MLM_END, MLM_START, MULTIPLE_TOK_MASK, SINGLE_TOK_MASK,
 )
-from gerbil.tokenizer import EOT_ID
+from gerbil.data.tokenizer import EOT_ID
 
 EXAMPLE = 1672  # " example"
 
@@ -136,7 +136,7 @@ def test_allow_special_uses_the_display_convention(tokenizer):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tokenizer):
     """A tiny random model saved as a run (checkpoint) and as an export folder."""
-    from gerbil.checkpoint import save_checkpoint
+    from gerbil.train.checkpoint import save_checkpoint
     from gerbil.export import export
 
     root = tmp_path_factory.mktemp("gen")

@@ -38,7 +38,7 @@ def run(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def native(run):
-    from gerbil.evaluate import evaluate
+    from gerbil.eval.evaluate import evaluate
 
     return evaluate(run / "export", TASKS, limit=N, device="cpu", write=False, progress=False,
                     bootstrap_iters=BOOT)
@@ -59,7 +59,7 @@ def _native_lls(rec: dict, task: str) -> list[list[tuple[float, bool]]]:
 
 
 def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: str) -> float:
-    from gerbil.harness import HARNESS_TASK
+    from gerbil.eval.harness import HARNESS_TASK
 
     hl = _harness_lls(h_samples)
     nl = _native_lls(rec, task)
@@ -86,7 +86,7 @@ def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: 
 
 @pytest.mark.slow
 def test_native_matches_harness_hf_on_export(run, native):
-    from gerbil.harness import HARNESS_TASK, task_manager
+    from gerbil.eval.harness import HARNESS_TASK, task_manager
 
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={run / 'export'},dtype=float32", device="cpu", batch_size=16,
@@ -96,15 +96,15 @@ def test_native_matches_harness_hf_on_export(run, native):
     print("max |Δ loglikelihood| gerbil vs harness HFLM:", worst)
     # the model is trained (its loss fell well below a random init's ln(50264) = 10.8)
     import json
-    from gerbil.checkpoint import latest_checkpoint
+    from gerbil.train.checkpoint import latest_checkpoint
 
     assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["train_loss"] < 9.0
 
 
 @pytest.mark.slow
 def test_in_process_adapter_matches(run, native):
-    from gerbil.checkpoint import load_model
-    from gerbil.harness import HARNESS_TASK, GerbilLM, task_manager
+    from gerbil.train.checkpoint import load_model
+    from gerbil.eval.harness import HARNESS_TASK, GerbilLM, task_manager
 
     model, _ = load_model(run)
     lm = GerbilLM(model=model, device="cpu")
@@ -115,7 +115,7 @@ def test_in_process_adapter_matches(run, native):
 
 
 def test_registered_with_harness():
-    import gerbil.harness  # noqa: F401
+    import gerbil.eval.harness  # noqa: F401
     from lm_eval.api.registry import get_model
 
     assert get_model("gerbil").__name__ == "GerbilLM"
@@ -127,8 +127,8 @@ def test_rolling_loglikelihood_matches_hflm(run):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from gerbil.checkpoint import load_model
-    from gerbil.harness import GerbilLM
+    from gerbil.train.checkpoint import load_model
+    from gerbil.eval.harness import GerbilLM
 
     from eval_fixtures import stdlib_prose
 

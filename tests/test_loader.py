@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from gerbil.loader import EOT_ID, IGNORE_INDEX, Loader, eval_batches, eval_windows
+from gerbil.data.loader import EOT_ID, IGNORE_INDEX, Loader, eval_batches, eval_windows
 
 
 @dataclass
 class FakeSplit:
-    """The `gerbil.store.Split` surface the loader uses: flat tokens (EOT after each doc) + offsets."""
+    """The `gerbil.data.store.Split` surface the loader uses: flat tokens (EOT after each doc) + offsets."""
 
     tokens: np.ndarray
     offsets: np.ndarray
@@ -146,7 +146,7 @@ def test_objective_rng_depends_only_on_seed_and_chunk_index():
 
 
 def test_real_objectives_run_through_the_loader():
-    objectives = pytest.importorskip("gerbil.objectives")
+    objectives = pytest.importorskip("gerbil.data.objectives")
     split = fake_split()
     for name in ("causal", "blender"):
         ld = Loader(split, 32, 2, objective=name, seed=0)
@@ -164,7 +164,7 @@ def test_eval_windows_are_the_leading_windows():
 
 def _tiny_val_split(tmp_path, n_docs=120):
     """The val split of a tiny real token store (GPT-2 ids, EOT 50256) of short random documents."""
-    from gerbil.store import TokenStore
+    from gerbil.data.store import TokenStore
 
     rng = np.random.default_rng(4)
     docs = [rng.integers(0, 50000, size=int(rng.integers(1, 40))) for _ in range(n_docs)]
@@ -183,7 +183,7 @@ def test_eval_batches_plain_are_the_raw_windows(tmp_path):
 
 @pytest.mark.parametrize("objective", ["blender", "causal"])
 def test_eval_batches_causal_mode_for_blender(tmp_path, objective):
-    from gerbil.objectives import CAUSAL
+    from gerbil.data.objectives import CAUSAL
 
     split = _tiny_val_split(tmp_path)
     T, budget = 16, 200
@@ -215,9 +215,9 @@ def test_eval_batches_causal_mode_for_blender(tmp_path, objective):
 
 
 def test_evaluate_loss_counts_only_scored_targets(tmp_path):
-    from gerbil.config import ModelConfig
-    from gerbil.model import GPT
-    from gerbil.train import evaluate_loss
+    from gerbil.model.config import ModelConfig
+    from gerbil.model.model import GPT
+    from gerbil.train.loop import evaluate_loss
 
     split = _tiny_val_split(tmp_path)
     torch.manual_seed(0)

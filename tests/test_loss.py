@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gerbil.loss import IGNORE_INDEX, lm_loss
+from gerbil.model.loss import IGNORE_INDEX, lm_loss
 
 B, T, D, V = 3, 11, 16, 97  # deliberately odd sizes: chunks never divide the tokens evenly
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gerbil.config import PRESETS, SIZES, VOCAB_SIZE, ModelConfig, model_config
-from gerbil.loss import lm_loss
-from gerbil.model import GPT, apply_rotary, rotary_tables
+from gerbil.model.config import PRESETS, SIZES, VOCAB_SIZE, ModelConfig, model_config
+from gerbil.model.loss import lm_loss
+from gerbil.model.model import GPT, apply_rotary, rotary_tables
 
 # REFERENCE.md §1 at vocabulary 50,264: total and non-embedding parameters. Published or inferred from
 # the published counts to the thousand (±1k); 15m's are given there only approximately (≈14.1M, ≈1.19M).

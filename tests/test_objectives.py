@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from gerbil.objectives import (
+from gerbil.data.objectives import (
     CAUSAL, FITM_RESULT, FITM_START, MLM_END, MLM_START, MULTIPLE_TOK_MASK, SINGLE_TOK_MASK,
     Blender, Causal, FillInMiddle, MaskedLM, Plain, from_display, get_objective, mode_prefix, to_display,
 )
-from gerbil.tokenizer import EOT_ID
+from gerbil.data.tokenizer import EOT_ID
 
 SEED_FIM = "<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle <fitm_result> example text <|endoftext|>"
 SEED_CAUSAL = "<causal> this is an example text for causal language modelling <|endoftext|>"
@@ -260,7 +260,7 @@ def test_bad_input_is_one_line_value_error(make, message):
 
 # ------------------------------------------------------------------------------------ with the loader
 class _Split:
-    """The part of `gerbil.store.Split` the loader reads: tokens with EOT after each document, offsets."""
+    """The part of `gerbil.data.store.Split` the loader reads: tokens with EOT after each document, offsets."""
 
     def __init__(self, docs):
         flat, offsets = [], [0]
@@ -277,7 +277,7 @@ class _Split:
 
 
 def test_blender_loader_exact_resume():
-    from gerbil.loader import Loader
+    from gerbil.data.loader import Loader
 
     rng = np.random.default_rng(0)
     split = _Split([rng.integers(0, 50256, size=int(rng.integers(5, 150))) for _ in range(60)])

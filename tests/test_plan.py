@@ -12,7 +12,7 @@ import pytest
 
 from gerbil import plan
 from gerbil.cli import main
-from gerbil.config import PRESETS, SIZES, ModelConfig
+from gerbil.model.config import PRESETS, SIZES, ModelConfig
 from gerbil.plan import (BatchSchedule, build_schedule, flops_per_token, fmt_batch, fmt_params,
                          fmt_tokens, make_plan, parse_batch, parse_batch_spec, parse_class)
 

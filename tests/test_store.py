@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gerbil import store as store_mod
-from gerbil.corpus import Corpus
+from gerbil.data import store as store_mod
+from gerbil.data.corpus import Corpus
 from gerbil.errors import GerbilError
-from gerbil.store import StoreWriter, TokenStore, is_val_document, prepare
-from gerbil.tokenizer import EOT_ID, VOCAB_SIZE
+from gerbil.data.store import StoreWriter, TokenStore, is_val_document, prepare
+from gerbil.data.tokenizer import EOT_ID, VOCAB_SIZE
 
 
 @pytest.fixture(scope="module")

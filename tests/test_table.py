@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gerbil import registry, table
-from gerbil.config import model_config
+from gerbil.suite import registry, table
+from gerbil.model.config import model_config
 
 
 def make_run(root: Path, name: str, *, size="6.7m", cls="A", objective="plain", tokens=133_651_680,

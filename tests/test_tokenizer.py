@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gerbil.errors import GerbilError
-from gerbil.tokenizer import BLENDER_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, Tokenizer
+from gerbil.data.tokenizer import BLENDER_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, Tokenizer
 
 SEED_EXAMPLES = [  # REFERENCE.md §2, exact
     "<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle <fitm_result> example text <|endoftext|>",
@@ -93,7 +93,7 @@ def test_engines_agree_on_specials(tokenizer, engine):
 def test_long_texts_are_segmented_safely(tokenizer, lambada_texts, monkeypatch):
     """Long texts are cut at safe points and a cut-free stretch too long for tiktoken goes to HF
     tokenizers: the ids equal HF's on the whole text. Small limits keep this fast."""
-    import gerbil.tokenizer as T
+    import gerbil.data.tokenizer as T
 
     monkeypatch.setattr(T, "_SEGMENT_CHARS", 1000)
     monkeypatch.setattr(T, "_TIKTOKEN_MAX_CHARS", 4000)

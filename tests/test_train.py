@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from gerbil import checkpoint as ckpt
+from gerbil.train import checkpoint as ckpt
 from gerbil.errors import GerbilError
-from gerbil.run import Schedule, lr_at
-from gerbil.train import NonFiniteLoss, TrainConfig, train
+from gerbil.train.resolve import Schedule, lr_at
+from gerbil.train.loop import NonFiniteLoss, TrainConfig, train
 from train_fixtures import make_store, tiny_config
 
 
@@ -62,7 +62,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    import gerbil.train as T
+    import gerbil.train.loop as T
     cfg = T.TrainConfig.from_dict(json.loads(sys.argv[1]))
     kill_at, calls = int(sys.argv[2]), [0]
     real_step = T.train_step
@@ -150,9 +150,9 @@ def test_schedules():
 
 def test_wsd_run_and_objective_path(store, tmp_path):
     # the generic objective path end to end (blender needs the 50,264-id vocabulary)
-    pytest.importorskip("gerbil.objectives")
+    pytest.importorskip("gerbil.data.objectives")
     big = make_store(tmp_path / "store50k", n_docs=80)
-    from gerbil.store import TokenStore
+    from gerbil.data.store import TokenStore
 
     assert TokenStore.open(big).eot_id == 1023
     model = dict(d_model=32, n_layer=2, n_head=2, rotary_dim=8, vocab_size=50264, seq_len=64, name="tiny")
@@ -163,7 +163,7 @@ def test_wsd_run_and_objective_path(store, tmp_path):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store, tmp_path, monkeypatch):
-    import gerbil.train as T
+    import gerbil.train.loop as T
 
     calls = [0]
     real = T.lm_loss

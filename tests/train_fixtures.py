@@ -16,7 +16,7 @@ TEST_SHA = "test-tokenizer-sha"
 
 
 def make_store(path: Path, n_docs: int = 300, seed: int = 0, sha: str = TEST_SHA) -> Path:
-    from gerbil.store import TokenStore
+    from gerbil.data.store import TokenStore
 
     rng = np.random.default_rng(seed)
     # a learnable signal: each document counts upward from a random start (mod 1000)
@@ -27,7 +27,7 @@ def make_store(path: Path, n_docs: int = 300, seed: int = 0, sha: str = TEST_SHA
 
 
 def tiny_config(store: Path, runs: Path, **kw):
-    from gerbil.train import TrainConfig
+    from gerbil.train.loop import TrainConfig
 
     base = dict(model=dict(TINY_MODEL), data=str(store), seq_len=32, batch_tokens=128, micro_batch=2,
                 tokens=128 * 8, tokenizer_sha256=TEST_SHA, runs=str(runs), name="tiny", lr=3e-3,

@@ -74,7 +74,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
     from gerbil import plan
-    from gerbil.config import ModelConfig
+    from gerbil.model.config import ModelConfig
 
     kw = dict(seq_len=_plan_int(args.seq_len, "--seq-len"), batch_tokens=args.batch,
               ratio=_plan_float(args.ratio, "--ratio"), tokens=args.tokens, ramp_tokens=args.ramp_tokens,
@@ -183,8 +183,8 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from gerbil.store import prepare
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.store import prepare
+    from gerbil.data.tokenizer import Tokenizer
 
     include = args.include
     if args.corpus:
@@ -258,7 +258,7 @@ def _setup_logging() -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from gerbil.plan import parse_count
-    from gerbil.train import TrainConfig, train
+    from gerbil.train.loop import TrainConfig, train
 
     _setup_logging()
     given = {k: getattr(args, k) for k in ("size", "cls", "data", "objective", "name", "seq_len", "batch_tokens",
@@ -357,7 +357,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from gerbil.evaluate import evaluate, format_results
+    from gerbil.eval.evaluate import evaluate, format_results
 
     records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
                        device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)
@@ -383,7 +383,7 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from gerbil.table import render
+    from gerbil.suite.table import render
 
     print(render(args.runs or None, fmt=args.format, reference=args.reference), end="")
     return 0
@@ -423,7 +423,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _load_for_generation(args: argparse.Namespace):
     from gerbil.generate import load_model
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.tokenizer import Tokenizer
 
     model, meta = load_model(args.run, device=args.device)
     return model, meta, Tokenizer.load()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gerbil.train import RunResult, TrainConfig, train
+from gerbil.train.loop import RunResult, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def shakespeare_store(progress: bool = True) -> Path:
     """The Shakespeare token store under $GERBIL_HOME/stores (built once, then reused)."""
     from gerbil.assets import corpus_dir, gerbil_home
     from gerbil.errors import GerbilError
-    from gerbil.store import TokenStore, prepare
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.store import TokenStore, prepare
+    from gerbil.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load()  # fetches + verifies the GPT-2 files on first use
     out = gerbil_home() / "stores" / "shakespeare"
@@ -58,7 +58,7 @@ def shakespeare_store(progress: bool = True) -> Path:
 
 def demo_config(device: str, store: Path, runs: str = "runs") -> tuple[TrainConfig, bool]:
     """(config, reduced): the real Gerbil-A-6.7m on CUDA, the labelled CPU budget otherwise."""
-    from gerbil.run import pick_device
+    from gerbil.train.resolve import pick_device
 
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -72,12 +72,12 @@ def demo_config(device: str, store: Path, runs: str = "runs") -> tuple[TrainConf
 
 
 def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
-    """Evaluate the checkpoint on hellaswag / lambada / winogrande (`gerbil.evaluate.evaluate`, harness
+    """Evaluate the checkpoint on hellaswag / lambada / winogrande (`gerbil.eval.evaluate.evaluate`, harness
     semantics, fp32) and store the results in the run's `eval/` folder, where `gerbil table` finds them.
 
     Returns ``{task: {metric: value}}``.
     """
-    from gerbil.evaluate import evaluate
+    from gerbil.eval.evaluate import evaluate
 
     records = evaluate(str(checkpoint), progress=progress)
     return {task: dict(rec["metrics"]) for task, rec in records.items()}
@@ -86,11 +86,11 @@ def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
 def format_row(result: RunResult, reduced: bool) -> str:
     """The model's row in the seed's table format (README of GerbilLab; REFERENCE.md §4).
 
-    Cells come from `gerbil.table.row_for_run` (the same code as `gerbil table`: eval columns from the
+    Cells come from `gerbil.suite.table.row_for_run` (the same code as `gerbil table`: eval columns from the
     run's `eval/*.json`, "pending" where missing); a reduced CPU run is relabelled so it can never be
     mistaken for a Gerbil-A result.
     """
-    from gerbil.table import COLUMNS, row_for_run
+    from gerbil.suite.table import COLUMNS, row_for_run
 
     cells = row_for_run(result.run_dir)
     if reduced:
@@ -110,7 +110,7 @@ def run_demo(runs: str = "runs", device: str = "auto", evaluate: bool = True,
     2026-11-26 for the 6.7m on 2 lightly loaded CPU cores: 4 min 8 s (hellaswag 46, lambada 532,
     winogrande 349 items/s).
     """
-    from gerbil import checkpoint as ckpt
+    from gerbil.train import checkpoint as ckpt
 
     store = shakespeare_store(progress=progress is not False)
     cfg, reduced = demo_config(device, store, runs)

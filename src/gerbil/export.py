@@ -31,14 +31,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gerbil.config import ModelConfig, SIZES
+from gerbil.model.config import ModelConfig, SIZES
 from gerbil.errors import GerbilError
 
 if TYPE_CHECKING:  # torch/transformers are imported lazily: `import gerbil.export` stays cheap
     import torch
 
-    from gerbil.model import GPT
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.model.model import GPT
+    from gerbil.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def _model_card(info: dict, extra: str | None) -> str:
 # ------------------------------------------------------------------------------------------- export
 def _resolve_source(source: Any) -> tuple[GPT, dict]:
     """A GPT module, a run directory, a checkpoint directory or an export folder → (GPT, meta)."""
-    from gerbil.model import GPT
+    from gerbil.model.model import GPT
 
     if isinstance(_unwrap(source), GPT):
         return _unwrap(source), {}
@@ -348,7 +348,7 @@ def export(
         raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
 
     if tokenizer is None:
-        from gerbil.tokenizer import Tokenizer
+        from gerbil.data.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load()
 
@@ -462,7 +462,7 @@ def load(
     """
     import torch
 
-    from gerbil.model import GPT
+    from gerbil.model.model import GPT
 
     folder = Path(export_dir)
     cfg_path = folder / "config.json"
@@ -479,7 +479,7 @@ def load(
         raise GerbilError(f"{folder}: weights do not match the config "
                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     # rotary tables are non-persistent buffers created on the meta device: rebuild them for real
-    from gerbil.model import rotary_tables
+    from gerbil.model.model import rotary_tables
 
     model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
     model = model.to(device).eval()
@@ -503,11 +503,11 @@ def read_info(export_dir: str | Path) -> dict:
 def load_checkpoint(path: str | Path) -> tuple[GPT, dict]:
     """A run directory or checkpoint directory → ``(GPT, meta)``.
 
-    Uses ``gerbil.checkpoint.load_model`` when that module exists; otherwise reads the checkpoint's
+    Uses ``gerbil.train.checkpoint.load_model`` when that module exists; otherwise reads the checkpoint's
     ``model.safetensors`` + ``meta.json`` directly (docs/architecture.md, "Run directory").
     """
     try:
-        from gerbil.checkpoint import load_model
+        from gerbil.train.checkpoint import load_model
     except ImportError:
         load_model = None
     if load_model is not None:
@@ -540,7 +540,7 @@ def _load_checkpoint_dir(ckpt: Path) -> tuple[GPT, dict]:
     import torch
     from safetensors.torch import load_file
 
-    from gerbil.model import GPT
+    from gerbil.model.model import GPT
 
     meta = json.loads((ckpt / "meta.json").read_text())
     if "model" not in meta:
@@ -550,7 +550,7 @@ def _load_checkpoint_dir(ckpt: Path) -> tuple[GPT, dict]:
     with torch.device("meta"):
         model = GPT(cfg)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    from gerbil.model import rotary_tables
+    from gerbil.model.model import rotary_tables
 
     model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
     meta["checkpoint"] = str(ckpt)
@@ -562,14 +562,14 @@ def random_model(size: str, seed: int = 0, **overrides) -> GPT:
     (no global RNG is touched)."""
     import torch
 
-    from gerbil.config import model_config
-    from gerbil.model import GPT
+    from gerbil.model.config import model_config
+    from gerbil.model.model import GPT
 
     cfg = model_config(size, **overrides)
     with torch.device("meta"):
         model = GPT(cfg)
     model = model.to_empty(device="cpu")
-    from gerbil.model import rotary_tables
+    from gerbil.model.model import rotary_tables
 
     model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
     model.reset_parameters(generator=torch.Generator().manual_seed(int(seed)))

@@ -1,6 +1,6 @@
 """Generation through a model's modes: causal `sample`, fill-in-the-middle `infill`, masked-LM `unmask`.
 
-The prompts are the training formats of `gerbil.objectives` cut where the model takes over:
+The prompts are the training formats of `gerbil.data.objectives` cut where the model takes over:
 
 * `sample`:  ``[<causal>] prompt`` → continuation (``<causal>`` only for causal/Blender models);
 * `infill`:  ``<fitm_start> prefix <multiple_tok_mask> suffix <fitm_result>`` → middle, until ``<|endoftext|>``;
@@ -11,7 +11,7 @@ the model's ``seq_len`` from the left. ``temperature=0`` is greedy decoding; oth
 optionally restricted to the ``top_k`` most likely tokens, sampled with a generator seeded by ``seed``
 (no global RNG is touched).
 
-Text and spaces follow the reading documented in `gerbil.objectives`: a GPT-2 word carries its leading
+Text and spaces follow the reading documented in `gerbil.data.objectives`: a GPT-2 word carries its leading
 space, so one space just before a special token is a separator, not a token (``"an <single_tok_mask>"``
 masks the token `` example`` of ``"an example"``), and trailing spaces of an infill prefix move into
 the middle (``"this is an "`` + `` example``), as lm-evaluation-harness moves a context's trailing
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gerbil.objectives import FillInMiddle, MaskedLM, from_display, mode_prefix
-from gerbil.tokenizer import EOT_ID, SPECIAL_TOKENS
+from gerbil.data.objectives import FillInMiddle, MaskedLM, from_display, mode_prefix
+from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
 
         model, meta = load(path, device=device)
     else:
-        from gerbil.checkpoint import load_model as load_checkpoint_model
+        from gerbil.train.checkpoint import load_model as load_checkpoint_model
 
         model, meta = load_checkpoint_model(path, device=device)
     meta = dict(meta)
@@ -152,7 +152,7 @@ def sample(
     """Causal generation: the text that follows ``prompt`` (until ``<|endoftext|>`` or the token limit).
 
     objective: the model's training objective; ``causal``/``blender`` models get ``<causal>`` in front
-        of the prompt, the mode they were trained in (`gerbil.objectives.mode_prefix`).
+        of the prompt, the mode they were trained in (`gerbil.data.objectives.mode_prefix`).
     allow_special: let special-token strings in ``prompt`` become their ids; otherwise they are an error.
     """
     _check_special(prompt, "prompt", allow_special)

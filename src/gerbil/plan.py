@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from gerbil.config import SIZES, ModelConfig, get_size
+from gerbil.model.config import SIZES, ModelConfig, get_size
 from gerbil.errors import GerbilError
 
 # Tokens per total parameter (REFERENCE §3): A is Chinchilla-optimal; B–D are LLaMA's tokens/parameter
@@ -495,11 +495,11 @@ def default_mfu(model: ModelConfig) -> float:
 def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     """(checkpoint directory, meta dict) for a run directory or a checkpoint directory — no torch.
 
-    The checkpoint is found by `gerbil.checkpoint.latest_checkpoint` (it follows the run's
+    The checkpoint is found by `gerbil.train.checkpoint.latest_checkpoint` (it follows the run's
     `checkpoints/latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check
     is skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
     """
-    from gerbil import checkpoint  # torch-free at import; only its weight/state loaders need torch
+    from gerbil.train import checkpoint  # torch-free at import; only its weight/state loaders need torch
 
     p = Path(path)
     if not p.exists():

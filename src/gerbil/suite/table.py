@@ -4,7 +4,7 @@ Columns and formats follow the seed's README (REFERENCE.md §4): Model Name, Par
 Class (A-Class), Ratio (20), Tokens (134M), Batch Size (Tokens) (131k), Training Loss (4 decimals),
 hellaswag acc, lambada acc and winogrande acc in % (26.04, 0, 51.7), lambada ppl (4 decimals).
 
-Values come from the run registry (`gerbil.registry`). A full-set result is never mixed with a
+Values come from the run registry (`gerbil.suite.registry`). A full-set result is never mixed with a
 `--limit` one: a partial result is shown with `*` and a footnote giving its item count, a missing
 one as `pending`, one computed at an older checkpoint than the run's latest with `†`.
 `--reference` appends the seed's published rows and the "scores to beat" (pythia-70m-deduped, with
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gerbil.registry import RunRecord, read_run, scan
+from gerbil.suite.registry import RunRecord, read_run, scan
 
 COLUMNS: tuple[str, ...] = (
     "Model Name", "Parameters", "Class", "Ratio", "Tokens", "Batch Size (Tokens)", "Training Loss ↓",
@@ -82,7 +82,7 @@ def fmt_ppl(v: float) -> str:
 
 
 def _size_label(r: RunRecord) -> str:
-    from gerbil.config import SIZES
+    from gerbil.model.config import SIZES
 
     if r.size and str(r.size).lower() in SIZES:
         return str(r.size).lower()

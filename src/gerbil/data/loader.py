@@ -6,7 +6,7 @@ Two paths, both deterministic functions of (split, seed, seq_len) and of nothing
   causal LM training reads contiguous windows of T+1 tokens (inputs = window[:-1], targets =
   window[1:]). Window ``w`` starts at token ``w·T`` (neighbouring windows share one token, as in
   nanoGPT). Each epoch visits every window once in a seeded permutation: `rng(seed, epoch)`.
-- any other objective (``causal``, ``fim``, ``mlm``, ``blender`` …, from `gerbil.objectives`): walk the
+- any other objective (``causal``, ``fim``, ``mlm``, ``blender`` …, from `gerbil.data.objectives`): walk the
   documents in a seeded order, cut each into chunks of `chunk_tokens` (default: the objective's
   `chunk_len(seq_len)`, so no example is longer than a sequence), call ``objective(chunk, rng)``
   with an rng derived only from ``(seed, global chunk index)``, append EOT and pack the results into one
@@ -38,7 +38,7 @@ def resolve_objective(objective: str | ObjectiveFn) -> tuple[str, ObjectiveFn | 
     if name == "plain":
         return "plain", None
     try:
-        from gerbil.objectives import get_objective
+        from gerbil.data.objectives import get_objective
     except ImportError as e:  # objectives.py not installed yet: only `plain` works
         raise ValueError(f"unknown objective {objective!r} (objectives module unavailable: {e})") from e
     return name, get_objective(name)
@@ -48,8 +48,8 @@ class Loader:
     """Packed, resumable `(inputs, targets)` batches of LongTensors, shape (micro_batch, seq_len).
 
     split: an object with ``tokens`` (1-D uint16 array), ``offsets`` (int64, n_docs + 1),
-        ``n_docs`` and ``document(i)`` — `gerbil.store.Split`.
-    objective: ``"plain"``, another name for `gerbil.objectives.get_objective`, or a callable
+        ``n_docs`` and ``document(i)`` — `gerbil.data.store.Split`.
+    objective: ``"plain"``, another name for `gerbil.data.objectives.get_objective`, or a callable
         ``(doc_tokens, rng) -> (tokens, loss_mask)``.
     chunk_tokens: document chunk length for the objective path (default: seq_len).
     shuffle: visit windows/documents in a seeded permutation per epoch (True) or in file order.
@@ -230,11 +230,11 @@ def eval_batches(split: Any, seq_len: int, max_tokens: int, objective: str | Non
     ``min(max_tokens // seq_len, (len - 1) // seq_len)``, at least 1), i.e. exactly the targets of the
     raw windows of `eval_windows`. The loss is their mean, each token counted once.
 
-    How they are presented depends on the objective's mode (`gerbil.objectives.mode_prefix`):
+    How they are presented depends on the objective's mode (`gerbil.data.objectives.mode_prefix`):
 
     * ``plain`` (and ``fim``/``mlm``, which have no causal mode token): the raw windows, N' = N.
     * ``causal`` / ``blender``: the model is evaluated in causal mode, as UL2-style mode switching (and
-      `gerbil.evaluate` for Blender models) expects — ``<causal>`` is inserted at the start of every
+      `gerbil.eval.evaluate` for Blender models) expects — ``<causal>`` is inserted at the start of every
       document of that stretch (before raw position 0, and after every ``<|endoftext|>`` that is followed
       by a scored token). The stretch, now N·T + 1 + k tokens long (k insertions), is cut into T+1
       windows the loader's way (window ``w`` = stream ``[w·T, w·T + T]``), the last one padded with
@@ -250,7 +250,7 @@ def eval_batches(split: Any, seq_len: int, max_tokens: int, objective: str | Non
     name = objective if isinstance(objective, str) or objective is None else getattr(objective, "name", "")
     prefix: list[int] = []
     if str(name or "plain").strip().lower() != "plain":
-        from gerbil.objectives import mode_prefix  # lazy, as in resolve_objective
+        from gerbil.data.objectives import mode_prefix  # lazy, as in resolve_objective
 
         prefix = [int(t) for t in mode_prefix(name)]
     if not prefix:

@@ -238,8 +238,8 @@ def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
 
 def load_model(path: str | Path, device: str = "cpu"):
     """(GPT, meta) from a checkpoint directory or a run directory's latest intact checkpoint."""
-    from gerbil.config import ModelConfig
-    from gerbil.model import GPT
+    from gerbil.model.config import ModelConfig
+    from gerbil.model.model import GPT
 
     ckpt = latest_checkpoint(path)
     if ckpt is None:

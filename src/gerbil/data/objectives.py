@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from gerbil.tokenizer import EOT_ID, SPECIAL_TOKENS
+from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
 
 FITM_START = SPECIAL_TOKENS["<fitm_start>"]  # 50257
 MULTIPLE_TOK_MASK = SPECIAL_TOKENS["<multiple_tok_mask>"]  # 50258

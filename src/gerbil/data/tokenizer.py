@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from gerbil.assets import read_merges, read_vocab
 from gerbil.errors import GerbilError
 
-if TYPE_CHECKING:  # heavy imports stay lazy: `import gerbil.tokenizer` must stay cheap
+if TYPE_CHECKING:  # heavy imports stay lazy: `import gerbil.data.tokenizer` must stay cheap
     import tiktoken
     import tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -400,7 +400,7 @@ def _warn_if_parallelism_off() -> None:
         log.warning("TOKENIZERS_PARALLELISM is off: batch tokenization will use one core")
 
 
-def _main_sanity() -> dict[str, Any]:  # pragma: no cover - handy for `python -m gerbil.tokenizer`
+def _main_sanity() -> dict[str, Any]:  # pragma: no cover - handy for `python -m gerbil.data.tokenizer`
     tok = Tokenizer.load()
     return {"vocab": str(tok.vocab_path), "merges": str(tok.merges_path), "sha256": tok.sha256,
             "len": len(tok)}

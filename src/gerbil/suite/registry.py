@@ -7,7 +7,7 @@ without importing torch:
 * the latest checkpoint's `meta.json` — step, tokens, train/val loss, size/class/objective again;
 * `metrics.jsonl` — the last logged training loss (a fallback when the checkpoint has none);
 * `eval/TASK.json` (full-set results) and `eval/TASK.partial.json` (`--limit` results), as written by
-  `gerbil.evaluate`. A full-set result always wins; a partial one is kept apart and flagged, so the
+  `gerbil.eval.evaluate`. A full-set result always wins; a partial one is kept apart and flagged, so the
   two are never mixed. A result computed at an older checkpoint than the latest is flagged `stale`.
 
 `scan(paths)` accepts run directories and folders of runs (e.g. `runs/`).
@@ -179,7 +179,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
     params = cfg.get("params")
     if params is None and model:
         try:
-            from gerbil.config import ModelConfig
+            from gerbil.model.config import ModelConfig
 
             params = ModelConfig.from_dict(model).n_params("total")
         except (TypeError, ValueError):

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gerbil.config import ModelConfig
+from gerbil.model.config import ModelConfig
 
 
 def rotary_tables(seq_len: int, rotary_dim: int, device=None, base: float = 10000.0):

@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-from gerbil import checkpoint as ckpt
+from gerbil.train import checkpoint as ckpt
 from gerbil.errors import GerbilError
-from gerbil.loader import Loader, eval_batches
-from gerbil.loss import lm_loss
-from gerbil.model import GPT
-from gerbil.objectives import mode_prefix
-from gerbil.run import (RunPaths, StepPlan, append_metrics, configure_optimizer, lr_at, resolve,
+from gerbil.data.loader import Loader, eval_batches
+from gerbil.model.loss import lm_loss
+from gerbil.model.model import GPT
+from gerbil.data.objectives import mode_prefix
+from gerbil.train.resolve import (RunPaths, StepPlan, append_metrics, configure_optimizer, lr_at, resolve,
                         truncate_metrics, write_run_files)
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class TrainConfig:
     size: str = "6.7m"  # ladder size (config.SIZES) — ignored when `model` is given
     cls: str = "A"  # token class: A B C D E, a star class (E*), or a number (tokens per parameter)
     data: str | None = None  # token store directory
-    objective: str = "plain"  # plain | causal | fim | mlm | blender (gerbil.objectives)
+    objective: str = "plain"  # plain | causal | fim | mlm | blender (gerbil.data.objectives)
     name: str | None = None  # run name (default: Gerbil[Objective]-<class>-<size>)
     tokens: int | None = None  # override the class budget (total tokens of the run)
     seq_len: int = 2048

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gerbil import checkpoint as ckpt
+from gerbil.train import checkpoint as ckpt
 from gerbil import plan as planlib
-from gerbil.config import ModelConfig
+from gerbil.model.config import ModelConfig
 from gerbil.errors import GerbilError
 
 if TYPE_CHECKING:
-    from gerbil.train import TrainConfig
+    from gerbil.train.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,8 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
         top *= 2
     if device.type != "cuda":
         return max(1, min(top, 8192 // seq_len))
-    from gerbil.loss import lm_loss
-    from gerbil.model import GPT
+    from gerbil.model.loss import lm_loss
+    from gerbil.model.model import GPT
 
     model = GPT(model_cfg).to(device)
     total_mem = torch.cuda.get_device_properties(device).total_memory
@@ -347,7 +347,7 @@ def run_name(cfg: "TrainConfig") -> str:
     if cfg.model is not None:
         size = cfg.model.get("name") or "custom"
     else:
-        from gerbil.config import get_size
+        from gerbil.model.config import get_size
 
         size = get_size(cfg.size).name
     prefix = OBJECTIVE_PREFIX.get(cfg.objective.lower(), "Gerbil" + cfg.objective.title())
@@ -367,16 +367,16 @@ def _check_writable(run_dir: Path) -> None:
 def _expected_tokenizer_sha(cfg: "TrainConfig") -> str:
     if cfg.tokenizer_sha256:
         return cfg.tokenizer_sha256
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.tokenizer import Tokenizer
 
     return Tokenizer.load().sha256
 
 
 def resolve(cfg: "TrainConfig") -> Resolved:
     """Check every input and decide every number of a run (see the module docstring)."""
-    from gerbil.loader import resolve_objective
-    from gerbil.store import TokenStore
-    from gerbil.train import TrainConfig
+    from gerbil.data.loader import resolve_objective
+    from gerbil.data.store import TokenStore
+    from gerbil.train.loop import TrainConfig
 
     cfg = dataclasses.replace(cfg)  # never mutate the caller's config; the effective one is `Resolved.cfg`
     resume_from = None
@@ -426,7 +426,7 @@ def resolve(cfg: "TrainConfig") -> Resolved:
         model_cfg = ModelConfig.from_dict(dict(cfg.model))
         size = model_cfg.name or "custom"
     else:
-        from gerbil.config import get_size
+        from gerbil.model.config import get_size
 
         size = get_size(cfg.size).name
         model_cfg = get_size(size).model_config(seq_len=max(2048, cfg.seq_len))

@@ -327,7 +327,7 @@ def _tree_forward(model, idx: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor
     import torch
     import torch.nn.functional as F
 
-    from gerbil.model import rotary_tables
+    from gerbil.model.model import rotary_tables
 
     m = getattr(model, "_orig_mod", model)
     B, T = idx.shape
@@ -569,9 +569,9 @@ def _objective_name(obj: Any) -> str | None:
 
 def _prefix_for(objective: str | None, prefix: str | Sequence[int] | None) -> list[int]:
     """Context prefix: Blender (and `causal`-objective) models are evaluated in causal mode, i.e.
-    with `<causal>` first (`gerbil.objectives.mode_prefix`); "none"/"causal"/ids override."""
+    with `<causal>` first (`gerbil.data.objectives.mode_prefix`); "none"/"causal"/ids override."""
     if prefix is None or prefix == "auto":
-        from gerbil.objectives import mode_prefix
+        from gerbil.data.objectives import mode_prefix
 
         return list(mode_prefix(objective))
     if prefix in ("none", ""):
@@ -616,7 +616,7 @@ def load_for_eval(path: str | Path, prefix: str | Sequence[int] | None = None) -
         raise GerbilError(f"{p}: no such run, checkpoint or export")
     if (p / "config.json").is_file():  # a transformers export
         return _load_export(p, prefix)
-    from gerbil import checkpoint as ckpt
+    from gerbil.train import checkpoint as ckpt
 
     run_dir, ck = _run_dir_of(p)
     if ck is None:
@@ -633,7 +633,7 @@ def load_for_eval(path: str | Path, prefix: str | Sequence[int] | None = None) -
             objective = _objective_name(cfg.get("objective"))
         except Exception:  # noqa: BLE001 - the config is only a fallback source of the objective
             objective = None
-    from gerbil.tokenizer import Tokenizer
+    from gerbil.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load()
     encoder = Encoder(lambda texts: tok.encode_batch(texts, allow_special=True), EOT_ID,
@@ -814,7 +814,7 @@ def result_path(em: EvalModel, task: str, partial: bool, out_dir: str | Path | N
     if em.run_dir is not None:
         base = em.run_dir / "eval"
         if em.checkpoint is not None:
-            from gerbil import checkpoint as ckpt
+            from gerbil.train import checkpoint as ckpt
 
             latest = ckpt.latest_checkpoint(em.run_dir)
             if latest is not None and Path(latest).resolve() != Path(em.checkpoint).resolve():

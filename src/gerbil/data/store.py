@@ -574,18 +574,18 @@ def prepare(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, tokeniz
     """Tokenize corpus files into a token store at ``out`` and open it.
 
     Args:
-        inputs: files and directories (see :class:`gerbil.corpus.Corpus` for the formats).
+        inputs: files and directories (see :class:`gerbil.data.corpus.Corpus` for the formats).
         out: the store directory (created; an existing store is replaced only with ``overwrite``).
-        tokenizer: a :class:`gerbil.tokenizer.Tokenizer` (or any object with ``encode_batch``,
+        tokenizer: a :class:`gerbil.data.tokenizer.Tokenizer` (or any object with ``encode_batch``,
             ``sha256``, ``vocab_size`` and ``eot_id``).
         val_fraction, seed: the validation split rule (module docstring).
-        text_field, txt_mode, include: reader settings (:class:`~gerbil.corpus.Corpus`).
+        text_field, txt_mode, include: reader settings (:class:`~gerbil.data.corpus.Corpus`).
         workers: encoding threads (default: the cores this process may use).
         progress: show a tqdm bar with tokens/s on stderr.
 
     Bad input is counted, logged and stored in meta.json under ``bad_input``; it never stops the run.
     """
-    from gerbil.corpus import MAX_PIECE_CHARS, Corpus
+    from gerbil.data.corpus import MAX_PIECE_CHARS, Corpus
 
     corpus = Corpus(inputs, text_field=text_field, txt_mode=txt_mode, include=include,
                     max_piece_chars=max_piece_chars or MAX_PIECE_CHARS)

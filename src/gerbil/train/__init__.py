@@ -1,0 +1,22 @@
+"""Training: the run's configuration (config), schedules, the run directory (rundir), checkpoints,
+settings decided once (resolve) and the loop (loop).
+
+`gerbil.train.train(config)` and `gerbil.train.TrainConfig` are the documented entry points; they are
+resolved lazily so that torch-free readers of a run (`gerbil.train.rundir`, `gerbil.train.checkpoint`)
+do not import torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:  # PEP 562
+    if name in ("train", "train_step", "evaluate_loss", "RunResult", "TrainState", "NonFiniteLoss"):
+        from gerbil.train import loop
+
+        return getattr(loop, name)
+    if name == "TrainConfig":
+        from gerbil.train import loop
+
+        return loop.TrainConfig
+    raise AttributeError(f"module 'gerbil.train' has no attribute {name!r}")
