@@ -10,7 +10,7 @@ Both run in this process on the same cores, interleaved ``--repeats`` times; med
 * baseline: the documents already in memory (read with gerbil's reader beforehand, not timed), encoded
   by the GPT-2 ``tokenizers.Tokenizer`` (no added tokens) with ``encode_batch`` and with
   ``encode_batch_fast`` (Rayon, all cores), ids extracted; the faster of the two counts;
-* gerbil: ``gerbil.data.store.prepare`` end to end — reading the files, tokenizing, splitting train/val and
+* gerbil: ``gerbil.data.prepare.prepare`` end to end — reading the files, tokenizing, splitting train/val and
   writing the uint16 store to disk — so gerbil pays for I/O the baseline does not.
 
 Tokens are counted without the store's EOT separators, so both sides count the same ids.
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from gerbil.data.corpus import Corpus
-    from gerbil.data.store import prepare
+    from gerbil.data.prepare import prepare
     from gerbil.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load()

@@ -7,8 +7,6 @@ real `pip download` route without the network.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest

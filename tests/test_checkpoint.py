@@ -9,24 +9,33 @@ import numpy as np
 import pytest
 import torch
 
+from gerbil.errors import GerbilError
+from gerbil.export import load_model
 from gerbil.train import checkpoint as ckpt
-from gerbil.model.config import ModelConfig
-from gerbil.model.model import GPT
-from train_fixtures import TINY_MODEL
+from gerbil.train.rundir import RunDir
+from helpers import tiny_model, tiny_model_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+MODEL = dict(vocab_size=1024)
+
+
 def _save(run_dir, step, model=None, keep=0):
-    model = model or GPT(ModelConfig.from_dict(TINY_MODEL))
-    meta = {"tokens": step * 100, "model": dict(TINY_MODEL), "size": "tiny", "class": "A",
+    model = model or tiny_model(**MODEL)
+    meta = {"tokens": step * 100, "model": tiny_model_config(**MODEL).to_dict(), "size": "tiny", "class": "A",
             "objective": "plain", "parent": None}
-    return ckpt.save_checkpoint(run_dir, step, model, {"step": step, "x": torch.arange(3)}, meta, keep=keep)
+    return ckpt.save_checkpoint(RunDir(run_dir).checkpoints, step, model, {"step": step, "x": torch.arange(3)},
+                                meta, keep=keep)
+
+
+def _latest(run_dir):
+    return RunDir(run_dir).latest_checkpoint()
 
 
 def test_layout_pointer_and_roundtrip(tmp_path):
-    model = GPT(ModelConfig.from_dict(TINY_MODEL))
+    model = tiny_model(**MODEL)
     path = _save(tmp_path, 12, model)
     assert path == tmp_path / "checkpoints" / "step-00000012"
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000012"
@@ -34,17 +43,18 @@ def test_layout_pointer_and_roundtrip(tmp_path):
     meta = json.loads((path / "meta.json").read_text())  # plain JSON, readable without torch
     assert meta["step"] == 12 and meta["tokens"] == 1200 and meta["model"]["d_model"] == 32
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
-    loaded, meta2 = ckpt.load_model(tmp_path)
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
+    for source in (tmp_path, path):  # a run directory and a checkpoint directory load the same weights
+        loaded, meta2 = load_model(source)
+        for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert k == k2 and torch.equal(v, v2)
     assert ckpt.load_train_state(path)["step"] == 12
-    assert ckpt.read_meta(tmp_path)["step"] == 12
+    assert RunDir(tmp_path).latest_meta()["step"] == 12 and ckpt.read_meta(path)["step"] == 12
 
 
 def test_compiled_module_saves_plain_names(tmp_path):
     from safetensors.torch import load_file
 
-    model = GPT(ModelConfig.from_dict(TINY_MODEL))
+    model = tiny_model(**MODEL)
 
     class Wrapper(torch.nn.Module):  # what torch.compile returns: the module under `_orig_mod`
         def __init__(self, m):
@@ -71,28 +81,31 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
     else:
         (bad / "meta.json").unlink()
     with caplog.at_level(logging.WARNING, logger="gerbil.train.checkpoint"):
-        assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-00000002"
+        assert _latest(tmp_path) == tmp_path / "checkpoints" / "step-00000002"
     if damage != "no_meta":
         assert "damaged" in caplog.text
     # saving the same step again replaces the damaged directory
     _save(tmp_path, 4)
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
+    assert _latest(tmp_path).name == "step-00000004"
 
 
 def test_leftover_temp_dir_is_ignored(tmp_path):
     _save(tmp_path, 3)
     (tmp_path / "checkpoints" / ".tmp-step-00000006-999").mkdir()
     (tmp_path / "checkpoints" / ".tmp-step-00000006-999" / "model.safetensors").write_bytes(b"half")
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000003"
-    assert ckpt.latest_checkpoint(tmp_path / "empty") is None
-    with pytest.raises(FileNotFoundError):
-        ckpt.load_model(tmp_path / "empty")
+    assert _latest(tmp_path).name == "step-00000003"
+    assert _latest(tmp_path / "empty") is None
+    with pytest.raises(GerbilError, match="no such run"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(GerbilError, match="no complete checkpoint"):
+        load_model(tmp_path / "empty")
 
 
 def test_keep_prunes_old_checkpoints(tmp_path):
     for s in (1, 2, 3, 4):
         _save(tmp_path, s, keep=2)
-    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["step-00000003", "step-00000004"]
 
 
 def test_rng_state_roundtrip():

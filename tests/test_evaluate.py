@@ -9,22 +9,26 @@ import random
 import pytest
 import torch
 
-from gerbil.eval import evaluate as E
+from gerbil.data.objectives import CAUSAL
 from gerbil.errors import GerbilError
+from gerbil.eval import evaluate as E
+from gerbil.eval.encoding import RequestEncoder
+from gerbil.eval.metrics import perplexity_stderr
+from gerbil.eval.scoring import Scorer
+from gerbil.eval.tasks import TASKS, Item, get_task, resolve_tasks
+from gerbil.train.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
 def docs(assets_home):
-    return {t: E.load_docs(t)[0] for t in E.TASKS}
+    return {t: E.load_docs(t)[0] for t in TASKS}
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from gerbil.model.config import ModelConfig
-    from gerbil.model.model import GPT
+    from helpers import tiny_model
 
-    torch.manual_seed(0)
-    return GPT(ModelConfig(d_model=32, n_layer=2, n_head=4, rotary_dim=8, seq_len=256)).eval()
+    return tiny_model()
 
 
 # ------------------------------------------------------------------------------- requests = harness's
@@ -38,11 +42,11 @@ def test_hellaswag_and_winogrande_requests_match_harness_task_code(docs):
     raw = docs["hellaswag"][:300]
     processed = hs.process_docs(datasets.Dataset.from_list(raw))
     for d, p in zip(raw, processed):
-        it = E.hellaswag_item(d)
+        it = get_task('hellaswag').build_item(d)
         assert it.requests == [(p["query"], " " + c) for c in p["choices"]]
         assert it.gold == p["gold"] and it.choices == p["choices"]
     for d in docs["winogrande"][:300]:
-        it = E.winogrande_item(d)
+        it = get_task('winogrande').build_item(d)
         cont = wg.doc_to_target(d)
         assert it.requests == [(c, " " + cont) for c in wg.doc_to_choice(d)]
         assert it.gold == wg.doc_to_text(d)
@@ -53,13 +57,13 @@ def test_lambada_requests_match_harness_template(docs):
     from lm_eval.utils import apply_template
 
     for d in docs["lambada_openai"][:300]:
-        it = E.lambada_item(d)
+        it = get_task('lambada').build_item(d)
         assert it.requests == [(apply_template("{{text.split(' ')[:-1]|join(' ')}}", d),
                                 apply_template("{{' '+text.split(' ')[-1]}}", d))]
 
 
 def test_encoding_matches_templatelm(tokenizer):
-    """`Encoder.encode_pairs` = `TemplateLM.loglikelihood`'s encoding (trailing spaces, empty context)."""
+    """`RequestEncoder.encode_pairs` = `TemplateLM.loglikelihood`'s encoding (trailing spaces, empty context)."""
     pytest.importorskip("lm_eval")
     from lm_eval.api.model import TemplateLM
 
@@ -86,10 +90,10 @@ def test_encoding_matches_templatelm(tokenizer):
              ("", "<|endoftext|>x"), ("a<causal>b", " c d"), ("Numbers 123", "456 and more"),
              ("tab\t", "after tab")]
     want = Probe().loglikelihood([Req(p) for p in pairs], disable_tqdm=True)
-    enc = E.Encoder(lambda ts: [tokenizer.encode(t, allow_special=True) for t in ts])
+    enc = RequestEncoder(lambda ts: [tokenizer.encode(t, allow_special=True) for t in ts])
     assert enc.encode_pairs(pairs) == [(list(a), list(b)) for a, b in want]
-    pre = E.Encoder(enc.encode_batch, prefix=[E.CAUSAL_ID]).encode_pairs(pairs[:1])
-    assert pre[0][0][0] == E.CAUSAL_ID and pre[0][0][1:] == want[0][0]
+    pre = RequestEncoder(enc.encode_batch, prefix=[CAUSAL]).encode_pairs(pairs[:1])
+    assert pre[0][0][0] == CAUSAL and pre[0][0][1:] == want[0][0]
 
 
 # -------------------------------------------------------------------------------------------- scorer
@@ -113,7 +117,7 @@ def test_scorer_matches_per_request_forward(tiny_model, share):
         groups.append([(ctx, c) for c in conts])
     # a group whose requests differ in the context (winogrande-like) and one continuation longer
     groups.append([([5, 6, 7, 8], [9, 10]), ([5, 6, 11], [9, 10, 12])])
-    got = E.Scorer(tiny_model, batch_tokens=300, share_prefix=share).score(groups)
+    got = Scorer(tiny_model, batch_tokens=300, share_prefix=share).score(groups)
     for g, s in zip(groups, got):
         for (ctx, cont), (ll, greedy) in zip(g, s):
             ref_ll, ref_greedy = _reference(tiny_model, ctx, cont)
@@ -129,24 +133,24 @@ def test_scorer_greedy_detected(tiny_model):
         for _ in range(3):
             h = tiny_model(torch.tensor([ctx + cont]))
             cont.append(int(tiny_model.logits(h[0, -1]).argmax()))
-    [[(ll, greedy)], [(ll2, greedy2)]] = E.Scorer(tiny_model).score([[(ctx, cont)], [(ctx, cont[:-1] + [0])]])
+    [[(ll, greedy)], [(ll2, greedy2)]] = Scorer(tiny_model).score([[(ctx, cont)], [(ctx, cont[:-1] + [0])]])
     assert greedy and not greedy2
 
 
 def test_scorer_truncates_like_hflm(tiny_model):
     """Requests longer than max_length + 1 are cut from the left, as HFLM does."""
     ctx, cont = list(range(100, 400)), [7, 8]
-    (ll, _), = E.Scorer(tiny_model, max_length=64).score([[(ctx, cont)]])[0]
+    (ll, _), = Scorer(tiny_model, max_length=64).score([[(ctx, cont)]])[0]
     ref, _ = _reference(tiny_model, (ctx + cont)[-65:][:-2], cont)
     assert abs(ll - ref) < 1e-4
 
 
 # ------------------------------------------------------------------------------------------- metrics
 def test_metrics_and_stderrs_follow_the_harness():
-    items = [E.Item([("c", " a"), ("c", " bb")], gold=1, choices=["a", "bb"]),
-             E.Item([("c", " a"), ("c", " bb")], gold=0, choices=["a", "bb"])]
+    items = [Item([("c", " a"), ("c", " bb")], gold=1, choices=["a", "bb"]),
+             Item([("c", " a"), ("c", " bb")], gold=0, choices=["a", "bb"])]
     scores = [[(-3.0, False), (-4.0, False)], [(-1.0, True), (-3.0, False)]]
-    m, per = E.task_metrics("hellaswag", items, scores)
+    m, per = get_task("hellaswag").score(items, scores, 1000)
     # item 0: acc picks 0 (wrong), acc_norm picks 1 (-4/2 > -3/1); item 1: both pick 0
     assert m["acc"] == 0.5 and m["acc_norm"] == 1.0
     assert math.isclose(m["acc_stderr"], 0.5)  # sample sd (n-1) / sqrt(n) of [0, 1]
@@ -165,14 +169,14 @@ def test_perplexity_stderr_is_the_harness_bootstrap():
         want = M.bootstrap_stderr(M.perplexity, lls, iters=2000)
     finally:
         del os.environ["DISABLE_MULTIPROC"]
-    assert math.isclose(E.perplexity_stderr(lls, 2000), want, rel_tol=1e-9)
+    assert math.isclose(perplexity_stderr(lls, 2000), want, rel_tol=1e-9)
 
 
 # ----------------------------------------------------------------------------------- end to end
 def _save_run(run_dir, model, objective="plain"):
     from gerbil.train.checkpoint import save_checkpoint
 
-    save_checkpoint(run_dir, 5, model, {"step": 5},
+    save_checkpoint(RunDir(run_dir).checkpoints, 5, model, {"step": 5},
                     {"model": model.config.to_dict(), "tokens": 1234, "objective": objective, "size": "tiny"})
     return run_dir
 
@@ -185,7 +189,7 @@ def test_evaluate_run_writes_records(tmp_path, tiny_model, assets_home):
     rec = json.loads((run / "eval" / "winogrande.partial.json").read_text())
     assert rec["partial"] and rec["n_items"] == 7 and rec["limit"] == 7 and len(rec["items"]) == 7
     assert rec["model"]["sha256"] == E.model_sha256(tiny_model) and rec["model"]["step"] == 5
-    assert rec["data"]["content_sha256"] == E.CONTENT_SHA256["winogrande"]
+    assert rec["data"]["content_sha256"] == get_task("winogrande").content_sha256
     assert not (run / "eval" / "winogrande.json").exists()  # a --limit result never looks full
     summary = json.loads(out.read_text())["results"]
     assert set(summary) == {"winogrande", "lambada_openai"} and summary["winogrande"]["partial"] is True
@@ -195,9 +199,9 @@ def test_evaluate_run_writes_records(tmp_path, tiny_model, assets_home):
 def test_blender_models_get_the_causal_prefix(tmp_path, tiny_model, assets_home):
     run = _save_run(tmp_path / "blend", tiny_model, objective="blender")
     em = E.load_for_eval(run)
-    assert em.encoder.prefix == [E.CAUSAL_ID]
+    assert em.encoder.prefix == [CAUSAL]
     (ctx, _), = em.encoder.encode_pairs([("Hello", " world")])
-    assert ctx[0] == E.CAUSAL_ID
+    assert ctx[0] == CAUSAL
     assert E.load_for_eval(_save_run(tmp_path / "plain", tiny_model)).encoder.prefix == []
 
 
@@ -215,11 +219,11 @@ def test_export_eval_matches_run_eval(tmp_path, tiny_model, tokenizer, assets_ho
 # --------------------------------------------------------------------------------------- bad input
 def test_bad_input_one_line_errors(tmp_path, tiny_model, assets_home):
     with pytest.raises(GerbilError, match="unknown task"):
-        E.resolve_tasks("hellaswag,nope")
+        resolve_tasks("hellaswag,nope")
     with pytest.raises(GerbilError, match="no such run"):
         E.load_for_eval(tmp_path / "missing")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(GerbilError, match="no checkpoint"):
+    with pytest.raises(GerbilError, match="no complete checkpoint"):
         E.load_for_eval(tmp_path / "empty")
     from gerbil.export import export
 
@@ -260,10 +264,10 @@ def test_gerbil_lm_adapter_blender_prefix(tiny_model, tokenizer):
 
     pairs = [("The cat sat on the", " mat"), ("The cat sat on the", " hat"), ("Hello  ", "world")]
     reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0) for p in pairs]
-    for objective, prefix in (("blender", [E.CAUSAL_ID]), ("plain", [])):
+    for objective, prefix in (("blender", [CAUSAL]), ("plain", [])):
         got = GerbilLM(model=tiny_model, tokenizer=tokenizer, objective=objective,
                        device="cpu").loglikelihood(reqs, disable_tqdm=True)
-        enc = E.Encoder(lambda ts: tokenizer.encode_batch(ts, allow_special=True), prefix=prefix)
-        want = E.Scorer(tiny_model, share_prefix=False).score([[e] for e in enc.encode_pairs(pairs)])
+        enc = RequestEncoder(lambda ts: tokenizer.encode_batch(ts, allow_special=True), prefix=prefix)
+        want = Scorer(tiny_model, share_prefix=False).score([[e] for e in enc.encode_pairs(pairs)])
         assert [g[0] for g in got] == pytest.approx([w[0][0] for w in want], abs=1e-5)
-        assert all(e[0][0] == E.CAUSAL_ID for e in enc.encode_pairs(pairs)) == bool(prefix)
+        assert all(e[0][0] == CAUSAL for e in enc.encode_pairs(pairs)) == bool(prefix)

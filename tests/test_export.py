@@ -226,13 +226,14 @@ def test_tokenizer_and_generation(tmp_path, tokenizer, assets_home):
 
 def test_export_from_run_directory_and_cli(tmp_path, tokenizer):
     from gerbil.train.checkpoint import save_checkpoint
+    from gerbil.train.rundir import RunDir
 
     model = random_model("3.3m", seed=5, seq_len=SEQ)
     _train_a_few_steps(model, steps=1)
     run = tmp_path / "runs" / "r1"
     meta = {"model": model.config.to_dict(), "objective": "blender", "size": "3.3m", "class": "A",
             "tokens": 1234}
-    save_checkpoint(run, 5, model, {"step": 5}, meta)
+    save_checkpoint(RunDir(run).checkpoints, 5, model, {"step": 5}, meta)
 
     assert main(["export", str(run)]) == 0  # a run directory exports to RUN/export by default
     out = run / "export"
@@ -267,9 +268,30 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "notes.txt").write_text("keep me")
     model = random_model("3.3m", seed=0)
-    with pytest.raises(Exception, match="not an export folder"):
+    with pytest.raises(Exception, match="not an earlier gerbil export"):
         export(model, tmp_path / "precious", tokenizer=False)
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_export_never_deletes_what_it_did_not_write(tmp_path, capsys):
+    """A folder with a config.json of its own (a user's project) is never replaced; only an earlier
+    gerbil export (a gerbil config.json and nothing but export files) is."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.json").write_text("{}")
+    (proj / "src" / "main.py").write_text("x")
+    model = random_model("3.3m", seed=0)
+    exp = export(model, tmp_path / "exp", tokenizer=False)
+    assert main(["export", str(exp), "--out", str(proj)]) == 2
+    assert "not an earlier gerbil export" in capsys.readouterr().err
+    assert (proj / "src" / "main.py").read_text() == "x" and (proj / "config.json").read_text() == "{}"
+    # an earlier export with a user's file added is not replaced either
+    (exp / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not an earlier gerbil export"):
+        export(model, exp, tokenizer=False)
+    (exp / "notes.txt").unlink()
+    assert export(random_model("3.3m", seed=1), exp, tokenizer=False) == exp.resolve()  # replaced
+    assert not list(tmp_path.glob("*.old-export")) and not list(tmp_path.glob("*.tmp-export"))
 
 
 def test_unsupported_folder_is_refused(tmp_path):

@@ -5,20 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gerbil.model.config import ModelConfig
-from gerbil.generate import generate_ids, infill, load_model, sample, unmask
-from gerbil.model.model import GPT
 from gerbil.data.objectives import (
     CAUSAL, FITM_RESULT, FITM_START, MLM_END, MLM_START, MULTIPLE_TOK_MASK, SINGLE_TOK_MASK,
 )
 from gerbil.data.tokenizer import EOT_ID
+from gerbil.errors import GerbilError
+from gerbil.export import load_model
+from gerbil.generate import generate_ids, infill, sample, unmask
+from gerbil.model.model import GPT
+from gerbil.train.rundir import RunDir
+from helpers import tiny_model as _tiny
 
 EXAMPLE = 1672  # " example"
 
 
 def tiny_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(d_model=32, n_layer=1, n_head=2, rotary_dim=8, seq_len=32)).eval()
+    return _tiny(seed, n_layer=1, n_head=2, seq_len=32)
 
 
 class Recorder:
@@ -142,7 +144,7 @@ def saved(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("gen")
     m = favour(tiny_model(1), EXAMPLE)
     meta = {"model": m.config.to_dict(), "objective": "blender", "size": "tiny", "tokens": 0, "step": 0}
-    save_checkpoint(root / "run", 0, m, {}, meta)
+    save_checkpoint(RunDir(root / "run").checkpoints, 0, m, {}, meta)
     export(m, root / "export", tokenizer=tokenizer, objective="blender", meta=meta)
     return root, m
 
@@ -154,7 +156,7 @@ def test_load_run_checkpoint_and_export(saved, tokenizer):
         loaded, meta = load_model(path)
         assert meta["objective"] == "blender"
         assert generate_ids(loaded, [464, 2068], 4, temperature=1.0, top_k=None, seed=0) == ref
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(GerbilError, match="no such run"):
         load_model(root / "missing")
 
 

@@ -7,7 +7,8 @@ log-likelihood must match gerbil's native evaluator within 1e-4 and every is_gre
 and accuracy must be identical; the standard errors must match too (perplexity's bootstrap draw for
 draw). No item differs on this model; if one ever does, the assertion message names it.
 
-The in-process adapter (`GerbilLM` via `simple_evaluate(model=...)`) must give the same numbers.
+The in-process adapter (`GerbilLM` via `simple_evaluate(model=...)`) must give the same numbers, and
+its rolling log-likelihood and greedy generation must equal `HFLM`'s.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from eval_fixtures import train_tiny  # noqa: E402
+from helpers import stdlib_prose, trained_run  # noqa: E402
 
 N = 100
 TOL = 1e-4
@@ -25,13 +26,18 @@ BOOT = 1000  # bootstrap resamples for perplexity's stderr (the harness's defaul
 TASKS = ("hellaswag", "lambada_openai", "winogrande")
 
 
+def harness_name(task: str) -> str:
+    from gerbil.eval.tasks import get_task
+
+    return get_task(task).harness_name
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tokenizer):
     """A trained tiny run with its export (run/export)."""
     from gerbil.export import export
 
-    run_dir = tmp_path_factory.mktemp("parity") / "tiny"
-    train_tiny(run_dir, tokenizer)
+    run_dir = trained_run(tmp_path_factory.mktemp("parity"), tokenizer)
     export(run_dir, run_dir / "export", tokenizer=tokenizer)
     return run_dir
 
@@ -59,8 +65,6 @@ def _native_lls(rec: dict, task: str) -> list[list[tuple[float, bool]]]:
 
 
 def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: str) -> float:
-    from gerbil.eval.harness import HARNESS_TASK
-
     hl = _harness_lls(h_samples)
     nl = _native_lls(rec, task)
     assert sorted(hl) == list(range(N)), f"{who}: harness scored {len(hl)} {task} items"
@@ -73,7 +77,7 @@ def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: 
             if d > TOL or ga != gb:
                 bad.append(f"item {i} request {j}: harness ({a:.6f}, {ga}) vs gerbil ({b:.6f}, {gb})")
     assert not bad, f"{who} {task}: {len(bad)} requests differ: " + "; ".join(bad[:5])
-    h = h_results[HARNESS_TASK[task]]
+    h = h_results[harness_name(task)]
     for metric, value in rec["metrics"].items():
         key = f"{metric.replace('_stderr', '')}_stderr,none" if metric.endswith("_stderr") else f"{metric},none"
         hv = h[key]
@@ -86,32 +90,31 @@ def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: 
 
 @pytest.mark.slow
 def test_native_matches_harness_hf_on_export(run, native):
-    from gerbil.eval.harness import HARNESS_TASK, task_manager
+    from gerbil.eval.harness import task_manager
 
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={run / 'export'},dtype=float32", device="cpu", batch_size=16,
-        tasks=[HARNESS_TASK[t] for t in TASKS], task_manager=task_manager(), limit=N, log_samples=True,
+        tasks=[harness_name(t) for t in TASKS], task_manager=task_manager(), limit=N, log_samples=True,
         bootstrap_iters=BOOT)
-    worst = {t: _compare(t, out["results"], out["samples"][HARNESS_TASK[t]], native[t], "hf") for t in TASKS}
+    worst = {t: _compare(t, out["results"], out["samples"][harness_name(t)], native[t], "hf") for t in TASKS}
     print("max |Δ loglikelihood| gerbil vs harness HFLM:", worst)
     # the model is trained (its loss fell well below a random init's ln(50264) = 10.8)
-    import json
-    from gerbil.train.checkpoint import latest_checkpoint
+    from gerbil.train.rundir import RunDir
 
-    assert json.loads((latest_checkpoint(run) / "meta.json").read_text())["train_loss"] < 9.0
+    assert RunDir(run).latest_meta()["train_loss"] < 9.0
 
 
 @pytest.mark.slow
 def test_in_process_adapter_matches(run, native):
-    from gerbil.train.checkpoint import load_model
-    from gerbil.eval.harness import HARNESS_TASK, GerbilLM, task_manager
+    from gerbil.eval.harness import GerbilLM, task_manager
+    from gerbil.export import load_model
 
     model, _ = load_model(run)
     lm = GerbilLM(model=model, device="cpu")
-    out = lm_eval.simple_evaluate(model=lm, tasks=[HARNESS_TASK[t] for t in TASKS], task_manager=task_manager(),
+    out = lm_eval.simple_evaluate(model=lm, tasks=[harness_name(t) for t in TASKS], task_manager=task_manager(),
                                   limit=N, log_samples=True, bootstrap_iters=BOOT)
     for t in TASKS:
-        _compare(t, out["results"], out["samples"][HARNESS_TASK[t]], native[t], "GerbilLM")
+        _compare(t, out["results"], out["samples"][harness_name(t)], native[t], "GerbilLM")
 
 
 def test_registered_with_harness():
@@ -127,10 +130,8 @@ def test_rolling_loglikelihood_matches_hflm(run):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from gerbil.train.checkpoint import load_model
     from gerbil.eval.harness import GerbilLM
-
-    from eval_fixtures import stdlib_prose
+    from gerbil.export import load_model
 
     text = stdlib_prose(6000)
     reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=0)
@@ -140,3 +141,26 @@ def test_rolling_loglikelihood_matches_hflm(run):
     model, _ = load_model(run)
     got = GerbilLM(model=model, device="cpu").loglikelihood_rolling(reqs, disable_tqdm=True)
     assert got == pytest.approx(want, abs=1e-3)  # sums over ~1,000 tokens: fp32 rounding ~1e-4
+
+
+def test_generate_until_matches_hflm(run):
+    """`GerbilLM.generate_until` (greedy, stop strings, max_gen_toks) = HFLM's on the export."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from gerbil.eval.harness import GerbilLM
+    from gerbil.export import load_model
+
+    text = stdlib_prose(3000)
+    cases = [(text[:400], {"until": ["\n\n"], "max_gen_toks": 24, "do_sample": False}),
+             (text[400:700], {"until": [".", ","], "max_gen_toks": 16, "do_sample": False}),
+             ("The", {"until": ["the"], "max_gen_toks": 12, "do_sample": False}),
+             (text[700:760], {"max_gen_toks": 8, "do_sample": False})]
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, kw), idx=i)
+            for i, (c, kw) in enumerate(cases)]
+    hf = HFLM(pretrained=str(run / "export"), device="cpu", dtype="float32", batch_size=1)
+    want = hf.generate_until(reqs, disable_tqdm=True)
+    model, _ = load_model(run)
+    got = GerbilLM(model=model, device="cpu").generate_until(reqs, disable_tqdm=True)
+    assert got == want
+    assert any(w for w in want)  # something was generated, not only empty strings

@@ -1,4 +1,4 @@
-"""The GPT-J model: parameter counts of every ladder preset (REFERENCE.md §1), vocabulary padding
+"""The GPT-J model: parameter counts of every ladder preset (docs/reference.md §1), vocabulary padding
 (never predicted, never counted), causality, rotary layout, initialization. Logit parity with
 transformers' GPTJForCausalLM is in test_export.py."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from gerbil.model.config import PRESETS, SIZES, VOCAB_SIZE, ModelConfig, model_c
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT, apply_rotary, rotary_tables
 
-# REFERENCE.md §1 at vocabulary 50,264: total and non-embedding parameters. Published or inferred from
+# docs/reference.md §1 at vocabulary 50,264: total and non-embedding parameters. Published or inferred from
 # the published counts to the thousand (±1k); 15m's are given there only approximately (≈14.1M, ≈1.19M).
 REFERENCE = {
     "3.3m": (3_317_000, 50_000, 1_000),
@@ -32,9 +32,9 @@ def _meta_model(cfg: ModelConfig) -> GPT:
 
 
 def _tiny(**overrides) -> ModelConfig:
-    kw = dict(d_model=32, n_layer=2, n_head=4, rotary_dim=4, vocab_size=97, seq_len=32)
-    kw.update(overrides)
-    return ModelConfig(**kw)
+    from helpers import tiny_model_config
+
+    return tiny_model_config(**{"rotary_dim": 4, "vocab_size": 97, "seq_len": 32, **overrides})
 
 
 def test_every_ladder_size_has_a_reference_count():
@@ -180,3 +180,25 @@ def test_bad_configs_are_refused():
         ModelConfig(d_model=32, n_head=4, rotary_dim=16)
     with pytest.raises(ValueError, match="unknown size"):
         model_config("5m")
+
+
+def test_forward_with_positions_and_mask_equals_separate_rows():
+    """One row holding a shared prefix and two suffixes (each attending to the prefix and itself, rotary
+    positions continuing from the prefix) gives each suffix exactly its separate row's hidden states —
+    the one forward pass evaluation uses (gerbil.eval.scoring)."""
+    from gerbil.eval.scoring import tree_mask
+
+    torch.manual_seed(0)
+    model = GPT(_tiny()).eval()
+    prefix, s1, s2 = [5, 6, 7, 8], [9, 10, 11], [12, 13]
+    row = torch.tensor([prefix + s1 + s2])
+    pos = torch.tensor([list(range(4)) + [4, 5, 6] + [4, 5]])
+    seg = torch.tensor([[-1] * 4 + [0] * 3 + [1] * 2])
+    with torch.no_grad():
+        tree = model(row, positions=pos, attn_mask=tree_mask(seg))[0]
+        a = model(torch.tensor([prefix + s1]))[0]
+        b = model(torch.tensor([prefix + s2]))[0]
+        default = model(row, positions=torch.arange(9)[None])[0]
+    torch.testing.assert_close(tree[:7], a, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tree[7:], b[4:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(default, model(row)[0], rtol=0, atol=0)  # explicit 0..T-1 = the default

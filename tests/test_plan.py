@@ -13,8 +13,10 @@ import pytest
 from gerbil import plan
 from gerbil.cli import main
 from gerbil.model.config import PRESETS, SIZES, ModelConfig
-from gerbil.plan import (BatchSchedule, build_schedule, flops_per_token, fmt_batch, fmt_params,
-                         fmt_tokens, make_plan, parse_batch, parse_batch_spec, parse_class)
+from gerbil.errors import GerbilError
+from gerbil.plan import flops_per_token, make_plan, parse_class
+from gerbil.train.schedules import BatchSchedule, BatchStage, build_schedule
+from gerbil.units import fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch, parse_batch_spec
 
 
 def test_import_does_not_load_torch():
@@ -75,8 +77,8 @@ def test_fmt_tokens_against_the_seed_table(size, cls, ratio, seed, ours):
 def test_fmt_helpers_small_and_large():
     assert fmt_tokens(999) == "999" and fmt_tokens(500_000) == "500k" and fmt_tokens(1_500_000) == "1.5M"
     assert fmt_params(9_960_000) == "10m" and fmt_params(850_000) == "850k"
-    assert plan.fmt_flops(3.58e15) == "3.58e15" and plan.fmt_flops(9.999e15) == "1e16"
-    assert plan.fmt_duration(60) == "60 s" and plan.fmt_duration(3 * 3600) == "3.0 h"
+    assert fmt_flops(3.58e15) == "3.58e15" and fmt_flops(9.999e15) == "1e16"
+    assert fmt_duration(60) == "60 s" and fmt_duration(3 * 3600) == "3.0 h"
 
 
 # --------------------------------------------------------------------------------------- parsing
@@ -97,7 +99,7 @@ def test_seed_labels_name_powers_of_two_at_any_seq_len(seq_len):
 
 def test_parse_batch_spec_and_class():
     assert parse_batch_spec("131k-262k") == (131_072, 262_144)
-    assert parse_batch_spec("131k–262k") == (131_072, 262_144)  # the en dash of REFERENCE.md
+    assert parse_batch_spec("131k–262k") == (131_072, 262_144)  # the en dash of docs/reference.md
     assert parse_batch_spec("262k") == (262_144, 262_144)
     assert parse_class("A") == ("A", 20.0, False)
     assert parse_class("e*") == ("E*", 284.0, True)
@@ -143,7 +145,7 @@ def _per_step(schedule: BatchSchedule) -> list[int]:
 
 def test_constant_schedule_and_serialization():
     s = build_schedule(1_000_000, 2048, 131_072)
-    assert s.stages == (plan.BatchStage(131_072, 8),)
+    assert s.stages == (BatchStage(131_072, 8),)
     assert s.batch_tokens_at(0) == s.batch_tokens_at(7) == 131_072
     assert s.tokens_before(3) == 3 * 131_072 and s.tokens_before(8) == s.total_tokens
     with pytest.raises(IndexError):
@@ -196,7 +198,7 @@ def test_flops_per_token_formula():
 
 @pytest.mark.parametrize("size,tok_s,mfu", [("6.7m", 2.21e6, 0.06), ("32m", 1.35e6, 0.23), ("77m", 0.91e6, 0.37)])
 def test_formula_reproduces_reference_mfu(size, tok_s, mfu):
-    """REFERENCE §6 measured these tok/s and MFUs on an H200: the formula and peak must agree."""
+    """docs/reference.md §6 measured these tok/s and MFUs on an H200: the formula and peak must agree."""
     got = flops_per_token(PRESETS[size], 2048) * tok_s / plan.GPUS["H200"].peak_flops
     assert abs(got - mfu) < 0.006
 
@@ -204,7 +206,7 @@ def test_formula_reproduces_reference_mfu(size, tok_s, mfu):
 def test_time_estimate_is_tokens_over_measured_throughput():
     p = make_plan("6.7m", "A")
     assert p.mfu == pytest.approx(0.06)
-    # at the measured 6% MFU an H200 trains at ≈ 2.2M tok/s (REFERENCE §6)
+    # at the measured 6% MFU an H200 trains at ≈ 2.2M tok/s (docs/reference.md §6)
     assert p.seconds_on("H200") == pytest.approx(p.trained_tokens / 2.21e6, rel=0.02)
     assert p.seconds_on("t4") == pytest.approx(p.seconds_on("H200") * 989 / 65)
     assert make_plan("6.7m", "A", mfu=0.3).seconds_on("H100") == pytest.approx(p.total_flops / (989e12 * 0.3))
@@ -250,7 +252,7 @@ def test_star_class_continues_a_run(tmp_path):
     assert p.budget_tokens == 284 * 6_682_584
     assert p.tokens == p.budget_tokens - 949_000_000
     # the parent ran at 131k; by default the whole continuation runs at the end batch
-    assert p.schedule.stages == (plan.BatchStage(262_144, math.ceil(p.tokens / 262_144)),)
+    assert p.schedule.stages == (BatchStage(262_144, math.ceil(p.tokens / 262_144)),)
     assert p.schedule.start_step == 7241 and p.parent.endswith("step-00007241")
     # a plain class with --from is a star run too; the checkpoint directory itself works as well
     q = make_plan("6.7m", "E", from_run=run / "checkpoints" / "step-00007241")
@@ -266,7 +268,7 @@ def test_continuation_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         make_plan(None, "E*", from_run=tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(GerbilError, match="not a run, checkpoint or export"):
         make_plan(None, "E*", from_run=tmp_path / "empty")
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gerbil.data import store as store_mod
+from gerbil.data import prepare as prepare_mod
 from gerbil.data.corpus import Corpus
 from gerbil.errors import GerbilError
-from gerbil.data.store import StoreWriter, TokenStore, is_val_document, prepare
+from gerbil.data.prepare import prepare
+from gerbil.data.store import StoreWriter, TokenStore, is_val_document
 from gerbil.data.tokenizer import EOT_ID, VOCAB_SIZE
 
 
@@ -105,7 +106,7 @@ def test_fast_path_equals_generic_path_and_pieces(small_corpus, tokenizer, tmp_p
                       progress=False)
     assert generic.backend != small_store.backend == "tiktoken"
     # Tiny pieces and jobs: long documents are cut into many pieces that straddle job boundaries.
-    monkeypatch.setattr(store_mod, "JOB_CHARS", 3000)
+    monkeypatch.setattr(prepare_mod, "JOB_CHARS", 3000)
     pieces = prepare([small_corpus], tmp_path / "pieces", tokenizer, val_fraction=0.05, progress=False,
                      max_piece_chars=2000)
     assert pieces.bad_input.split_documents == 6
@@ -179,7 +180,7 @@ class _Exploding:
 
 
 def test_crash_leaves_no_complete_looking_store(small_corpus, tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "JOB_CHARS", 50_000)
+    monkeypatch.setattr(prepare_mod, "JOB_CHARS", 50_000)
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="simulated"):
         prepare([small_corpus], out, _Exploding(tokenizer), progress=False, workers=1)
@@ -256,7 +257,7 @@ def test_cli_prepare_builtin_corpus(tmp_path, shakespeare, tokenizer):
     st.verify()
     plays = sorted(shakespeare.glob("*.txt"))
     assert st.n_docs == len(plays)
-    assert 1_400_000 < st.n_tokens < 1_700_000  # ASSETS.md: 1.57M GPT-2 tokens
+    assert 1_400_000 < st.n_tokens < 1_700_000  # docs/assets.md: 1.57M GPT-2 tokens
     # 42 plays at 1 %: the hash picks none, so the last play is moved to val (a val loss must exist).
     assert st.split("val").n_docs == 1
     assert st.split("val").document(0).tolist() == tokenizer.encode(plays[-1].read_text(encoding="utf-8"))

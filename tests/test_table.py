@@ -21,9 +21,11 @@ def make_run(root: Path, name: str, *, size="6.7m", cls="A", objective="plain", 
     cfg = model_config(size)
     ck = run / "checkpoints" / f"step-{step:08d}"
     ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_bytes(b"weights")  # faked; meta.json lists it as checkpoint.py does
     (ck / "meta.json").write_text(json.dumps({
         "step": step, "tokens": tokens, "model": cfg.to_dict(), "size": size, "class": cls,
-        "objective": objective, "train_loss": train_loss, "budget": tokens}))
+        "objective": objective, "train_loss": train_loss, "budget": tokens,
+        "files": {"model.safetensors": {"bytes": 7, "sha256": "-"}}}))
     (run / "checkpoints" / "latest").write_text(ck.name + "\n")
     (run / "config.yaml").write_text(yaml.safe_dump({
         "name": name, "size": size, "class": cls, "objective": objective, "model": cfg.to_dict(),
@@ -50,7 +52,7 @@ SEED_A = {"hellaswag": {"acc": 0.2604, "acc_norm": 0.26}, "lambada_openai": {"pe
 
 
 def test_row_reproduces_the_seed_format(tmp_path):
-    run = make_run(tmp_path, "a", evals=SEED_A)
+    run = make_run(tmp_path, "Gerbil-A-6.7m", evals=SEED_A)
     row = table.row_for_run(run)
     assert row == {"Model Name": "Gerbil-A-6.7m", "Parameters": "6.7m", "Class": "A-Class", "Ratio": "20",
                    "Tokens": "134M", "Batch Size (Tokens)": "131k", "Training Loss ↓": "6.0741",
@@ -76,14 +78,14 @@ def test_stale_results_are_flagged(tmp_path):
 
 
 def test_registry_scan_orders_like_the_seed(tmp_path):
-    make_run(tmp_path, "blend", objective="blender", evals=SEED_A)
-    make_run(tmp_path, "b", cls="B", tokens=280_667_000, step=2000)
-    make_run(tmp_path, "a", evals=SEED_A)
-    make_run(tmp_path, "big", size="15m", tokens=282_000_000)
+    make_run(tmp_path, "GerbilBlender-A-6.7m", objective="blender", evals=SEED_A)
+    make_run(tmp_path, "Gerbil-B-6.7m", cls="B", tokens=280_667_000, step=2000)
+    make_run(tmp_path, "Gerbil-A-6.7m", evals=SEED_A)
+    make_run(tmp_path, "Gerbil-A-15m", size="15m", tokens=282_000_000)
     (tmp_path / "not-a-run").mkdir()
     names = [r.name for r in registry.scan([tmp_path])]
-    assert names == ["a", "b", "big", "blend"]
-    rec = registry.scan([tmp_path / "b"])[0]
+    assert names == ["Gerbil-A-6.7m", "Gerbil-B-6.7m", "Gerbil-A-15m", "GerbilBlender-A-6.7m"]
+    rec = registry.scan([tmp_path / "Gerbil-B-6.7m"])[0]
     assert rec.cls == "B" and rec.train_loss == pytest.approx(6.07412) and round(rec.ratio) == 42
     md = table.render([tmp_path])
     assert "| GerbilBlender-A-6.7m | 6.7m | A-Class | 20 | 134M | 131k |" in md
@@ -91,7 +93,7 @@ def test_registry_scan_orders_like_the_seed(tmp_path):
 
 
 def test_formats_and_reference(tmp_path):
-    run = make_run(tmp_path, "a", evals=SEED_A)
+    run = make_run(tmp_path, "Gerbil-A-6.7m", evals=SEED_A)
     rows = list(csv.reader(io.StringIO(table.render([run], fmt="csv", reference=True))))
     assert rows[0][1:12] == list(table.COLUMNS)
     assert rows[1][:3] == ["gerbil", "Gerbil-A-6.7m", "6.7m"]
@@ -107,7 +109,7 @@ def test_formats_and_reference(tmp_path):
 def test_cli_table(tmp_path, capsys):
     from gerbil.cli import main
 
-    make_run(tmp_path, "a", evals=SEED_A)
+    make_run(tmp_path, "Gerbil-A-6.7m", evals=SEED_A)
     assert main(["table", str(tmp_path), "--format", "csv"]) == 0
     assert "Gerbil-A-6.7m" in capsys.readouterr().out
     assert main(["table", str(tmp_path / "missing")]) == 2
@@ -116,10 +118,25 @@ def test_cli_table(tmp_path, capsys):
 
 def test_a_run_short_of_its_class_budget_is_not_shown_as_that_class(tmp_path):
     # `gerbil train --class A --tokens 262144` (the CPU demo): the meta says class A, but 262k tokens
-    # for 6.68M parameters is a ratio of 0.039, not 20 — neither the name nor the class may say "A".
+    # for 6.68M parameters is a ratio of 0.039, not 20 — the class column may not say "A"; the row is
+    # named by its run, as every row is.
     run = make_run(tmp_path, "short", tokens=262_144)
     row = table.row_for_run(run)
-    assert row["Model Name"] == "Gerbil-6.7m"
+    assert row["Model Name"] == "short"
     assert row["Class"] == "custom budget"
     assert row["Ratio"] == "0.039"
     assert table.row_for_run(make_run(tmp_path, "full"))["Class"] == "A-Class"
+
+
+def test_rows_are_named_by_their_runs_and_classless_runs_say_so(tmp_path):
+    """Two runs of one size are told apart by their run names; a custom budget (no class) says so; a
+    run with no checkpoint yet claims no class."""
+    a = make_run(tmp_path, "fim-3.3m", size="3.3m", cls=None, objective="fim", tokens=50_000)
+    b = make_run(tmp_path, "mlm-3.3m", size="3.3m", cls=None, objective="mlm", tokens=50_000)
+    rows = [table.row_for_run(r) for r in (a, b)]
+    assert [r["Model Name"] for r in rows] == ["fim-3.3m", "mlm-3.3m"]
+    assert rows[0]["Class"] == "custom budget"
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    (empty / "config.yaml").write_text(yaml.safe_dump({"name": "fresh", "size": "6.7m", "class": "A"}))
+    assert table.row_for_run(empty)["Class"] == "—"

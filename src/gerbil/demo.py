@@ -8,12 +8,12 @@ reported again instead of being retrained (an interrupted one is resumed).
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from gerbil.train.loop import RunResult, TrainConfig, train
+from gerbil.train.config import TrainConfig
+from gerbil.train.loop import RunResult, train
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def shakespeare_store(progress: bool = True) -> Path:
     """The Shakespeare token store under $GERBIL_HOME/stores (built once, then reused)."""
     from gerbil.assets import corpus_dir, gerbil_home
     from gerbil.errors import GerbilError
-    from gerbil.data.store import TokenStore, prepare
+    from gerbil.data.prepare import prepare
+    from gerbil.data.store import TokenStore
     from gerbil.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load()  # fetches + verifies the GPT-2 files on first use
@@ -58,7 +59,7 @@ def shakespeare_store(progress: bool = True) -> Path:
 
 def demo_config(device: str, store: Path, runs: str = "runs") -> tuple[TrainConfig, bool]:
     """(config, reduced): the real Gerbil-A-6.7m on CUDA, the labelled CPU budget otherwise."""
-    from gerbil.train.resolve import pick_device
+    from gerbil.train.device import pick_device
 
     dev = pick_device(device)
     if dev.type == "cuda":
@@ -67,8 +68,8 @@ def demo_config(device: str, store: Path, runs: str = "runs") -> tuple[TrainConf
     from importlib import resources
 
     recipe = resources.files("gerbil").joinpath("recipes", CPU_DEMO_RECIPE)
-    return TrainConfig.from_yaml(str(recipe), data=str(store), runs=runs,
-                                 device=device, name="demo-Gerbil-6.7m-cpu"), True
+    return TrainConfig.from_yaml(str(recipe), dict(data=str(store), runs=runs, device=device,
+                                                   name="demo-Gerbil-6.7m-cpu")), True
 
 
 def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
@@ -84,7 +85,7 @@ def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
 
 
 def format_row(result: RunResult, reduced: bool) -> str:
-    """The model's row in the seed's table format (README of GerbilLab; REFERENCE.md §4).
+    """The model's row in the seed's table format (README of GerbilLab; docs/reference.md §4).
 
     Cells come from `gerbil.suite.table.row_for_run` (the same code as `gerbil table`: eval columns from the
     run's `eval/*.json`, "pending" where missing); a reduced CPU run is relabelled so it can never be
@@ -110,19 +111,18 @@ def run_demo(runs: str = "runs", device: str = "auto", evaluate: bool = True,
     2026-11-26 for the 6.7m on 2 lightly loaded CPU cores: 4 min 8 s (hellaswag 46, lambada 532,
     winogrande 349 items/s).
     """
-    from gerbil.train import checkpoint as ckpt
+    from gerbil.train.rundir import RunDir
 
     store = shakespeare_store(progress=progress is not False)
     cfg, reduced = demo_config(device, store, runs)
     cfg.progress = progress
-    run_dir = Path(runs) / cfg.name
-    done = run_dir / "result.json"
-    latest = ckpt.latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if latest is not None and done.exists() and json.loads(done.read_text()).get("checkpoint") == str(latest):
-        d = json.loads(done.read_text())
-        d["run_dir"], d["checkpoint"] = Path(d["run_dir"]), Path(d["checkpoint"])
-        result = RunResult(**d)
-        log.info("demo run %s already finished; reporting it (delete the folder to retrain)", run_dir)
+    run = RunDir(Path(runs) / cfg.name)
+    latest = run.latest_checkpoint() if run.path.is_dir() else None
+    done = run.read_result()
+    if latest is not None and done is not None and done.get("checkpoint") == str(latest):
+        done["run_dir"], done["checkpoint"] = Path(done["run_dir"]), Path(done["checkpoint"])
+        result = RunResult(**done)
+        log.info("demo run %s already finished; reporting it (delete the folder to retrain)", run.path)
     else:
         cfg.resume = latest is not None
         result = train(cfg)

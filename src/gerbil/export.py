@@ -31,8 +31,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gerbil.model.config import ModelConfig, SIZES
+from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
+from gerbil.model.config import SIZES, ModelConfig
+from gerbil.units import fmt_count
 
 if TYPE_CHECKING:  # torch/transformers are imported lazily: `import gerbil.export` stays cheap
     import torch
@@ -42,10 +44,6 @@ if TYPE_CHECKING:  # torch/transformers are imported lazily: `import gerbil.expo
 
 log = logging.getLogger(__name__)
 
-EOT_ID = 50256
-#: Objectives whose training data starts every causal example with ``<causal>`` (UL2-style mode
-#: switching, REFERENCE.md §2): a model trained with them is evaluated with that prefix.
-CAUSAL_PREFIX_OBJECTIVES = {"causal": "<causal>", "blender": "<causal>"}
 _HF_PREFIX = "transformer."
 _FORMAT_VERSION = 1
 
@@ -188,18 +186,6 @@ def to_transformers(model: GPT, gerbil_meta: dict | None = None) -> Any:
 
 
 # ----------------------------------------------------------------------------------------- metadata
-def _format_tokens(n: int | float | None) -> str:
-    if n is None:
-        return "—"
-    if not n:
-        return "0 (untrained)"
-    n = float(n)
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{int(n)}"
-
-
 def _size_name(cfg: ModelConfig) -> str:
     """The ladder name of an architecture ("6.7m"), else a rounded parameter count ("12.3m")."""
     for name, s in SIZES.items():
@@ -208,24 +194,26 @@ def _size_name(cfg: ModelConfig) -> str:
     return f"{cfg.n_params() / 1e6:.3g}m"
 
 
-def model_name(objective: str | None, size: str, cls: str | None) -> str:
-    """The seed's naming: ``Gerbil-A-6.7m``, ``GerbilBlender-A-15m``, ``Gerbil-6.7m`` (no class)."""
-    family = "GerbilBlender" if objective == "blender" else "Gerbil"
-    return "-".join(p for p in (family, cls, size) if p)
-
-
 def _gerbil_field(cfg: ModelConfig, meta: dict, objective: str) -> dict:
     """The ``gerbil`` field of config.json: what the model is and how to evaluate it."""
+    from gerbil.data.objectives import mode_prefix
+    from gerbil.data.tokenizer import SPECIAL_TOKENS
+    from gerbil.train.rundir import model_name
+
     size = meta.get("size") or _size_name(cfg)
     cls = meta.get("class")
+    names = {v: k for k, v in SPECIAL_TOKENS.items()}
+    prefix = "".join(names[t] for t in mode_prefix(objective))
     return {
         "format_version": _FORMAT_VERSION,
         "gerbil_version": __import__("gerbil").__version__,
-        "name": meta.get("name") or model_name(objective, size, cls),
+        # the run's own name (as in its directory and the results table), else the model name
+        "name": meta.get("name") or meta.get("run") or model_name(objective, cls, size),
         "objective": objective,
+        "objective_options": meta.get("objective_options"),
         # Blender/causal models were trained with every causal example starting with <causal>; the
         # evaluation (and a user's prompt) must start the same way.
-        "eval_prefix": CAUSAL_PREFIX_OBJECTIVES.get(objective),
+        "eval_prefix": prefix or None,
         "size": size,
         "class": cls,
         "tokens": meta.get("tokens"),
@@ -256,7 +244,7 @@ def _model_card(info: dict, extra: str | None) -> str:
         "|---|---|",
         f"| size | {info['size']} ({info['params']:,} parameters, {info['non_embedding_params']:,} non-embedding) |",
         f"| class | {info.get('class') or '—'} |",
-        f"| training tokens | {_format_tokens(info.get('tokens'))} |",
+        f"| training tokens | {fmt_count(info.get('tokens'))} |",
         f"| objective | {info['objective']} |",
         f"| context | {info['model']['seq_len']} tokens |",
         f"| vocabulary | {info['vocab_size']:,} (GPT-2 BPE + 7 Blender special tokens) |",
@@ -293,18 +281,48 @@ def _model_card(info: dict, extra: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------- export
+def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
+    """(GPT in eval mode, meta) from a run directory (its latest intact checkpoint), a checkpoint
+    directory or an export folder — what the path is comes from `gerbil.train.rundir.resolve_source`.
+
+    ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
+    """
+    from gerbil.train import checkpoint as ckpt
+    from gerbil.train.rundir import resolve_source
+
+    src = resolve_source(source)
+    if src.kind == "export":
+        model, meta = load(src.export, device=device)
+    else:
+        model, meta = ckpt.load_checkpoint(src.checkpoint, device=device)
+    meta = dict(meta)
+    meta["objective"] = meta.get("objective") or "plain"
+    return model.eval(), meta
+
+
 def _resolve_source(source: Any) -> tuple[GPT, dict]:
-    """A GPT module, a run directory, a checkpoint directory or an export folder → (GPT, meta)."""
+    """A GPT module or anything `load_model` reads → (GPT, meta)."""
     from gerbil.model.model import GPT
 
     if isinstance(_unwrap(source), GPT):
         return _unwrap(source), {}
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run, checkpoint or export directory")
-    if (path / "config.json").is_file() and not (path / "meta.json").is_file():
-        return load(path)
-    return load_checkpoint(path)
+    return load_model(source)
+
+
+#: Files an export writes (config, weights, generation config, tokenizer files, card): an existing
+#: folder holding only these, with a gerbil config.json, is an earlier export that may be replaced.
+EXPORT_FILES = frozenset({"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                          "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                          "added_tokens.json", "README.md", "chat_template.jinja"})
+
+
+def _is_own_export(path: Path) -> bool:
+    """An earlier gerbil export: a gerbil-marked config.json and nothing but export files (no folders)."""
+    try:
+        marked = isinstance(json.loads((path / "config.json").read_text()).get("gerbil"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return marked and all(p.is_file() and p.name in EXPORT_FILES for p in path.iterdir())
 
 
 def export(
@@ -353,6 +371,9 @@ def export(
         tokenizer = Tokenizer.load()
 
     out = Path(out_dir).resolve()
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not _is_own_export(out):
+        raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
+                          f"choose another --out or empty it yourself")
     tmp = out.with_name(out.name + ".tmp-export")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -371,12 +392,19 @@ def export(
         f.chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
 
     if out.exists():
-        # replace a previous export of the same name; refuse to clobber something that is not one
-        if not (out / "config.json").is_file() and any(out.iterdir()):
+        # replace only an earlier export of gerbil's own: never delete what gerbil did not write
+        if not out.is_dir() or (any(out.iterdir()) and not _is_own_export(out)):
             shutil.rmtree(tmp)
-            raise GerbilError(f"{out} exists and is not an export folder; choose another --out")
-        shutil.rmtree(out)
-    tmp.rename(out)
+            raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
+                              f"choose another --out or empty it yourself")
+        old = out.with_name(out.name + ".old-export")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)  # swap, then delete: a crash in between leaves the old export in .old-export
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
     log.info("exported %s (%s) to %s", gerbil_meta["name"], objective, out)
     return out
 
@@ -499,64 +527,6 @@ def read_info(export_dir: str | Path) -> dict:
     return dict(json.loads(cfg_path.read_text()).get("gerbil") or {})
 
 
-# -------------------------------------------------------------------------------------- checkpoints
-def load_checkpoint(path: str | Path) -> tuple[GPT, dict]:
-    """A run directory or checkpoint directory → ``(GPT, meta)``.
-
-    Uses ``gerbil.train.checkpoint.load_model`` when that module exists; otherwise reads the checkpoint's
-    ``model.safetensors`` + ``meta.json`` directly (docs/architecture.md, "Run directory").
-    """
-    try:
-        from gerbil.train.checkpoint import load_model
-    except ImportError:
-        load_model = None
-    if load_model is not None:
-        return load_model(path)
-    return _load_checkpoint_dir(_find_checkpoint(Path(path)))
-
-
-def _find_checkpoint(path: Path) -> Path:
-    """The checkpoint directory for a run directory (via ``checkpoints/latest``) or a checkpoint dir."""
-    if (path / "model.safetensors").is_file() and (path / "meta.json").is_file():
-        return path
-    ckpts = path / "checkpoints"
-    if not ckpts.is_dir():
-        raise GerbilError(f"{path}: neither a checkpoint (model.safetensors + meta.json) nor a run directory")
-    latest = ckpts / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        for cand in (Path(name), ckpts / name, path / name):
-            if (cand / "model.safetensors").is_file():
-                return cand
-        raise GerbilError(f"{latest} names {name!r}, which is not a complete checkpoint")
-    done = sorted(p for p in ckpts.glob("step-*")
-                  if (p / "meta.json").is_file() and (p / "model.safetensors").is_file())
-    if not done:
-        raise GerbilError(f"{path}: no complete checkpoint under {ckpts}")
-    return done[-1]
-
-
-def _load_checkpoint_dir(ckpt: Path) -> tuple[GPT, dict]:
-    import torch
-    from safetensors.torch import load_file
-
-    from gerbil.model.model import GPT
-
-    meta = json.loads((ckpt / "meta.json").read_text())
-    if "model" not in meta:
-        raise GerbilError(f"{ckpt / 'meta.json'}: no 'model' (ModelConfig) entry")
-    cfg = ModelConfig.from_dict(meta["model"])
-    state = {_strip_compiled(k): v for k, v in load_file(str(ckpt / "model.safetensors")).items()}
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
-    from gerbil.model.model import rotary_tables
-
-    model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
-    meta["checkpoint"] = str(ckpt)
-    return model.eval(), meta
-
-
 def random_model(size: str, seed: int = 0, **overrides) -> GPT:
     """A freshly initialized ladder model (``gerbil export --size S --random-init``), seeded locally
     (no global RNG is touched)."""
@@ -577,6 +547,6 @@ def random_model(size: str, seed: int = 0, **overrides) -> GPT:
 
 
 __all__ = [
-    "export", "load", "read_info", "load_checkpoint", "random_model", "to_transformers", "to_transformers_state_dict",
-    "from_transformers_state_dict", "transformers_config", "model_name",
+    "export", "load", "load_model", "read_info", "random_model", "to_transformers", "to_transformers_state_dict",
+    "from_transformers_state_dict", "transformers_config",
 ]

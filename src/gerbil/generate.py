@@ -20,8 +20,7 @@ spaces into the continuation.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,28 +32,6 @@ log = logging.getLogger(__name__)
 
 SINGLE_TOK_MASK = "<single_tok_mask>"
 _SPECIAL_IDS = sorted(SPECIAL_TOKENS.values())
-
-
-# -------------------------------------------------------------------------------------- loading
-def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, dict]:
-    """(GPT in eval mode, meta) from a run directory, a checkpoint directory or an export folder.
-
-    ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run, checkpoint or export directory")
-    if (path / "config.json").is_file() and not (path / "meta.json").is_file():
-        from gerbil.export import load
-
-        model, meta = load(path, device=device)
-    else:
-        from gerbil.train.checkpoint import load_model as load_checkpoint_model
-
-        model, meta = load_checkpoint_model(path, device=device)
-    meta = dict(meta)
-    meta["objective"] = meta.get("objective") or "plain"
-    return model.eval(), meta
 
 
 # -------------------------------------------------------------------------------------- core loop
@@ -77,10 +54,13 @@ def generate_ids(
     seed: int | None = None,
     stop_ids: tuple[int, ...] = (EOT_ID,),
     banned_ids: list[int] | None = None,
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids`` by up to ``max_new_tokens`` tokens; the new tokens only.
 
-    Stops early (without returning it) at a token in ``stop_ids``. ``banned_ids`` are never produced.
+    Stops early (without returning it) at a token in ``stop_ids``, or after a token for which
+    ``stop(new_tokens)`` is true (e.g. the decoded text contains a stop string; the token is returned).
+    ``banned_ids`` are never produced.
     An empty prompt starts from ``<|endoftext|>``, the boundary every training document follows.
     """
     _check_options(max_new_tokens, temperature, top_k)
@@ -113,6 +93,8 @@ def generate_ids(
                 break
             out.append(nxt)
             ids.append(nxt)
+            if stop is not None and stop(out):
+                break
     finally:
         model.train(was_training)
     return out
@@ -221,4 +203,4 @@ def unmask(
     return tokenizer.decode(filled.tolist()), [tokenizer.decode([a]) for a in answers]
 
 
-__all__ = ["load_model", "generate_ids", "sample", "infill", "unmask"]
+__all__ = ["generate_ids", "sample", "infill", "unmask"]

@@ -5,20 +5,19 @@ the trainer, the registry and the results table can all reuse it.
 
 A plan turns (model, class) into numbers:
 
-    budget  = ratio × total parameters              (class A 20, B 42, C 76, D 142, E 284; REFERENCE §3)
+    budget  = ratio × total parameters              (class A 20, B 42, C 76, D 142, E 284; docs/reference.md §3)
     steps   = the exact integer steps of a `BatchSchedule` (constant batch or a ramp such as 131k-262k)
     FLOPs   = flops_per_token × tokens trained      (PaLM's MFU convention, see `flops_per_token`)
-    time    = FLOPs / (GPU peak × MFU)              (peaks in `GPUS`, MFU measured per size, `default_mfu`)
+    time    = FLOPs / (GPU peak × MFU)              (peaks in `GPUS`; MFU an estimate per size, `default_mfu`)
 
 Star classes (E*, B*) continue an earlier run: `make_plan(..., from_run=RUN)` reads the run's latest
 checkpoint `meta.json` (plain JSON) and plans only the tokens still missing from the class budget.
 
-The formatting helpers (`fmt_params`, `fmt_tokens`, `fmt_batch`) write numbers the way the seed's
-results table does (6.7m, 134M, 131k, 131k-262k, 1M) and are shared with the results table.
+Numbers are written and read the seed's way by `gerbil.units`; the batch schedule is
+`gerbil.train.schedules.BatchSchedule` (the same object the trainer follows).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -26,200 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from gerbil.model.config import SIZES, ModelConfig, get_size
 from gerbil.errors import GerbilError
+from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size
+from gerbil.train.schedules import BatchSchedule, build_schedule
+from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch,
+                          parse_batch_spec, parse_count)
 
-# Tokens per total parameter (REFERENCE §3): A is Chinchilla-optimal; B–D are LLaMA's tokens/parameter
+# Tokens per total parameter (docs/reference.md §3): A is Chinchilla-optimal; B–D are LLaMA's tokens/parameter
 # ratios scaled down to this ladder; E doubles D. A star class ("E*") has the same ratio but continues
 # an earlier checkpoint of the same model (the seed's B*-77m row used 40 instead of 42: pass ratio=40).
 CLASSES: dict[str, int] = {"A": 20, "B": 42, "C": 76, "D": 142, "E": 284}
 
-DEFAULT_SEQ_LEN = 2048
-
-
-# ------------------------------------------------------------------------------------------ formatting
-def _short(x: float) -> str:
-    """One decimal below 10, a whole number from 10 on: 6.68 → '6.7', 76.7 → '77', 9.96 → '10'."""
-    if round(x, 1) < 10:
-        s = f"{x:.1f}"
-        return s[:-2] if s.endswith(".0") else s
-    return str(round(x))
-
-
-def fmt_params(n: int) -> str:
-    """Parameter count as the seed names models: 6,682,584 → '6.7m', 76,716,120 → '77m'.
-
-    The seed's size names are these strings for every published rung except 15m, whose preset has
-    ≈14.1M parameters ('14m'): tables show the ladder name, this helper shows the count.
-    """
-    n = int(n)
-    if n >= 1_000_000_000:
-        return _short(n / 1e9) + "b"
-    if n >= 1_000_000:
-        return _short(n / 1e6) + "m"
-    if n >= 1_000:
-        return _short(n / 1e3) + "k"
-    return str(n)
-
-
-def fmt_tokens(n: int) -> str:
-    """Token count in decimal millions as the seed's table writes it: 133,651,680 → '134M'.
-
-    Whole millions from 10M on (the seed writes 1520M, not 1.52B), one decimal below 10M, k below 1M.
-
-    What this reproduces: the seed multiplied a *nominal* parameter count by the ratio, and not always
-    the same one — A/B/C-6.7m used 6.7M (134M, 281M, 509M) while D-6.7m and E*-6.7m used 6M (852M,
-    1704M), A-15m 14M (280M), A-32m 32M (640M), A-77m 76M (1520M), A-104m 103M (2060M). gerbil
-    multiplies the exact count, so its strings equal the seed's for A-6.7m (134M) and B-6.7m (281M)
-    and differ elsewhere (A-77m: 20 × 76,716,120 = 1534M, D-6.7m: 949M). We do not imitate the
-    seed's inconsistent arithmetic.
-    """
-    n = int(n)
-    if n >= 1_000_000:
-        return _short(n / 1e6) + "M"
-    if n >= 1_000:
-        return _short(n / 1e3) + "k"
-    return str(n)
-
-
-_MEGA_BATCH = 1 << 20  # batch "M" is binary: the seed's 1M batch is 2^20 = 512 × 2048 tokens
-
-
-def _fmt_one_batch(n: int) -> str:
-    n = int(n)
-    if n >= _MEGA_BATCH:
-        y = n / _MEGA_BATCH
-        return (str(round(y)) if y >= 100 else f"{y:.3g}") + "M"
-    if n >= 1_000:
-        x = n / 1_000
-        return (str(round(x)) if x >= 100 else f"{x:.3g}") + "k"
-    return str(n)
-
-
-def fmt_batch(start: int, end: int | None = None) -> str:
-    """Batch size in tokens as the seed writes it: 65,536 → '65.5k', 131,072 → '131k', 2^20 → '1M'.
-
-    Below 2^20 the value is decimal thousands to three significant digits (131,072 → '131k', which
-    is how the seed names 2^17); from 2^20 on it is binary millions (2^20 → '1M', 1.5 × 2^20 →
-    '1.5M'). A ramp prints as 'start-end' ('131k-262k'). `parse_batch` reads these strings back.
-    """
-    if end is None or int(end) == int(start):
-        return _fmt_one_batch(start)
-    return f"{_fmt_one_batch(start)}-{_fmt_one_batch(end)}"
-
-
-def fmt_flops(x: float) -> str:
-    """FLOPs in compact scientific notation: 3.58e15."""
-    if x <= 0:
-        return "0"
-    exp = int(math.floor(math.log10(x)))
-    mant = x / 10**exp
-    if round(mant, 2) >= 10:  # 9.996e15 rounds to 10.0: carry into the exponent
-        mant, exp = mant / 10, exp + 1
-    return f"{mant:.3g}e{exp}"
-
-
-def fmt_duration(seconds: float) -> str:
-    """Human duration: '42 s', '17 min', '3.2 h', '4.5 d'."""
-    s = float(seconds)
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 90 * 60:
-        return f"{s / 60:.0f} min"
-    if s < 48 * 3600:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
-
-
-# --------------------------------------------------------------------------------------------- parsing
-_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
-_COUNT_RE = re.compile(rf"^{_NUM}(?:e(\d+))?\s*([kmbgt]?)$", re.IGNORECASE)
-_COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
-
-
-def parse_count(text: str | int, what: str = "count") -> int:
-    """A token count with decimal suffixes: '500M' → 500,000,000, '1.5B' → 1,500,000,000, '2e9'.
-
-    Token counts are decimal, like the seed's 134M. Must be a positive whole number of tokens.
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        m = _COUNT_RE.match(str(text).strip().replace("_", "").replace(",", ""))
-        if not m:
-            raise ValueError(f"{what} {text!r} is not a number like 134M, 1.5B or 500000000")
-        x = float(m.group(1)) * 10 ** int(m.group(2) or 0) * _COUNT_UNITS[m.group(3).lower()]
-        value = round(x)
-    if value <= 0:
-        raise ValueError(f"{what} must be positive, got {text!r}")
-    return int(value)
-
-
-_BATCH_RE = re.compile(rf"^{_NUM}\s*([kKmM]?)$")
-_RAMP_SPLIT = re.compile(r"\s*(?:->|→|–|—|-|\.\.)\s*")
-
-
-def parse_batch(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> int:
-    """One global batch size in tokens, resolved to a multiple of `seq_len`.
-
-    - A plain integer ('131072') is taken exactly and must be a multiple of seq_len.
-    - 'k' is decimal thousands and 'M' binary millions (2^20), because that is what the seed's labels
-      mean: its batches are powers of two, written 65.5k (2^16), 131k (2^17), 262k, 524k, 1M (2^20).
-      Reading 'k' as ×1024 would be wrong: 131 × 1024 = 134,144 is not 131,072.
-    - A shorthand names a number only to its last written digit (131k = 131,000 ± 500). If a power
-      of two that is a multiple of seq_len lies in that range it is the one meant (131k → 131,072 at
-      any seq_len); otherwise the nearest multiple of seq_len is taken (500k → 499,712 at 2048).
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        n = int(text)
-        if n <= 0:
-            raise ValueError(f"batch must be positive, got {n}")
-        if n % seq_len:
-            raise ValueError(f"batch {n} tokens is not a multiple of seq_len {seq_len}")
-        return n
-    s = str(text).strip().replace("_", "").replace(",", "")
-    m = _BATCH_RE.match(s)
-    if not m:
-        raise ValueError(f"batch {text!r} is not a size like 131072, 131k or 1M")
-    digits, suffix = m.group(1), m.group(2)
-    if not suffix:
-        if "." in digits:
-            raise ValueError(f"batch {text!r} must be a whole number of tokens")
-        return parse_batch(int(digits), seq_len)
-    unit = 1_000 if suffix in "kK" else _MEGA_BATCH
-    value = float(digits) * unit
-    decimals = len(digits.split(".")[1]) if "." in digits else 0
-    half = 0.5 * unit / 10**decimals  # half a unit of the last written digit
-    candidates = [1 << e for e in range(0, 63)
-                  if abs((1 << e) - value) <= half and (1 << e) % seq_len == 0]
-    if candidates:
-        n = min(candidates, key=lambda p: abs(p - value))
-    else:
-        n = int(math.floor(value / seq_len + 0.5)) * seq_len
-    if n <= 0:
-        raise ValueError(f"batch {text!r} is smaller than one sequence of {seq_len} tokens")
-    return n
-
-
-def parse_batch_spec(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> tuple[int, int]:
-    """A batch or a ramp: '131k' → (131072, 131072); '131k-262k' → (131072, 262144).
-
-    A ramp must not shrink (the seed's ramps grow the batch as the loss flattens).
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        b = parse_batch(text, seq_len)
-        return b, b
-    s = str(text).strip()
-    parts = [p for p in _RAMP_SPLIT.split(s)]
-    if len(parts) == 1:
-        b = parse_batch(parts[0], seq_len)
-        return b, b
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"batch ramp {text!r} is malformed (expected START-END, e.g. 131k-262k)")
-    b0, b1 = parse_batch(parts[0], seq_len), parse_batch(parts[1], seq_len)
-    if b1 < b0:
-        raise ValueError(f"batch ramp {text!r} shrinks; a ramp goes from the smaller to the larger batch")
-    return b0, b1
 
 
 def parse_class(cls: str | None, ratio: float | None = None) -> tuple[str, float, bool]:
@@ -257,155 +73,9 @@ def parse_class(cls: str | None, ratio: float | None = None) -> tuple[str, float
     return label, (ratio if ratio is not None else base), star
 
 
-# -------------------------------------------------------------------------------------- batch schedule
-@dataclass(frozen=True)
-class BatchStage:
-    """`steps` consecutive optimizer steps of `batch_tokens` tokens each."""
-
-    batch_tokens: int
-    steps: int
-
-
-@dataclass(frozen=True)
-class BatchSchedule:
-    """The global batch size at every optimizer step, as data the trainer can follow exactly.
-
-    Steps are global: a continuation of a run that stopped at step 1000 starts at `start_step` 1000,
-    after `start_tokens` tokens. `stages` cover this run's steps in order. Every batch is a multiple
-    of `seq_len`, so a stage is `batch_tokens // seq_len` sequences (split into micro-batches by the
-    trainer).
-    """
-
-    stages: tuple[BatchStage, ...]
-    seq_len: int
-    start_step: int = 0
-    start_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stages", tuple(self.stages))
-        for st in self.stages:
-            if st.steps <= 0 or st.batch_tokens <= 0 or st.batch_tokens % self.seq_len:
-                raise ValueError(f"bad batch stage {st} for seq_len {self.seq_len}")
-
-    @property
-    def total_steps(self) -> int:
-        """Steps in this run (not counting the parent's)."""
-        return sum(st.steps for st in self.stages)
-
-    @property
-    def total_tokens(self) -> int:
-        """Tokens this run trains on (not counting the parent's)."""
-        return sum(st.steps * st.batch_tokens for st in self.stages)
-
-    @property
-    def end_step(self) -> int:
-        return self.start_step + self.total_steps
-
-    @property
-    def end_tokens(self) -> int:
-        return self.start_tokens + self.total_tokens
-
-    def _locate(self, step: int) -> tuple[int, int]:
-        """(stage index, tokens before `step`) for a global step in [start_step, end_step)."""
-        if not self.start_step <= step < self.end_step:
-            raise IndexError(f"step {step} is outside this schedule [{self.start_step}, {self.end_step})")
-        s, tokens = self.start_step, self.start_tokens
-        for i, st in enumerate(self.stages):
-            if step < s + st.steps:
-                return i, tokens + (step - s) * st.batch_tokens
-            s += st.steps
-            tokens += st.steps * st.batch_tokens
-        raise AssertionError("unreachable")
-
-    def batch_tokens_at(self, step: int) -> int:
-        """Global batch in tokens for (0-based, global) optimizer step `step`."""
-        return self.stages[self._locate(step)[0]].batch_tokens
-
-    def tokens_before(self, step: int) -> int:
-        """Tokens trained since the run's very start (parent included) before `step`."""
-        if step == self.end_step:
-            return self.end_tokens
-        return self._locate(step)[1]
-
-    def label(self) -> str:
-        """'131k' or '131k-262k' (first and last batch), as the seed's table shows it."""
-        return fmt_batch(self.stages[0].batch_tokens, self.stages[-1].batch_tokens)
-
-    def to_dict(self) -> dict:
-        return {"seq_len": self.seq_len, "start_step": self.start_step, "start_tokens": self.start_tokens,
-                "stages": [dataclasses.asdict(st) for st in self.stages]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BatchSchedule":
-        return cls(stages=tuple(BatchStage(int(s["batch_tokens"]), int(s["steps"])) for s in d["stages"]),
-                   seq_len=int(d["seq_len"]), start_step=int(d.get("start_step", 0)),
-                   start_tokens=int(d.get("start_tokens", 0)))
-
-
-def build_schedule(tokens: int, seq_len: int, batch_start: int, batch_end: int | None = None, *,
-                   ramp_tokens: int | None = None, ramp_shape: str = "step", quantum: int | None = None,
-                   start_step: int = 0, start_tokens: int = 0) -> BatchSchedule:
-    """Steps that train at least `tokens` new tokens, with the batch growing from start to end.
-
-    The ramp is measured in tokens since the run's very start (a continuation's parent included),
-    so it does not depend on the batch sizes themselves:
-      - "step":   `batch_start` before `ramp_tokens`, `batch_end` from there on (how the seed's star
-                  runs went: the parent at 131k, the continuation at 262k);
-      - "linear": the batch grows linearly with tokens trained, in multiples of `quantum` (default
-                  seq_len; pass micro_batch × seq_len for whole micro-batches), reaching `batch_end`
-                  at `ramp_tokens`.
-    Whole steps only: the last step may overshoot the budget by less than one batch (a class budget
-    is a minimum, and a partial last batch would change the gradient noise of that step).
-    """
-    if tokens <= 0:
-        raise ValueError(f"token budget must be positive, got {tokens}")
-    b0 = int(batch_start)
-    b1 = b0 if batch_end is None else int(batch_end)
-    for b in (b0, b1):
-        if b <= 0 or b % seq_len:
-            raise ValueError(f"batch {b} tokens is not a positive multiple of seq_len {seq_len}")
-    if b1 < b0:
-        raise ValueError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
-    if ramp_shape not in ("step", "linear"):
-        raise ValueError(f"unknown ramp shape {ramp_shape!r} (step, linear)")
-    q = int(quantum or seq_len)
-    if q <= 0 or q % seq_len:
-        raise ValueError(f"ramp quantum {q} is not a positive multiple of seq_len {seq_len}")
-    span = int(ramp_tokens) if ramp_tokens is not None else 0
-    if b1 != b0 and span < 0:
-        raise ValueError(f"ramp span must not be negative, got {span}")
-
-    def level(t: int) -> tuple[int, int | None]:
-        """(batch at tokens t, tokens at which the batch next changes or None)."""
-        if b1 == b0 or t >= span:
-            return b1, None
-        if ramp_shape == "step":
-            return b0, span
-        # linear: batch = b0 + k·q with k = floor((b1-b0)·t / (span·q)), capped at b1
-        k = (b1 - b0) * t // (span * q)
-        b = min(b1, b0 + k * q)
-        if b >= b1:
-            return b1, None
-        nxt = -(-(k + 1) * q * span // (b1 - b0))  # first t reaching level k+1
-        return b, min(nxt, span)
-
-    stages: list[BatchStage] = []
-    t, target = int(start_tokens), int(start_tokens) + int(tokens)
-    while t < target:
-        b, change = level(t)
-        stop = target if change is None else min(change, target)
-        n = -(-(stop - t) // b)  # ceil: whole steps until the next change (or the budget)
-        if stages and stages[-1].batch_tokens == b:
-            stages[-1] = BatchStage(b, stages[-1].steps + n)
-        else:
-            stages.append(BatchStage(b, n))
-        t += n * b
-    return BatchSchedule(tuple(stages), seq_len, int(start_step), int(start_tokens))
-
-
 # ------------------------------------------------------------------------------------------ FLOPs, GPUs
 def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training: bool = True) -> int:
-    """Model FLOPs per token: 6·(N_non_embedding + d·V) + 12·L·T·d for training (REFERENCE §6).
+    """Model FLOPs per token: 6·(N_non_embedding + d·V) + 12·L·T·d for training (docs/reference.md §6).
 
     This is PaLM's MFU convention (Chowdhery et al. 2022, appendix B: 6N + 12·L·H·Q·T):
       - 6 FLOPs per parameter per token (2 forward, 4 backward) for every matmul weight: the blocks
@@ -417,7 +87,7 @@ def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training
         it anyway, like PaLM.
     Elementwise work (softmax, GELU, LayerNorm, loss) is ignored. V is the real vocabulary: padded
     head rows are an implementation detail, not model FLOPs. This formula reproduces the MFU column
-    of REFERENCE §6 (6%, 23%, 37% on an H200 at 989 TFLOP/s). Forward only: a third of it.
+    of docs/reference.md §6 (6%, 23%, 37% on an H200 at 989 TFLOP/s). Forward only: a third of it.
     """
     d, L, V = model.d_model, model.n_layer, model.vocab_size
     train = 6 * (model.n_params("non_embedding") + d * V) + 12 * L * seq_len * d
@@ -467,48 +137,26 @@ def get_gpu(name: str) -> GPU:
     raise ValueError(f"unknown GPU {name!r} (known: {', '.join(GPUS)})")
 
 
-# Measured model FLOPs utilization of gerbil-style compiled PyTorch, bf16, seq 2048, on one H200
-# (REFERENCE §6, 2026-11-26). Tiny models are launch- and memory-bound, so MFU climbs steeply with
-# size; a flat 30% would make the 6.7m estimate five times too optimistic.
-MEASURED_MFU: dict[str, float] = {"6.7m": 0.06, "32m": 0.23, "77m": 0.37}
-
-
-def default_mfu(model: ModelConfig) -> float:
-    """MFU assumed for the time estimate: `MEASURED_MFU` interpolated in log(total parameters).
-
-    Clamped to the measured range outside it (3.3m → 6%, 104m → 37%): no extrapolation. The same MFU
-    is assumed on every GPU — a rough estimate: the consumer cards have about the same bytes per
-    FLOP as an H200, so their MFU at these sizes should be similar; measure and pass `mfu` to refine.
-    """
-    pts = sorted((SIZES[n].model_config().n_params(), u) for n, u in MEASURED_MFU.items())
-    x = math.log(model.n_params())
-    if x <= math.log(pts[0][0]):
-        return pts[0][1]
-    for (n0, u0), (n1, u1) in zip(pts, pts[1:]):
-        x0, x1 = math.log(n0), math.log(n1)
-        if x <= x1:
-            return u0 + (u1 - u0) * (x - x0) / (x1 - x0)
-    return pts[-1][1]
-
-
 # ---------------------------------------------------------------------------------- run checkpoints
 def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     """(checkpoint directory, meta dict) for a run directory or a checkpoint directory — no torch.
 
-    The checkpoint is found by `gerbil.train.checkpoint.latest_checkpoint` (it follows the run's
-    `checkpoints/latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check
-    is skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
+    What the path is, and a run's latest intact checkpoint, come from `gerbil.train.rundir` (it follows
+    the run's `latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check is
+    skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
     """
-    from gerbil.train import checkpoint  # torch-free at import; only its weight/state loaders need torch
+    from gerbil.train import checkpoint
+    from gerbil.train.rundir import resolve_source
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such run or checkpoint: {p}")
-    ckpt = checkpoint.latest_checkpoint(p, check_hash=False)
-    if ckpt is None:
-        raise FileNotFoundError(f"no complete checkpoint in {p}")
+    src = resolve_source(p, check_hash=False)
+    if src.checkpoint is None:
+        raise GerbilError(f"{p}: an export folder has no training state to continue; give its run or checkpoint")
+    ckpt = src.checkpoint
     try:
-        meta = json.loads((ckpt / "meta.json").read_text())
+        meta = checkpoint.read_meta(ckpt)
     except (OSError, json.JSONDecodeError) as e:
         raise GerbilError(f"cannot read {ckpt / 'meta.json'}: {e}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
@@ -673,7 +321,7 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
         else:
             model, size_name = run_model, run_size
         if not star:
-            label += "*"  # a continued run is a star run by definition (REFERENCE §3)
+            label += "*"  # a continued run is a star run by definition (docs/reference.md §3)
     elif star:
         notes.append(f"{label} planned from scratch; pass from_run (--from RUN) to continue an earlier run")
     if seq_len > model.seq_len:
@@ -721,7 +369,8 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
 
     # --- FLOPs and time
     if mfu is None:
-        u, source = default_mfu(model), "measured per size on one H200, REFERENCE §6"
+        u, source = default_mfu(model), ("estimate: plain compiled PyTorch GPT-J measured on one H200 "
+                                          "(docs/reference.md §6), not gerbil's own throughput")
     else:
         u, source = float(mfu), "given"
         if not (0 < u <= 1):
@@ -774,7 +423,7 @@ def format_plan(plan: Plan) -> str:
     lines += [f"  steps        {plan.steps:,} ({plan.trained_tokens:,} tokens trained)",
               f"  FLOPs        {fmt_flops(plan.total_flops)} = {plan.flops_per_token:,} per token "
               f"× {plan.trained_tokens:,}",
-              f"               per token: 6·(non-embedding + d·V) + 12·L·T·d",
+              "               per token: 6·(non-embedding + d·V) + 12·L·T·d",
               f"  time         at {plan.mfu:.0%} MFU ({plan.mfu_source}):", ""]
     rows = [[g.name, g.precision, f"{g.peak_flops / 1e12:g}", fmt_duration(plan.seconds_on(g))]
             for g in plan.gpus]

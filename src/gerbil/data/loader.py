@@ -14,7 +14,7 @@ Two paths, both deterministic functions of (split, seed, seq_len) and of nothing
 
 The cursor (`state_dict()`) is a handful of ints plus the <2·T tokens waiting in the packing buffer, all
 plain JSON-able Python, so a resumed run continues with exactly the next sequence — no replay, no skip
-(the nanoGPT resume pitfall, REFERENCE.md §8). The cursor counts sequences, not batches, so a run may
+(the nanoGPT resume pitfall, docs/reference.md §8). The cursor counts sequences, not batches, so a run may
 change its micro-batch or batch size between checkpoints (star continuations with a batch ramp).
 """
 from __future__ import annotations
@@ -24,8 +24,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-EOT_ID = 50256
-IGNORE_INDEX = -100  # same as loss.IGNORE_INDEX (not imported: loss.py imports torch kernels only)
+from gerbil.data.objectives import get_objective, mode_prefix
+
+from gerbil.data.tokenizer import EOT_ID
+from gerbil.model.loss import IGNORE_INDEX
 
 ObjectiveFn = Callable[[np.ndarray, np.random.Generator], "tuple[np.ndarray, np.ndarray]"]
 
@@ -37,10 +39,6 @@ def resolve_objective(objective: str | ObjectiveFn) -> tuple[str, ObjectiveFn | 
     name = str(objective).strip().lower()
     if name == "plain":
         return "plain", None
-    try:
-        from gerbil.data.objectives import get_objective
-    except ImportError as e:  # objectives.py not installed yet: only `plain` works
-        raise ValueError(f"unknown objective {objective!r} (objectives module unavailable: {e})") from e
     return name, get_objective(name)
 
 
@@ -250,8 +248,6 @@ def eval_batches(split: Any, seq_len: int, max_tokens: int, objective: str | Non
     name = objective if isinstance(objective, str) or objective is None else getattr(objective, "name", "")
     prefix: list[int] = []
     if str(name or "plain").strip().lower() != "plain":
-        from gerbil.data.objectives import mode_prefix  # lazy, as in resolve_objective
-
         prefix = [int(t) for t in mode_prefix(name)]
     if not prefix:
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

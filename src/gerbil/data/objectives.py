@@ -1,7 +1,7 @@
 """Training objectives: one document chunk's tokens → (tokens, loss mask), using a seeded generator.
 
 The GerbilBlender models (UL2-inspired) train on an equal mix of three tasks, each announced by a mode
-token (the seven Blender ids, REFERENCE.md §2). The seed writes them as::
+token (the seven Blender ids, docs/reference.md §2). The seed writes them as::
 
     '<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle <fitm_result> example text <|endoftext|>'
     '<causal> this is an example text for causal language modelling <|endoftext|>'
@@ -90,6 +90,10 @@ class Objective:
     """
 
     name = "objective"
+    #: the model family in run, table and export names: Gerbil, GerbilBlender, ... (rundir.model_name)
+    display = "Gerbil"
+    #: tokens that put a model trained with this objective in causal mode for evaluation and sampling
+    eval_prefix: tuple[int, ...] = ()
 
     def __init__(self, loss_on: str = "all"):
         self.loss_on = _check_loss_on(loss_on)
@@ -152,6 +156,8 @@ class Causal(Objective):
     """``<causal> text``: causal language modelling announced by its mode token (Blender models)."""
 
     name = "causal"
+    display = "GerbilCausal"
+    eval_prefix = (CAUSAL,)
 
     @staticmethod
     def format(doc_tokens) -> np.ndarray:
@@ -191,6 +197,7 @@ class FillInMiddle(Objective):
     """
 
     name = "fim"
+    display = "GerbilFIM"
 
     def __init__(self, loss_on: str = "all", char_level: bool = False, tokenizer: Any = None,
                  spm_rate: float = 0.0):
@@ -269,6 +276,7 @@ class MaskedLM(Objective):
     """
 
     name = "mlm"
+    display = "GerbilMLM"
 
     def __init__(self, loss_on: str = "all", mask_rate: float = 0.15):
         super().__init__(loss_on)
@@ -340,6 +348,8 @@ class Blender(Objective):
     """
 
     name = "blender"
+    display = "GerbilBlender"
+    eval_prefix = (CAUSAL,)
 
     def __init__(self, weights=(1.0, 1.0, 1.0), loss_on: str = "all", mask_rate: float = 0.15,
                  char_level: bool = False, tokenizer: Any = None, spm_rate: float = 0.0):
@@ -399,11 +409,20 @@ def get_objective(name: str, **options: Any) -> Objective:
     return cls(**options)
 
 
+def objective_class(objective: str | None) -> type[Objective]:
+    """The Objective class called ``objective`` (``plain`` when absent); unknown names raise ValueError."""
+    key = str(objective or "plain").strip().lower()
+    if key not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
+    return OBJECTIVES[key]
+
+
 def mode_prefix(objective: str | None) -> list[int]:
-    """Tokens that put a model trained with ``objective`` in causal mode: ``[<causal>]`` for the
-    ``causal`` and ``blender`` objectives (UL2-style mode switching; a Blender model is evaluated with
-    inputs starting with ``<causal>``), none for ``plain`` or an unknown/absent objective."""
-    return [CAUSAL] if str(objective or "").strip().lower() in ("causal", "blender") else []
+    """Tokens that put a model trained with ``objective`` in causal mode (its `eval_prefix`): ``[<causal>]``
+    for ``causal`` and ``blender`` (UL2-style mode switching; a Blender model is evaluated with inputs
+    starting with ``<causal>``), none for ``plain``, ``fim``, ``mlm`` or an unknown/absent objective."""
+    key = str(objective or "plain").strip().lower()
+    return list(OBJECTIVES[key].eval_prefix) if key in OBJECTIVES else []
 
 
 # ---------------------------------------------------------------------------------------- display
@@ -465,5 +484,5 @@ def from_display(text: str, tokenizer) -> list[int]:
 
 __all__ = [
     "Objective", "Plain", "Causal", "FillInMiddle", "MaskedLM", "Blender", "OBJECTIVES", "BLENDER_TASKS",
-    "get_objective", "mode_prefix", "to_display", "from_display", "LOSS_ON", "EOT_ID",
+    "get_objective", "objective_class", "mode_prefix", "to_display", "from_display", "LOSS_ON", "EOT_ID",
 ]

@@ -28,19 +28,7 @@ produced; at the end they are renamed and ``meta.json`` (with ``complete: true``
 name and renamed over. A crash at any point leaves no ``meta.json`` that says complete; an existing store
 at the same path is invalidated (its meta.json removed) before anything is written.
 
-Tokenizing fast
----------------
-With gerbil's tokenizer the BPE runs in tiktoken's Rust core built from the same files (identical ids,
-checked by the tokenizer's parity test). Many documents are joined with ``<|endoftext|>`` into one
-~1 MB string and encoded in a single call that *allows only that special*: tiktoken splits on the
-special first, so each document is encoded exactly as alone, and the separators come back as the EOT
-ids the store wants anyway. One call per megabyte instead of one per document removes the per-call
-Python overhead; the result arrives as one numpy buffer (``encode_to_numpy``), is narrowed to uint16
-and partitioned into train/val with vectorized numpy. Documents that *contain* the text
-``<|endoftext|>`` are encoded on their own as ordinary text (never as the control id). The Rust core
-releases the GIL, so ``workers`` threads encode chunks in parallel while the main thread reads and
-parses the next ones — no process pool, no pickling of text or tokens (``benchmarks/prepare_throughput.py``
-measures it). Any other tokenizer object with ``encode_batch`` works through the generic path.
+The pipeline that writes stores from corpus files is `gerbil.data.prepare`.
 """
 from __future__ import annotations
 
@@ -48,10 +36,7 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
@@ -67,12 +53,7 @@ MAGIC = "gerbil-token-store"
 FORMAT_VERSION = 1
 DTYPE = "uint16"
 SPLITS = ("train", "val")
-DEFAULT_EOT_ID = 50256
 _STORE_FILES = {"meta.json"} | {f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")}
-#: Characters of text per tokenization job (≈ 60k GPT-2 tokens of English): large enough that the
-#: per-call overhead vanishes, small enough that 2 jobs per worker in flight balance across cores.
-#: On 2 shared cores 256 KiB measured no worse than 64 KiB or 1 MiB (noisy; see the benchmark).
-JOB_CHARS = 1 << 18
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -149,7 +130,7 @@ class TokenStore:
                                 f"not this tokenizer's {tokenizer_sha256[:12]}… (re-run prepare)")
         splits = {}
         try:
-            eot = int(meta.get("eot_id", DEFAULT_EOT_ID))
+            eot = int(meta.get("eot_id", EOT_ID))
             int(meta["vocab_size"]), str(meta["tokenizer_sha256"])
             for name in SPLITS:
                 info = meta["splits"][name]
@@ -180,7 +161,7 @@ class TokenStore:
 
     @property
     def eot_id(self) -> int:
-        return int(self.meta.get("eot_id", DEFAULT_EOT_ID))
+        return int(self.meta.get("eot_id", EOT_ID))
 
     @property
     def tokenizer_sha256(self) -> str:
@@ -213,6 +194,34 @@ class TokenStore:
             if int(s.tokens.max()) >= self.vocab_size:
                 raise _refuse(self.path, f"{s.name}.bin holds ids >= vocab_size {self.vocab_size}")
 
+    def identity(self) -> dict[str, Any]:
+        """What makes this store *this* store, cheaply: tokenizer, counts and a fingerprint of sampled
+        bytes (`fingerprint`). A run records it and refuses to continue on a store that differs — e.g.
+        one re-prepared at the same path from other data."""
+        return {"tokenizer_sha256": self.tokenizer_sha256, "vocab_size": self.vocab_size,
+                "splits": {s.name: {"n_tokens": s.n_tokens, "n_docs": s.n_docs} for s in self._splits.values()},
+                "fingerprint": self.fingerprint()}
+
+    def fingerprint(self, blocks: int = 64, block_bytes: int = 4096) -> str:
+        """sha256 over `blocks` evenly spaced `block_bytes` slices (first and last included) of every
+        split's token and offset files, with their sizes: 512 KiB read for any store size (a few
+        milliseconds), yet two different corpora — or one re-prepared with another seed or split — give
+        different fingerprints with near certainty. Not a checksum: a single flipped token is found by
+        `verify` (`gerbil prepare --verify`), not here."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for s in self._splits.values():
+            for arr in (s.tokens, s.offsets):
+                raw = np.asarray(arr).view(np.uint8).reshape(-1)
+                h.update(f"{s.name}:{arr.dtype}:{raw.size}\n".encode())
+                if raw.size <= blocks * block_bytes:
+                    h.update(raw.tobytes())
+                    continue
+                for start in np.linspace(0, raw.size - block_bytes, blocks).astype(np.int64):
+                    h.update(raw[start:start + block_bytes].tobytes())
+        return h.hexdigest()
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}={s.n_tokens:,} tokens/{s.n_docs:,} docs" for s in self._splits.values())
         return f"TokenStore({str(self.path)!r}, {parts})"
@@ -220,7 +229,7 @@ class TokenStore:
     # ------------------------------------------------------------------------------------- writing
     @classmethod
     def write(cls, path: str | os.PathLike, docs: Iterable[Sequence[int] | np.ndarray], *,
-              tokenizer_sha256: str, vocab_size: int, eot_id: int = DEFAULT_EOT_ID,
+              tokenizer_sha256: str, vocab_size: int, eot_id: int = EOT_ID,
               val_fraction: float = 0.01, seed: int = 0, overwrite: bool = False,
               extra_meta: dict[str, Any] | None = None) -> TokenStore:
         """Write already-tokenized documents (each without EOT; it is appended) as a store."""
@@ -271,7 +280,7 @@ class StoreWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, tokenizer_sha256: str, vocab_size: int,
-                 eot_id: int = DEFAULT_EOT_ID, val_fraction: float = 0.01, seed: int = 0,
+                 eot_id: int = EOT_ID, val_fraction: float = 0.01, seed: int = 0,
                  overwrite: bool = False):
         if not 0.0 <= val_fraction < 1.0:
             raise GerbilError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -481,189 +490,3 @@ class StoreWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self._finished:
             self.abort()
-
-
-# ------------------------------------------------------------------------------------- tokenizing
-_TIKTOKEN_CACHE: dict[str, Any] = {}
-
-
-class _Encoder:
-    """Turns a list of text pieces into ``(ids, piece_lens)``: every piece's ids followed by one EOT,
-    concatenated (uint16), and each piece's length with its EOT. Thread-safe; see the module doc."""
-
-    def __init__(self, tokenizer: Any):
-        self.eot_id = int(getattr(tokenizer, "eot_id", DEFAULT_EOT_ID))
-        self.tiktoken = None
-        if hasattr(tokenizer, "tiktoken_encoding"):
-            # Building the encoding parses the 50k-entry vocab (~1 s): once per tokenizer identity.
-            key = str(tokenizer.sha256)
-            enc = _TIKTOKEN_CACHE.get(key)
-            if enc is None:
-                enc = _TIKTOKEN_CACHE[key] = tokenizer.tiktoken_encoding()
-            eot_name = next(t for t in enc.special_tokens_set if enc.encode_single_token(t) == self.eot_id)
-            self.tiktoken, self.eot_text = enc, eot_name
-        self.tokenizer = tokenizer
-        self.backend = "tiktoken" if self.tiktoken is not None else type(tokenizer).__name__ + ".encode_batch"
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        arrays = None
-        if self.tiktoken is not None:
-            try:
-                out = self._tiktoken_joined(texts)
-                if out is not None:
-                    return out
-                arrays = [self.tiktoken.encode_to_numpy(t, disallowed_special=()) for t in texts]
-            except BaseException as e:  # noqa: BLE001 — tiktoken's PanicException is a BaseException
-                if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                    raise
-                # tiktoken's regex gives up on pathological input (a whitespace run of ~1M chars:
-                # "Max stack size exceeded for backtracking", or a Rust panic). Tokenizer.encode_batch
-                # cuts such text at safe points and sends what cannot be cut to HF tokenizers.
-                arrays = None
-        if arrays is None:
-            arrays = [np.asarray(ids, dtype=np.int64) for ids in self.tokenizer.encode_batch(texts)]
-        eot = np.array([self.eot_id], dtype=np.uint32)
-        parts = [x for a in arrays for x in (a.astype(np.uint32, copy=False), eot)]
-        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
-        lens = np.fromiter((len(a) + 1 for a in arrays), dtype=np.int64, count=len(arrays))
-        return ids.astype(np.uint16), lens
-
-    def _tiktoken_joined(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        """One tiktoken call for all ``texts`` joined by EOT, or None when a text contains the EOT
-        string itself (then the caller encodes piece by piece, as ordinary text)."""
-        sep = self.eot_text
-        if any(sep in t for t in texts):
-            return None
-        joined = sep.join(texts) + sep
-        ids = self.tiktoken.encode_to_numpy(joined, allowed_special={sep}, disallowed_special=())
-        ends = np.flatnonzero(ids == self.eot_id)  # (n_texts,) positions of the separators
-        if len(ends) != len(texts):  # cannot happen with GPT-2 ranks; be safe rather than misalign
-            return None
-        lens = np.diff(ends, prepend=-1)
-        return ids.astype(np.uint16), lens
-
-
-@dataclass
-class PrepareResult:
-    """What :func:`prepare` did: the opened store plus counts and throughput."""
-
-    store: TokenStore
-    bad_input: Any  # corpus.BadInputCounts
-    n_tokens: int
-    n_docs: int
-    seconds: float
-    backend: str
-    workers: int
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.n_tokens / max(self.seconds, 1e-9)
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS / Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def prepare(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, tokenizer: Any, *,
-            val_fraction: float = 0.01, seed: int = 0, text_field: str = "text", txt_mode: str = "file",
-            include: Sequence[str] | None = None, workers: int | None = None, progress: bool = True,
-            overwrite: bool = False, max_piece_chars: int | None = None) -> PrepareResult:
-    """Tokenize corpus files into a token store at ``out`` and open it.
-
-    Args:
-        inputs: files and directories (see :class:`gerbil.data.corpus.Corpus` for the formats).
-        out: the store directory (created; an existing store is replaced only with ``overwrite``).
-        tokenizer: a :class:`gerbil.data.tokenizer.Tokenizer` (or any object with ``encode_batch``,
-            ``sha256``, ``vocab_size`` and ``eot_id``).
-        val_fraction, seed: the validation split rule (module docstring).
-        text_field, txt_mode, include: reader settings (:class:`~gerbil.data.corpus.Corpus`).
-        workers: encoding threads (default: the cores this process may use).
-        progress: show a tqdm bar with tokens/s on stderr.
-
-    Bad input is counted, logged and stored in meta.json under ``bad_input``; it never stops the run.
-    """
-    from gerbil.data.corpus import MAX_PIECE_CHARS, Corpus
-
-    corpus = Corpus(inputs, text_field=text_field, txt_mode=txt_mode, include=include,
-                    max_piece_chars=max_piece_chars or MAX_PIECE_CHARS)
-    workers = _default_workers() if workers is None else workers
-    if workers < 1:
-        raise GerbilError(f"workers must be at least 1, got {workers}")
-    encoder = _Encoder(tokenizer)
-    sha = str(tokenizer.sha256)
-    vocab_size = int(getattr(tokenizer, "vocab_size", None) or len(tokenizer))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="tok", unit_scale=True, desc="prepare", smoothing=0.1, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        meta = _run_prepare(corpus, encoder, out, sha, vocab_size, val_fraction, seed, overwrite, workers,
-                            bar, t0, text_field, txt_mode)
-    finally:
-        if bar is not None:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    log.info("%s: %d tokens, %d documents in %.1f s; %s", out, meta["n_tokens"], meta["n_docs"], seconds,
-             corpus.counts.summary())
-    store = TokenStore.open(out, sha)
-    return PrepareResult(store=store, bad_input=corpus.counts, n_tokens=meta["n_tokens"],
-                         n_docs=meta["n_docs"], seconds=seconds, backend=encoder.backend, workers=workers)
-
-
-def _run_prepare(corpus: Any, encoder: _Encoder, out: str | os.PathLike, sha: str, vocab_size: int,
-                 val_fraction: float, seed: int, overwrite: bool, workers: int, bar: Any, t0: float,
-                 text_field: str, txt_mode: str) -> dict[str, Any]:
-    """The pipeline of :func:`prepare`: read → encode on ``workers`` threads → write, in order."""
-    with StoreWriter(out, tokenizer_sha256=sha, vocab_size=vocab_size, eot_id=encoder.eot_id,
-                     val_fraction=val_fraction, seed=seed, overwrite=overwrite) as writer, \
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gerbil-encode") as pool:
-        # Bounded pipeline: at most 2 jobs per worker in flight, written strictly in order.
-        inflight: deque[tuple[Future, np.ndarray]] = deque()
-
-        def drain(limit: int) -> None:
-            while len(inflight) > limit:
-                fut, last = inflight.popleft()
-                ids, lens = fut.result()
-                writer.add_encoded(ids, lens, last)
-                if bar is not None:
-                    bar.update(len(ids))
-                    bar.set_postfix(docs=sum(writer.n_docs.values()), refresh=False)
-
-        for texts, last in _jobs(corpus.pieces(), JOB_CHARS):
-            inflight.append((pool.submit(encoder, texts), last))
-            drain(2 * workers)
-        drain(0)
-        if not sum(writer.n_docs.values()):
-            raise GerbilError(
-                f"no documents in {', '.join(str(p) for p in corpus.inputs)} ({corpus.n_files} files matched "
-                f"--include {' '.join(corpus.include)}; {corpus.counts.summary()})")
-        return writer.finish({
-            "sources": corpus.sources,
-            "n_files": corpus.n_files,
-            "bad_input": corpus.counts.as_dict(),
-            "reader": {"text_field": text_field, "txt_mode": txt_mode, "include": list(corpus.include),
-                       "max_piece_chars": corpus.max_piece_chars},
-            "tokenize": {"backend": encoder.backend, "workers": workers,
-                         "seconds": round(time.perf_counter() - t0, 3)},
-        })
-
-
-def _jobs(pieces: Iterator[tuple[str, bool]], job_chars: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Group the piece stream into jobs of about ``job_chars`` characters: (texts, last flags)."""
-    texts: list[str] = []
-    lasts: list[bool] = []
-    n = 0
-    for text, last in pieces:
-        texts.append(text)
-        lasts.append(last)
-        n += len(text)
-        if n >= job_chars:
-            yield texts, np.array(lasts, dtype=bool)
-            texts, lasts, n = [], [], 0
-    if texts:
-        yield texts, np.array(lasts, dtype=bool)

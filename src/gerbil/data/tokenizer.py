@@ -1,7 +1,7 @@
 """GPT-2 byte-level BPE plus the seven Blender special tokens (vocabulary 50,264).
 
 Ids 0..50256 are GPT-2's own (``<|endoftext|>`` = 50256); the Blender tokens follow in the seed's order
-(REFERENCE.md §2)::
+(docs/reference.md §2)::
 
     50257 <fitm_start>   50258 <multiple_tok_mask>   50259 <fitm_result>   50260 <causal>
     50261 <mlm_start>    50262 <single_tok_mask>     50263 <mlm_end>
@@ -31,6 +31,7 @@ tiktoken needs no second object: ``encode_ordinary`` ignores special-token strin
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ from gerbil.assets import read_merges, read_vocab
 from gerbil.errors import GerbilError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import gerbil.data.tokenizer` must stay cheap
+    import numpy as np
     import tiktoken
     import tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -263,6 +265,33 @@ class Tokenizer:
             out[i].extend(seg_ids)
         return out
 
+    def encode_documents(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of many documents for a token store: each document's ids (special-token strings are
+        ordinary text) followed by one EOT, concatenated as uint16, and each document's length with its
+        EOT (int64). Thread-safe: `gerbil.data.prepare` calls it from several threads.
+
+        The fast path: the documents are joined with ``<|endoftext|>`` into one string and encoded in a
+        single tiktoken call that *allows only that special* — tiktoken splits on the special first, so
+        each document is encoded exactly as alone, and the separators come back as the EOT ids the store
+        wants anyway; one call per job instead of one per document removes the per-call Python overhead
+        and the result arrives as one numpy buffer. A document that *contains* the text
+        ``<|endoftext|>``, or a text tiktoken's regex gives up on (a ~1M-character whitespace run: a Rust
+        panic, a BaseException), takes the general `encode_batch` path, which cuts such text at safe
+        points and sends what cannot be cut to HF tokenizers.
+        """
+        import numpy as np
+
+        if self.engine == "tiktoken" and texts and not any(EOT in t for t in texts):
+            try:
+                ids = self._tik.encode_to_numpy(EOT.join(texts) + EOT, allowed_special={EOT}, disallowed_special=())
+                ends = np.flatnonzero(ids == EOT_ID)  # (n_texts,) positions of the separators
+                if len(ends) == len(texts):
+                    return ids.astype(np.uint16), np.diff(ends, prepend=-1).astype(np.int64)
+            except BaseException as e:  # noqa: BLE001 — tiktoken's PanicException is a BaseException
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+        return documents_array(self.encode_batch(texts), EOT_ID)
+
     def _tik_batch(self, texts: list[str], allow_special: bool) -> list[list[int]]:
         if not texts:
             return []
@@ -338,7 +367,7 @@ class Tokenizer:
         """A transformers ``PreTrainedTokenizerFast`` wrapping :attr:`backend` (50,264 ids).
 
         Built from the tokenizers object, not ``GPT2TokenizerFast(vocab_file=...)``: with transformers
-        5.x the latter silently produced an 8-token vocabulary (REFERENCE.md §8). bos = eos = unk =
+        5.x the latter silently produced an 8-token vocabulary (docs/reference.md §8). bos = eos = unk =
         ``<|endoftext|>`` as in GPT-2; the Blender tokens are additional special tokens. Note that
         transformers, like ``backend``, always matches special-token strings in text.
         """
@@ -372,7 +401,10 @@ class Tokenizer:
         return f"Tokenizer(vocab={str(self.vocab_path)!r}, merges={str(self.merges_path)!r})"
 
 
+@functools.lru_cache(maxsize=4)
 def _tiktoken_from_files(vocab_path: str) -> tiktoken.Encoding:
+    """Built once per vocab file per process (parsing the 50k-entry vocab takes ~1 s); the Encoding is
+    immutable and thread-safe, so every Tokenizer of the same files shares it."""
     import tiktoken
 
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
@@ -386,6 +418,19 @@ def _tiktoken_from_files(vocab_path: str) -> tiktoken.Encoding:
     # explicit_n_vocab makes tiktoken check that ranks + specials are exactly ids 0..50263.
     return tiktoken.Encoding(name="gerbil_gpt2_blender", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens=dict(SPECIAL_TOKENS), explicit_n_vocab=VOCAB_SIZE)
+
+
+def documents_array(docs: Sequence[Sequence[int]], eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, lens) in the token store's layout from per-document id lists: each document followed by
+    one EOT, concatenated as uint16, and each document's length with its EOT."""
+    import numpy as np
+
+    arrays = [np.asarray(d, dtype=np.uint32) for d in docs]
+    eot = np.array([eot_id], dtype=np.uint32)
+    parts = [x for a in arrays for x in (a, eot)]
+    ids = np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+    lens = np.fromiter((len(a) + 1 for a in arrays), dtype=np.int64, count=len(arrays))
+    return ids.astype(np.uint16), lens
 
 
 _warned_parallelism = False

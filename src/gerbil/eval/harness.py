@@ -34,9 +34,6 @@ from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
 
-#: harness task name for each gerbil task
-HARNESS_TASK: dict[str, str] = {t: f"gerbil_{t}" for t in ("hellaswag", "lambada_openai", "winogrande")}
-_TEMPLATE_DIR = Path(__file__).parent / "tasks"
 
 
 # ============================================================================================ tasks
@@ -58,14 +55,14 @@ def task_dir(tasks: Iterable[str] | None = None, out: str | Path | None = None,
     cached assets, fetched if missing).
     """
     from gerbil import assets
-    from gerbil.eval.evaluate import resolve_tasks
+    from gerbil.eval.tasks import get_task, resolve_tasks
 
     names = resolve_tasks(list(tasks) if tasks is not None else None)
     dest = Path(out) if out is not None else assets.gerbil_home() / "harness_tasks"
     dest.mkdir(parents=True, exist_ok=True)
     lm_dir = lm_eval_tasks_dir()
     for name in names:
-        template = (_TEMPLATE_DIR / f"{name}.yaml").read_text()
+        template = get_task(name).harness_yaml.read_text()
         data_file = Path((data or {}).get(name) or assets.eval_set(name)).resolve()
         text = template.replace("@LM_EVAL_TASKS@", str(lm_dir)).replace("@DATA_FILE@", str(data_file))
         (dest / f"{name}.yaml").write_text(text)
@@ -123,7 +120,10 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
         if _TemplateLM is object:
             raise GerbilError("lm-evaluation-harness is not installed (pip install 'gerbil-lab[eval]')")
         super().__init__()
+        from gerbil.data.tokenizer import EOT_ID
         from gerbil.eval import evaluate as ev
+        from gerbil.eval.encoding import RequestEncoder
+        from gerbil.eval.scoring import Scorer
 
         if model is None and pretrained is None:
             raise GerbilError("GerbilLM needs model= (a GPT) or pretrained= (a run, checkpoint or export)")
@@ -137,15 +137,15 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
 
                 tokenizer = Tokenizer.load()
             tok = tokenizer
-            encoder = ev.Encoder(lambda texts: tok.encode_batch(list(texts), allow_special=True),
-                                 ev.EOT_ID, ev._prefix_for(ev._objective_name(objective), prefix))
+            encoder = RequestEncoder(lambda texts: tok.encode_batch(list(texts), allow_special=True),
+                                     EOT_ID, ev._prefix_for(ev._objective_name(objective), prefix))
         self.encoder = encoder
         self.model = model.to(device=self._device, dtype=ev._dtype(dtype)).eval()
         bs = None if batch_size in (None, "auto", "") else int(batch_size)
         self.batch_size = bs
         cfg = getattr(model, "_orig_mod", model).config
         self._max_length = int(max_length or cfg.seq_len)
-        self.scorer = ev.Scorer(self.model, device=self._device, batch_size=bs, max_length=self._max_length)
+        self.scorer = Scorer(self.model, device=self._device, batch_size=bs, max_length=self._max_length)
 
     # --------------------------------------------------------------------------- TemplateLM hooks
     @property
@@ -232,12 +232,14 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy generation until a stop string or `max_gen_toks` (default 256); no KV cache (the
-        models are tiny and the seed's tasks never generate)."""
-        import torch
+        """Greedy generation as `HFLM.generate_until` does it: the context (after the model's mode
+        prefix) cut from the left to ``max_length - max_gen_toks`` tokens, at most `max_gen_toks`
+        (default 256) new tokens, stopping at end-of-text or as soon as the text contains a stop string,
+        and the text cut at the first stop string. The loop is `gerbil.generate.generate_ids`."""
         from tqdm.auto import tqdm
 
-        m = getattr(self.model, "_orig_mod", self.model)
+        from gerbil.generate import generate_ids
+
         out = []
         for req in tqdm(requests, desc="gerbil generate", disable=disable_tqdm or self.rank != 0):
             context, kw = req.args
@@ -246,22 +248,17 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kw.get("max_gen_toks", 256))
             ids = self.encoder.prefix + self.tok_encode(context)
-            gen: list[int] = []
-            text = ""
-            with torch.inference_mode():
-                for _ in range(max_new):
-                    window = (ids + gen)[-self.max_length:]
-                    h = self.model(torch.tensor([window], device=self._device))
-                    nxt = int(m.logits(h[0, -1]).argmax())
-                    if nxt == self.eot_token_id:
-                        break
-                    gen.append(nxt)
-                    text = self.tok_decode(gen)
-                    if any(s in text for s in until):
-                        break
+            ids = ids[-max(1, self.max_length - max_new):]
+
+            def stop(gen: list[int]) -> bool:
+                text = self.tok_decode(gen)
+                return any(s in text for s in until)
+
+            gen = generate_ids(getattr(self.model, "_orig_mod", self.model), ids, max_new, temperature=0.0,
+                               stop_ids=(self.eot_token_id,), stop=stop if until else None)
+            text = self.tok_decode(gen)
             for s in until:
-                if s in text:
-                    text = text.split(s)[0]
+                text = text.split(s)[0]
             out.append(text)
             self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
         return out

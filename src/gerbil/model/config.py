@@ -1,18 +1,19 @@
-"""Model configuration and the Gerbil size ladder.
+"""Model configuration and the Gerbil size ladder, with every per-size default in one table.
 
 Pure Python (no torch import): `gerbil plan` and the registry read these without touching a GPU.
 
-The ladder is GPT-J shaped (REFERENCE.md §1): parallel attention + MLP off one LayerNorm, rotary on the
-first `rotary_dim` dims of each head, untied embedding and head, head with bias.
+The ladder is GPT-J shaped (docs/reference.md §1): parallel attention + MLP off one LayerNorm, rotary on
+the first `rotary_dim` dims of each head, untied embedding and head, head with bias. Each rung also
+carries the defaults that depend on size: the seed's global batch, the peak learning rate, and the MFU
+assumed for time estimates (`default_mfu`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
-# GPT-2 BPE (50,257) + the 7 Blender special tokens (REFERENCE.md §2).
-GPT2_VOCAB_SIZE = 50257
-VOCAB_SIZE = 50264
+from gerbil.data.tokenizer import VOCAB_SIZE
 
 
 @dataclass
@@ -58,7 +59,7 @@ class ModelConfig:
         """Parameter count at the real (unpadded) vocabulary.
 
         kind: "total" (everything), "non_embedding" (blocks + final LayerNorm; excludes the token
-        embedding and the head weight+bias, the convention of REFERENCE.md §1), or "embedding".
+        embedding and the head weight+bias, the convention of docs/reference.md §1), or "embedding".
         """
         d, L, V = self.d_model, self.n_layer, self.vocab_size
         # per block: ln (2d) + q,k,v,out (4d², no bias) + fc_in (4d²+4d) + fc_out (4d²+d)
@@ -94,7 +95,8 @@ class SizeSpec:
     n_layer: int
     n_head: int
     rotary_dim: int
-    batch_tokens: int  # REFERENCE.md §3
+    batch_tokens: int  # the seed's global batch in tokens (docs/reference.md §3)
+    lr: float  # default peak learning rate (see SIZES)
     source: str = ""
 
     def model_config(self, **overrides) -> ModelConfig:
@@ -104,18 +106,22 @@ class SizeSpec:
         return ModelConfig(**kw)
 
 
-# The six ladder sizes (REFERENCE.md §1 and §3). Batch sizes: 65.5k = 32×2048, 131k = 64×2048, ...
+# The six ladder sizes (docs/reference.md §1 and §3). Batch sizes: 65.5k = 32×2048, 131k = 64×2048, ...
+# Peak learning rates are starting points, not tuned optima: Pythia-70m used 1e-3 and narrower models
+# tolerate larger steps (μP-style ∝ 1/width), so the tiny rungs get more.
 SIZES: dict[str, SizeSpec] = {
     s.name: s
     for s in [
-        SizeSpec("3.3m", 32, 4, 4, 8, 65_536, "published config.json"),
-        SizeSpec("6.7m", 64, 4, 4, 8, 131_072, "inferred from the param count"),
-        SizeSpec("15m", 128, 6, 8, 16, 131_072, "inferred (A budget 280M in the seed)"),
-        SizeSpec("32m", 256, 8, 8, 16, 262_144, "published config.json"),
-        SizeSpec("77m", 512, 8, 8, 64, 262_144, "published config.json"),
-        SizeSpec("104m", 640, 8, 10, 64, 1_048_576, "inferred from the param count"),
+        SizeSpec("3.3m", 32, 4, 4, 8, 65_536, 3e-3, "published config.json"),
+        SizeSpec("6.7m", 64, 4, 4, 8, 131_072, 3e-3, "inferred from the param count"),
+        SizeSpec("15m", 128, 6, 8, 16, 131_072, 2e-3, "inferred (A budget 280M in the seed)"),
+        SizeSpec("32m", 256, 8, 8, 16, 262_144, 1.5e-3, "published config.json"),
+        SizeSpec("77m", 512, 8, 8, 64, 262_144, 1e-3, "published config.json"),
+        SizeSpec("104m", 640, 8, 10, 64, 1_048_576, 8e-4, "inferred from the param count"),
     ]
 }
+#: Peak LR for a model that is not a ladder rung (a custom shape).
+CUSTOM_LR = 1e-3
 
 PRESETS: dict[str, ModelConfig] = {name: spec.model_config() for name, spec in SIZES.items()}
 
@@ -131,3 +137,39 @@ def get_size(name: str) -> SizeSpec:
 def model_config(size: str, **overrides) -> ModelConfig:
     """ModelConfig for a ladder size, with field overrides (e.g. vocab_size, pad_vocab_multiple)."""
     return get_size(size).model_config(**overrides)
+
+
+def default_lr(size: str | None) -> float:
+    """The default peak learning rate of a ladder size (`CUSTOM_LR` for anything else)."""
+    spec = SIZES.get(str(size or "").strip().lower())
+    return spec.lr if spec else CUSTOM_LR
+
+
+def size_names() -> str:
+    """The ladder's names for help texts: '3.3m 6.7m 15m 32m 77m 104m'."""
+    return " ".join(SIZES)
+
+
+# MFU of plain compiled PyTorch GPT-J (bf16, seq 2048) measured on one H200 on 2026-11-26
+# (docs/reference.md §6) — not gerbil's own throughput, so time estimates that use it are estimates.
+# Tiny models are launch- and memory-bound, so MFU climbs steeply with size; a flat 30% would make the
+# 6.7m estimate five times too optimistic.
+REFERENCE_MFU: dict[str, float] = {"6.7m": 0.06, "32m": 0.23, "77m": 0.37}
+
+
+def default_mfu(model: ModelConfig) -> float:
+    """MFU assumed for a time estimate: `REFERENCE_MFU` interpolated in log(total parameters).
+
+    Clamped to the measured range outside it (3.3m → 6%, 104m → 37%): no extrapolation. The same MFU
+    is assumed on every GPU — a rough estimate: the consumer cards have about the same bytes per
+    FLOP as an H200, so their MFU at these sizes should be similar; measure and pass `mfu` to refine.
+    """
+    pts = sorted((SIZES[n].model_config().n_params(), u) for n, u in REFERENCE_MFU.items())
+    x = math.log(model.n_params())
+    if x <= math.log(pts[0][0]):
+        return pts[0][1]
+    for (n0, u0), (n1, u1) in zip(pts, pts[1:]):
+        x0, x1 = math.log(n0), math.log(n1)
+        if x <= x1:
+            return u0 + (u1 - u0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]

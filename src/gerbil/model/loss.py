@@ -1,7 +1,7 @@
 """Language-model loss: the head (d → vocab) fused with cross-entropy, chunk by chunk.
 
 At these model sizes the 50k-vocabulary head is most of the FLOPs and almost all of the activation
-memory: one 2048-token sequence's logits are 200 MB in bf16 (REFERENCE.md §6). `lm_loss` never
+memory: one 2048-token sequence's logits are 200 MB in bf16 (docs/reference.md §6). `lm_loss` never
 materializes the logits of a whole micro-batch. With `impl="chunked"` (the default) it computes, for
 each chunk of `chunk_tokens` positions, the logits, the log-sum-exp, the loss AND the gradient with
 respect to hidden/weight/bias in a single pass (the gradient of mean cross-entropy w.r.t. the logits is

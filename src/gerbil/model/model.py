@@ -1,6 +1,6 @@
 """The GPT-J model, in one readable file.
 
-Block (REFERENCE.md §1, transformers' `GPTJBlock` is the reference for the exact math):
+Block (docs/reference.md §1, transformers' `GPTJBlock` is the reference for the exact math):
 
     h = ln_1(x)
     x = x + attn(h) + mlp(h)          # attention and MLP in parallel off ONE LayerNorm
@@ -59,15 +59,21 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # rows: q, k, v
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, d); cos/sin: (T, rot/2) or per row (B, 1, T, rot/2); attn_mask: None (causal) or a
+        boolean (B, 1, T, T) mask, True where a query may attend to a key."""
         B, T, C = x.shape
         q, k, v = self.qkv_proj(x).split(C, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        q = apply_rotary(q, cos, sin, self.rotary_dim)
+        q = apply_rotary(q, cos, sin, self.rotary_dim)  # contiguous (B, nh, T, hs): a fixed summation order
         k = apply_rotary(k, cos, sin, self.rotary_dim)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.out_proj(y)
 
@@ -89,9 +95,10 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_1(x)
-        return x + self.attn(h, cos, sin) + self.mlp(h)
+        return x + self.attn(h, cos, sin, attn_mask) + self.mlp(h)
 
 
 class GPT(nn.Module):
@@ -138,13 +145,25 @@ class GPT(nn.Module):
             self.rope_cos, self.rope_sin = cos, sin
         return self.rope_cos[:T], self.rope_sin[:T]
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (B, T) token ids → hidden states (B, T, d) after the final LayerNorm."""
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids → hidden states (B, T, d) after the final LayerNorm.
+
+        positions: (B, T) rotary positions (default 0…T-1 in every row); attn_mask: (B, 1, T, T) bool,
+        True where query a may attend to key b (default causal). Together they let evaluation put an
+        item's shared context once in a row followed by each request's own suffix, every suffix
+        attending to the context and itself with positions continuing from the context — the same
+        computation as separate rows (gerbil.eval.scoring).
+        """
         B, T = idx.shape
-        cos, sin = self._rope(T, idx.device)
+        if positions is None:
+            cos, sin = self._rope(T, idx.device)  # (T, rot/2)
+        else:
+            cos_t, sin_t = self._rope(int(positions.max()) + 1, idx.device)
+            cos, sin = cos_t[positions].unsqueeze(1), sin_t[positions].unsqueeze(1)  # (B, 1, T, rot/2)
         x = self.wte(idx)  # (B, T, d)
         for block in self.h:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, attn_mask)
         return self.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,13 @@
 """An index of runs: what each run is, how far it trained, and its evaluation results.
 
 The run directory is the source of truth (docs/architecture.md, "Run directory"); the registry reads it
-without importing torch:
+through `gerbil.train.rundir.RunDir`, without importing torch:
 
 * `config.yaml` — name, size, class, objective, params, resolved batch label;
 * the latest checkpoint's `meta.json` — step, tokens, train/val loss, size/class/objective again;
 * `metrics.jsonl` — the last logged training loss (a fallback when the checkpoint has none);
 * `eval/TASK.json` (full-set results) and `eval/TASK.partial.json` (`--limit` results), as written by
-  `gerbil.eval.evaluate`. A full-set result always wins; a partial one is kept apart and flagged, so the
+  `gerbil.eval.evaluate` for each task of `gerbil.eval.tasks`. A full-set result always wins; a partial one is kept apart and flagged, so the
   two are never mixed. A result computed at an older checkpoint than the latest is flagged `stale`.
 
 `scan(paths)` accepts run directories and folders of runs (e.g. `runs/`).
@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from gerbil.errors import GerbilError
+from gerbil.train.rundir import RunDir, kind
 
-EVAL_TASKS = ("hellaswag", "lambada_openai", "winogrande")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,18 +90,6 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        import yaml
-
-        return yaml.safe_load(path.read_text()) or {}
-    except Exception as e:  # noqa: BLE001 - a damaged config must not hide the other runs
-        log.warning("skipping unreadable %s (%s)", path, e)
-        return {}
-
-
 def _last_loss(metrics: Path) -> float | None:
     """The last `loss` logged in metrics.jsonl (read from the end; the file can be long)."""
     if not metrics.is_file():
@@ -123,31 +112,14 @@ def _last_loss(metrics: Path) -> float | None:
     return None
 
 
-def _latest_meta(run_dir: Path) -> dict:
-    """The latest checkpoint's meta.json, following `checkpoints/latest` (JSON only, no hashing)."""
-    ck = run_dir / "checkpoints"
-    if not ck.is_dir():
-        return {}
-    pointer = ck / "latest"
-    cands = []
-    if pointer.is_file():
-        cands.append(ck / pointer.read_text().strip())
-    cands += sorted((p for p in ck.glob("step-*") if (p / "meta.json").is_file()), reverse=True)
-    for c in cands:
-        if (c / "meta.json").is_file():
-            meta = _read_json(c / "meta.json")
-            if isinstance(meta, dict):
-                return meta
-    return {}
-
-
-def read_evals(run_dir: Path, latest_step: int | None = None) -> dict[str, EvalEntry]:
+def read_evals(run: RunDir, latest_step: int | None = None) -> dict[str, EvalEntry]:
     """The run's stored results per task: the full-set one if present, else the partial one."""
+    from gerbil.eval.tasks import TASKS
+
     out: dict[str, EvalEntry] = {}
-    ev = run_dir / "eval"
-    for task in EVAL_TASKS:
-        for name, partial in ((f"{task}.json", False), (f"{task}.partial.json", True)):
-            p = ev / name
+    for task in TASKS:
+        for partial in (False, True):
+            p = run.eval_path(task, partial)
             if not p.is_file():
                 continue
             rec = _read_json(p)
@@ -164,16 +136,15 @@ def read_evals(run_dir: Path, latest_step: int | None = None) -> dict[str, EvalE
     return out
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "config.yaml").is_file()
-                              or (path / "eval").is_dir() and (path / "metrics.jsonl").is_file())
-
-
 def read_run(run_dir: str | Path) -> RunRecord:
     """The registry record of one run directory."""
-    run_dir = Path(run_dir)
-    cfg = _read_yaml(run_dir / "config.yaml")
-    meta = _latest_meta(run_dir)
+    run = RunDir(run_dir)
+    try:
+        cfg = run.read_config()
+    except GerbilError as e:  # a damaged config must not hide the other runs
+        log.warning("%s", e)
+        cfg = {}
+    meta = run.latest_meta()
     resolved = cfg.get("resolved") or {}
     model = meta.get("model") or cfg.get("model") or {}
     params = cfg.get("params")
@@ -186,11 +157,11 @@ def read_run(run_dir: str | Path) -> RunRecord:
             params = None
     train_loss = meta.get("train_loss")
     if train_loss is None:
-        train_loss = _last_loss(run_dir / "metrics.jsonl")
+        train_loss = _last_loss(run.metrics)
     step = meta.get("step")
     return RunRecord(
-        run_dir=run_dir,
-        name=str(cfg.get("name") or meta.get("run") or run_dir.name),
+        run_dir=run.path,
+        name=str(cfg.get("name") or meta.get("run") or run.name),
         size=meta.get("size") or cfg.get("size"),
         cls=meta.get("class") or cfg.get("class"),
         objective=meta.get("objective") or cfg.get("objective"),
@@ -201,7 +172,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         step=step,
         train_loss=float(train_loss) if train_loss is not None else None,
         val_loss=meta.get("val_loss"),
-        evals=read_evals(run_dir, step),
+        evals=read_evals(run, step),
     )
 
 
@@ -211,13 +182,11 @@ def scan(paths: Iterable[str | Path] | None = None) -> list[RunRecord]:
     paths = list(paths) if paths else [Path("runs")]
     dirs: list[Path] = []
     for p in map(Path, paths):
-        if is_run_dir(p):
+        if kind(p) == "run":
             dirs.append(p)
         elif p.is_dir():
-            dirs += sorted(c for c in p.iterdir() if is_run_dir(c))
+            dirs += sorted(c for c in p.iterdir() if kind(c) == "run")
         else:
-            from gerbil.errors import GerbilError
-
             raise GerbilError(f"{p}: no such run directory or folder of runs")
     seen, records = set(), []
     for d in dirs:

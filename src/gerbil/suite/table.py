@@ -1,6 +1,6 @@
 """The seed's results table, for any set of runs (`gerbil table`).
 
-Columns and formats follow the seed's README (REFERENCE.md §4): Model Name, Parameters (6.7m),
+Columns and formats follow the seed's README (docs/reference.md §4): Model Name, Parameters (6.7m),
 Class (A-Class), Ratio (20), Tokens (134M), Batch Size (Tokens) (131k), Training Loss (4 decimals),
 hellaswag acc, lambada acc and winogrande acc in % (26.04, 0, 51.7), lambada ppl (4 decimals).
 
@@ -19,21 +19,22 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gerbil.errors import GerbilError
+from gerbil.eval.tasks import table_columns
+from gerbil.model.config import SIZES
+from gerbil.plan import CLASSES
 from gerbil.suite.registry import RunRecord, read_run, scan
+from gerbil.units import fmt_params, fmt_tokens
 
 COLUMNS: tuple[str, ...] = (
     "Model Name", "Parameters", "Class", "Ratio", "Tokens", "Batch Size (Tokens)", "Training Loss ↓",
     "hellaswag acc ↑", "lambada ppl ↓", "lambada acc ↑", "winogrande acc ↑",
 )
-#: (column, task, metric, kind) of the four eval columns
-EVAL_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("hellaswag acc ↑", "hellaswag", "acc", "pct"),
-    ("lambada ppl ↓", "lambada_openai", "perplexity", "ppl"),
-    ("lambada acc ↑", "lambada_openai", "acc", "pct"),
-    ("winogrande acc ↑", "winogrande", "acc", "pct"),
-)
+#: (column, task, metric, kind) of the eval columns, from each task's record (gerbil.eval.tasks)
+EVAL_COLUMNS: tuple[tuple[str, str, str, str], ...] = tuple(
+    (c.header, t.name, c.metric, c.kind) for c, t in table_columns())
 
-# The seed's published rows, verbatim from its README (REFERENCE.md §4): harness numbers in %.
+# The seed's published rows, verbatim from its README (docs/reference.md §4): harness numbers in %.
 SEED_ROWS: tuple[tuple[str, ...], ...] = (
     ("GerbilLab/Gerbil-A-6.7m", "6.7m", "A-Class", "20", "134M", "131k", "6.0741", "26.04", "614655.4052", "0", "51.7"),
     ("GerbilLab/Gerbil-B-6.7m", "6.7m", "B-Class", "42", "281M", "131k", "5.5132", "25.74", "370243.6771", "0", "52.64"),
@@ -82,13 +83,9 @@ def fmt_ppl(v: float) -> str:
 
 
 def _size_label(r: RunRecord) -> str:
-    from gerbil.model.config import SIZES
-
     if r.size and str(r.size).lower() in SIZES:
         return str(r.size).lower()
     if r.params:
-        from gerbil.plan import fmt_params
-
         return fmt_params(r.params)
     return str(r.size or "—")
 
@@ -96,26 +93,19 @@ def _size_label(r: RunRecord) -> str:
 def _class(r: RunRecord) -> str | None:
     """The run's class, or None when its tokens fall short of the class's ratio (a `--tokens` budget,
     e.g. the CPU demo): such a run must not be named or shown as a class model."""
-    from gerbil.plan import CLASSES
-
     nominal = CLASSES.get((r.cls or "").rstrip("*").upper())
     if nominal and r.ratio is not None and r.ratio < 0.9 * nominal:
         return None
     return r.cls
 
 
-def _model_name(r: RunRecord) -> str:
-    from gerbil.export import model_name
-
-    return model_name(r.objective, _size_label(r), _class(r))
-
-
 def _values(r: RunRecord) -> dict[str, Any]:
     """Raw (unformatted) values of a run's row, plus the flags that decide its markers."""
     cls = _class(r)
     v: dict[str, Any] = {
-        "Model Name": _model_name(r), "Parameters": _size_label(r), "params": r.params,
-        "Class": f"{cls}-Class" if cls else ("custom budget" if r.cls else "—"),
+        "Model Name": r.name, "Parameters": _size_label(r), "params": r.params,
+        # no class claimed before a checkpoint exists; a budget short of its class's ratio is "custom"
+        "Class": (f"{cls}-Class" if cls else "custom budget") if r.tokens else "—",
         "Ratio": r.ratio, "Tokens": r.tokens, "Batch Size (Tokens)": r.batch, "Training Loss ↓": r.train_loss,
         "run_dir": str(r.run_dir), "step": r.step,
     }
@@ -130,8 +120,6 @@ def _values(r: RunRecord) -> dict[str, Any]:
 
 def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
     """Formatted cells for one row; partial/stale footnotes are collected into `notes`."""
-    from gerbil.plan import fmt_tokens
-
     c = {
         "Model Name": v["Model Name"],
         "Parameters": v["Parameters"],
@@ -179,8 +167,6 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     """The table for `runs` (run directories, folders of runs, or records; default `./runs`) as
     Markdown (`md`), `csv` or `json`; with `reference`, the seed's rows and the scores to beat too."""
     if fmt not in ("md", "csv", "json"):
-        from gerbil.errors import GerbilError
-
         raise GerbilError(f"unknown format {fmt!r} (md, csv, json)")
     runs = list(runs) if runs is not None else None
     records = [r for r in (runs or []) if isinstance(r, RunRecord)]

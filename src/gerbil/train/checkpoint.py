@@ -1,13 +1,17 @@
 """Checkpoints: atomic writes, a `latest` pointer, truncation detection, exact-resume state.
 
-Layout (docs/architecture.md, "Run directory")::
+Layout of a checkpoints folder (`RunDir.checkpoints` puts it at ``runs/<name>/checkpoints/``;
+docs/architecture.md, "Run directory")::
 
-    runs/<name>/checkpoints/step-00001234/
+    ROOT/step-00001234/
         model.safetensors   weights of the *uncompiled* module (no `_orig_mod.` prefixes)
         state.pt            optimizer, GradScaler, scheduler position, step, tokens, RNG states, loader cursor
         meta.json           plain JSON: step, tokens, model (ModelConfig dict), size, class, objective,
                             parent, and the byte size + sha256 of the two files above
-    runs/<name>/checkpoints/latest    text file naming the newest complete checkpoint directory
+    ROOT/latest             text file naming the newest complete checkpoint directory
+
+Every function here takes that folder (`root`) or one checkpoint directory; where the folder sits in
+a run, and how a path is told to be a run, a checkpoint or an export, is `gerbil.train.rundir`'s.
 
 A checkpoint is written into a hidden temporary directory, every file fsync'ed, `meta.json` last, then
 the directory is renamed into place and only then is `latest` replaced (temp file + `os.replace`). A
@@ -16,10 +20,10 @@ complete. A checkpoint damaged later (a truncated copy, a full disk) fails its s
 `latest_checkpoint` falls back to the previous complete one with a warning.
 
 torch is imported lazily: `read_meta` / `latest_checkpoint` serve `gerbil plan --from` without it.
+Leftover temporaries of killed writers (``.tmp-step-…-PID``) are removed by `clean_temporaries`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,9 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gerbil.fsutil import disk_error, fsync_dir, fsync_file, sha256_file
+
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
@@ -43,30 +48,6 @@ _STEP_RE = re.compile(r"^step-(\d{8,})$")
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -99,61 +80,88 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ writing
-def save_checkpoint(run_dir: str | Path, step: int, model: Any, train_state: dict, meta: dict,
-                    keep: int = 0) -> Path:
-    """Write `checkpoints/step-XXXXXXXX` atomically and point `latest` at it; returns its path.
+def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, meta: dict,
+                    keep: int = 0, protect: tuple[str, ...] = ()) -> Path:
+    """Write `root/step-XXXXXXXX` atomically and point `root/latest` at it; returns its path.
 
     model: the module (a compiled wrapper is unwrapped: weights are saved under the plain names).
     train_state: anything `torch.save` can write and `torch.load(weights_only=True)` can read back.
     meta: plain-JSON fields (step, tokens, model, size, class, objective, parent, ...).
-    keep: keep only the newest `keep` complete checkpoints (0 = keep all).
+    keep: keep only the newest `keep` complete checkpoints (0 = keep all); names in `protect` (e.g.
+    log-spaced checkpoints) are never pruned.
+    A full disk or another write error is a one-line GerbilError; the half-written temporary directory
+    is removed and the previous checkpoint (and `latest`) stay as they were.
     """
     import torch
     from safetensors.torch import save_file
 
-    ckpt_root = Path(run_dir) / CHECKPOINTS
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / checkpoint_name(step)
-    tmp = ckpt_root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        module = getattr(model, "_orig_mod", model)  # torch.compile wrapper → the real module
+        weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS))
+        torch.save(train_state, tmp / STATE)
+        files = {}
+        for name in (WEIGHTS, STATE):
+            fsync_file(tmp / name)
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        meta = dict(meta, step=int(step), files=files, format_version=FORMAT_VERSION,
+                    saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        # meta.json is written last: a directory without it is never taken for a checkpoint
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        fsync_file(tmp / META)
+        fsync_dir(tmp)
+    except (OSError, RuntimeError) as e:  # safetensors/torch report a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise disk_error(e, f"checkpoint {final}") from None
+        from gerbil.errors import GerbilError
 
-    module = getattr(model, "_orig_mod", model)  # torch.compile wrapper → the real module
-    weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS))
-    torch.save(train_state, tmp / STATE)
-    files = {}
-    for name in (WEIGHTS, STATE):
-        _fsync_file(tmp / name)
-        files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-    meta = dict(meta, step=int(step), files=files, format_version=FORMAT_VERSION,
-                saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    # meta.json is written last: a directory without it is never taken for a checkpoint
-    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    _fsync_file(tmp / META)
-    _fsync_dir(tmp)
+        raise GerbilError(f"cannot write checkpoint {final}: {str(e).splitlines()[0]}") from None
 
     if final.exists():  # e.g. a damaged checkpoint of the same step that a resume fell back over
         shutil.rmtree(final)
     os.rename(tmp, final)
-    pointer_tmp = ckpt_root / f".{LATEST}.tmp-{os.getpid()}"
+    pointer_tmp = root / f".{LATEST}.tmp-{os.getpid()}"
     pointer_tmp.write_text(final.name + "\n")
-    _fsync_file(pointer_tmp)
-    os.replace(pointer_tmp, ckpt_root / LATEST)
-    _fsync_dir(ckpt_root)
+    fsync_file(pointer_tmp)
+    os.replace(pointer_tmp, root / LATEST)
+    fsync_dir(root)
 
     if keep and keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
+        prunable = [c for c in list_checkpoints(root) if c.name not in protect]
+        for old in prunable[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def clean_temporaries(root: str | Path) -> list[Path]:
+    """Remove `.tmp-step-…` directories and `latest` temporaries left by killed writers (11–40 MB each
+    at 6.7m); returns what was removed. Call it only while holding the run's lock (no live writer)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone = []
+    for p in root.iterdir():
+        if p.name.startswith(".tmp-step-") or p.name.startswith(f".{LATEST}.tmp-"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p)
+    if gone:
+        log.info("removed %d leftover temporary checkpoint file(s) in %s", len(gone), root)
+    return gone
+
+
 # ------------------------------------------------------------------------------------ reading
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoint directories of a run (complete or not), oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint directories in a checkpoints folder (complete or not), oldest first."""
+    root = Path(root)
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
@@ -176,33 +184,30 @@ def verify_checkpoint(path: str | Path, check_hash: bool = True) -> str | None:
         size = f.stat().st_size
         if size != info["bytes"]:
             return f"{name} has {size} bytes, expected {info['bytes']} (truncated?)"
-        if check_hash and _sha256(f) != info["sha256"]:
+        if check_hash and sha256_file(f) != info["sha256"]:
             return f"{name} sha256 mismatch"
     if not meta.get("files"):
         return "meta.json lists no files"
     return None
 
 
-def _is_checkpoint_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / META).exists() or _STEP_RE.match(path.name) is not None)
-
-
-def latest_checkpoint(path: str | Path, check_hash: bool = True) -> Path | None:
-    """The newest intact checkpoint of a run directory (or `path` itself if it is a checkpoint).
-
-    Follows `checkpoints/latest`; if that checkpoint (or the pointer) is damaged, warns and walks back to
-    the newest intact one. Returns None when the run has no intact checkpoint.
-    """
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """A single checkpoint directory: it holds a meta.json or is named step-XXXXXXXX."""
     path = Path(path)
-    if _is_checkpoint_dir(path) and not (path / CHECKPOINTS).is_dir():
-        reason = verify_checkpoint(path, check_hash)
-        if reason:
-            raise ValueError(f"checkpoint {path} is damaged: {reason}")
-        return path
-    candidates = list_checkpoints(path)
-    pointer = path / CHECKPOINTS / LATEST
+    return path.is_dir() and ((path / META).is_file() or _STEP_RE.match(path.name) is not None)
+
+
+def latest_checkpoint(root: str | Path, check_hash: bool = True) -> Path | None:
+    """The newest intact checkpoint in a checkpoints folder.
+
+    Follows `latest`; if that checkpoint (or the pointer) is damaged, warns and walks back to the newest
+    intact one. Returns None when there is no intact checkpoint.
+    """
+    root = Path(root)
+    candidates = list_checkpoints(root)
+    pointer = root / LATEST
     if pointer.is_file():
-        named = path / CHECKPOINTS / pointer.read_text().strip()
+        named = root / pointer.read_text().strip()
         if named in candidates:  # try the pointer's choice first, then everything older
             candidates = candidates[: candidates.index(named) + 1]
     for ckpt in reversed(candidates):
@@ -213,12 +218,17 @@ def latest_checkpoint(path: str | Path, check_hash: bool = True) -> Path | None:
     return None
 
 
-def read_meta(path: str | Path) -> dict:
-    """meta.json of a checkpoint, or of a run directory's latest checkpoint (no torch needed)."""
-    ckpt = latest_checkpoint(path, check_hash=False)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {path}")
-    return json.loads((ckpt / META).read_text())
+def check_checkpoint(path: str | Path, check_hash: bool = True) -> Path:
+    """`path` itself if it is an intact checkpoint directory, else a one-line ValueError."""
+    reason = verify_checkpoint(path, check_hash)
+    if reason:
+        raise ValueError(f"checkpoint {path} is damaged: {reason}")
+    return Path(path)
+
+
+def read_meta(ckpt: str | Path) -> dict:
+    """meta.json of one checkpoint directory (plain JSON, no torch)."""
+    return json.loads((Path(ckpt) / META).read_text())
 
 
 def load_train_state(path: str | Path, map_location: str = "cpu") -> dict:
@@ -236,15 +246,12 @@ def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
     module.load_state_dict(load_file(str(Path(path) / WEIGHTS), device=str(device)), strict=True)
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """(GPT, meta) from a checkpoint directory or a run directory's latest intact checkpoint."""
+def load_checkpoint(ckpt: str | Path, device: str = "cpu"):
+    """(GPT, meta) from one checkpoint directory; `meta["path"]` is the directory."""
     from gerbil.model.config import ModelConfig
     from gerbil.model.model import GPT
 
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {path}")
-    meta = json.loads((ckpt / META).read_text())
+    meta = read_meta(ckpt)
     model = GPT(ModelConfig.from_dict(meta["model"]))
     load_weights(model, ckpt, device="cpu")
     meta["path"] = str(ckpt)

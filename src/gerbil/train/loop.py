@@ -5,7 +5,7 @@
            ─► loop: train_step (accumulate micro-batches, clip, step) · log · validate · checkpoint
            ─► final validation + checkpoint ─► RunResult
 
-Everything is counted in tokens: the budget (ratio × total parameters, REFERENCE.md §3), the batch
+Everything is counted in tokens: the budget (ratio × total parameters, docs/reference.md §3), the batch
 (micro_batch × seq_len × accumulation), the LR schedule position, eval and checkpoint intervals. The run
 stops at exactly the budget: the last step takes only the tokens that remain (down to a shortened final
 sequence), so a Gerbil-A-6.7m run sees 20 × 6,682,584 = 133,651,680 tokens
@@ -17,99 +17,30 @@ resumed run is bitwise identical to an uninterrupted one (tests/test_train.py ki
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
+import os
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from gerbil.train import checkpoint as ckpt
-from gerbil.errors import GerbilError
 from gerbil.data.loader import Loader, eval_batches
+from gerbil.data.objectives import get_objective, mode_prefix
+from gerbil.errors import GerbilError
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
-from gerbil.data.objectives import mode_prefix
-from gerbil.train.resolve import (RunPaths, StepPlan, append_metrics, configure_optimizer, lr_at, resolve,
-                        truncate_metrics, write_run_files)
+from gerbil.train import checkpoint as ckpt
+from gerbil.train.config import TrainConfig
+from gerbil.train.resolve import resolve
+from gerbil.train.rundir import RunDir, env_info
+from gerbil.train.schedules import StepPlan, lr_at
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Everything `gerbil train` takes; the YAML recipe keys are these names (``class`` for `cls`)."""
-
-    size: str = "6.7m"  # ladder size (config.SIZES) — ignored when `model` is given
-    cls: str = "A"  # token class: A B C D E, a star class (E*), or a number (tokens per parameter)
-    data: str | None = None  # token store directory
-    objective: str = "plain"  # plain | causal | fim | mlm | blender (gerbil.data.objectives)
-    name: str | None = None  # run name (default: Gerbil[Objective]-<class>-<size>)
-    tokens: int | None = None  # override the class budget (total tokens of the run)
-    seq_len: int = 2048
-    batch_tokens: int | str | None = None  # global batch in tokens, or a ramp "131072-262144"; default per size
-    micro_batch: int | None = None  # sequences per forward pass (None: automatic)
-    lr: float | None = None  # peak learning rate (None: per-size default, run.DEFAULT_LR)
-    schedule: str = "cosine"  # cosine (warmup, cosine to min_lr_ratio) | wsd (warmup, constant, 1-sqrt cooldown)
-    warmup_tokens: int | None = None  # None: 1% of the budget (at least one batch)
-    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the peak
-    cooldown_fraction: float = 0.2  # wsd: share of the budget spent cooling down (Hägele et al. 2024)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    checkpoint_every: int | None = None  # tokens between checkpoints (None: 10 per run); a final one always
-    keep_checkpoints: int = 3  # newest checkpoints kept (0: all)
-    eval_every: int | None = None  # tokens between validations (None: 10 per run); one at the end always
-    val_tokens: int = 1_048_576  # fixed validation size: the val split's first val_tokens // seq_len · seq_len
-    # targets, in causal mode (`<causal>` per document, unscored) for causal/blender (loader.eval_batches)
-    log_every: int = 1  # steps between metrics.jsonl lines
-    runs: str = "runs"  # folder holding run directories
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: bool = True  # torch.compile on CUDA (never on CPU)
-    loss_impl: str = "chunked"  # chunked (single-pass head+CE) | full (plain logits; compiles best)
-    resume: bool = False  # continue this run from its latest intact checkpoint
-    from_run: str | None = None  # star continuation: parent run (or checkpoint) to continue from
-    tokenizer_sha256: str | None = None  # expected store tokenizer (None: gerbil's own tokenizer)
-    model: dict | None = None  # explicit ModelConfig fields instead of a ladder size (tests, custom sizes)
-    progress: bool | None = None  # tqdm bar (None: when stderr is a terminal)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        if "class" in d:
-            d["cls"] = d.pop("class")
-        if "from" in d:
-            d["from_run"] = d.pop("from")
-        d = {k.replace("-", "_"): v for k, v in d.items()}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """A recipe file; `overrides` (e.g. CLI flags that were given) win over its keys."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a recipe must be a mapping of training options")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["class"] = d.pop("cls")
-        return d
 
 
 @dataclass
@@ -165,6 +96,18 @@ class NonFiniteLoss(GerbilError):
 
 
 # ------------------------------------------------------------------------------------ pure helpers
+def configure_optimizer(model: torch.nn.Module, weight_decay: float, betas: tuple[float, float],
+                        fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: every 2-D weight (projections, MLP, the embedding and
+    the head) decays; biases and LayerNorm gains do not (nanoGPT / litgpt convention; decaying a gain
+    pulls it toward 0, not toward its init of 1). The LR is set per step by the schedule."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=1e-8, **kw)
+
+
 def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
                lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int,
@@ -243,23 +186,55 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
 
 # ------------------------------------------------------------------------------------ the loop
 def train(config: TrainConfig | dict) -> RunResult:
-    """Train one run to its token budget (or continue it), writing the run directory; see module doc."""
+    """Train one run to its token budget (or continue it), writing the run directory; see module doc.
+
+    Process-wide state the run needs is set for its duration only and restored afterwards
+    (`_process_state`): the global RNGs (seeded, and restored from a checkpoint on resume), TF32 matmuls
+    on CUDA, and deterministic algorithms with `deterministic`.
+    """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
+    with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
+        return _train(r)
+
+
+@contextlib.contextmanager
+def _process_state(device: torch.device, seed: int, deterministic: bool):
+    """Seed the global RNGs, allow TF32 on CUDA (fp32 leftovers — optimizer, norms — on tensor cores),
+    and with `deterministic` ask for deterministic algorithms (cuBLAS workspace config included: what
+    bitwise-exact resume on a GPU needs); everything is put back as it was on exit."""
+    rng = ckpt.rng_state()
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    try:
+        torch.manual_seed(seed)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[0], flags[1]
+        torch.use_deterministic_algorithms(flags[2])
+        if flags[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        ckpt.set_rng_state(rng)
+
+
+def _train(r) -> RunResult:
     cfg = r.cfg
-    paths: RunPaths = r.paths
+    run: RunDir = r.run
     device, model_cfg = r.device, r.model_config
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (optimizer, norms) on tensor cores
-        torch.backends.cudnn.allow_tf32 = True
 
     model = GPT(model_cfg)
     model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
     model.to(device)
     optimizer = configure_optimizer(model, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type) if r.use_scaler else None
-    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=cfg.objective, seed=cfg.seed,
+    objective = get_objective(cfg.objective, **cfg.objective_options()) if cfg.objective != "plain" else "plain"
+    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=objective, seed=cfg.seed,
                     eot_id=r.store.eot_id)
     state = TrainState(model, optimizer, scaler, loader)
 
@@ -267,14 +242,17 @@ def train(config: TrainConfig | dict) -> RunResult:
         ckpt.load_weights(model, r.resume_from, device=str(device))
         # state on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params
         state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"))
-        truncate_metrics(paths.metrics, state.step)
+        run.truncate_metrics(state.step)
         log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
     elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
         ckpt.load_weights(model, r.parent["path"], device=str(device))
         parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
         state.load_state_dict(parent_state)
         log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
-    write_run_files(paths, r, cfg, fresh=r.resume_from is None)
+    run.write_config(r.config_record())
+    run.write_env(env_info(device))
+    if r.resume_from is None:
+        run.start_metrics()
 
     run_model = model
     if r.compile:
@@ -292,11 +270,12 @@ def train(config: TrainConfig | dict) -> RunResult:
                              model_cfg.vocab_size, chunk)
 
     meta_base = {"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
+                 "objective_options": cfg.objective_options(),
                  "parent": r.parent_record, "run": r.name, "seq_len": cfg.seq_len, "seed": cfg.seed}
 
     def save(val_loss: float | None = None, train_loss: float | None = None) -> Path:
         meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss)
-        return ckpt.save_checkpoint(paths.run_dir, state.step, model, state.state_dict(), meta,
+        return ckpt.save_checkpoint(run.checkpoints, state.step, model, state.state_dict(), meta,
                                     keep=cfg.keep_checkpoints)
 
     progress = _Progress(r.budget, state.tokens, cfg.progress, r.name)
@@ -333,7 +312,7 @@ def train(config: TrainConfig | dict) -> RunResult:
             record["val_loss"] = val_loss
             next_eval = _next_multiple(state.tokens, r.eval_every)
         if done or state.step % cfg.log_every == 0 or "val_loss" in record:
-            append_metrics(paths.metrics, record)
+            run.append_metrics(record)
         progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
         if done or state.tokens >= next_ckpt:
             last_ckpt = save(val_loss if "val_loss" in record else None, sum(recent) / len(recent))
@@ -342,7 +321,7 @@ def train(config: TrainConfig | dict) -> RunResult:
     progress.close()
     seconds = time.perf_counter() - t_start
     result = RunResult(
-        run_dir=paths.run_dir, name=r.name, steps=state.step, tokens=state.tokens,
+        run_dir=run.path, name=r.name, steps=state.step, tokens=state.tokens,
         train_loss=sum(recent) / len(recent) if recent else float("nan"),
         val_loss=val_loss, checkpoint=last_ckpt, seconds=seconds,
         tokens_per_second=(state.tokens - tokens_start) / max(seconds, 1e-9),
@@ -355,7 +334,7 @@ def train(config: TrainConfig | dict) -> RunResult:
     )
     if state.skipped_steps:
         log.warning("%d fp16 steps were skipped by the loss scaler (gradient overflow)", state.skipped_steps)
-    (paths.run_dir / "result.json").write_text(json.dumps(_jsonable(dataclasses.asdict(result)), indent=2) + "\n")
+    run.write_result(dataclasses.asdict(result))
     return result
 
 
@@ -374,18 +353,6 @@ def _micro_batches(loader: Loader, plan: StepPlan, micro_batch: int):
 
 def _next_multiple(tokens: int, every: int) -> int:
     return (tokens // every + 1) * every
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 class _Progress:

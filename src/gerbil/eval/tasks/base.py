@@ -1,0 +1,76 @@
+"""The `Task` record: everything gerbil knows about one evaluation task, in one place.
+
+A task is a small module in this folder that builds one `Task`: its name, the asset holding its items
+(`gerbil.assets.EVAL_SETS`, where the item count is checked), the fields and content hash of the
+official set, how an item becomes (context, continuation) requests, how request scores become metrics,
+its columns in the seed's table and its lm-evaluation-harness YAML. Adding a task is one file plus one
+line in `tasks/__init__.py` (and its asset entry).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: a request's score as the harness defines it: (summed continuation log-likelihood, is_greedy)
+Score = tuple[float, bool]
+
+
+@dataclass
+class Item:
+    """One scored item: its requests (context, continuation), gold index and choice texts."""
+
+    requests: list[tuple[str, str]]
+    gold: int = 0
+    choices: list[str] = field(default_factory=list)  # for acc_norm (character lengths)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the seed's results table: its header, the metric it shows and how it is written
+    ("pct": a fraction in %, "ppl": a perplexity with 4 decimals)."""
+
+    header: str
+    metric: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    fields: tuple[str, ...]  # the fields an item is built from (hashed by `content_sha256`)
+    content_sha256: str  # of the official set's fields: another copy's numbers are not the seed's
+    build_item: Callable[[dict], Item]
+    score: Callable[[Sequence[Item], Sequence[Sequence[Score]], int], tuple[dict, list[dict]]]
+    metrics: tuple[str, ...]  # headline metrics in display order (each also has `<metric>_stderr`)
+    columns: tuple[Column, ...] = ()
+    aliases: tuple[str, ...] = ()
+    note: str | None = None  # a caveat printed with its results
+
+    @property
+    def n_items(self) -> int:
+        """The full set's item count (checked when the asset is converted: `gerbil.assets.EVAL_SETS`)."""
+        from gerbil.assets import EVAL_SETS
+
+        return EVAL_SETS[self.name].items
+
+    @property
+    def harness_name(self) -> str:
+        """The task's name in lm-evaluation-harness (`gerbil_<name>`, tag `gerbil`)."""
+        return f"gerbil_{self.name}"
+
+    @property
+    def harness_yaml(self) -> Path:
+        """The harness task template (`<name>.yaml` beside this module; `gerbil.eval.harness.task_dir`)."""
+        return Path(__file__).parent / f"{self.name}.yaml"
+
+    def digest(self, docs: Sequence[dict]) -> str:
+        """sha256 of this task's fields in `docs`: one compact JSON list per item, newline-terminated —
+        independent of how the JSONL is serialized."""
+        h = hashlib.sha256()
+        for d in docs:
+            h.update(json.dumps([d[k] for k in self.fields], ensure_ascii=False, separators=(",", ":")).encode())
+            h.update(b"\n")
+        return h.hexdigest()
