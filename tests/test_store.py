@@ -184,14 +184,57 @@ def test_crash_leaves_no_complete_looking_store(small_corpus, tokenizer, tmp_pat
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="simulated"):
         prepare([small_corpus], out, _Exploding(tokenizer), progress=False, workers=1)
-    assert not (out / "meta.json").exists() and not list(out.glob("*.tmp"))
-    assert "meta.json" in _refused(out)
-    # A crash while overwriting an existing store invalidates the old one first.
+    assert not out.exists() and not list(tmp_path.glob(".crashed.partial-*"))  # nothing half-written
+    assert "not found" in _refused(out)
+    # A crash while overwriting an existing store leaves the old one exactly as it was.
     good = prepare([small_corpus / "many.jsonl"], tmp_path / "good", tokenizer, progress=False)
     with pytest.raises(RuntimeError):
         prepare([small_corpus], good.store.path, _Exploding(tokenizer), progress=False, overwrite=True,
                 workers=1)
-    _refused(good.store.path)
+    assert TokenStore.open(good.store.path, tokenizer.sha256).n_tokens == good.n_tokens
+
+
+def test_overwrite_with_an_input_that_yields_nothing_keeps_the_old_store(small_corpus, tokenizer, tmp_path):
+    """`prepare --overwrite` builds the new store beside the old one and swaps only when complete."""
+    good = prepare([small_corpus / "many.jsonl"], tmp_path / "s", tokenizer, progress=False)
+    (tmp_path / "empty.jsonl").write_text("")
+    for inputs, kw in (([tmp_path / "empty.jsonl"], {}), ([small_corpus / "many.jsonl"], {"text_field": "txet"})):
+        with pytest.raises(GerbilError, match="no documents"):
+            prepare(inputs, tmp_path / "s", tokenizer, progress=False, overwrite=True, **kw)
+        store = TokenStore.open(tmp_path / "s", tokenizer.sha256)
+        assert store.n_tokens == good.n_tokens and store.verify()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "s"]  # no staging left behind
+
+
+def test_damaged_contents_are_refused_at_open_and_by_verify(small_corpus, tokenizer, tmp_path, capsys):
+    from gerbil.cli import main
+
+    def fresh(name):
+        d = tmp_path / name
+        prepare([small_corpus / "many.jsonl"], d, tokenizer, progress=False)
+        return d
+
+    d = fresh("offsets")
+    idx = np.fromfile(d / "train.idx", dtype=np.int64)
+    idx[3], idx[4] = idx[4], idx[3]  # a corrupted offset
+    idx.tofile(d / "train.idx")
+    with pytest.raises(GerbilError, match="offsets are not increasing"):
+        TokenStore.open(d)
+    d = fresh("ids")
+    toks = np.fromfile(d / "train.bin", dtype=np.uint16)
+    toks[5] = 60000  # an id no model can embed
+    toks.tofile(d / "train.bin")
+    with pytest.raises(GerbilError, match="token id 60000 >= vocab_size"):
+        TokenStore.open(d)
+    d = fresh("flip")
+    toks = np.fromfile(d / "train.bin", dtype=np.uint16)
+    toks[5] ^= 1  # a flipped bit inside the vocabulary: only the checksum sees it
+    toks.tofile(d / "train.bin")
+    TokenStore.open(d)
+    assert main(["prepare", "--verify", str(d)]) == 2
+    assert "train.bin sha256" in capsys.readouterr().err
+    assert main(["prepare", "--verify", str(fresh("ok"))]) == 0
+    assert "sha256 ok" in capsys.readouterr().out
 
 
 def test_output_directory_rules(small_corpus, tokenizer, tmp_path):

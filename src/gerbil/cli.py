@@ -163,7 +163,10 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", choices=("shakespeare", "python"),
                    help="a built-in corpus instead of INPUTs: Shakespeare's plays, or the running "
                         "Python's own source trees (code)")
-    p.add_argument("--out", required=True, metavar="STORE", help="token store directory to write")
+    p.add_argument("--out", metavar="STORE", help="token store directory to write")
+    p.add_argument("--verify", metavar="STORE",
+                   help="instead of preparing: read every byte of an existing store and check its offsets, "
+                        "ids and recorded sha256 checksums")
     p.add_argument("--text-field", default="text", metavar="F",
                    help="JSON key / parquet column holding the text (default: text)")
     p.add_argument("--txt-mode", choices=("file", "paragraph"), default="file",
@@ -187,6 +190,17 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from gerbil.data.prepare import prepare
     from gerbil.data.tokenizer import Tokenizer
 
+    if args.verify:
+        from gerbil.data.store import TokenStore
+
+        if args.inputs or args.corpus or args.out:
+            raise GerbilError("--verify STORE checks a store; it takes no INPUTs, --corpus or --out")
+        for line in TokenStore.open(args.verify, check=False).verify():
+            print(line)
+        print(f"{args.verify}: ok")
+        return 0
+    if not args.out:
+        raise GerbilError("--out STORE is required (the token store directory to write)")
     include = args.include
     if args.corpus:
         if args.inputs:

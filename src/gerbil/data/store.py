@@ -23,10 +23,19 @@ least two documents, the last document is moved to ``val`` so a validation loss 
 
 Writing
 -------
-Tokens are appended to ``{split}.bin.tmp`` / ``{split}.idx.tmp`` in the output directory as they are
-produced; at the end they are renamed and ``meta.json`` (with ``complete: true``) is written to a temp
-name and renamed over. A crash at any point leaves no ``meta.json`` that says complete; an existing store
-at the same path is invalidated (its meta.json removed) before anything is written.
+Tokens are appended to ``{split}.bin.tmp`` / ``{split}.idx.tmp`` in a staging directory *beside* the
+output (``.NAME.partial-PID``) as they are produced; at the end they are renamed, their sha256 and
+``meta.json`` (with ``complete: true``, written last) are added, and the staging directory is swapped in
+for the output. A crash, Ctrl-C or an input that yields no documents therefore leaves an existing store
+exactly as it was (a killed writer's staging directory is removed by the next prepare).
+
+Reading checks
+--------------
+`TokenStore.open` checks sizes against meta.json and, vectorised (well under a second per GB), that the
+offsets are increasing and in bounds, that every document ends with EOT and that no token id reaches the
+vocabulary size — so a flipped bit in an offset, or ids a model cannot embed, are refused before
+training rather than crashing it or training on garbage. `verify` also checks the files' sha256
+(`gerbil prepare --verify STORE`).
 
 The pipeline that writes stores from corpus files is `gerbil.data.prepare`.
 """
@@ -36,6 +45,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +56,7 @@ import numpy as np
 
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
+from gerbil.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +107,12 @@ class TokenStore:
         self._splits = splits
 
     @classmethod
-    def open(cls, path: str | os.PathLike, tokenizer_sha256: str | None = None) -> TokenStore:
+    def open(cls, path: str | os.PathLike, tokenizer_sha256: str | None = None, check: bool = True) -> TokenStore:
         """Open and check a store. Refuses (one-line :class:`GerbilError`) a missing or incomplete
         meta.json, a wrong magic / format version / dtype, a ``.bin``/``.idx`` whose size disagrees with
         meta.json (truncated or over-long), inconsistent offsets, or — when ``tokenizer_sha256`` is
-        given — a store made with a different tokenizer."""
+        given — a store made with a different tokenizer. With `check` (default) the contents are checked
+        too, vectorised (module docstring, "Reading checks")."""
         path = Path(path)
         meta_path = path / "meta.json"
         if not path.is_dir():
@@ -142,6 +154,9 @@ class TokenStore:
             raise _refuse(path, f"meta.json is malformed ({type(e).__name__}: {e})") from None
         opened = {name: _open_split(path, name, n_tokens, n_docs, eot)
                   for name, (n_tokens, n_docs) in splits.items()}
+        if check:
+            for split in opened.values():
+                _check_contents(path, split, eot, int(meta["vocab_size"]))
         return cls(path, meta, opened)
 
     # ------------------------------------------------------------------------------------ accessors
@@ -180,19 +195,24 @@ class TokenStore:
     def n_docs(self) -> int:
         return sum(s.n_docs for s in self._splits.values())
 
-    def verify(self) -> None:
-        """Full scan (reads every byte): offsets strictly increasing, an EOT at every document end,
-        every id below ``vocab_size``. :meth:`open` checks only sizes and endpoints, in O(1)."""
+    def verify(self) -> list[str]:
+        """Full check (reads every byte): the contents checks of `open`, then each file's sha256 against
+        the one recorded at prepare time. Returns what was checked; a mismatch is a one-line GerbilError.
+        Stores written before checksums were recorded (gerbil 0.1) get the contents checks only."""
+        done = []
         for s in self._splits.values():
-            if s.n_docs == 0:
-                continue
-            if np.any(np.diff(s.offsets) < 1):
-                raise _refuse(self.path, f"{s.name}.idx offsets are not increasing")
-            ends = np.asarray(s.offsets[1:]) - 1
-            if np.any(s.tokens[ends] != self.eot_id):
-                raise _refuse(self.path, f"{s.name}.bin: a document does not end with EOT")
-            if int(s.tokens.max()) >= self.vocab_size:
-                raise _refuse(self.path, f"{s.name}.bin holds ids >= vocab_size {self.vocab_size}")
+            _check_contents(self.path, s, self.eot_id, self.vocab_size)
+            done.append(f"{s.name}: {s.n_docs:,} documents, {s.n_tokens:,} tokens, offsets and ids ok")
+        recorded = self.meta.get("sha256") or {}
+        for name, want in sorted(recorded.items()):
+            got = sha256_file(self.path / name)
+            if got != want:
+                raise _refuse(self.path, f"{name} sha256 {got[:12]}… differs from the recorded {want[:12]}… "
+                                         f"(the file changed after prepare)")
+            done.append(f"{name}: sha256 ok")
+        if not recorded:
+            done.append("no checksums recorded (a store from gerbil 0.1): contents checked only")
+        return done
 
     def identity(self) -> dict[str, Any]:
         """What makes this store *this* store, cheaply: tokenizer, counts and a fingerprint of sampled
@@ -263,6 +283,32 @@ def _open_split(path: Path, name: str, n_tokens: int, n_docs: int, eot: int) -> 
     return Split(name, tokens, offsets, n_tokens, n_docs)
 
 
+def _check_contents(path: Path, s: Split, eot: int, vocab_size: int) -> None:
+    """Vectorised checks of a split's contents (one pass over the offsets, one over the tokens)."""
+    if s.n_docs == 0:
+        return
+    off = np.asarray(s.offsets)
+    if np.any(np.diff(off) < 1):
+        bad = int(np.flatnonzero(np.diff(off) < 1)[0])
+        raise _refuse(path, f"{s.name}.idx offsets are not increasing (document {bad}): the file is damaged")
+    if np.any(s.tokens[off[1:] - 1] != eot):
+        bad = int(np.flatnonzero(s.tokens[off[1:] - 1] != eot)[0])
+        raise _refuse(path, f"{s.name}.bin: document {bad} does not end with EOT {eot}: the file is damaged")
+    top = int(s.tokens.max())
+    if top >= vocab_size:
+        raise _refuse(path, f"{s.name}.bin holds token id {top} >= vocab_size {vocab_size}: the file is damaged")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_val_document(index: int, val_fraction: float, seed: int) -> bool:
     """The streaming split rule: document ``index`` belongs to ``val`` (see the module docstring)."""
     if val_fraction <= 0:
@@ -286,13 +332,19 @@ class StoreWriter:
             raise GerbilError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not 0 < vocab_size <= 65536:
             raise GerbilError(f"vocab_size {vocab_size} does not fit the store's uint16 tokens")
-        self.path = Path(path)
+        self.final = Path(path)
         self.tokenizer_sha256 = tokenizer_sha256
         self.vocab_size = vocab_size
         self.eot_id = eot_id
         self.val_fraction = val_fraction
         self.seed = seed
-        self._prepare_dir(overwrite)
+        self._check_destination(overwrite)
+        # Everything is written beside the destination and swapped in only when complete, so an
+        # existing store survives a new input that yields nothing, a crash or Ctrl-C.
+        self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
         self._bin = {s: open(self.path / f"{s}.bin.tmp", "wb") for s in SPLITS}
         self._idx = {s: open(self.path / f"{s}.idx.tmp", "wb") for s in SPLITS}
         self.n_tokens = {s: 0 for s in SPLITS}
@@ -303,21 +355,24 @@ class StoreWriter:
         self._open_split: str | None = None  # split of a document whose last piece has not come yet
         self._finished = False
 
-    def _prepare_dir(self, overwrite: bool) -> None:
-        p = self.path
+    def _check_destination(self, overwrite: bool) -> None:
+        p = self.final
         if p.exists() and not p.is_dir():
             raise GerbilError(f"output {p} exists and is not a directory")
-        p.mkdir(parents=True, exist_ok=True)
-        names = {q.name for q in p.iterdir()}
-        foreign = sorted(n for n in names if n not in _STORE_FILES and not n.endswith(".tmp"))
-        if foreign:
-            raise GerbilError(f"output {p} holds other files ({', '.join(foreign[:3])}); "
-                              "choose an empty or new directory")
-        if "meta.json" in names:
-            if not overwrite:
-                raise GerbilError(f"output {p} is already a token store (pass overwrite to replace it)")
-            # Invalidate first: from here on a crash leaves a store that is refused, not a stale one.
-            (p / "meta.json").unlink()
+        if p.is_dir():
+            names = {q.name for q in p.iterdir()}
+            foreign = sorted(n for n in names if n not in _STORE_FILES and not n.endswith(".tmp"))
+            if foreign:
+                raise GerbilError(f"output {p} holds other files ({', '.join(foreign[:3])}); "
+                                  "choose an empty or new directory")
+            if "meta.json" in names and not overwrite:
+                raise GerbilError(f"output {p} is already a token store (pass --overwrite to replace it)")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        for stale in p.parent.glob(f".{p.name}.partial-*"):  # left by a killed prepare
+            pid = stale.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+                log.info("removed %s, left by an interrupted prepare", stale)
 
     # ------------------------------------------------------------------------------------- appending
     def split_of_next(self) -> str:
@@ -461,6 +516,7 @@ class StoreWriter:
             "seed": self.seed,
             "split_rule": "blake2b-64('{seed}:{doc_index}') / 2**64 < val_fraction; "
                           "last document moved to val if val is empty",
+            "sha256": {f"{s}.{ext}": sha256_file(self.path / f"{s}.{ext}") for s in SPLITS for ext in ("bin", "idx")},
             **(extra_meta or {}),
             "gerbil_version": __version__,
             "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -473,16 +529,31 @@ class StoreWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path / "meta.json")
+        self._swap_in()
         self._finished = True
         return meta
 
+    def _swap_in(self) -> None:
+        """Put the complete store at its destination: the old one (if any) is moved aside, the new one
+        renamed in, the old one deleted — a crash in between leaves the old store beside, never a mix."""
+        dest = self.final
+        old = None
+        if dest.exists():
+            if any(dest.iterdir()):
+                old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+                os.rename(dest, old)
+            else:
+                dest.rmdir()
+        os.rename(self.path, dest)
+        self.path = dest
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
     def abort(self) -> None:
-        """Close and delete the temp files (nothing complete-looking remains)."""
+        """Close and delete what was written (the destination is untouched)."""
         for f in (*self._bin.values(), *self._idx.values()):
             f.close()
-        for s in SPLITS:
-            for ext in ("bin", "idx"):
-                (self.path / f"{s}.{ext}.tmp").unlink(missing_ok=True)
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
         return self

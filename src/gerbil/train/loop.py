@@ -36,8 +36,8 @@ from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
 from gerbil.train import checkpoint as ckpt
 from gerbil.train.config import TrainConfig
-from gerbil.train.resolve import resolve
-from gerbil.train.rundir import RunDir, env_info
+from gerbil.train.resolve import resolve, run_name
+from gerbil.train.rundir import Lock, RunDir, env_info
 from gerbil.train.schedules import StepPlan, lr_at
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class RunResult:
     train_loss: float  # mean loss of the last (up to) 10 steps
     val_loss: float | None
     checkpoint: Path | None
-    seconds: float
+    seconds: float  # training time of the whole run, all sessions (validation and checkpoint writes not counted)
     tokens_per_second: float
     skipped_steps: int
     n_params: int
@@ -72,23 +72,35 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     skipped_steps: int = 0  # fp16 steps skipped by the GradScaler (inf/NaN gradients)
+    # whole-run bookkeeping, carried over resumes so result.json describes the whole run, not the last
+    # session: training seconds so far and the losses of the last (up to) 10 steps
+    seconds: float = 0.0
+    recent_losses: list[float] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step, "tokens": self.tokens, "skipped_steps": self.skipped_steps,
+            "seconds": self.seconds, "recent_losses": list(self.recent_losses),
             "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
         }
 
-    def load_state_dict(self, sd: dict, restore_position: bool = True) -> None:
+    def load_state_dict(self, sd: dict) -> None:
         self.optimizer.load_state_dict(sd["optimizer"])
         if self.scaler is not None and sd.get("scaler"):
             self.scaler.load_state_dict(sd["scaler"])
         self.loader.load_state_dict(sd["loader"])
         self.step, self.tokens = int(sd["step"]), int(sd["tokens"])
         self.skipped_steps = int(sd.get("skipped_steps", 0))
+        self.seconds = float(sd.get("seconds", 0.0))  # checkpoints of 0.1.0 have none
+        self.recent_losses = [float(x) for x in sd.get("recent_losses", [])]
         ckpt.set_rng_state(sd["rng"])
+
+    @property
+    def train_loss(self) -> float:
+        """Mean loss of the last (up to) 10 steps."""
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else float("nan")
 
 
 class NonFiniteLoss(GerbilError):
@@ -193,9 +205,24 @@ def train(config: TrainConfig | dict) -> RunResult:
     on CUDA, and deterministic algorithms with `deterministic`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
-    with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
-        return _train(r)
+    run = RunDir(Path(cfg.runs) / run_name(cfg))
+    existed = run.path.exists()
+    # one process per run: a second `train` (or `--resume auto` while the first runs) is refused, naming
+    # the holder; a dead holder's lock is taken over. Taken before anything is decided, so what resolve
+    # reads (the latest checkpoint) cannot change under it.
+    try:
+        lock = Lock(run.lock, f"run {run.path}").acquire()
+    except OSError as e:
+        raise GerbilError(f"cannot write run directory {run.path}: {e.strerror or e}") from None
+    try:
+        r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
+        ckpt.clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: we hold the lock)
+        with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
+            return _train(r, lock)
+    finally:
+        lock.release()
+        if not existed and run.path.is_dir() and not any(run.path.iterdir()):
+            run.path.rmdir()  # refused before anything was written: leave no empty run directory
 
 
 @contextlib.contextmanager
@@ -223,7 +250,7 @@ def _process_state(device: torch.device, seed: int, deterministic: bool):
         ckpt.set_rng_state(rng)
 
 
-def _train(r) -> RunResult:
+def _train(r, lock: Lock) -> RunResult:
     cfg = r.cfg
     run: RunDir = r.run
     device, model_cfg = r.device, r.model_config
@@ -243,11 +270,14 @@ def _train(r) -> RunResult:
         # state on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params
         state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"))
         run.truncate_metrics(state.step)
+        if not state.recent_losses:  # a 0.1.0 checkpoint: the last losses from metrics.jsonl instead
+            state.recent_losses = [float(m["loss"]) for m in run.read_metrics() if m.get("loss") is not None][-10:]
         log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
     elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
         ckpt.load_weights(model, r.parent["path"], device=str(device))
         parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
         state.load_state_dict(parent_state)
+        state.seconds, state.recent_losses = 0.0, []  # this run's own time and losses start here
         log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
     run.write_config(r.config_record())
     run.write_env(env_info(device))
@@ -279,12 +309,13 @@ def _train(r) -> RunResult:
                                     keep=cfg.keep_checkpoints)
 
     progress = _Progress(r.budget, state.tokens, cfg.progress, r.name)
-    recent: list[float] = []
     last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
     next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
     next_eval = _next_multiple(state.tokens, r.eval_every)
-    t_start, tokens_start, val_loss = time.perf_counter(), state.tokens, None
-    t_last = t_start
+    # tokens this run trains itself (a continuation's parent's tokens are not its own)
+    run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
+    val_loss = None
+    t_last = time.perf_counter()
     model.train()
     while state.tokens < r.budget:
         plan: StepPlan = r.steps.at(state.tokens)  # sequences this step (+ a shortened final one)
@@ -301,7 +332,8 @@ def _train(r) -> RunResult:
         state.step += 1
         state.tokens += plan.tokens
         state.skipped_steps += int(stats["skipped"])
-        recent = (recent + [stats["loss"]])[-10:]
+        state.recent_losses = (state.recent_losses + [stats["loss"]])[-10:]
+        state.seconds += time.perf_counter() - t_last
         tok_s = plan.tokens / max(time.perf_counter() - t_last, 1e-9)  # this step's training only
         record = {"step": state.step, "tokens": state.tokens, "loss": round(stats["loss"], 6), "lr": lr,
                   "tok_s": round(tok_s, 1), "mfu": r.mfu(tok_s), "grad_norm": round(stats["grad_norm"], 6),
@@ -314,17 +346,16 @@ def _train(r) -> RunResult:
         if done or state.step % cfg.log_every == 0 or "val_loss" in record:
             run.append_metrics(record)
         progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
+        lock.beat()
         if done or state.tokens >= next_ckpt:
-            last_ckpt = save(val_loss if "val_loss" in record else None, sum(recent) / len(recent))
+            last_ckpt = save(val_loss if "val_loss" in record else None, state.train_loss)
             next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
         t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
     progress.close()
-    seconds = time.perf_counter() - t_start
     result = RunResult(
         run_dir=run.path, name=r.name, steps=state.step, tokens=state.tokens,
-        train_loss=sum(recent) / len(recent) if recent else float("nan"),
-        val_loss=val_loss, checkpoint=last_ckpt, seconds=seconds,
-        tokens_per_second=(state.tokens - tokens_start) / max(seconds, 1e-9),
+        train_loss=state.train_loss, val_loss=val_loss, checkpoint=last_ckpt, seconds=state.seconds,
+        tokens_per_second=(state.tokens - run_start_tokens) / max(state.seconds, 1e-9),
         skipped_steps=state.skipped_steps, n_params=model_cfg.n_params("total"),
         info={"size": r.size, "class": r.cls, "objective": cfg.objective, "budget": r.budget,
               "batch": r.batch_label, "device": str(device), "precision": r.precision,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from gerbil import plan as planlib
+from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig, default_lr, get_size
 from gerbil.train import checkpoint as ckpt
@@ -210,11 +211,15 @@ def resolve(cfg: TrainConfig) -> Resolved:
     # --- data: a store made with this tokenizer, holding ids the model can embed
     if not cfg.data:
         raise ValueError("no training data: pass --data STORE (a token store from `gerbil prepare`)")
+    cfg.data = str(Path(cfg.data).expanduser().resolve())  # absolute: resumable from any working directory
     store = TokenStore.open(cfg.data, tokenizer_sha256=_expected_tokenizer_sha(cfg))
     if saved_data:  # a resume or continuation must read the very store its run (or parent) trained on
         _check_same_store(store, saved_data, "--resume" if cfg.resume else "--from")
     if store.vocab_size > model_cfg.vocab_size:
         raise GerbilError(f"store vocabulary {store.vocab_size} exceeds the model's {model_cfg.vocab_size}")
+    if cfg.objective != "plain" and model_cfg.vocab_size <= max(SPECIAL_TOKENS.values()):
+        raise GerbilError(f"objective {cfg.objective!r} writes the Blender special tokens (ids up to "
+                          f"{max(SPECIAL_TOKENS.values())}); the model's vocabulary has {model_cfg.vocab_size} ids")
     train_split, val_split = store.split("train"), store.split("val")
     if val_split.n_tokens <= cfg.seq_len:
         log.warning("validation split has only %d tokens: no validation loss", val_split.n_tokens)
