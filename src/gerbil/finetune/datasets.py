@@ -157,6 +157,7 @@ def _messages_from_dir(folder: Path) -> list[tuple[str, str, bytes]]:
 # declare them very often hold cp1252 bytes (curly quotes, dashes in 0x80-0x9f).
 _CP1252_LABELS = {"us-ascii", "ascii", "iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "windows-1252"}
 _LOOKS_HTML = re.compile(r"(?is)\s*<\s*(!doctype\s+html|html|head|body|table|font|div|center|meta|p)[\s>]")
+_HTML_PAGE = re.compile(r"(?i)<(html|body)[\s>]")
 _MIME_LINE = re.compile(r"(?im)^(--\S.*|content-(type|transfer-encoding|disposition|id|description):.*"
                         r"(\n[ \t].*)*)$")
 
@@ -200,7 +201,7 @@ def mail_body(raw: bytes) -> str:
     ``text/html`` parts converted by :func:`html_to_text`; attachments and non-text parts are ignored.
     A ``text/plain`` part that is really an HTML page is converted too. A multipart message whose
     boundary the parser cannot find (spam with broken MIME) is read as one text part, its boundary
-    and part-header lines dropped. Returns ``""`` when nothing textual is left.
+    and part-header lines dropped (and converted as HTML when it holds an ``<html>`` / ``<body>`` tag). Returns ``""`` when nothing textual is left.
     """
     msg = email.message_from_bytes(_mend_header_block(raw), policy=email.policy.compat32)
     plain: list[str] = []
@@ -219,9 +220,9 @@ def mail_body(raw: bytes) -> str:
         if not isinstance(payload, bytes):
             continue
         text = _decode_payload(payload, _charset(part))
-        if broken:
+        if broken:  # its parts' headers and boundaries are in the text; an HTML part may follow a preamble
             text = _MIME_LINE.sub("", text)
-        if ctype == "text/html" or _LOOKS_HTML.match(text):
+        if ctype == "text/html" or _LOOKS_HTML.match(text) or (broken and _HTML_PAGE.search(text)):
             htm.append(html_to_text(text))
         else:
             plain.append(text)
