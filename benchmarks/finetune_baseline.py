@@ -33,8 +33,8 @@ def _vectorizer(kind: str) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    word = lambda: TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)  # noqa: E731
-    char = lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,  # noqa: E731
+    word = lambda: TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+    char = lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
                                    dtype=np.float32)
     if kind == "word 1-2":
         return word()
@@ -60,8 +60,8 @@ def _run(name: str, train_x: list[str], train_y: list[int], val_x: list[str], va
     t0 = time.perf_counter()
     pred = [top] * len(val_y)
     acc, f1 = _score(val_y, pred)
-    rows.append(dict(set=name, text=view, model="majority", acc=acc, f1=f1, fit=fit_s,
-                     predict=time.perf_counter() - t0))
+    rows.append({"set": name, "text": view, "model": "majority", "acc": acc, "f1": f1, "fit": fit_s,
+                 "predict": time.perf_counter() - t0})
     for kind in ("word 1-2", "char 2-5", "word+char"):
         t0 = time.perf_counter()
         vec = _vectorizer(kind)
@@ -73,8 +73,8 @@ def _run(name: str, train_x: list[str], train_y: list[int], val_x: list[str], va
         pred = clf.predict(vec.transform(val_x)).tolist()
         pred_s = time.perf_counter() - t0
         acc, f1 = _score(val_y, pred)
-        rows.append(dict(set=name, text=view, model=f"tfidf {kind} + LR", acc=acc, f1=f1, fit=fit_s,
-                         predict=pred_s, features=xtr.shape[1]))
+        rows.append({"set": name, "text": view, "model": f"tfidf {kind} + LR", "acc": acc, "f1": f1,
+                     "fit": fit_s, "predict": pred_s, "features": xtr.shape[1]})
     return rows
 
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             line += (f"; GPT-2 tokens per example: median {lens[len(lens) // 2]}, p90 "
                      f"{lens[int(len(lens) * 0.9)]}, max {lens[-1]}; "
                      f"{sum(n > args.max_tokens for n in lens) / len(lens):.0%} longer than {args.max_tokens}")
-            cut = lambda ids: [tok.decode(x[:args.max_tokens]) for x in ids]  # noqa: E731
+            cut = lambda ids: [tok.decode(x[:args.max_tokens]) for x in ids]
             views.append((f"first {args.max_tokens} tok", cut(ids_tr), cut(ids_va)))
         print(line, flush=True)
         for view, xtr, xva in views:

@@ -7,7 +7,9 @@ available. Everything else is written under tmp_path.
 """
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import shutil
 import subprocess
@@ -28,7 +30,7 @@ def _registry_reachable() -> bool:
         return False
     try:
         proc = subprocess.run(["npm", "view", f"{datasets.SPAM_PACKAGE}@{datasets.SPAM_VERSION}", "version"],
-                              capture_output=True, text=True, timeout=60)
+                              check=False, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0 and datasets.SPAM_VERSION in proc.stdout
@@ -93,9 +95,6 @@ def test_spam_bodies_have_no_headers(spam_rows):
 def test_spam_conversion_is_reproducible(spam_tarball, assets_home, tmp_path, monkeypatch):
     """A fresh conversion from the tarball (all counts asserted inside) gives the cached file byte for
     byte; the cached tarball is verified by sha256 and npm's sha512 integrity."""
-    import base64
-    import hashlib
-
     cached = datasets.spam_assassin()
     digest = base64.b64encode(hashlib.sha512(spam_tarball.read_bytes()).digest()).decode()
     assert datasets.SPAM_INTEGRITY == "sha512-" + digest
@@ -137,7 +136,7 @@ def test_spam_npm_pack_route(spam_tarball, tmp_path, monkeypatch):
     monkeypatch.setenv("GERBIL_HOME", str(tmp_path))
     out = datasets.spam_assassin()
     assert (tmp_path / "downloads" / datasets.SPAM_TARBALL).is_file()
-    assert sum(1 for _ in open(out, encoding="utf-8")) == 6029
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 6029
     assert not [p for p in (tmp_path / "downloads").iterdir() if p.name.startswith(".")]
 
 
@@ -147,14 +146,13 @@ def test_mail_body_mime():
              b"Subject: hi\nContent-Type: text/plain; charset=iso-8859-1\n"
              b"Content-Transfer-Encoding: quoted-printable\n\nCaf=E9 =93quoted=94 line=\n joined\n")
     assert datasets.mail_body(plain) == "Caf\u00e9 \u201cquoted\u201d line joined"
-    b64 = "Grüße aus Köln".encode("utf-8")
-    import base64
+    b64 = "Grüße aus Köln".encode()
 
     multi = (b"Subject: x\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"B\"\n\n"
              b"preamble\n--B\nContent-Type: multipart/alternative; boundary=\"A\"\n\n"
              b"--A\nContent-Type: text/plain\n\n   \n--A\nContent-Type: text/html; charset=utf-8\n"
-             b"Content-Transfer-Encoding: base64\n\n" + base64.b64encode(b"<html><body><p>" + b64 +
-                                                                     b"</p><script>x()</script>&amp; more</body></html>")
+             b"Content-Transfer-Encoding: base64\n\n"
+             + base64.b64encode(b"<html><body><p>" + b64 + b"</p><script>x()</script>&amp; more</body></html>")
              + b"\n--A--\n--B\nContent-Type: text/plain\nContent-Disposition: attachment; filename=a.txt\n\n"
              b"ATTACHED\n--B\nContent-Type: image/gif\nContent-Transfer-Encoding: base64\n\nR0lGODlh\n--B--\n")
     # The text/plain alternative is blank, so the HTML one is used; the attachment and image are not.
@@ -181,7 +179,7 @@ def test_boolq(assets_home, tmp_path, monkeypatch):
     from gerbil.assets import eval_set
 
     cached = datasets.boolq()
-    rows = [json.loads(line) for line in open(cached, encoding="utf-8")]
+    rows = [json.loads(line) for line in cached.read_text(encoding="utf-8").splitlines()]
     counts = Counter(r["label"] for r in rows)
     print(f"BoolQ: {len(rows)} items, {dict(counts)}")
     assert len(rows) == 3270 and counts == {"yes": 2033, "no": 1237}
@@ -221,8 +219,8 @@ BAD_JSONL = [
     _j({"text": "int in a string file", "label": 1}),       # mixed_labels
     _j({"text": " keeps spaces ", "label": "spam"}),
 ]
-BAD_JSONL_COUNTS = dict(invalid_json=2, non_utf8=3, missing_field=4, non_string=2, empty=1, bad_label=4,
-                        mixed_labels=1, unknown_label=0)
+BAD_JSONL_COUNTS = {"invalid_json": 2, "non_utf8": 3, "missing_field": 4, "non_string": 2, "empty": 1,
+                    "bad_label": 4, "mixed_labels": 1, "unknown_label": 0}
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
@@ -333,6 +331,9 @@ def test_refused_files(tmp_path):
     (tmp_path / "t.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a", "label": "b"}\n' * 100)[:-20])
     with pytest.raises(GerbilError, match="cannot read"):
         read_examples(tmp_path / "t.jsonl.gz", "classify")
+    (tmp_path / "x.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(GerbilError, match="cannot read .* as parquet"):
+        read_examples(tmp_path / "x.parquet", "classify")
     with pytest.raises(GerbilError) as err:
         read_examples(tmp_path / "bad.jsonl", "classify")
     assert "\n" not in str(err.value)
@@ -418,7 +419,8 @@ def test_fuzzy_pairs_are_the_functions_answers():
 
 def test_fuzzy_splits_disjoint_by_date(tmp_path):
     paths = datasets.write_fuzzy_splits(tmp_path / "dates", n=3000, seed=0)
-    splits = {k: [json.loads(x) for x in open(paths[k], encoding="utf-8")] for k in ("train", "val", "test")}
+    splits = {k: [json.loads(x) for x in paths[k].read_text(encoding="utf-8").splitlines()]
+              for k in ("train", "val", "test")}
     meta = json.loads(paths["meta"].read_text())
     assert sum(len(v) for v in splits.values()) == 3000 == meta["n"]
     assert meta["function"] == "dateutil.parser.parse" and meta["rejected_inputs"] > 0

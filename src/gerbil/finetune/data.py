@@ -228,11 +228,12 @@ def _csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple
 
 
 def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a non-parquet file
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a file that is not parquet
         raise GerbilError(f"cannot read {path} as parquet: {str(e).splitlines()[0] if str(e) else e}") from None
     names = pf.schema_arrow.names
     missing = [w for w in wanted if w not in names]
@@ -245,7 +246,7 @@ def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[t
             for row in batch.to_pylist():
                 yield n, row
                 n += 1
-    except Exception as e:
+    except (pa.ArrowException, OSError) as e:
         raise GerbilError(f"cannot read {path} (row {n}): {str(e).splitlines()[0] if str(e) else e}") from None
 
 
@@ -419,7 +420,7 @@ def _finish(ex: Examples, p: Path) -> Examples:
 
 # ------------------------------------------------------------------------------------------ splitting
 def _split_key(seed: int, content: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{content}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{seed}\x00{content}".encode()).digest()
 
 
 def split_validation(examples: Examples, fraction: float = 0.1, seed: int = 0) -> tuple[Examples, Examples]:

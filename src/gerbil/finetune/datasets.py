@@ -77,7 +77,7 @@ def _npm_pack(dest_dir: Path) -> Path:
                           f"`npm pack {spec}` (or its extracted folder) as a local path")
     log.info("npm pack %s", spec)
     try:
-        proc = subprocess.run([npm, "pack", "--ignore-scripts", "--silent", spec], cwd=dest_dir,
+        proc = subprocess.run([npm, "pack", "--ignore-scripts", "--silent", spec], check=False, cwd=dest_dir,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise GerbilError(f"npm pack {spec} failed: {e}") from None
@@ -174,7 +174,7 @@ def _decode_payload(payload: bytes, charset: str | None) -> str:
         cs = "utf-8"
     try:
         return payload.decode(cs, "replace")
-    except Exception:  # a codec that fails on its own (e.g. a broken multi-byte decoder)
+    except (UnicodeError, LookupError, ValueError, TypeError):  # a codec that fails on its own
         return payload.decode("utf-8", "replace")
 
 
@@ -201,7 +201,8 @@ def mail_body(raw: bytes) -> str:
     ``text/html`` parts converted by :func:`html_to_text`; attachments and non-text parts are ignored.
     A ``text/plain`` part that is really an HTML page is converted too. A multipart message whose
     boundary the parser cannot find (spam with broken MIME) is read as one text part, its boundary
-    and part-header lines dropped (and converted as HTML when it holds an ``<html>`` / ``<body>`` tag). Returns ``""`` when nothing textual is left.
+    and part-header lines dropped (and converted as HTML when it holds an ``<html>`` / ``<body>``
+    tag). Returns ``""`` when nothing textual is left.
     """
     msg = email.message_from_bytes(_mend_header_block(raw), policy=email.policy.compat32)
     plain: list[str] = []
@@ -255,7 +256,7 @@ def _mend_header_block(raw: bytes) -> bytes:
 def _charset(part: Message) -> str | None:
     try:
         return part.get_content_charset()
-    except Exception:  # a charset parameter the email package cannot parse
+    except (UnicodeError, LookupError, ValueError, TypeError):  # a charset parameter it cannot parse
         return None
 
 
