@@ -1,0 +1,463 @@
+"""Read fine-tuning examples from JSONL / CSV / parquet and split them deterministically.
+
+Two tasks:
+
+* ``classify``: one text and one label per row (``text_field``, ``label_field``);
+* ``sft``: a prompt and the completion the model should produce (``prompt_field``, ``completion_field``).
+
+The format comes from the file name: ``.jsonl`` / ``.ndjson`` (one JSON object per line), the same with
+``.gz``, ``.csv`` (a header row names the columns; read with the stdlib ``csv`` module, so no pandas is
+needed), ``.parquet`` (pyarrow). Field values are used exactly as written (no stripping): leading
+spaces matter to GPT-2's BPE.
+
+Labels
+------
+A file's labels are either *strings* (class names) or *integers* (class ids):
+
+* string labels are mapped to ids in **sorted** order (Python string order), not first-seen order:
+  the mapping then depends only on the set of labels, so a shuffled copy of the file, a train file and
+  its validation file all give the same ids. The mapping is recorded in :attr:`Examples.label_names`
+  (``id2label`` / ``label2id``) and must be saved with a fine-tuned model;
+* integer labels are the ids themselves (``0..K-1``; ``label_names`` are ``"0"..."K-1"``). A float
+  with no fraction (``1.0``: what pandas writes for an int column with gaps) counts as that integer;
+* CSV cells are all strings: a CSV label column is read as integers when every non-empty label cell is
+  an integer literal (``-?\\d+``), else as strings;
+* the first valid label decides the file's kind; a row with the other kind is ``mixed_labels``.
+
+``label_names`` given to :func:`read_examples` fixes the mapping instead (read a validation or test file
+with the training file's mapping); a label outside it is ``unknown_label``.
+
+Bad rows
+--------
+Bad rows never stop a read: each is skipped and counted once, under the first reason found (fields
+checked in the order text, label / prompt, completion), in :class:`BadRows`:
+
+* ``invalid_json``  a JSONL line that is not JSON, or not a JSON object;
+* ``non_utf8``      a used field with bytes that are not UTF-8 (or a JSON lone surrogate ``"\\ud800"``).
+                    Unlike ``prepare``, which keeps such documents with U+FFFD, fine-tuning sets are
+                    small and curated, so a mangled example is dropped rather than learnt;
+* ``missing_field`` a used field absent or null, a CSV row too short, an empty label;
+* ``non_string``    a text / prompt / completion that is not a string (a number, a list, ...);
+* ``empty``         a text / prompt / completion that is empty or whitespace only;
+* ``bad_label``     a label that is neither a string nor an integer: list, dict, bool (ambiguous: a
+                    class name or an id?), float with a fraction, negative or huge integer;
+* ``mixed_labels``  an integer label in a file of string labels, or the reverse;
+* ``unknown_label`` a label outside the ``label_names`` given to :func:`read_examples`.
+
+Blank lines of a JSONL file are not rows and are not counted. A file with no usable row, a CSV or
+parquet file without a needed column, or an unreadable file is refused with a one-line
+:class:`~gerbil.errors.GerbilError`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gerbil.errors import GerbilError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classify", "sft")
+#: Largest integer label accepted as a class id: ids index a classifier head of ``max + 1`` rows.
+MAX_LABEL_ID = 65_535
+_INT_LITERAL = re.compile(r"[+-]?\d+")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+@dataclass
+class BadRows:
+    """How many rows of each bad kind were skipped (see the module docstring)."""
+
+    invalid_json: int = 0
+    non_utf8: int = 0
+    missing_field: int = 0
+    non_string: int = 0
+    empty: int = 0
+    bad_label: int = 0
+    mixed_labels: int = 0
+    unknown_label: int = 0
+
+    @property
+    def total(self) -> int:
+        """Number of skipped rows."""
+        return sum(self.as_dict().values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """One line, e.g. ``"bad rows: 3 invalid_json, 1 empty"`` or ``"bad rows: none"``."""
+        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v]
+        return "bad rows: " + (", ".join(parts) if parts else "none")
+
+
+@dataclass
+class Examples:
+    """The usable rows of one file, in file order.
+
+    ``classify`` fills ``texts`` and ``labels`` (ids into ``label_names``); ``sft`` fills ``prompts``
+    and ``completions``; the other task's lists are empty. ``source_rows`` holds each example's place
+    in the file (1-based JSONL line, 1-based CSV data row after the header, 0-based parquet row) for
+    error messages. ``bad`` counts the skipped rows of the whole file (a subset keeps the file's counts).
+    """
+
+    task: str
+    path: str
+    texts: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    source_rows: list[int] = field(default_factory=list)
+    bad: BadRows = field(default_factory=BadRows)
+
+    def __len__(self) -> int:
+        return len(self.source_rows)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class name → id (the HF ``config.label2id`` convention)."""
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class id → name (the HF ``config.id2label`` convention)."""
+        return dict(enumerate(self.label_names))
+
+    def label_counts(self) -> dict[str, int]:
+        """Examples per class name, in id order (classes with no example included, as 0)."""
+        counts = [0] * len(self.label_names)
+        for y in self.labels:
+            counts[y] += 1
+        return dict(zip(self.label_names, counts))
+
+    def keys(self) -> list[str]:
+        """What identifies an example's content for splitting: the text (classify) or prompt (sft)."""
+        return self.texts if self.task == "classify" else self.prompts
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        """The examples at ``indices`` (same task, label mapping, path and bad-row counts)."""
+        def pick(xs: list[Any]) -> list[Any]:
+            return [xs[i] for i in indices] if xs else []
+
+        return Examples(self.task, self.path, pick(self.texts), pick(self.labels), pick(self.prompts),
+                        pick(self.completions), list(self.label_names), pick(self.source_rows), self.bad)
+
+
+# ------------------------------------------------------------------------------------------ readers
+def _has_surrogates(s: str) -> bool:
+    """True when ``s`` holds lone surrogates: undecodable bytes (read with surrogateescape) or JSON
+    ``\\udXXX`` escapes. Neither can be encoded as UTF-8, which is all the check needs."""
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _jsonl_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte order mark is not part of the first record
+                if not raw.strip():
+                    continue
+                # surrogateescape keeps invalid bytes as lone surrogates: a line whose bad bytes sit in a
+                # field the task does not use is still usable; the used fields are checked later.
+                line = raw.decode("utf-8", "surrogateescape")
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    if _has_surrogates(line):
+                        bad.non_utf8 += 1
+                    else:
+                        bad.invalid_json += 1
+                    continue
+                if not isinstance(row, dict):
+                    bad.invalid_json += 1
+                    continue
+                yield lineno, row
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise GerbilError(f"cannot read {path}: {e}") from None
+
+
+def _csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise GerbilError(f"cannot read {path}: {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise GerbilError(f"{path}: not a readable CSV file ({e})") from None
+    if not rows:
+        raise GerbilError(f"{path}: empty CSV file (expected a header row naming {', '.join(wanted)})")
+    header = rows[0]
+    missing = [w for w in wanted if w not in header]
+    if missing:
+        raise GerbilError(f"{path}: CSV header has no column {', '.join(map(repr, missing))} "
+                          f"(columns: {', '.join(map(repr, header))})")
+    cols = {w: header.index(w) for w in wanted}
+    n = 0
+    for cells in rows[1:]:
+        if not cells:  # csv yields [] for a blank line: not a row
+            continue
+        n += 1
+        # A short row lacks its last cells: None, counted as missing_field. An empty cell is "".
+        yield n, {w: (cells[i] if i < len(cells) else None) for w, i in cols.items()}
+
+
+def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a file that is not parquet
+        raise GerbilError(f"cannot read {path} as parquet: {str(e).splitlines()[0] if str(e) else e}") from None
+    names = pf.schema_arrow.names
+    missing = [w for w in wanted if w not in names]
+    if missing:
+        raise GerbilError(f"{path}: parquet file has no column {', '.join(map(repr, missing))} "
+                          f"(columns: {', '.join(map(repr, names))})")
+    n = 0
+    try:
+        for batch in pf.iter_batches(columns=list(wanted)):
+            for row in batch.to_pylist():
+                yield n, row
+                n += 1
+    except (pa.ArrowException, OSError) as e:
+        raise GerbilError(f"cannot read {path} (row {n}): {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+def _reader(path: Path):
+    name = path.name.lower()
+    if name.endswith(_JSONL_SUFFIXES):
+        return _jsonl_rows
+    if name.endswith(".csv"):
+        return _csv_rows
+    if name.endswith(".parquet"):
+        return _parquet_rows
+    raise GerbilError(f"{path}: unknown format (expected .jsonl, .jsonl.gz, .ndjson, .csv or .parquet)")
+
+
+# --------------------------------------------------------------------------------------- validation
+def _check_string(value: Any, bad: BadRows) -> str | None:
+    """A usable text / prompt / completion, or None after counting why not."""
+    if value is None:
+        bad.missing_field += 1
+    elif isinstance(value, bytes):  # a parquet binary column: must be UTF-8 text
+        try:
+            return _check_string(value.decode("utf-8"), bad)
+        except UnicodeDecodeError:
+            bad.non_utf8 += 1
+    elif not isinstance(value, str):
+        bad.non_string += 1
+    elif _has_surrogates(value):
+        bad.non_utf8 += 1
+    elif not value.strip():
+        bad.empty += 1
+    else:
+        return value
+    return None
+
+
+def _label_value(value: Any, csv_ints: bool, bad: BadRows) -> str | int | None:
+    """A label as a class name (str) or id (int), or None after counting why not."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.non_utf8 += 1
+            return None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        bad.missing_field += 1
+        return None
+    if isinstance(value, str):
+        if _has_surrogates(value):
+            bad.non_utf8 += 1
+            return None
+        if not value.strip():
+            bad.missing_field += 1
+            return None
+        if not csv_ints:
+            return value
+        value = int(value)  # the CSV column holds only integer literals
+    if isinstance(value, bool):
+        bad.bad_label += 1
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            bad.bad_label += 1
+            return None
+        value = int(value)
+    if isinstance(value, int):
+        if 0 <= value <= MAX_LABEL_ID:
+            return value
+        bad.bad_label += 1
+        return None
+    bad.bad_label += 1  # list, dict, ...
+    return None
+
+
+def read_examples(path: str | Path, task: str, text_field: str = "text", label_field: str = "label",
+                  prompt_field: str = "prompt", completion_field: str = "completion",
+                  label_names: Sequence[str] | None = None) -> Examples:
+    """The usable examples of a JSONL / CSV / parquet file, bad rows counted and skipped.
+
+    ``task``: ``"classify"`` (``text_field`` + ``label_field``) or ``"sft"`` (``prompt_field`` +
+    ``completion_field``). ``label_names``: a fixed id → name mapping (e.g. the training file's) instead
+    of the sorted label set of this file. See the module docstring for label kinds and bad-row reasons.
+    Raises :class:`GerbilError` (one line) when the file cannot be read, lacks a needed CSV / parquet
+    column, or has no usable row.
+    """
+    if task not in TASKS:
+        raise GerbilError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise GerbilError(f"{p}: no such file")
+    wanted = (text_field, label_field) if task == "classify" else (prompt_field, completion_field)
+    reader = _reader(p)
+    bad = BadRows()
+    rows = reader(p, bad, wanted)
+    ex = Examples(task, str(p), bad=bad)
+
+    if task == "sft":
+        for n, row in rows:
+            prompt = _check_string(row.get(prompt_field), bad)
+            if prompt is None:
+                continue
+            completion = _check_string(row.get(completion_field), bad)
+            if completion is None:
+                continue
+            ex.prompts.append(prompt)
+            ex.completions.append(completion)
+            ex.source_rows.append(n)
+        return _finish(ex, p)
+
+    csv_ints = False
+    if reader is _csv_rows:
+        rows = list(rows)
+        cells = [r[label_field] for _, r in rows if r[label_field] is not None and r[label_field].strip()]
+        csv_ints = bool(cells) and all(_INT_LITERAL.fullmatch(c.strip()) for c in cells)
+    raw_labels: list[str | int] = []
+    kind: type | None = None
+    for n, row in rows:
+        text = _check_string(row.get(text_field), bad)
+        if text is None:
+            continue
+        label = _label_value(row.get(label_field), csv_ints, bad)
+        if label is None:
+            continue
+        if kind is None:
+            kind = type(label)
+        elif type(label) is not kind:
+            bad.mixed_labels += 1
+            continue
+        ex.texts.append(text)
+        raw_labels.append(label)
+        ex.source_rows.append(n)
+
+    if label_names is not None:
+        ex.label_names = [str(x) for x in label_names]
+        if len(set(ex.label_names)) != len(ex.label_names):
+            raise GerbilError(f"label_names has duplicates: {ex.label_names}")
+        index = ex.label2id
+        if kind is int:  # ids must fall inside the given mapping
+            ok = [y < len(ex.label_names) for y in raw_labels]
+            ids = [int(y) for y in raw_labels]
+        else:
+            ok = [y in index for y in raw_labels]
+            ids = [index.get(y, -1) for y in raw_labels]  # type: ignore[arg-type]
+        keep = [i for i, good in enumerate(ok) if good]
+        bad.unknown_label += len(raw_labels) - len(keep)
+        ex.texts = [ex.texts[i] for i in keep]
+        ex.source_rows = [ex.source_rows[i] for i in keep]
+        ex.labels = [ids[i] for i in keep]
+    elif kind is int:
+        top = max(raw_labels) if raw_labels else -1
+        ex.label_names = [str(i) for i in range(int(top) + 1)]
+        ex.labels = [int(y) for y in raw_labels]
+        unseen = set(range(int(top) + 1)) - set(ex.labels)
+        if unseen:
+            log.warning("%s: integer labels skip ids %s (classes with no example)", p, sorted(unseen)[:10])
+    else:
+        ex.label_names = sorted({str(y) for y in raw_labels})
+        index = ex.label2id
+        ex.labels = [index[y] for y in raw_labels]  # type: ignore[index]
+    return _finish(ex, p)
+
+
+def _finish(ex: Examples, p: Path) -> Examples:
+    if not len(ex):
+        raise GerbilError(f"{p}: no usable {ex.task} rows ({ex.bad.summary()})")
+    if ex.bad.total:
+        log.warning("%s: %d usable rows, %s", p, len(ex), ex.bad.summary())
+    else:
+        log.info("%s: %d usable rows", p, len(ex))
+    return ex
+
+
+# ------------------------------------------------------------------------------------------ splitting
+def _split_key(seed: int, content: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x00{content}".encode()).digest()
+
+
+def split_validation(examples: Examples, fraction: float = 0.1, seed: int = 0) -> tuple[Examples, Examples]:
+    """``(train, validation)``: a deterministic split, stratified by label for ``classify``.
+
+    Each example gets the key ``sha256(seed, content)``, where content is the text (classify) or the
+    prompt (sft) — the *content*, not the row index, because then:
+
+    * the split depends only on the set of rows: a shuffled or re-exported copy of the file splits the
+      same way, and the same file always gives the same split;
+    * exact duplicates (SpamAssassin has 180 bodies that occur several times) share a key and so a side:
+      validation never scores a verbatim copy of a training example.
+
+    Within each label (all rows for sft) the ``round(fraction * n)`` rows with the smallest keys go to
+    validation — so every class keeps its share. Afterwards, any training row whose content also
+    appears in validation (a duplicate under another label, or a tie at the cut) joins validation too.
+    A file of ≥ 2 examples whose rounding would leave validation empty gives it the one smallest key.
+    Both parts keep file order.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise GerbilError(f"validation fraction must be between 0 and 1, got {fraction}")
+    contents = examples.keys()
+    keys = [_split_key(seed, c) for c in contents]
+    groups: dict[int, list[int]] = {}
+    if examples.task == "classify":
+        for i, y in enumerate(examples.labels):
+            groups.setdefault(y, []).append(i)
+    else:
+        groups[0] = list(range(len(examples)))
+    val: set[int] = set()
+    for members in groups.values():
+        members.sort(key=lambda i: (keys[i], i))
+        val.update(members[:math.floor(fraction * len(members) + 0.5)])
+    if not val and len(examples) >= 2:
+        val.add(min(range(len(examples)), key=lambda i: (keys[i], i)))
+    val_contents = {contents[i] for i in val}
+    val.update(i for i, c in enumerate(contents) if c in val_contents)
+    train_idx = [i for i in range(len(examples)) if i not in val]
+    val_idx = sorted(val)
+    return examples.subset(train_idx), examples.subset(val_idx)
