@@ -33,7 +33,8 @@ from datetime import date, datetime
 from email.message import Message
 from pathlib import Path
 
-from gerbil.assets import _atomic_write_lines, eval_set, gerbil_home, sha256_file
+from gerbil.assets import eval_set, gerbil_home
+from gerbil.fsutil import atomic_write_lines, sha256_file
 from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ def _convert_spam(messages: list[tuple[str, str, bytes]], source: str) -> Path:
             raise GerbilError(f"{source}: empty bodies per group {got_empty}, expected {want_empty}")
 
     dest = _spam_jsonl()
-    n = _atomic_write_lines(dest, lines())
+    n = atomic_write_lines(dest, lines())
     labels = Counter()
     for g, k in written.items():
         labels[SPAM_GROUPS[g][1]] += k
@@ -373,7 +374,7 @@ def boolq(path: str | None = None) -> Path:
         if got != (BOOLQ_YES, BOOLQ_NO):
             raise GerbilError(f"{src}: {got[0]} yes / {got[1]} no, expected {BOOLQ_YES} / {BOOLQ_NO}")
 
-    n = _atomic_write_lines(dest, lines())
+    n = atomic_write_lines(dest, lines())
     log.info("wrote %s: %d items (%d yes, %d no)", dest, n, counts["yes"], counts["no"])
     return dest
 
@@ -522,13 +523,13 @@ def write_fuzzy_splits(out_dir: str | Path, n: int = 20_000, seed: int = 0,
     out = Path(out_dir).expanduser()
     paths = {k: out / f"{k}.jsonl" for k in names}
     for k in names:
-        _atomic_write_lines(paths[k], splits[k])
+        atomic_write_lines(paths[k], splits[k])
     import dateutil
 
     meta = {"function": DATE_FUNCTION, "dateutil": dateutil.__version__, "default": DATE_DEFAULT.isoformat(),
             "seed": seed, "n": n, "rejected_inputs": dropped, "fractions": list(fractions),
             "pairs": {k: len(v) for k, v in splits.items()}}
     paths["meta"] = out / "meta.json"
-    _atomic_write_lines(paths["meta"], [json.dumps(meta, indent=1)])
+    atomic_write_lines(paths["meta"], [json.dumps(meta, indent=1)])
     log.info("wrote %s: %s; %d inputs rejected", out, meta["pairs"], dropped)
     return paths
