@@ -281,3 +281,29 @@ def test_demo_config_and_row_are_labelled_on_cpu(store, tmp_path):
     cells = [c.strip() for c in row[2].strip("|").split("|")]
     assert len(cells) == 11 and "CPU demo" in cells[0] and "not A" in cells[2]
     assert cells[6] == f"{r.train_loss:.4f}" and cells[7:] == ["pending"] * 4
+
+
+def test_star_continuation_rewarms_from_the_parents_final_lr(store, tmp_path):
+    """The LR is continuous at the join: a continuation starts at its parent's final LR and warms back up
+    to the peak (0.1.0 jumped ~5.6x: it restarted the cosine at the parent's position of the new total)."""
+    parent = train(tiny_config(store, tmp_path, tokens=128 * 6, name="par", lr=1e-2))
+    last_lr = metrics(parent.run_dir)[-1]["lr"]
+    assert json.loads((parent.checkpoint / "meta.json").read_text())["lr"] == last_lr
+    child = train(tiny_config(store, tmp_path, tokens=128 * 16, from_run="par", name="kid", cls="E", lr=1e-2,
+                              warmup_tokens=128 * 4))
+    lrs = [m["lr"] for m in metrics(child.run_dir)]
+    step = (1e-2 - last_lr) / 4  # one warmup increment
+    assert abs(lrs[0] - last_lr) <= step + 1e-12 and lrs[0] > last_lr
+    assert lrs[3] == pytest.approx(1e-2)  # back at the peak after the warmup, then down again
+    assert lrs[-1] < lrs[4]
+
+
+def test_log_spaced_and_requested_checkpoints_are_kept(store, tmp_path):
+    r = train(tiny_config(store, tmp_path, tokens=128 * 12, checkpoint_every=128 * 8, keep_checkpoints=1,
+                          checkpoints="log", name="log"))
+    steps = [int(p.name.split("-")[1]) for p in RunDir(r.run_dir).list_checkpoints()]
+    assert steps == [1, 2, 4, 8, 12]  # 1, 2, 4 log-spaced, then every 8 steps' tokens, and the final one
+    r = train(tiny_config(store, tmp_path, tokens=128 * 12, checkpoint_every=128 * 5, keep_checkpoints=1,
+                          checkpoint_at=[128 * 3 + 1, 128 * 7], name="at"))
+    steps = [int(p.name.split("-")[1]) for p in RunDir(r.run_dir).list_checkpoints()]
+    assert steps == [4, 7, 12]  # the requested ones (first step boundary at or after) survive pruning

@@ -81,14 +81,14 @@ def set_rng_state(state: dict) -> None:
 
 # ------------------------------------------------------------------------------------ writing
 def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, meta: dict,
-                    keep: int = 0, protect: tuple[str, ...] = ()) -> Path:
+                    keep: int = 0) -> Path:
     """Write `root/step-XXXXXXXX` atomically and point `root/latest` at it; returns its path.
 
     model: the module (a compiled wrapper is unwrapped: weights are saved under the plain names).
     train_state: anything `torch.save` can write and `torch.load(weights_only=True)` can read back.
     meta: plain-JSON fields (step, tokens, model, size, class, objective, parent, ...).
-    keep: keep only the newest `keep` complete checkpoints (0 = keep all); names in `protect` (e.g.
-    log-spaced checkpoints) are never pruned.
+    keep: keep only the newest `keep` complete checkpoints (0 = keep all); checkpoints whose meta says
+    ``"keep": true`` (log-spaced or requested ones) are never pruned and do not count.
     A full disk or another write error is a one-line GerbilError; the half-written temporary directory
     is removed and the previous checkpoint (and `latest`) stay as they were.
     """
@@ -135,11 +135,20 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
     fsync_dir(root)
 
     if keep and keep > 0:
-        prunable = [c for c in list_checkpoints(root) if c.name not in protect]
+        prunable = [c for c in list_checkpoints(root) if c != final and not _kept(c)]
+        if not _kept(final):
+            prunable.append(final)
         for old in prunable[:-keep]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _kept(ckpt: Path) -> bool:
+    try:
+        return bool(read_meta(ckpt).get("keep"))
+    except (OSError, ValueError):
+        return False
 
 
 def clean_temporaries(root: str | Path) -> list[Path]:

@@ -69,6 +69,10 @@ def _parse_model(text: str) -> dict:
     return out
 
 
+def _parse_counts(text: str) -> list[int]:
+    return [parse_count(x, "checkpoint_at") for x in str(text).replace(" ", "").split(",") if x]
+
+
 def _parse_weights(text: str) -> list[float]:
     return [float(x) for x in str(text).replace(" ", "").split(",") if x]
 
@@ -128,6 +132,12 @@ class TrainConfig:
     checkpoint_every: int | None = opt(None, "tokens between checkpoints (default: 10 per run; a final one "
                                              "always)", parse=parse_count, check="positive", metavar="TOKENS")
     keep_checkpoints: int = opt(3, "newest checkpoints kept (0: all)", check="non_negative", metavar="N")
+    checkpoints: str = opt("interval", "interval: a checkpoint every --checkpoint-every tokens, the newest "
+                                       "--keep-checkpoints kept; log: also at steps 1, 2, 4, 8, ... (Pythia-style), "
+                                       "and none of them ever deleted", choices=("interval", "log"))
+    checkpoint_at: list[int] | None = opt(None, "also checkpoint at these token counts (the first step boundary at "
+                                               "or after each; never deleted), e.g. 10M,20M — cascade branch points",
+                                          parse=_parse_counts, metavar="T1,T2")
     eval_every: int | None = opt(None, "tokens between validations (default: 10 per run; one at the end "
                                        "always)", parse=parse_count, check="positive", metavar="TOKENS")
     val_tokens: int = opt(1_048_576, "validation size in tokens: the val split's first val_tokens // seq_len "

@@ -303,8 +303,11 @@ def _train(r, lock: Lock) -> RunResult:
                  "objective_options": cfg.objective_options(),
                  "parent": r.parent_record, "run": r.name, "seq_len": cfg.seq_len, "seed": cfg.seed}
 
-    def save(val_loss: float | None = None, train_loss: float | None = None) -> Path:
-        meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss)
+    def save(lr: float, val_loss: float | None = None, train_loss: float | None = None, keep: bool = False) -> Path:
+        # `lr`: the last step's LR, where a continuation of this checkpoint re-warms from; `keep`: a
+        # log-spaced or requested checkpoint the keep-newest policy never deletes
+        meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss,
+                    lr=lr, keep=keep)
         return ckpt.save_checkpoint(run.checkpoints, state.step, model, state.state_dict(), meta,
                                     keep=cfg.keep_checkpoints)
 
@@ -312,6 +315,7 @@ def _train(r, lock: Lock) -> RunResult:
     last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
     next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
     next_eval = _next_multiple(state.tokens, r.eval_every)
+    marks = sorted(t for t in (cfg.checkpoint_at or ()) if t > state.tokens)  # requested, kept checkpoints
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
     val_loss = None
@@ -347,8 +351,13 @@ def _train(r, lock: Lock) -> RunResult:
             run.append_metrics(record)
         progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
         lock.beat()
-        if done or state.tokens >= next_ckpt:
-            last_ckpt = save(val_loss if "val_loss" in record else None, state.train_loss)
+        marked = bool(marks) and state.tokens >= marks[0]
+        while marks and state.tokens >= marks[0]:
+            marks.pop(0)
+        log_step = cfg.checkpoints == "log" and state.tokens < r.checkpoint_every and not state.step & (state.step - 1)
+        if done or state.tokens >= next_ckpt or marked or log_step:
+            last_ckpt = save(lr, val_loss if "val_loss" in record else None, state.train_loss,
+                             keep=marked or cfg.checkpoints == "log")
             next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
         t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
     progress.close()

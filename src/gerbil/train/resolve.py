@@ -179,7 +179,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
         cfg.model = dict(pmeta["model"])
         cfg.seq_len, cfg.seed = inherited["seq_len"], inherited["seed"]
         parent_record = {"run": pmeta.get("run"), "checkpoint": str(pc), "tokens": pmeta["tokens"],
-                         "step": pmeta["step"], "class": pmeta.get("class")}
+                         "step": pmeta["step"], "class": pmeta.get("class"), "lr": _final_lr(pmeta, source.run)}
         if source.run is not None:
             saved_data = source.run.read_config().get("data") or {}
             if cfg.data is None:
@@ -241,8 +241,13 @@ def resolve(cfg: TrainConfig) -> Resolved:
                                                 cfg.loss_impl)
     peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None)
     first_batch = p.schedule.stages[0].batch_tokens
-    warmup = cfg.warmup_tokens if cfg.warmup_tokens is not None else max(first_batch, budget // 100)
-    schedule = make_schedule(cfg.schedule, peak, budget, warmup, cfg.min_lr_ratio, cfg.cooldown_fraction)
+    # a continuation's schedule starts where its parent stopped, from the parent's final LR (re-warmed to
+    # the peak), so the LR is continuous at the join instead of jumping (docs/reference.md §7)
+    start = int(parent_record["tokens"]) if parent_record else 0
+    start_lr = float(parent_record.get("lr") or 0.0) if parent_record else 0.0
+    warmup = cfg.warmup_tokens if cfg.warmup_tokens is not None else max(first_batch, (budget - start) // 100)
+    schedule = make_schedule(cfg.schedule, peak, budget, warmup, cfg.min_lr_ratio, cfg.cooldown_fraction,
+                             start=start, start_lr=start_lr)
     every = max(cfg.seq_len, budget // 10)
     return Resolved(
         cfg=cfg, name=name, size=size, cls=cls, model_config=model_cfg, budget=budget, steps=steps,
@@ -291,6 +296,18 @@ def _check_same_store(store, recorded: dict, verb: str) -> None:
         raise GerbilError(f"{verb}: the token store at {store.path} is not the one this run trained on "
                           f"(recorded {recorded.get('path')}: its tokenizer, sizes or content differ); pass "
                           f"--data with the original store")
+
+
+def _final_lr(meta: dict, run: RunDir | None) -> float | None:
+    """The LR of a checkpoint's last step: recorded in its meta.json since 0.2; for older checkpoints the
+    metrics.jsonl line of that step."""
+    if meta.get("lr") is not None:
+        return float(meta["lr"])
+    if run is not None:
+        for rec in run.read_metrics():
+            if rec.get("step") == meta.get("step") and rec.get("lr") is not None:
+                return float(rec["lr"])
+    return None
 
 
 def _parent_batch(parent: dict) -> int:
