@@ -149,7 +149,8 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "auto (bf16 on CUDA that has it, fp16 + loss scaling on older CUDA, fp32 on "
                                  "CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
-    compile: bool = opt(True, "torch.compile the model (CUDA only)")
+    compile: bool | None = opt(None, "torch.compile the model and the loss (default: on CUDA only; --compile "
+                                     "forces it, also on a CPU, --no-compile never)")
     deterministic: bool = opt(False, "deterministic algorithms (bitwise-exact resume on a GPU; slower)")
     resume: bool = opt(False, "continue this run from its latest intact checkpoint (--resume auto)",
                        flag="--resume")

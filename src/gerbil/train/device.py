@@ -28,7 +28,8 @@ def choose_precision(device: torch.device, requested: str = "auto") -> tuple[str
     """(name, autocast dtype or None, use GradScaler) for a device.
 
     CUDA with bf16 → bf16 autocast; CUDA without (T4, RTX 20xx) → fp16 autocast + GradScaler (loss
-    scaling, overflow steps skipped and counted); CPU → fp32 (CPU autocast is slow and only for tests).
+    scaling, overflow steps skipped and counted); CPU → fp32. On a CPU, bf16 and fp16 (with a CPU
+    GradScaler) run when asked: slow, but the same code paths as on a GPU — what the tests emulate.
     """
     if requested not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {requested!r} (auto, fp32, bf16, fp16)")
@@ -41,16 +42,47 @@ def choose_precision(device: torch.device, requested: str = "auto") -> tuple[str
         return "fp32", None, False
     if requested == "bf16":
         return "bf16", torch.bfloat16, False
-    return "fp16", torch.float16, device.type == "cuda"
+    return "fp16", torch.float16, True
+
+
+def is_alloc_failure(e: BaseException) -> bool:
+    """An out-of-memory in any of its CUDA forms: `OutOfMemoryError`, and the `RuntimeError`s that cuBLAS,
+    cuDNN and SDPA workspace allocations raise instead ("CUBLAS_STATUS_ALLOC_FAILED", "out of memory")."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in (
+        "out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+        "failed to allocate", "Failed to allocate"))
+
+
+def largest_fitting(top: int, fits) -> int:
+    """The largest power of two ≤ `top` for which `fits(mb)` is true, trying from the top down. `fits`
+    returns False or raises an allocation failure (`is_alloc_failure`) when `mb` does not fit; any other
+    exception propagates. If not even 1 fits, a one-line GerbilError says so."""
+    mb = top
+    while mb >= 1:
+        try:
+            if fits(mb):
+                return mb
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not is_alloc_failure(e):
+                raise
+        mb //= 2
+    raise GerbilError("not even a micro-batch of one sequence fits in the device's free memory; use a shorter "
+                      "--seq-len, a smaller model or another GPU")
 
 
 def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int, seqs_per_step: int,
-                     autocast_dtype: torch.dtype | None, loss_impl: str) -> int:
+                     autocast_dtype: torch.dtype | None, loss_impl: str, compile: bool = False) -> int:
     """Largest power-of-two micro-batch (≤ 64 sequences and ≤ one step) whose training step fits.
 
-    CUDA: try a forward + backward at each size from the top, keep the first whose peak memory stays
-    under 85% of the device (headroom for the optimizer state, fragmentation and compile). CPU: at most
-    8k tokens per micro-batch (the head's chunks dominate memory there, and bigger buys no speed).
+    CUDA: a forward + backward of the model as training will run it (compiled when training compiles) at
+    each size from the top; a size fits when its peak memory, plus the weights, gradients and AdamW's two
+    moments, stays under 85% of the memory *free* now (other processes' use counts), with an allocation
+    failure of any kind meaning "does not fit". The chosen size is recorded in config.yaml and reused on
+    resume (a different free-memory state must not change the accumulation grouping). CPU: at most 8k
+    tokens per micro-batch (the head's chunks dominate memory there, and bigger buys no speed).
     """
     top = 1
     while top * 2 <= min(64, seqs_per_step):
@@ -61,26 +93,29 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
     from gerbil.model.model import GPT
 
     model = GPT(model_cfg).to(device)
-    total_mem = torch.cuda.get_device_properties(device).total_memory
-    mb = top
-    while mb > 1:
+    run = torch.compile(model) if compile else model
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = 0.85 * free - 4 * 4 * model_cfg.n_params()  # weights + grads + Adam m, v (fp32)
+
+    def fits(mb: int) -> bool:
         try:
             torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
             x = torch.zeros(mb, seq_len, dtype=torch.long, device=device)
             with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                loss = lm_loss(model(x), model.lm_head.weight, model.lm_head.bias, x, impl=loss_impl,
+                loss = lm_loss(run(x), model.lm_head.weight, model.lm_head.bias, x, impl=loss_impl,
                                vocab_size=model_cfg.vocab_size)
             loss.backward()
-            peak = torch.cuda.max_memory_allocated(device)
+            return torch.cuda.max_memory_allocated(device) - base < budget
+        finally:
             model.zero_grad(set_to_none=True)
-            if peak < 0.85 * total_mem - 3 * 4 * model_cfg.n_params():  # params + grads + Adam m, v
-                break
-        except torch.cuda.OutOfMemoryError:
-            model.zero_grad(set_to_none=True)
-        mb //= 2
-    del model
-    torch.cuda.empty_cache()
-    return mb
+            torch.cuda.empty_cache()
+
+    try:
+        return largest_fitting(top, fits)
+    finally:
+        model.to("cpu")  # free the probe's device memory before training allocates its own
+        torch.cuda.empty_cache()
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

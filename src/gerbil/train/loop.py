@@ -168,11 +168,13 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.o
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_batch: int,
                   device: torch.device, autocast_dtype: torch.dtype | None, vocab_size: int,
-                  chunk_tokens: int = 4096) -> float:
+                  chunk_tokens: int = 4096, pad_fill: int | None = None) -> float:
     """Mean next-token loss over the scored targets, every one counted once, in fp32 accumulation.
 
     windows: raw windows (N, T+1) (every target scored), or ``(inputs, targets)`` of shape (N, T) with
     -100 where a target is not scored (`loader.eval_batches`, e.g. the ``<causal>`` mode tokens).
+    pad_fill: pad a short last micro-batch to (micro_batch, T) with this input id and unscored targets
+    (a compiled model then keeps its one evaluation graph; `pad_batch`).
     """
     if isinstance(windows, torch.Tensor):
         inputs, targets = windows[:, :-1], windows[:, 1:]
@@ -186,7 +188,10 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
         n = int((y_cpu != -100).sum())  # counted on the CPU copy: no device sync
         if n == 0:  # nothing scored here (lm_loss would return 0 for it; skip the forward pass)
             continue
-        x = inputs[s : s + micro_batch].to(device, non_blocking=True)
+        x_cpu = inputs[s : s + micro_batch]
+        if pad_fill is not None:
+            x_cpu, y_cpu = pad_batch(x_cpu, y_cpu, micro_batch, inputs.shape[1], pad_fill)
+        x = x_cpu.to(device, non_blocking=True)
         y = y_cpu.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             loss = lm_loss(model(x), head.weight, head.bias, y, vocab_size=vocab_size, chunk_tokens=chunk_tokens)
@@ -297,7 +302,7 @@ def _train(r, lock: Lock) -> RunResult:
         if val is None:
             return None
         return evaluate_loss(run_model, model.lm_head, val, r.eval_micro_batch, device, r.autocast_dtype,
-                             model_cfg.vocab_size, chunk)
+                             model_cfg.vocab_size, chunk, pad_fill=r.store.eot_id if r.compile else None)
 
     meta_base = {"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
                  "objective_options": cfg.objective_options(),
@@ -325,6 +330,8 @@ def _train(r, lock: Lock) -> RunResult:
         plan: StepPlan = r.steps.at(state.tokens)  # sequences this step (+ a shortened final one)
         cpu_batches = list(_micro_batches(loader, plan, r.micro_batch))
         counts = [int((y != -100).sum()) for _, y in cpu_batches]
+        if r.compile:  # one shape for the compiled graph: pad short micro-batches with unscored rows
+            cpu_batches = [pad_batch(x, y, r.micro_batch, cfg.seq_len, r.store.eot_id) for x, y in cpu_batches]
         micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in cpu_batches]
         lr = lr_at(state.tokens, r.schedule, plan.tokens)
         stats = train_step(run_model, model.lm_head, optimizer, scaler, micro, lr, r.autocast_dtype,
@@ -368,7 +375,7 @@ def _train(r, lock: Lock) -> RunResult:
         skipped_steps=state.skipped_steps, n_params=model_cfg.n_params("total"),
         info={"size": r.size, "class": r.cls, "objective": cfg.objective, "budget": r.budget,
               "batch": r.batch_label, "device": str(device), "precision": r.precision,
-              "micro_batch": r.micro_batch, "parent": r.parent_record,
+              "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent_record,
               # how validation presented the (objective-independent) scored tokens: loader.eval_batches
               "val_mode": "causal" if mode_prefix(cfg.objective) else "plain"},
     )
@@ -389,6 +396,21 @@ def _micro_batches(loader: Loader, plan: StepPlan, micro_batch: int):
     if plan.last_len:  # exact budget: a last sequence of fewer than seq_len tokens
         x, y = loader.next_sequences(1)
         yield x[:, : plan.last_len], y[:, : plan.last_len]
+
+
+def pad_batch(x: torch.Tensor, y: torch.Tensor, B: int, T: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(x, y)` of shape (b ≤ B, t ≤ T) padded to (B, T): inputs with `fill`, targets with -100 (never
+    scored). What a compiled model needs to keep one graph: a smaller micro-batch (the end of a step or
+    of the validation set) or the shortened last sequence of an exact budget would each compile a new
+    graph. The real rows are unchanged (rows are independent; padding columns come after them, and
+    attention is causal), so losses and gradients are exactly those of the unpadded batch."""
+    b, t = x.shape
+    if (b, t) == (B, T):
+        return x, y
+    xp = torch.full((B, T), fill, dtype=x.dtype)
+    yp = torch.full((B, T), -100, dtype=y.dtype)
+    xp[:b, :t], yp[:b, :t] = x, y
+    return xp, yp
 
 
 def _next_multiple(tokens: int, every: int) -> int:

@@ -237,8 +237,10 @@ def resolve(cfg: TrainConfig) -> Resolved:
     device = pick_device(cfg.device)
     precision, autocast_dtype, use_scaler = choose_precision(device, cfg.precision)
     seqs_per_step = min(st.batch_tokens for st in p.schedule.stages) // cfg.seq_len
-    micro = cfg.micro_batch or auto_micro_batch(model_cfg, device, cfg.seq_len, seqs_per_step, autocast_dtype,
-                                                cfg.loss_impl)
+    compile_ = bool(cfg.compile) if cfg.compile is not None else device.type == "cuda"
+    recorded = (run.read_config().get("resolved") or {}).get("micro_batch") if resume_from is not None else None
+    micro = cfg.micro_batch or recorded or auto_micro_batch(model_cfg, device, cfg.seq_len, seqs_per_step,
+                                                            autocast_dtype, cfg.loss_impl, compile_)
     peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None)
     first_batch = p.schedule.stages[0].batch_tokens
     # a continuation's schedule starts where its parent stopped, from the parent's final LR (re-warmed to
@@ -254,7 +256,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
         batch_label=p.schedule.label() if not parent else fmt_batch(
             _parent_batch(parent), p.schedule.stages[-1].batch_tokens),
         schedule=schedule, device=device, precision=precision, autocast_dtype=autocast_dtype,
-        use_scaler=use_scaler, compile=bool(cfg.compile and device.type == "cuda"), micro_batch=micro,
+        use_scaler=use_scaler, compile=compile_, micro_batch=micro,
         eval_micro_batch=micro, checkpoint_every=int(cfg.checkpoint_every or every),
         eval_every=int(cfg.eval_every or every), run=run, store=store, train_split=train_split,
         val_split=val_split, resume_from=resume_from, parent=parent, parent_record=parent_record,
