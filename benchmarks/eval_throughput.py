@@ -11,7 +11,7 @@ What is timed, on both sides, is strings → (loglikelihood, is_greedy) for ever
 * harness: `HFLM` (transformers `GPTJForCausalLM`, eager attention, fp32) `.loglikelihood(requests)`,
   batch size `--hf-batch-size` (the harness sorts by length and pads; it applies the head and a full
   log-softmax at every position);
-* gerbil: `Encoder.encode_pairs` + `Scorer.score` (shared prefixes once, length-sorted token-budget
+* gerbil: `RequestEncoder.encode_pairs` + `Scorer.score` (shared prefixes once, length-sorted token-budget
   batches, head only where a continuation token is scored).
 
 The requests are the harness's own (built by gerbil and checked equal to the harness's task code in
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from lm_eval.models.huggingface import HFLM
 
     from gerbil.eval import evaluate as E
+    from gerbil.eval.scoring import Scorer
+    from gerbil.eval.tasks import get_task, resolve_tasks
     from gerbil.export import export, random_model
 
     if args.threads:
@@ -70,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     results = {}
-    for task in E.resolve_tasks(args.tasks):
+    for task in resolve_tasks(args.tasks):
         docs = E.load_docs(task)[0][: args.limit]
-        items = [E.ITEM_BUILDERS[task](d) for d in docs]
+        items = [get_task(task).build_item(d) for d in docs]
         flat = [r for it in items for r in it.requests]
         sizes = [len(it.requests) for it in items]
         t_hf, t_g = float("inf"), float("inf")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes:
                 groups.append(enc[k: k + n])
                 k += n
-            g_out = E.Scorer(em.model, device=device, batch_size=args.batch_size).score(groups)
+            g_out = Scorer(em.model, device=device, batch_size=args.batch_size).score(groups)
             sync()
             t_g = min(t_g, time.perf_counter() - t0)
         g_flat = [s for g in g_out for s in g]

@@ -28,7 +28,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _precision(device: torch.device, name: str):
-    from gerbil.train.resolve import choose_precision
+    from gerbil.train.device import choose_precision
 
     return choose_precision(device, name)
 
@@ -48,7 +48,7 @@ def bench_gerbil(cfg, x, device, autocast_dtype, use_scaler, compile_: bool, los
                  warmup: int, steps: int) -> dict:
     from gerbil.model.loss import lm_loss
     from gerbil.model.model import GPT
-    from gerbil.train.resolve import configure_optimizer
+    from gerbil.train.loop import configure_optimizer
 
     model = GPT(cfg).to(device)
     opt = configure_optimizer(model, 0.1, (0.9, 0.95), fused=device.type == "cuda")
@@ -101,6 +101,26 @@ def bench_transformers(cfg, x, device, autocast_dtype, use_scaler, warmup: int, 
     return _run(_train_step(loss_fn, model, opt, scaler, device, autocast_dtype), device, warmup, steps, x)
 
 
+def bench_plain(cfg, x, device, autocast_dtype, use_scaler, compile_: bool, warmup: int, steps: int) -> dict:
+    """The plain PyTorch GPT-J a user would write (benchmarks/plain_gptj.py), compiled, fused AdamW."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plain_gptj import PlainGPTJ
+
+    model = PlainGPTJ(cfg.vocab_size, cfg.d_model, cfg.n_layer, cfg.n_head, cfg.rotary_dim, x.shape[1]).to(device)
+    kw = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **kw)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    fwd = torch.compile(model) if compile_ else model
+
+    def loss_fn():
+        return fwd(x[:, :-1], x[:, 1:])
+
+    return _run(_train_step(loss_fn, model, opt, scaler, device, autocast_dtype), device, warmup, steps, x)
+
+
 def _run(step, device, warmup, steps, x) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -123,12 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loss", default="chunked", choices=("chunked", "full", "both"))
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--plain", action="store_true", help="also time the plain compiled PyTorch GPT-J "
+                                                          "(benchmarks/plain_gptj.py)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
 
     from gerbil.model.config import get_size
-    from gerbil.train.resolve import pick_device
+    from gerbil.train.device import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,10 +170,20 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"gerbil ({impl} loss{', compiled' if compile_ else ''})"] = bench_gerbil(
             cfg, x, device, dtype, scaler, compile_, impl, warmup, steps)
         gc.collect()
+    if args.plain:
+        results[f"plain PyTorch GPT-J{' (compiled)' if compile_ else ''}"] = bench_plain(
+            cfg, x, device, dtype, scaler, compile_, warmup, steps)
+        gc.collect()
     if not args.skip_transformers:
         results["transformers GPTJForCausalLM"] = bench_transformers(cfg, x, device, dtype, scaler, warmup, steps)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     ref = results.get("transformers GPTJForCausalLM")
+    from gerbil.plan import flops_per_token
+    from gerbil.train.device import peak_flops
+
+    peak = peak_flops(device, precision)
+    for v in results.values():  # MFU by gerbil's own FLOP count (PaLM convention), where the GPU is known
+        v["mfu"] = round(flops_per_token(cfg, T) * v["tok_s"] / peak, 4) if peak else None
     report = {"size": args.size, "device": name, "precision": precision, "seq_len": T, "micro_batch": B,
               "steps": steps, "results": results}
     if args.json:
