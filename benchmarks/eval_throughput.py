@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="gerbil rows per batch (default: by tokens)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    ap.add_argument("--json", default=None, help="also write the numbers to this file (- : one line on stdout)")
     args = ap.parse_args(argv)
 
     import torch
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         results[task] = r
         print(f"{task:15s} harness {r['harness_items_s']:9.1f} items/s   gerbil {r['gerbil_items_s']:9.1f} items/s"
               f"   ratio {r['ratio']:5.1f}x   max|Δll| {diff:.2e}   greedy identical: {greedy_same}")
-    if args.json:
+    if args.json == "-":  # one line on stdout (benchmarks/gpu_check.py reads it)
+        print(json.dumps({"model": what, "device": dev_name, "results": results}))
+    elif args.json:
         Path(args.json).write_text(json.dumps({"model": what, "device": dev_name, "results": results}, indent=1))
     if tmp is not None:
         tmp.cleanup()

@@ -87,7 +87,7 @@ def main() -> int:
         stage("train 6.7m fp16", [py, str(BENCH / "train_throughput.py"), "--size", "6.7m", "--precision", "fp16",
                                   "--skip-transformers", "--json", *dev], 90, results)
     ev = ["--limit", "20", "--size", "3.3m", "--device", "cpu"] if smoke else ["--limit", "200", "--size", "6.7m"]
-    stage("eval vs HFLM", [py, str(BENCH / "eval_throughput.py"), *ev, "--json", "/dev/stdout"], 120 if not smoke
+    stage("eval vs HFLM", [py, str(BENCH / "eval_throughput.py"), *ev, "--json", "-"], 120 if not smoke
           else 300, results)
     if not smoke:
         stage("104m seq 2048 fp16 memory", [py, str(BENCH / "train_throughput.py"), "--size", "104m", "--precision",
