@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, appendix D.2
 GRAD_TOL_REL = 1e-6  # converged: max|∇f| ≤ GRAD_TOL_REL · δ · n (see module docstring)
-LBFGS_OPTIONS = {"ftol": 0.0, "gtol": 1e-12, "maxiter": 20_000, "maxfun": 40_000, "maxls": 50}
+# ftol 0: stop only on the gradient or when no step decreases f any more (see the module docstring);
+# 3,000 iterations: well-posed fits take 60-400 (measured), an under-determined one (a parameter running
+# off to infinity, e.g. E → 0) would otherwise crawl for seconds and is reported as not converged anyway
+LBFGS_OPTIONS = {"ftol": 0.0, "gtol": 1e-12, "maxiter": 3_000, "maxfun": 6_000, "maxls": 50}
 _GRID_BLOCK = 400_000  # grid points × data points per vectorised block (≈ 3 MB per temporary)
 
 
@@ -317,11 +320,11 @@ def _minimize(form: Form, theta0: np.ndarray, lN, lD, y, delta: float, options: 
 @dataclass
 class Bootstrap:
     """Refits of resampled runs. `samples` holds the published parameters of every kept refit
-    (n_kept, k) in `Form.param_names` order; `indices` the resampled run ids are not kept."""
+    (n_kept, k) in `Form.param_names` order; `kept` marks which of the resamples they are."""
 
     samples: np.ndarray
     n_resamples: int
-    n_degenerate: int  # resamples with fewer distinct points than parameters, or one N / one D: skipped
+    n_degenerate: int  # resamples with fewer distinct points than parameters, or < 3 distinct N / D: skipped
     n_unconverged: int  # refits that did not converge: dropped
     seed: int
     workers: int
@@ -331,6 +334,13 @@ class Bootstrap:
     @property
     def n_kept(self) -> int:
         return int(len(self.samples))
+
+    def full(self) -> np.ndarray:
+        """(n_resamples, k) samples with NaN rows for skipped resamples: row i of two bootstraps drawn
+        with the same seed over the same runs comes from the same resample, so they can be paired."""
+        out = np.full((self.n_resamples, self.samples.shape[1]), np.nan)
+        out[self.kept] = self.samples
+        return out
 
     def params(self, form: Form) -> dict[str, np.ndarray]:
         """The samples as a params dict of arrays (for the vectorised closed forms)."""
@@ -452,10 +462,10 @@ def fit_law(N: Sequence[float], D: Sequence[float], L: Sequence[float], *, form:
         warnings.append(f"{len(near)} of {len(results)} refined starts reach the best objective within 0.1% "
                         f"at parameters up to {spread:.2g} apart (in log space): the optimum is flat")
     if not best.converged:
-        msg = (f"the {law.name} fit did not converge ({best.message}; max|gradient| {best.grad_max:.2g} after "
-               f"{best.n_iter} iterations)")
-        warnings.append(msg)
-        log.warning(msg)
+        warnings.append(f"the {law.name} fit did not converge ({best.message}; max|gradient| {best.grad_max:.2g} "
+                        f"after {best.n_iter} iterations)")
+    for w in warnings:
+        log.warning("%s fit: %s", law.name, w)
     n_runs = len(set(groups)) if groups is not None else len(L)
     return LawFit(form=law.name, params=params, objective=best.fun, converged=best.converged,
                   message=best.message, n_iter=best.n_iter, grad_max=best.grad_max, n_points=len(L),
@@ -473,10 +483,14 @@ def _fit_chunk(form_name: str, theta0: np.ndarray, lN, lD, y, index_lists, delta
     thetas = np.full((m, law.k), np.nan)
     conv = np.zeros(m, bool)
     degen = np.zeros(m, bool)
+    # a resample needs as many distinct points as parameters, and at least 3 distinct N and D (or as
+    # many as the data have): with 2 values a power law's coefficient and exponent trade off exactly,
+    # and the refit runs off along that ridge instead of measuring anything
+    need_n, need_d = min(3, np.unique(lN).size), min(3, np.unique(lD).size)
     for j, idx in enumerate(index_lists):
         a, b, c = lN[idx], lD[idx], y[idx]
         distinct = np.unique(np.stack([a, b], 1), axis=0).shape[0]
-        if distinct < law.k or np.unique(a).size < 2 or np.unique(b).size < 2:
+        if distinct < law.k or np.unique(a).size < need_n or np.unique(b).size < need_d:
             degen[j] = True
             continue
         r = _minimize(law, theta0, a, b, c, delta, options)
@@ -553,7 +567,9 @@ def bootstrap_law(fit: LawFit, N: Sequence[float], D: Sequence[float], L: Sequen
     lN, lD, y = np.log(N), np.log(D), np.log(L)
     idx = resample_runs(groups if groups is not None else range(len(L)), n_resamples, seed)
     theta0 = law.to_theta(fit.params)
-    opts = dict(LBFGS_OPTIONS, **(options or {}))
+    # refits start at the optimum of nearby data: well-posed ones take tens of iterations (measured
+    # 60 on average for 250 points), so 1,000 is ample and bounds the cost of a resample that runs off
+    opts = dict(LBFGS_OPTIONS, maxiter=1_000, maxfun=2_000, **(options or {}))
     workers = max(1, min(int(workers or default_workers()), n_resamples))
     if workers > 1 and not _can_limit_blas():
         log.warning("threadpoolctl is not installed (%s): bootstrapping in one process, since worker "
@@ -582,16 +598,17 @@ def bootstrap_law(fit: LawFit, N: Sequence[float], D: Sequence[float], L: Sequen
     bs = Bootstrap(samples=samples, n_resamples=n_resamples, n_degenerate=int(degen.sum()),
                    n_unconverged=int((~conv & ~degen).sum()), seed=seed, workers=workers,
                    seconds=time.perf_counter() - t0, kept=kept)
+    new = len(fit.warnings)
     if bs.n_degenerate:
         fit.warnings.append(f"{bs.n_degenerate} of {n_resamples} bootstrap resamples had fewer distinct points "
-                            f"than parameters (or one N / one D) and were skipped")
+                            f"than parameters or fewer than 3 distinct N or D, and were skipped")
     if bs.n_unconverged:
-        msg = f"{bs.n_unconverged} of {n_resamples} bootstrap refits did not converge and were dropped"
-        fit.warnings.append(msg)
-        log.warning(msg)
+        fit.warnings.append(f"{bs.n_unconverged} of {n_resamples} bootstrap refits did not converge and were dropped")
     if bs.n_kept < max(2, n_resamples // 2):
         fit.warnings.append(f"only {bs.n_kept} of {n_resamples} bootstrap resamples were usable: "
                             f"the intervals rest on few refits")
+    for w in fit.warnings[new:]:
+        log.warning("%s bootstrap: %s", law.name, w)
     fit.bootstrap = bs
     return bs
 
