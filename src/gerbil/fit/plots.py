@@ -29,6 +29,13 @@ def _classes() -> dict[str, int]:
 
 def _save(fig: Any, path: Path) -> Path:
     plt = pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    for ax in fig.axes:  # log axes spanning less than a decade label their minor ticks, which collide
+        if ax.get_xscale() == "log":
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if ax.get_yscale() == "log":
+            ax.yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -55,8 +62,9 @@ def plot_contours(path: Path, fit: Any, N: np.ndarray, D: np.ndarray, L: np.ndar
     if count == "total":
         for c, r in _classes().items():
             ax.plot(nn, r * nn, ":", color="0.5", lw=0.8)
-            ax.annotate(c, (nn[-1], r * nn[-1]), fontsize=7, color="0.4", xytext=(2, 0),
-                        textcoords="offset points", annotation_clip=False)
+            x = min(n1, d1 / r) / 1.25  # label inside the axes, just before the line leaves them
+            if r * x > d0:
+                ax.annotate(c, (x, r * x), fontsize=8, color="0.35", xytext=(-4, 2), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlim=(n0, n1), ylim=(d0, d1), xlabel=f"N ({count.replace('_', '-')} parameters)",
            ylabel="D (tokens)", title=f"{fit.form} fit: iso-loss contours" +
            (" and classes D = ratio × N" if count == "total" else ""))
