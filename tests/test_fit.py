@@ -226,7 +226,8 @@ def test_params_both_compares_counts_at_the_ladder_sizes_and_writes_plots(tmp_pa
     law, p = get_form("chinchilla"), r["fits"][0]["params"]
     for s in sizes:
         m = SIZES[s["size"]].model_config()
-        assert s["tokens_per_param_total_fit"] == pytest.approx(float(law.optimal_tokens(p, m.n_params())) / m.n_params())
+        n = m.n_params()
+        assert s["tokens_per_param_total_fit"] == pytest.approx(float(law.optimal_tokens(p, n)) / n)
         assert s["factor"] == pytest.approx(s["tokens_per_param_non_embedding_fit"] / s["tokens_per_param_total_fit"])
         assert s["factor_interval"] is not None
     # the data follow a total-count law, so the non-embedding fit's frontier disagrees with it
@@ -309,7 +310,8 @@ def test_approach1_envelope_recovers_the_allocation_on_synthetic_curves():
     law = get_form("chinchilla")
     rng = np.random.default_rng(0)
     t = np.geomspace(1e6, 1e11, 300)
-    curves = [Curve(f"n{n:.3g}", n, None, None, 2048, t, law.predict(BESIROGLU, n, t) * np.exp(rng.normal(0, 0.01, t.size)))
+    curves = [Curve(f"n{n:.3g}", n, None, None, 2048, t,
+                    law.predict(BESIROGLU, n, t) * np.exp(rng.normal(0, 0.01, t.size)))
               for n in np.geomspace(3e6, 3e8, 12)]
     env = envelope_fit(curves, convention="6nd")
     true_a = BESIROGLU["beta"] / (BESIROGLU["alpha"] + BESIROGLU["beta"])
@@ -338,8 +340,9 @@ def make_run(root: Path, name: str, m: ModelConfig, tokens: int, law_params: dic
     (rd / "checkpoints" / "latest").write_text("step-00000100")
     ts = np.geomspace(tokens / 300, tokens, 60)
     ls = law.predict(law_params, n, ts) * np.exp(rng.normal(0, 0.01, ts.size))
-    (rd / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "tokens": int(t), "loss": float(l), "tok_s": tok_s})
-                                              + "\n" for i, (t, l) in enumerate(zip(ts, ls))))
+    lines = [json.dumps({"step": i, "tokens": int(t), "loss": float(l), "tok_s": tok_s}) + "\n"
+             for i, (t, l) in enumerate(zip(ts, ls))]
+    (rd / "metrics.jsonl").write_text("".join(lines))
     if gpu is not None:
         (rd / "env.json").write_text(json.dumps({"device": "cuda", "gpu": gpu}))
     if hellaswag is not None:

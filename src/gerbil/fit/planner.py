@@ -12,7 +12,7 @@ continuous under C = 6·N·D, and on the ladder (tokens each size needs; FLOPs a
 count; hours when a GPU is given).
 
 Without a fit file the planner uses a published fit and says which (`PUBLISHED_FITS`); note those were
-fitted on models of 44M–16B parameters (Hoffmann et al. 2022), so at 3.3m–104m they extrapolate
+fitted on models of 70M–16B parameters (Hoffmann et al. 2022), so at 3.3m–104m they extrapolate
 downwards — fit the project's own runs (`gerbil fit`) to plan from measurements.
 """
 from __future__ import annotations
@@ -251,9 +251,10 @@ def plan_for_time(gpu: str, hours: float, fit: FitSpec | None = None, runs: Sequ
     if best is rows[0] or best is rows[-1]:
         notes.append(f"the best size is at the end of the ladder ({best['size']}): the optimum may lie beyond it")
     if not all("measured" in r["tok_s_source"] for r in rows):
+        how = "as given" if mfu is not None else \
+            "gerbil.plan.default_mfu (measured per size on an H200, assumed on this GPU)"
         notes.append(f"estimated throughputs: {g.name} peak {g.peak_flops / 1e12:g} TFLOP/s ({g.source}) × MFU "
-                     f"{'as given' if mfu is not None else 'gerbil.plan.default_mfu (measured per size on an H200, assumed on this GPU)'}"
-                     f" ÷ FLOPs per token; pass runs trained on this GPU (--runs DIR) to use measured tok/s")
+                     f"{how} ÷ FLOPs per token; pass runs trained on this GPU (--runs DIR) to use measured tok/s")
     return TimePlan(g.name, hours, fit, rows, best, best_class, between, notes)
 
 
@@ -290,7 +291,8 @@ def plan_for_loss(loss: float, fit: FitSpec | None = None, gpu: str | None = Non
     if not (loss > 0 and math.isfinite(loss)):
         raise GerbilError(f"--loss must be a positive number, got {loss}")
     if loss <= floor:
-        raise GerbilError(f"loss {loss:g} is at or below the fit's irreducible loss E = {floor:.4g}: no model reaches it")
+        raise GerbilError(f"loss {loss:g} is at or below the fit's irreducible loss E = {floor:.4g}: "
+                          f"no model reaches it")
     # continuous: minimise 6·N·D(N) on a fine log grid of N (D(N) from the law's inverse)
     Ns = np.geomspace(1e4, 1e14, 20001)
     Ds = law.tokens_for_loss(fit.params, Ns, loss)
@@ -349,7 +351,8 @@ def format_time_plan(p: TimePlan) -> str:
     b = p.best
     lines += ["", f"  answer: {b['size']} ({fmt_params(b['params'])} params) on {_tok(b['tokens'])} tokens, "
                   f"{b['ratio']:.3g} tokens per parameter, predicted loss {b['loss']:.4f}",
-              f"          nearest class {b['class']} ({CLASSES[b['class']]} per parameter): Gerbil-{b['class']}-{b['size']} "
+              f"          nearest class {b['class']} ({CLASSES[b['class']]} per parameter): "
+              f"Gerbil-{b['class']}-{b['size']} "
               f"= {_tok(b['class_tokens'])} tokens, {fmt_duration(b['class_hours'] * 3600)}, predicted loss "
               f"{b['class_loss']:.4f}"]
     c = p.best_class_run

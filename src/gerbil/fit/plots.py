@@ -89,7 +89,8 @@ def plot_frontier(path: Path, fits: Sequence[tuple[str, Any]], budgets: np.ndarr
             ax.fill_between(C, lo, hi, color=color, alpha=0.15, lw=0)
     if iso is not None:
         ok = [b for b in iso.budgets if b["status"] == "ok"]
-        ax.plot([b["flops"] for b in ok], [b["N_opt"] for b in ok], "s", color="k", ms=6, label="approach 2 (IsoFLOP minima)")
+        ax.plot([b["flops"] for b in ok], [b["N_opt"] for b in ok], "s", color="k", ms=6,
+                label="approach 2 (IsoFLOP minima)")
     if env is not None:
         ax.plot(env.flops, env.N, ".", color="C3", ms=3, alpha=0.6, label="approach 1 (envelope)")
     for c, r in _classes().items():

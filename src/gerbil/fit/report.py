@@ -211,7 +211,7 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
         for f, c, fit in fits:
             warnings += [f"{f}/{c}: {w}" if len(fits) > 1 else w for w in fit.warnings]
         result["fits"] = []
-        for f, c, fit in fits:
+        for _f, c, fit in fits:
             r = _fit_record(fit, c, opt.budgets, opt.ci)
             r["frontier_exact_flops"] = exact_frontier(fit, c)
             result["fits"].append(r)
@@ -239,7 +239,7 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
             iso_fits[count] = iso
             result["approach2"][count] = dict(applicable=True, flops_convention=flops_conv, **iso.to_dict())
     if approaches is None or 1 in approaches:
-        from gerbil.fit.envelope import curve_flops_per_token, envelope_fit
+        from gerbil.fit.envelope import envelope_fit
 
         dirs = [s for s in sources if Path(s).is_dir()]
         curves = (read_curves(dirs, opt.curve_metric) if dirs else []) + ds.curves()
@@ -346,7 +346,8 @@ def render_markdown(r: dict) -> str:
         lines += [f"| {k} | {_g(v)} | {_ivs(f['intervals'].get(k))} |" for k, v in f["params"].items()]
         bs = f["bootstrap"]
         lines += ["", f"Converged: **{'yes' if f['converged'] else 'NO'}** ({conv['message']}; {conv['n_iter']} "
-                      f"iterations; max |gradient| {_g(conv['max_abs_gradient'], 2)}; Huber δ {conv['huber_delta']:g}; "
+                      f"iterations; max |gradient| {_g(conv['max_abs_gradient'], 2)}; "
+                      f"Huber δ {conv['huber_delta']:g}; "
                       f"objective {_g(conv['objective'])}).",
                   "Bootstrap: " + (f"{bs['kept']} of {bs['resamples']} resamples of runs kept "
                                    f"({bs['degenerate_skipped']} degenerate, {bs['unconverged_dropped']} unconverged)."
@@ -362,7 +363,8 @@ def render_markdown(r: dict) -> str:
         fe = f.get("frontier_exact_flops") or {}
         if fe.get("a_total_params") is not None:
             lines += ["", f"With exact FLOPs per token (non-embedding + head + attention) over the ladder's shapes, "
-                          f"the frontier's N_opt (total params) ∝ C^{_g(fe['a_total_params'])}, D_opt ∝ C^{_g(fe['b'])}."]
+                          f"the frontier's N_opt (total params) ∝ C^{_g(fe['a_total_params'])}, "
+                          f"D_opt ∝ C^{_g(fe['b'])}."]
         lines.append("")
     for form, cmp in (r.get("param_count_comparison") or {}).items():
         lines += [f"## Total vs non-embedding counts ({form})", "", cmp["what"] + ".", "",
@@ -370,12 +372,14 @@ def render_markdown(r: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for s in cmp["sizes"]:
             lines.append(f"| {s['size']} | {s['params']:,} | {s['embedding_share']:.0%} | "
-                         f"{_g(s['tokens_per_param_total_fit'], 3)} {_ivs(s.get('tokens_per_param_total_fit_interval'))} | "
+                         f"{_g(s['tokens_per_param_total_fit'], 3)} "
+                         f"{_ivs(s.get('tokens_per_param_total_fit_interval'))} | "
                          f"{_g(s['tokens_per_param_non_embedding_fit'], 3)} "
                          f"{_ivs(s.get('tokens_per_param_non_embedding_fit_interval'))} | "
                          f"{_g(s['factor'], 3)} {_ivs(s.get('factor_interval'))} |")
         lines.append("")
-    for key, title in (("approach2", "Approach 2: IsoFLOP profiles"), ("approach1", "Approach 1: training-curve envelope")):
+    for key, title in (("approach2", "Approach 2: IsoFLOP profiles"),
+                       ("approach1", "Approach 1: training-curve envelope")):
         for count, a in (r.get(key) or {}).items():
             lines += [f"## {title} ({count.replace('_', '-')} parameters)", ""]
             if not a.get("applicable"):
