@@ -1,0 +1,39 @@
+"""Scaling laws that include tiny models: `gerbil fit` and the compute planner built on a fit.
+
+    laws.py      the forms L(N, D) (Chinchilla, Kaplan), the Huber/L-BFGS fit (approach 3), run bootstrap
+    sources.py   points from run directories (gerbil.suite.registry) and CSV files; training curves
+    isoflop.py   approach 2 (IsoFLOP parabolas) and `isoflop_grid`, the runs an IsoFLOP study needs
+    envelope.py  approach 1 (lower envelope of the training curves)
+    report.py    `run_fit`: everything `gerbil fit` does — fits, fit.json, fit.md, plots
+    plots.py     the figures (matplotlib, headless)
+    planner.py   size, tokens and class minimising predicted loss for a GPU-time budget, and the inverse
+    command.py   the argparse wiring for `gerbil fit` and the planner flags of `gerbil plan`
+
+The formulas, counting conventions and caveats are in docs/fit.md. Importing this package imports
+neither torch nor scipy nor matplotlib: they are loaded when a fit or a plot needs them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "fit_law": "laws", "bootstrap_law": "laws", "allocation": "laws", "get_form": "laws", "FORMS": "laws",
+    "LawFit": "laws", "Bootstrap": "laws",
+    "load_points": "sources", "read_curves": "sources", "Dataset": "sources", "Point": "sources",
+    "Columns": "sources",
+    "isoflop_fit": "isoflop", "isoflop_grid": "isoflop", "shape_family": "isoflop",
+    "envelope_fit": "envelope",
+    "run_fit": "report",
+    "PUBLISHED_FITS": "planner", "load_fit": "planner", "plan_for_time": "planner",
+    "plan_for_loss": "planner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: import submodules (and numpy) only when used
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"gerbil.fit.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'gerbil.fit' has no attribute {name!r}")
