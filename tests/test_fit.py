@@ -334,8 +334,9 @@ def make_run(root: Path, name: str, m: ModelConfig, tokens: int, law_params: dic
     final = float(law.predict(law_params, n, tokens)) * float(np.exp(rng.normal(0, 0.005)))
     (rd / "config.yaml").write_text(yaml.safe_dump({"name": name, "class": "A", "objective": "plain",
                                                     "model": m.to_dict(), "params": n}))
+    (ck / "model.safetensors").write_bytes(b"weights")  # faked; meta.json lists it as checkpoint.py does
     meta = {"step": 100, "tokens": tokens, "val_loss": final, "train_loss": final, "model": m.to_dict(),
-            "seq_len": 2048, "run": name}
+            "seq_len": 2048, "run": name, "files": {"model.safetensors": {"bytes": 7, "sha256": "-"}}}
     (ck / "meta.json").write_text(json.dumps(meta))
     (rd / "checkpoints" / "latest").write_text("step-00000100")
     ts = np.geomspace(tokens / 300, tokens, 60)

@@ -46,6 +46,9 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     custom.add_argument("--n-head", help="attention heads")
     custom.add_argument("--rotary-dim", help="rotary dims per head (default: the whole head)")
     p.add_argument("--json", action="store_true", help="print the plan (or ladder) as JSON")
+    from gerbil.fit.command import add_planner_arguments
+
+    add_planner_arguments(p)  # --hours / --loss / --fit: the compute planner (gerbil.fit.planner)
     p.set_defaults(func=_cmd_plan)
 
 
@@ -73,6 +76,13 @@ def _plan_float(text: str | None, flag: str, percent: bool = False) -> float | N
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
+
+    from gerbil.fit.command import run_planner
+
+    text = run_planner(args)
+    if text is not None:  # --hours or --loss: the planner answers instead of a single plan
+        print(text)
+        return 0
 
     from gerbil import plan
     from gerbil.model.config import ModelConfig
@@ -500,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_plan, _add_assets, _add_prepare, _add_train, _add_eval, _add_export,
                 _add_table, _add_generate):
         add(sub)
+    from gerbil.fit.command import add_fit_parser
+
+    add_fit_parser(sub)
     return parser
 
 

@@ -163,7 +163,8 @@ def measured_throughput(runs: Sequence[str | Path], gpu_name: str) -> tuple[dict
 def throughput(model: ModelConfig, gpu: Any, measured: dict | None = None, mfu: float | None = None,
                seq_len: int = 2048) -> tuple[float, str]:
     """(training tokens/s of `model` on `gpu`, where the number comes from)."""
-    from gerbil.plan import default_mfu, flops_per_token
+    from gerbil.model.config import default_mfu
+    from gerbil.plan import flops_per_token
 
     key = (model.d_model, model.n_layer, model.n_head)
     if measured and key in measured:
@@ -252,7 +253,7 @@ def plan_for_time(gpu: str, hours: float, fit: FitSpec | None = None, runs: Sequ
         notes.append(f"the best size is at the end of the ladder ({best['size']}): the optimum may lie beyond it")
     if not all("measured" in r["tok_s_source"] for r in rows):
         how = "as given" if mfu is not None else \
-            "gerbil.plan.default_mfu (measured per size on an H200, assumed on this GPU)"
+            "gerbil.model.config.default_mfu (plain compiled PyTorch measured per size on an H200, not gerbil; assumed on this GPU)"
         notes.append(f"estimated throughputs: {g.name} peak {g.peak_flops / 1e12:g} TFLOP/s ({g.source}) × MFU "
                      f"{how} ÷ FLOPs per token; pass runs trained on this GPU (--runs DIR) to use measured tok/s")
     return TimePlan(g.name, hours, fit, rows, best, best_class, between, notes)
