@@ -103,24 +103,43 @@ def same_batches(a, b, B: int, n: int = 3) -> bool:
     return True
 
 
-def wait_per_step(split, objective: str, B: int, T: int, n_seq: int, steps: int, gpu_s: float) -> tuple:
-    """(first-step wait, median, p95 and max wait of the later steps), seconds; the consumer sleeps gpu_s."""
+def _busy(n: int) -> float:
+    """n iterations of pure-Python work (a training step's kernel launches hold the GIL like this); seconds."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i * i % 7
+    return time.perf_counter() - t0
+
+
+def wait_per_step(split, objective: str, B: int, T: int, steps: int, gpu_s: float, python_s: float) -> dict:
+    """Train `steps` steps of B × T behind a StepPrefetcher, each `gpu_s` long: pure-Python work holding the
+    GIL for `python_s` (half just before next(), while the producer idles with a full queue; half just after,
+    while it builds the next step), the rest asleep (a GPU step releases the GIL). Returns the waits in
+    next() (the first step apart) and the two halves' medians: the GIL contention the producer causes."""
     from gerbil.data.loader import Loader, StepPrefetcher
 
     class Plan:  # the StepPlanLike the prefetcher takes
         def __init__(self, full: int, last: int):
             self.full_sequences, self.last_len, self.tokens = full, last, full * T + last
 
-    plans = [Plan(n_seq, 0) for _ in range(steps)]
-    waits = []
-    with StepPrefetcher(Loader(split, T, B, objective=objective, seed=0), iter(plans), micro_batch=B) as pf:
+    n_busy = int(python_s / 2 / max(_busy(200_000) / 200_000, 1e-9)) if python_s > 0 else 0
+    waits, idle, building = [], [], []
+    with StepPrefetcher(Loader(split, T, B, objective=objective, seed=0), iter([Plan(B, 0)] * steps),
+                        micro_batch=B) as pf:
         for _ in range(steps):
+            a = _busy(n_busy)  # the producer has had a whole step: its queue is full, it idles
             t0 = time.perf_counter()
             next(pf)
             waits.append(time.perf_counter() - t0)
-            time.sleep(gpu_s)  # the GPU step; the producer builds the next steps meanwhile
+            b = _busy(n_busy)  # the producer now builds the step after next
+            idle.append(a)
+            building.append(b)
+            time.sleep(max(0.0, gpu_s - a - b - waits[-1]))
     later = sorted(waits[1:])
-    return waits[0], statistics.median(later), later[int(0.95 * (len(later) - 1))], later[-1]
+    return {"first": waits[0], "median": statistics.median(later), "p95": later[int(0.95 * (len(later) - 1))],
+            "max": later[-1], "python_idle": statistics.median(idle[1:]),
+            "python_building": statistics.median(building[1:])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store-mb", type=float, default=10.0, help="MB of stdlib source in the store (~5M tokens)")
     ap.add_argument("--before-rev", default="5a00a8e", help="git revision of the old loader, or 'none'")
     ap.add_argument("--gpu-ms", type=float, default=60.0, help="simulated GPU step for the wait measurement")
+    ap.add_argument("--python-ms", type=float, default=10.0,
+                    help="of which pure-Python work holding the GIL (kernel launches, optimizer bookkeeping)")
     ap.add_argument("--wait-steps", type=int, default=40)
     ap.add_argument("--wait-objectives", nargs="*", default=["mlm", "blender"], choices=OBJECTIVES)
     args = ap.parse_args(argv)
@@ -170,12 +191,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.wait_objectives:
         B, T = (int(v) for v in args.shapes[0].lower().split("x"))
-        print(f"\nstep wait with StepPrefetcher: {B} x {T} per step, consumer sleeps {args.gpu_ms:g} ms per step, "
-              f"{args.wait_steps} steps")
+        print(f"\nstep wait with StepPrefetcher: {B} x {T} per step, {args.wait_steps} steps of {args.gpu_ms:g} ms "
+              f"(sleep, of which {args.python_ms:g} ms pure-Python work holding the GIL)")
         for name in args.wait_objectives:
-            first, med, p95, worst = wait_per_step(split, name, B, T, B, args.wait_steps, args.gpu_ms / 1e3)
-            print(f"  {name:>8}: first step {first * 1e3:6.2f} ms; later steps median {med * 1e3:.3f} ms, "
-                  f"p95 {p95 * 1e3:.3f} ms, max {worst * 1e3:.3f} ms")
+            w = wait_per_step(split, name, B, T, args.wait_steps, args.gpu_ms / 1e3, args.python_ms / 1e3)
+            print(f"  {name:>8}: wait in next(): first step {w['first'] * 1e3:.2f} ms, later steps median "
+                  f"{w['median'] * 1e3:.3f} ms, p95 {w['p95'] * 1e3:.3f} ms, max {w['max'] * 1e3:.3f} ms; "
+                  f"Python work (medians) {w['python_idle'] * 1e3:.2f} ms beside the idle producer, "
+                  f"{w['python_building'] * 1e3:.2f} ms beside the building one")
     return 0
 
 

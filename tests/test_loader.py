@@ -551,19 +551,19 @@ def test_data_parallel_ranks_split_each_step():
 def test_prefetcher_raises_producer_errors_in_the_consumer():
     from gerbil.data.loader import StepPrefetcher
 
-    calls = []
+    class Fragile(Loader):
+        calls = 0
 
-    def fragile(chunk, rng):
-        calls.append(1)
-        if len(calls) > 200:  # ~3000 tokens: some steps of 256 are built before it
-            raise KeyError("bad chunk")
-        return chunk, np.ones(len(chunk), dtype=bool)
+        def next_sequences(self, n):
+            Fragile.calls += 1
+            if Fragile.calls > 3:
+                raise KeyError("bad chunk")
+            return super().next_sequences(n)
 
-    with StepPrefetcher(Loader(fake_split(), 16, 4, objective=fragile), iter([Plan(16)] * 50), micro_batch=4) as pf:
-        next(pf)  # the first steps were built before the failure
+    with StepPrefetcher(Fragile(fake_split(), 16, 4, objective="mlm"), iter([Plan(4)] * 50), micro_batch=4) as pf:
+        assert [len(next(pf).micro_batches) for _ in range(3)] == [1, 1, 1]  # the steps built before it
         with pytest.raises(KeyError, match="bad chunk"):
-            for _ in range(49):
-                next(pf)
+            next(pf)
         with pytest.raises(StopIteration):
             next(pf)
         assert not pf._thread.is_alive()

@@ -357,3 +357,13 @@ def test_concat_ranges():
 
     assert concat_ranges([5, 0, 9, 2], [3, 0, 1, 2]).tolist() == [5, 6, 7, 9, 2, 3]
     assert concat_ranges([], []).tolist() == [] and concat_ranges([4], [0]).tolist() == []
+
+
+def test_two_scalar_draws_are_one_size_2_draw():
+    """The batched FIM draws its two cut points as two scalar `integers` calls (cheaper): the same numbers,
+    and the generator left in the same state (the SPM draw that follows is unchanged)."""
+    for high in (1, 2, 3, 254, 2045, 2**31 + 5, 2**33):
+        for k in range(40):
+            a, b = np.random.default_rng([k, high]), np.random.default_rng([k, high])
+            assert a.integers(0, high, size=2).tolist() == [int(b.integers(0, high)), int(b.integers(0, high))]
+            assert a.random() == b.random()

@@ -33,8 +33,9 @@ after it must save.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -194,9 +195,9 @@ class Loader:
     Not thread-safe: one thread draws from a loader (with a `StepPrefetcher`, its producer thread).
     """
 
-    #: Least tokens of examples built per batch of chunks (and at most 64 sequences' worth): small
-    #: sequences (8 × 256) would otherwise build ~9 chunks per call and pay numpy's fixed per-batch
-    #: cost (~0.2 ms) on each.
+    #: Least tokens of examples built per batch of chunks (at most 256 sequences' worth): small
+    #: sequences (8 × 256) would otherwise build ~9 chunks per call and pay the fixed per-batch cost
+    #: (~0.3 ms of numpy calls) on each.
     MIN_BUILD_TOKENS = 1 << 16
 
     def __init__(
@@ -239,7 +240,7 @@ class Loader:
             self._offsets = np.asarray(split.offsets, dtype=np.int64)
             # one Generator re-seated per chunk for the built-in objectives, which never keep it (_ChunkRngs)
             self._shared_rng = np.random.default_rng(0) if _batched(self.objective) else None
-            self._min_build = min(self.MIN_BUILD_TOKENS, 64 * self.seq_len)
+            self._min_build = min(self.MIN_BUILD_TOKENS, 256 * self.seq_len)
         # cursor (see state_dict)
         self.epoch = 0
         self.cursor = 0  # plain: next position in this epoch's window order; else: next document
@@ -314,7 +315,7 @@ class Loader:
             last = j == n_chunks[d] - 1
             done_before = np.where(d == 0, off, 0) + (j + 1) * ct  # doc_offset after a non-final chunk
             aft = np.stack([np.full(len(d), epoch), cursor + d + last, np.where(last, 0, done_before)], axis=1)
-            need = np.cumsum(self._example_lens(length))
+            need = np.cumsum(length + 1)  # a lower bound of the examples' lengths with their EOTs
             k = int(np.searchsorted(need, min_tokens - have, side="left")) + 1  # chunks that reach min_tokens
             if k <= len(d):
                 starts.append(start[:k]), lengths.append(length[:k]), after.append(aft[:k])
@@ -324,19 +325,9 @@ class Loader:
             cursor, off = cursor + len(docs), 0
         return np.concatenate(starts), np.concatenate(lengths), np.concatenate(after)
 
-    def _example_lens(self, lengths: np.ndarray) -> np.ndarray:
-        """Each chunk's example length with its EOT as planned: the objective's `max_output_len` (exact
-        for causal, token-level FIM and MLM, an upper bound for Blender) or the chunk alone. Only sizes
-        the build: an estimate off either way costs another build or leaves examples for the next call."""
-        bound = getattr(self.objective, "max_output_len", None)
-        if not callable(bound):
-            return lengths + 1
-        sizes, which = np.unique(lengths, return_inverse=True)  # few distinct lengths: chunk_tokens and tails
-        return np.array([int(bound(int(n))) for n in sizes], dtype=np.int64)[which] + 1
-
     def _build(self, min_tokens: int) -> _Ahead:
-        """Examples of the next chunks after the cursor: at least `min_tokens` tokens (each example is at
-        least its chunk plus the EOT for every built-in objective, so usually one build per call)."""
+        """Examples of the next chunks after the cursor: at least `min_tokens` tokens if every example is
+        at least its chunk plus the EOT (so for every built-in objective: one build per call)."""
         starts, lengths, after = self._plan_chunks(min_tokens)
         from gerbil.data.objectives import concat_ranges
 
@@ -482,11 +473,10 @@ class StepPrefetcher:
     ``for step in prefetcher`` (or ``next(prefetcher)``) yields a `PreparedStep` per plan, in order,
     built with `step_micro_batches(loader, plan, micro_batch, rank, world_size)` — the same tensors as
     the synchronous path — while the consumer trains on the previous ones; at most `depth` finished
-    steps wait in the queue (and one more may be under construction). ``step.loader_state`` is what a
-    checkpoint written after training that step must save: the cursor right after *its* sequences, not
-    the loader's live position, which the producer has already moved on. The loader belongs to the
-    producer thread until `close()`; after it, the loader's position is wherever the producer stopped
-    (load a `loader_state` to continue from a step).
+    steps wait. ``step.loader_state`` is what a checkpoint written after training that step must save:
+    the cursor right after *its* sequences, not the loader's live position, which the producer has
+    already moved on. The loader belongs to the producer thread until `close()`; after it, the loader's
+    position is wherever the producer stopped (load a `loader_state` to continue from a step).
 
     `plans` is the trainer's finite, deterministic step schedule. An exception in the producer is
     raised again by the `__next__` that reaches it (after the steps built before it). `close()` (also
@@ -494,10 +484,19 @@ class StepPrefetcher:
     ``pin_memory=True`` pins the batches (needs CUDA: used when training on a GPU, never on the CPU),
     so ``.to(device, non_blocking=True)`` copies asynchronously.
 
-    Why a thread: numpy and the memmap reads release the GIL for large arrays, and the rest is a few
-    milliseconds of Python per step (benchmarks/loader_throughput.py), small against a GPU step whose
-    kernels are queued asynchronously.
+    Pacing. The producer shares the GIL with the training loop: numpy releases it in the bulk work, but
+    a step's build still holds it for a millisecond or two of Python (the per-chunk draws, numpy call
+    overhead). Built right when a step is taken, that lands on the loop's kernel launches, the moment
+    the GPU waits for them (measured on the 2-core dev box with a 60 ms step holding the GIL for 10 ms:
+    next() itself then took up to 12-17 ms at p95, `benchmarks/loader_throughput.py`). So while at least
+    one step is ready, the producer starts the next build half a consumer step after the last
+    ``next()`` — typically while the loop waits on the GPU with the GIL released; with none ready it
+    builds at once. The steps and their order do not depend on the timing.
     """
+
+    #: Where in the consumer's step (a fraction of the time between two next() calls) builds start
+    #: while a step is ready.
+    PACE = 0.5
 
     def __init__(self, loader: Loader, plans: Iterable[StepPlanLike], micro_batch: int,
                  pin_memory: bool = False, depth: int = 2, rank: int = 0, world_size: int = 1):
@@ -505,10 +504,13 @@ class StepPrefetcher:
         if depth < 1 or micro_batch < 1:
             raise ValueError(f"depth and micro_batch must be positive, got {depth}, {micro_batch}")
         self.loader, self.micro_batch, self.pin_memory = loader, int(micro_batch), bool(pin_memory)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
+        self.rank, self.world_size, self.depth = int(rank), int(world_size), int(depth)
+        self._ready: deque[Any] = deque()  # PreparedStep, then _END or a _Failed
+        self._cv = threading.Condition()
+        self._stop = False
         self._finished = False
+        self._last_get: float | None = None  # perf_counter of the last next()
+        self._period: float | None = None  # the consumer's step time (moving average)
         self._thread = threading.Thread(target=self._produce, args=(iter(plans),), name="gerbil-step-prefetch",
                                         daemon=True)
         self._thread.start()
@@ -520,53 +522,72 @@ class StepPrefetcher:
             batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
         return PreparedStep(plan, batches, counts, self.loader.state_dict())
 
+    def _wait_turn(self) -> bool:
+        """Wait (under the lock) for room and, while a step is ready, for the paced start; False: stop."""
+        while not self._stop:
+            if len(self._ready) >= self.depth:
+                self._cv.wait(0.5)
+                continue
+            if self._ready and self._last_get is not None and self._period is not None:
+                delay = self._last_get + self.PACE * self._period - time.perf_counter()
+                if delay > 0:
+                    self._cv.wait(min(delay, 0.5))  # woken early by next() or close()
+                    continue
+            return True
+        return False
+
     def _produce(self, plans: Iterator[StepPlanLike]) -> None:
         try:
             for plan in plans:
-                if self._stop.is_set() or not self._put(self._prepare(plan)):
-                    return
-            self._put(_END)
+                with self._cv:
+                    if not self._wait_turn():
+                        return
+                step = self._prepare(plan)
+                with self._cv:
+                    self._ready.append(step)
+                    self._cv.notify_all()
+            item: Any = _END
         except BaseException as e:  # noqa: BLE001 — handed to the consumer, raised there
-            self._put(_Failed(e))
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
+            item = _Failed(e)
+        with self._cv:
+            self._ready.append(item)
+            self._cv.notify_all()
 
     def __iter__(self) -> StepPrefetcher:
         return self
 
     def __next__(self) -> PreparedStep:
-        while not self._finished:
-            try:
-                item = self._queue.get(timeout=0.5)  # returns as soon as a step is put
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():  # stopped by close()
+        with self._cv:
+            while not self._finished and not self._ready:
+                if not self._thread.is_alive():  # stopped by close()
                     self._finished = True
-                continue
-            if item is _END:
-                self._finished = True
-            elif isinstance(item, _Failed):
-                self.close()
-                raise item.error
-            else:
-                return item
-        raise StopIteration
+                    break
+                self._cv.wait(0.5)  # returns as soon as a step is ready
+            if self._finished:
+                raise StopIteration
+            item = self._ready.popleft()
+            now = time.perf_counter()
+            if self._last_get is not None:
+                gap = now - self._last_get
+                # a moving average that a long step (validation, a checkpoint) does not raise: pacing
+                # errs towards building early
+                self._period = gap if self._period is None else min(gap, 0.8 * self._period + 0.2 * gap)
+            self._last_get = now
+            self._cv.notify_all()
+        if item is _END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, _Failed):
+            self.close()
+            raise item.error
+        return item
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the producer and wait for it (at most `timeout` s); idempotent."""
-        self._stop.set()
-        self._finished = True
-        while True:  # drop prepared steps (pinned memory) now
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
+        with self._cv:
+            self._stop = self._finished = True
+            self._ready.clear()  # drop prepared steps (pinned memory) now
+            self._cv.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
