@@ -313,6 +313,7 @@ def _pack_cases(tokenizer=None):
         "fim": FillInMiddle(), "fim-spm-target": FillInMiddle(spm_rate=0.5, loss_on="target"),
         "mlm": MaskedLM(), "mlm-target-0.5": MaskedLM(loss_on="target", mask_rate=0.5),
         "blender": Blender(), "blender-mixed": Blender(weights=(1, 2, 3), spm_rate=0.3, loss_on="target", mask_rate=0.3),
+        "blender-fim-only": Blender(weights=(0, 1, 0)), "blender-no-mlm": Blender(weights=(1e-300, 1, 0)),
         "subclass": _Reversing(), "callable": lambda chunk, rng: (chunk[: len(chunk) // 2], rng.random(len(chunk) // 2) < 0.5),
     }
     if tokenizer is not None:

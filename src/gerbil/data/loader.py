@@ -370,6 +370,9 @@ class Loader:
     # ----------------------------------------------------------------------------- public
     def next_sequences(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `n` sequences as (inputs, targets) int64 CPU tensors of shape (n, seq_len)."""
+        if n <= 0:  # draws nothing, moves nothing (as 0.1.0)
+            empty = torch.zeros((0, self.seq_len), dtype=torch.int64)
+            return empty, empty.clone()
         if self.objective is None:
             win = self._plain_sequences(n)
             x, y = win[:, :-1], win[:, 1:]

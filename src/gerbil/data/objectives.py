@@ -45,6 +45,7 @@ An empty chunk gives empty output for every objective.
 """
 from __future__ import annotations
 
+import bisect
 import inspect
 import math
 from collections.abc import Sequence
@@ -666,13 +667,17 @@ def pack_examples(objective: Any, chunks: np.ndarray, lengths: np.ndarray, rngs:
     ids = np.flatnonzero(lengths > 0).tolist()  # an empty chunk's example is empty (no draws)
     if type(objective) is Blender:
         by_task: list[tuple[list[int], list]] = [([], []) for _ in objective.tasks]
+        cum, weights = objective._cum.tolist(), objective.weights
         for c in ids:
             rng = rngs(c)
-            task = objective.choose(rng)  # the first draw, then the task's own, as Blender.__call__
+            # Blender.choose without its np.searchsorted call (4 µs): the same float comparisons
+            k = min(bisect.bisect_right(cum, rng.random()), 2)
+            while weights[k] == 0:
+                k -= 1
+            task = objective.tasks[k]  # then the task's own draws, as Blender.__call__
             draw = _BATCHED[type(task)][0]
-            t_ids, t_params = by_task[objective.tasks.index(task)]
-            t_ids.append(c)
-            t_params.append(draw(task, pk, c, rng) if draw is not None else ())
+            by_task[k][0].append(c)
+            by_task[k][1].append(draw(task, pk, c, rng) if draw is not None else ())
         for task, (t_ids, t_params) in zip(objective.tasks, by_task):
             _add_rows(task, pk, t_ids, t_params)
     else:
