@@ -472,10 +472,11 @@ def from_display(text: str, tokenizer) -> list[int]:
 # 1. draw: per chunk, exactly the generator calls `__call__` makes, in the same order — the numbers drawn
 #    define the output, so they are drawn one chunk at a time as before (the only per-chunk Python loop);
 # 2. build: every example is a concatenation of *segments* — a special token, or a run of the chunk's
-#    tokens (prefix, suffix, middle, the text between two MLM masks, one MLM answer) — so an objective
-#    fills one row of a (chunks × segments) table of (source index, length, loss mask) per chunk, and
-#    the whole batch is gathered with one index built by `concat_ranges` and one take. Rows are padded
-#    with zero-length segments, so tasks of different shapes (Blender) share one table.
+#    tokens (prefix, suffix, middle, the MLM text) — so an objective fills one row of a (chunks ×
+#    segments) table of (source index, length, loss mask) per chunk, and the whole batch is gathered
+#    with one index built by `concat_ranges` and one take; single tokens (MLM's masks and answers) are
+#    then written in place with one scatter. Rows are padded with zero-length segments, so tasks of
+#    different shapes (Blender) share one table.
 #
 # Only the exact built-in classes take the batched route; a subclass (it may override `__call__`,
 # `split`, `format` …) and any other callable are called once per chunk, so the output is always what
