@@ -296,3 +296,75 @@ def test_blender_loader_exact_resume():
         assert x.equal(x2) and y.equal(y2)
     seen = set(np.concatenate([x.numpy().ravel() for x, _ in expected]).tolist())
     assert {CAUSAL, FITM_START, MLM_START} <= seen  # all three tasks made it into the batches
+
+
+# ------------------------------------------------------------------------------------ batched (the loader's route)
+class _Reversing(Causal):
+    """A subclass with its own __call__: must be called per chunk, never batched as a Causal."""
+
+    def __call__(self, doc_tokens, rng):
+        doc = np.asarray(doc_tokens, dtype=np.int64)[::-1]
+        return doc, np.arange(len(doc)) % 2 == 0
+
+
+def _pack_cases(tokenizer=None):
+    cases = {
+        "plain": Plain(), "causal": Causal(), "causal-target": Causal(loss_on="target"),
+        "fim": FillInMiddle(), "fim-spm-target": FillInMiddle(spm_rate=0.5, loss_on="target"),
+        "mlm": MaskedLM(), "mlm-target-0.5": MaskedLM(loss_on="target", mask_rate=0.5),
+        "blender": Blender(), "blender-mixed": Blender(weights=(1, 2, 3), spm_rate=0.3, loss_on="target", mask_rate=0.3),
+        "blender-fim-only": Blender(weights=(0, 1, 0)), "blender-no-mlm": Blender(weights=(1e-300, 1, 0)),
+        "subclass": _Reversing(), "callable": lambda chunk, rng: (chunk[: len(chunk) // 2], rng.random(len(chunk) // 2) < 0.5),
+    }
+    if tokenizer is not None:
+        cases["fim-char"] = FillInMiddle(char_level=True, tokenizer=tokenizer, spm_rate=0.5)
+        cases["blender-char"] = Blender(char_level=True, tokenizer=tokenizer)
+    return cases
+
+
+@pytest.mark.parametrize("name", list(_pack_cases()) + ["fim-char", "blender-char"])
+def test_pack_examples_equals_one_call_per_chunk(name, request):
+    """The batched route gives exactly `objective(chunk, rng)` + EOT per chunk, from the same generators,
+    on chunks of every length (empty, one token, the 2048-sequence chunk, short tails)."""
+    from gerbil.data.objectives import pack_examples
+
+    tokenizer = request.getfixturevalue("tokenizer") if name.endswith("-char") else None
+    obj = _pack_cases(tokenizer)[name]
+    rng = np.random.default_rng(0)
+    lengths = np.array([5, 0, 1, 2, 300, 17, 2044, 3] + rng.integers(0, 60, size=60).tolist())
+    if tokenizer is not None:  # real text, so decoding and re-encoding is meaningful
+        text = tokenizer.encode("The quick brown fox jumps over the lazy dog; naïve café, 3.14 — ok. " * 40)
+        chunks = np.resize(np.asarray(text, dtype=np.int64), int(lengths.sum()))
+    else:
+        chunks = rng.integers(0, 50256, size=int(lengths.sum()))
+
+    def rngs(c):
+        return np.random.default_rng([9, c, 2])
+
+    tokens, mask, ends = pack_examples(obj, chunks, lengths, rngs, eot_id=EOT_ID)
+    assert tokens.dtype == np.int64 and mask.dtype == bool and len(ends) == len(lengths)
+    start = 0
+    for c, n in enumerate(lengths):
+        t, m = obj(chunks[start: start + n], rngs(c))
+        start += n
+        lo = ends[c - 1] if c else 0
+        assert tokens[lo: ends[c]].tolist() == np.asarray(t).tolist() + [EOT_ID], (name, c, n)
+        assert mask[lo: ends[c]].tolist() == (np.asarray(m) > 0).tolist() + [True], (name, c, n)
+    assert ends[-1] == len(tokens) == len(mask)
+
+
+def test_concat_ranges():
+    from gerbil.data.objectives import concat_ranges
+
+    assert concat_ranges([5, 0, 9, 2], [3, 0, 1, 2]).tolist() == [5, 6, 7, 9, 2, 3]
+    assert concat_ranges([], []).tolist() == [] and concat_ranges([4], [0]).tolist() == []
+
+
+def test_two_scalar_draws_are_one_size_2_draw():
+    """The batched FIM draws its two cut points as two scalar `integers` calls (cheaper): the same numbers,
+    and the generator left in the same state (the SPM draw that follows is unchanged)."""
+    for high in (1, 2, 3, 254, 2045, 2**31 + 5, 2**33):
+        for k in range(40):
+            a, b = np.random.default_rng([k, high]), np.random.default_rng([k, high])
+            assert a.integers(0, high, size=2).tolist() == [int(b.integers(0, high)), int(b.integers(0, high))]
+            assert a.random() == b.random()
