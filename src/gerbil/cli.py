@@ -247,8 +247,37 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "also a key of a YAML recipe (--config); flags given on the command line win over "
                     "the recipe. Token counts accept 50M / 1.5B.")
     p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
+    _add_nproc(p, "train on N processes of this machine (torchrun + DDP, one per GPU; gloo on CPUs); for "
+                  "several machines run `torchrun ... -m gerbil train ...` yourself (docs/distributed.md)")
     add_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+
+def _add_nproc(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--nproc", type=int, default=None, metavar="N", help=help)
+
+
+def _relaunch(args: argparse.Namespace) -> int | None:
+    """`--nproc N` (N > 1) outside torchrun: run this very command line again under torchrun on this
+    machine, without --nproc; None when there is nothing to relaunch."""
+    import os
+
+    if not args.nproc or args.nproc <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    from gerbil.train.distributed import launch
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        argv.append(a)
+    return launch(args.nproc, argv)
 
 
 def _setup_logging() -> None:
@@ -260,11 +289,16 @@ def _setup_logging() -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from gerbil.train.config import config_from_args
+    from gerbil.train.distributed import from_env
     from gerbil.train.loop import train
 
     cfg = config_from_args(args, args.config)  # validated before anything is created
+    if (rc := _relaunch(args)) is not None:
+        return rc
     _setup_logging()
     r = train(cfg)
+    if not from_env().is_main:
+        return 0  # rank 0 reports
     val = f"{r.val_loss:.4f}" if r.val_loss is not None else "n/a"
     print(f"{r.name}: {r.tokens:,} tokens in {r.steps} steps, train loss {r.train_loss:.4f}, val loss {val}, "
           f"{r.tokens_per_second:,.0f} tok/s, {r.seconds:.0f} s")
@@ -348,15 +382,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, metavar="FILE",
                    help='also write {"results": {task: {metric: value}}} to FILE')
     p.add_argument("--no-save", action="store_true", help="do not write eval/TASK.json into the run")
+    _add_nproc(p, "score the items on N processes of this machine (torchrun; one per GPU); the per-item "
+                  "results are those of one process")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from gerbil.eval.evaluate import evaluate, format_results
     from gerbil.eval.tasks import TASKS
+    from gerbil.train.distributed import from_env
 
+    if (rc := _relaunch(args)) is not None:
+        return rc
     records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
                        device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)
+    if not from_env().is_main:
+        return 0  # rank 0 reports
     print(format_results(records))
     for rec in records.values():
         if rec.get("written_to"):
@@ -519,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

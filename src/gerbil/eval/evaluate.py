@@ -36,6 +36,7 @@ from gerbil.eval.metrics import BOOTSTRAP_ITERS
 from gerbil.eval.scoring import Scorer
 from gerbil.eval.tasks import TASKS, Task, get_task, resolve_tasks
 from gerbil.fsutil import atomic_write_json, sha256_file
+from gerbil.train.distributed import Dist, rank_slice
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +204,12 @@ def default_device() -> str:
 
 def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: int | None = None,
              device: str = "cpu", data_path: str | Path | None = None, progress: bool = True,
-             share_prefix: bool = True, bootstrap_iters: int = BOOTSTRAP_ITERS) -> dict:
-    """Evaluate one task; returns the result record (metrics, per-item scores, hashes, counts)."""
+             share_prefix: bool = True, bootstrap_iters: int = BOOTSTRAP_ITERS, dist: Dist = Dist()) -> dict:
+    """Evaluate one task; returns the result record (metrics, per-item scores, hashes, counts).
+
+    dist: data-parallel (`gerbil eval --nproc N`): each rank scores a contiguous share of the items and
+    rank 0 gathers them in order — the per-item results are those of one process; the other ranks
+    return an empty record."""
     from tqdm.auto import tqdm
 
     t = get_task(task)
@@ -222,11 +227,17 @@ def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: 
         groups.append(enc[k: k + len(it.requests)])
         k += len(it.requests)
     scorer = Scorer(em.model, device=device, batch_size=batch_size, share_prefix=share_prefix)
-    bar = tqdm(total=len(items), desc=task, unit="item", disable=not progress, dynamic_ncols=True)
+    lo, hi = rank_slice(len(groups), dist) if dist.enabled else (0, len(groups))
+    bar = tqdm(total=hi - lo, desc=task, unit="item", disable=not progress or not dist.is_main, dynamic_ncols=True)
     try:
-        scores = scorer.score(groups, progress=bar)
+        scores = scorer.score(groups[lo:hi], progress=bar)
     finally:
         bar.close()
+    if dist.enabled:
+        parts = dist.gather_objects(scores)
+        if not dist.is_main:
+            return {}
+        scores = [s for part in parts for s in part]
     elapsed = time.perf_counter() - t0
     metrics, per_item = t.score(items, scores, bootstrap_iters)
     partial = len(items) < t.n_items
@@ -272,8 +283,28 @@ def evaluate(path: str | Path, tasks: str | Iterable[str] | None = None, *, limi
     harness's advice for small models); `dtype="bf16"` casts the weights. `data` gives explicit
     JSONL files per task (checked for count and content); `eval_dir` overrides where records go.
     """
+    from gerbil.train import distributed
+
     task_list = resolve_tasks(tasks)
-    device = device or default_device()
+    owns_group = not (torch_distributed_initialized())
+    dist, device = distributed.init(device or default_device())
+    try:
+        return _evaluate(path, task_list, dist, device, limit=limit, batch_size=batch_size, dtype=dtype,
+                         output=output, write=write, progress=progress, prefix=prefix, share_prefix=share_prefix,
+                         bootstrap_iters=bootstrap_iters, eval_dir=eval_dir, data=data)
+    finally:
+        if dist.enabled and owns_group:
+            distributed.shutdown()
+
+
+def torch_distributed_initialized() -> bool:
+    import torch
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _evaluate(path, task_list, dist, device, *, limit, batch_size, dtype, output, write, progress, prefix,
+              share_prefix, bootstrap_iters, eval_dir, data) -> dict[str, dict]:
     em = load_for_eval(path, prefix)
     model_hash = model_sha256(em.model)  # of the stored (fp32) weights, before any cast
     em.info["sha256"] = model_hash
@@ -284,14 +315,16 @@ def evaluate(path: str | Path, tasks: str | Iterable[str] | None = None, *, limi
     for task in task_list:
         rec = run_task(em, task, limit=limit, batch_size=batch_size, device=device, progress=progress,
                        data_path=(data or {}).get(task),
-                       share_prefix=share_prefix, bootstrap_iters=bootstrap_iters)
+                       share_prefix=share_prefix, bootstrap_iters=bootstrap_iters, dist=dist)
+        if not dist.is_main:
+            continue  # rank 0 gathered the scores and writes the record
         if write:
             dest = result_path(em, task, rec["partial"], eval_dir)
             atomic_write_json(dest, rec)
             rec["written_to"] = str(dest)
             log.info("%s: %s", task, dest)
         out[task] = rec
-    if output is not None:
+    if output is not None and dist.is_main:
         atomic_write_json(Path(output), results_summary(out))
     return out
 

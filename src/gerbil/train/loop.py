@@ -29,13 +29,15 @@ from pathlib import Path
 
 import torch
 
-from gerbil.data.loader import Loader, eval_batches
+from gerbil.data.loader import Loader, StepPrefetcher, eval_batches
 from gerbil.data.objectives import get_objective, mode_prefix
 from gerbil.errors import GerbilError
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
 from gerbil.train import checkpoint as ckpt
+from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
+from gerbil.train.distributed import Dist, rank_slice
 from gerbil.train.resolve import resolve, run_name
 from gerbil.train.rundir import Lock, RunDir, env_info
 from gerbil.train.schedules import StepPlan, lr_at
@@ -76,6 +78,8 @@ class TrainState:
     # session: training seconds so far and the losses of the last (up to) 10 steps
     seconds: float = 0.0
     recent_losses: list[float] = field(default_factory=list)
+    # the loader's cursor after the last *trained* step (the prefetcher has already drawn further ahead)
+    loader_state: dict | None = None
 
     def state_dict(self) -> dict:
         return {
@@ -83,10 +87,13 @@ class TrainState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step, "tokens": self.tokens, "skipped_steps": self.skipped_steps,
             "seconds": self.seconds, "recent_losses": list(self.recent_losses),
-            "loader": self.loader.state_dict(), "rng": ckpt.rng_state(),
+            "loader": self.loader_state if self.loader_state is not None else self.loader.state_dict(),
+            "rng": ckpt.rng_state(),
         }
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, rank: int = 0) -> None:
+        """Continue from `sd`; `rank`: this process's place in a data-parallel job (its own RNG states
+        when the checkpoint holds them for that many ranks, else rank 0's)."""
         self.optimizer.load_state_dict(sd["optimizer"])
         if self.scaler is not None and sd.get("scaler"):
             self.scaler.load_state_dict(sd["scaler"])
@@ -95,7 +102,9 @@ class TrainState:
         self.skipped_steps = int(sd.get("skipped_steps", 0))
         self.seconds = float(sd.get("seconds", 0.0))  # checkpoints of 0.1.0 have none
         self.recent_losses = [float(x) for x in sd.get("recent_losses", [])]
-        ckpt.set_rng_state(sd["rng"])
+        self.loader_state = None
+        ranks = sd.get("rng_ranks") or []
+        ckpt.set_rng_state(ranks[rank] if rank < len(ranks) else sd["rng"])
 
     @property
     def train_loss(self) -> float:
@@ -123,28 +132,44 @@ def configure_optimizer(model: torch.nn.Module, weight_decay: float, betas: tupl
 def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
                lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int,
-               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[int] | None = None) -> dict:
+               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[int] | None = None,
+               dist: Dist = Dist(), idle_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """One optimizer step over `micro_batches` (already on the model's device); returns step stats.
 
-    Each micro-batch's mean loss is weighted by its share of the step's counted targets, so the step
-    minimises the exact mean over all of them (a short last micro-batch weighs less). Returns
-    ``{"loss", "grad_norm", "skipped"}``; the loss is a Python float (one device sync per step).
+    Each micro-batch's mean loss is weighted by its share of the step's counted targets — over all ranks
+    when data-parallel (`dist`: the counts are all-reduced, and the weight is multiplied by the world size
+    since DDP averages gradients) — so the step minimises the exact mean over every scored target of the
+    global batch whatever the number of processes. With DDP (`model` wrapped in it), gradients are
+    all-reduced only on the last micro-batch (`no_sync` before); a rank with no sequence this step runs
+    `idle_batch` (nothing scored) so it still joins that all-reduce. Returns ``{"loss", "grad_norm",
+    "skipped"}``; the loss is the global mean, a Python float (one device sync per step).
     counts: targets counted per micro-batch (pass them from the CPU copies to avoid device syncs).
     """
-    device_type = micro_batches[0][0].device.type
+    if not micro_batches:
+        if idle_batch is None:
+            raise ValueError("a rank without micro-batches needs an idle_batch to join the all-reduce")
+        micro_batches, counts = [idle_batch], [0]
+    device = micro_batches[0][0].device
     if counts is None:
         counts = [int((y != -100).sum()) for _, y in micro_batches]
-    total = max(1, sum(counts))
+    total = dist.sum_floats(float(sum(counts)), device=device)[0] if dist.enabled else float(sum(counts))
+    total = max(1.0, total)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum = torch.zeros((), device=micro_batches[0][0].device)
-    for (x, y), n in zip(micro_batches, counts):
-        with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            hidden = model(x)  # (B, T, d)
-            loss = lm_loss(hidden, head.weight, head.bias, y, vocab_size=vocab_size,
-                           chunk_tokens=chunk_tokens, impl=loss_impl) * (n / total)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+    loss_sum = torch.zeros((), device=device)
+    last = len(micro_batches) - 1
+    for i, ((x, y), n) in enumerate(zip(micro_batches, counts)):
+        sync = contextlib.nullcontext() if (i == last or not hasattr(model, "no_sync")) else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                hidden = model(x)  # (B, T, d)
+                loss = lm_loss(hidden, head.weight, head.bias, y, vocab_size=vocab_size,
+                               chunk_tokens=chunk_tokens, impl=loss_impl) * (n / total)
+            grad_loss = loss * dist.world_size if dist.enabled else loss  # DDP averages over ranks
+            (scaler.scale(grad_loss) if scaler is not None else grad_loss).backward()
         loss_sum += loss.detach().float()
+    if dist.enabled:
+        dist.all_reduce_sum(loss_sum)
     loss_value = float(loss_sum)  # sync point: needed for the NaN check and the log anyway
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
@@ -156,7 +181,7 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.o
     skipped = False
     if scaler is not None:
         scale = scaler.get_scale()
-        scaler.step(optimizer)  # skips the update when any gradient is inf/NaN
+        scaler.step(optimizer)  # skips the update when any gradient is inf/NaN (the same on every rank)
         scaler.update()
         skipped = scaler.get_scale() < scale  # the scale only drops after an overflow
     else:
@@ -168,18 +193,23 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.o
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_batch: int,
                   device: torch.device, autocast_dtype: torch.dtype | None, vocab_size: int,
-                  chunk_tokens: int = 4096, pad_fill: int | None = None) -> float:
+                  chunk_tokens: int = 4096, pad_fill: int | None = None, dist: Dist = Dist()) -> float:
     """Mean next-token loss over the scored targets, every one counted once, in fp32 accumulation.
 
     windows: raw windows (N, T+1) (every target scored), or ``(inputs, targets)`` of shape (N, T) with
     -100 where a target is not scored (`loader.eval_batches`, e.g. the ``<causal>`` mode tokens).
     pad_fill: pad a short last micro-batch to (micro_batch, T) with this input id and unscored targets
     (a compiled model then keeps its one evaluation graph; `pad_batch`).
+    dist: data-parallel — each rank scores its contiguous share of the windows and the sums are
+    all-reduced, so every rank returns the same mean over the whole set.
     """
     if isinstance(windows, torch.Tensor):
         inputs, targets = windows[:, :-1], windows[:, 1:]
     else:
         inputs, targets = windows
+    if dist.enabled:
+        lo, hi = rank_slice(len(inputs), dist)
+        inputs, targets = inputs[lo:hi], targets[lo:hi]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -198,6 +228,8 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
         total += float(loss) * n  # lm_loss is the mean over this micro-batch's scored targets
         count += n
     model.train(was_training)
+    if dist.enabled:
+        total, count = dist.sum_floats(total, float(count), device=device)
     return total / max(1, count)
 
 
@@ -205,29 +237,58 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
 def train(config: TrainConfig | dict) -> RunResult:
     """Train one run to its token budget (or continue it), writing the run directory; see module doc.
 
+    Under torchrun (WORLD_SIZE > 1) every process calls this: the process group is joined here
+    (`gerbil.train.distributed`), the global batch is split across ranks, and only rank 0 locks and
+    writes the run directory; every rank returns the same result.
+
     Process-wide state the run needs is set for its duration only and restored afterwards
     (`_process_state`): the global RNGs (seeded, and restored from a checkpoint on resume), TF32 matmuls
     on CUDA, and deterministic algorithms with `deterministic`.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dist, device = distributed.init(cfg.device)
+    if dist.enabled:
+        cfg = dataclasses.replace(cfg, device=device)
+    try:
+        return _locked_train(cfg, dist)
+    finally:
+        if dist.enabled and owns_group:
+            distributed.shutdown()
+
+
+def _locked_train(cfg: TrainConfig, dist: Dist) -> RunResult:
     run = RunDir(Path(cfg.runs) / run_name(cfg))
     existed = run.path.exists()
     # one process per run: a second `train` (or `--resume auto` while the first runs) is refused, naming
     # the holder; a dead holder's lock is taken over. Taken before anything is decided, so what resolve
-    # reads (the latest checkpoint) cannot change under it.
-    try:
-        lock = Lock(run.lock, f"run {run.path}").acquire()
-    except OSError as e:
-        raise GerbilError(f"cannot write run directory {run.path}: {e.strerror or e}") from None
+    # reads (the latest checkpoint) cannot change under it. In a data-parallel job rank 0 holds it for
+    # every rank (the others are not a second process on the run).
+    lock, refused = None, None
+    if dist.is_main:
+        try:
+            lock = Lock(run.lock, f"run {run.path}").acquire()
+        except OSError as e:
+            refused = f"cannot write run directory {run.path}: {e.strerror or e}"
+        except GerbilError as e:
+            refused = str(e)
+    refused = dist.broadcast_object(refused)
+    if refused:
+        raise GerbilError(refused)
     try:
         r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
-        ckpt.clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: we hold the lock)
+        if dist.enabled:  # every rank splits steps the same way (rank 0's probe decides)
+            r.micro_batch = r.eval_micro_batch = dist.broadcast_object(r.micro_batch)
+        if dist.is_main:
+            ckpt.clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
+        dist.barrier()
         with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
-            return _train(r, lock)
+            return _train(r, lock, dist)
     finally:
-        lock.release()
-        if not existed and run.path.is_dir() and not any(run.path.iterdir()):
-            run.path.rmdir()  # refused before anything was written: leave no empty run directory
+        if lock is not None:
+            lock.release()
+            if not existed and run.path.is_dir() and not any(run.path.iterdir()):
+                run.path.rmdir()  # refused before anything was written: leave no empty run directory
 
 
 @contextlib.contextmanager
@@ -255,10 +316,11 @@ def _process_state(device: torch.device, seed: int, deterministic: bool):
         ckpt.set_rng_state(rng)
 
 
-def _train(r, lock: Lock) -> RunResult:
+def _train(r, lock: Lock | None, dist: Dist) -> RunResult:
     cfg = r.cfg
     run: RunDir = r.run
     device, model_cfg = r.device, r.model_config
+    main = dist.is_main
 
     model = GPT(model_cfg)
     model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
@@ -273,25 +335,39 @@ def _train(r, lock: Lock) -> RunResult:
     if r.resume_from is not None:  # this run's own checkpoint: continue exactly
         ckpt.load_weights(model, r.resume_from, device=str(device))
         # state on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params
-        state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"))
-        run.truncate_metrics(state.step)
+        state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"), rank=dist.rank)
+        if main:
+            run.truncate_metrics(state.step)
         if not state.recent_losses:  # a 0.1.0 checkpoint: the last losses from metrics.jsonl instead
             state.recent_losses = [float(m["loss"]) for m in run.read_metrics() if m.get("loss") is not None][-10:]
         log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
     elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
         ckpt.load_weights(model, r.parent["path"], device=str(device))
         parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
-        state.load_state_dict(parent_state)
+        state.load_state_dict(parent_state, rank=dist.rank)
         state.seconds, state.recent_losses = 0.0, []  # this run's own time and losses start here
         log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
-    run.write_config(r.config_record())
-    run.write_env(env_info(device))
-    if r.resume_from is None:
-        run.start_metrics()
+    if main:
+        record = r.config_record()
+        record["resolved"]["world_size"] = dist.world_size
+        run.write_config(record)
+        run.write_env(env_info(device))
+        if r.resume_from is None:
+            run.start_metrics()
+    loggers = []
+    if main and cfg.log:  # optional mirrors of metrics.jsonl (tensorboard, wandb): optional extras
+        from gerbil.train.loggers import make_loggers
+
+        loggers = make_loggers(cfg.log, run.path, r.config_record())
 
     run_model = model
+    if dist.enabled:  # gradients all-reduced in buckets during backward; no buffer broadcasts (rotary
+        # tables are rebuilt on every rank), so evaluation forwards need no collective
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            gradient_as_bucket_view=True)
     if r.compile:
-        run_model = torch.compile(model)  # checkpoints still save `model` (no `_orig_mod.` names)
+        run_model = torch.compile(run_model)  # checkpoints still save `model` (no `_orig_mod.` names)
     # the fixed validation set: the same N·T val tokens for every objective, presented in causal mode
     # (`<causal>` at each document start, never scored) for causal/blender models — loader.eval_batches
     val = (eval_batches(r.val_split, cfg.seq_len, cfg.val_tokens, objective=cfg.objective, eot_id=r.store.eot_id)
@@ -302,7 +378,8 @@ def _train(r, lock: Lock) -> RunResult:
         if val is None:
             return None
         return evaluate_loss(run_model, model.lm_head, val, r.eval_micro_batch, device, r.autocast_dtype,
-                             model_cfg.vocab_size, chunk, pad_fill=r.store.eot_id if r.compile else None)
+                             model_cfg.vocab_size, chunk, pad_fill=r.store.eot_id if r.compile else None,
+                             dist=dist)
 
     meta_base = {"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
                  "objective_options": cfg.objective_options(),
@@ -312,11 +389,16 @@ def _train(r, lock: Lock) -> RunResult:
         # `lr`: the last step's LR, where a continuation of this checkpoint re-warms from; `keep`: a
         # log-spaced or requested checkpoint the keep-newest policy never deletes
         meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss,
-                    lr=lr, keep=keep)
-        return ckpt.save_checkpoint(run.checkpoints, state.step, model, state.state_dict(), meta,
-                                    keep=cfg.keep_checkpoints)
+                    lr=lr, keep=keep, world_size=dist.world_size)
+        sd = state.state_dict()
+        sd["rng_ranks"] = dist.gather_objects(sd["rng"])  # every rank's RNG states, in rank order (rank 0)
+        path = run.checkpoints / ckpt.checkpoint_name(state.step)
+        if main:
+            path = ckpt.save_checkpoint(run.checkpoints, state.step, model, sd, meta, keep=cfg.keep_checkpoints)
+        dist.barrier()  # no rank runs ahead of a checkpoint that may yet fail
+        return path
 
-    progress = _Progress(r.budget, state.tokens, cfg.progress, r.name)
+    progress = _Progress(r.budget, state.tokens, cfg.progress if main else False, r.name)
     last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
     next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
     next_eval = _next_multiple(state.tokens, r.eval_every)
@@ -324,49 +406,62 @@ def _train(r, lock: Lock) -> RunResult:
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
     val_loss = None
-    t_last = time.perf_counter()
+    fill = r.store.eot_id
+    idle = (torch.full((1, cfg.seq_len), fill, device=device), torch.full((1, cfg.seq_len), -100, device=device))
     model.train()
-    while state.tokens < r.budget:
-        plan: StepPlan = r.steps.at(state.tokens)  # sequences this step (+ a shortened final one)
-        cpu_batches = list(_micro_batches(loader, plan, r.micro_batch))
-        counts = [int((y != -100).sum()) for _, y in cpu_batches]
-        if r.compile:  # one shape for the compiled graph: pad short micro-batches with unscored rows
-            cpu_batches = [pad_batch(x, y, r.micro_batch, cfg.seq_len, r.store.eot_id) for x, y in cpu_batches]
-        micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in cpu_batches]
-        lr = lr_at(state.tokens, r.schedule, plan.tokens)
-        stats = train_step(run_model, model.lm_head, optimizer, scaler, micro, lr, r.autocast_dtype,
-                           cfg.grad_clip, model_cfg.vocab_size, cfg.loss_impl, chunk, counts)
-        if not math.isfinite(stats["loss"]):
-            progress.close()
-            where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
-            raise NonFiniteLoss(f"loss is {stats['loss']} at step {state.step + 1}{where}")
-        state.step += 1
-        state.tokens += plan.tokens
-        state.skipped_steps += int(stats["skipped"])
-        state.recent_losses = (state.recent_losses + [stats["loss"]])[-10:]
-        state.seconds += time.perf_counter() - t_last
-        tok_s = plan.tokens / max(time.perf_counter() - t_last, 1e-9)  # this step's training only
-        record = {"step": state.step, "tokens": state.tokens, "loss": round(stats["loss"], 6), "lr": lr,
-                  "tok_s": round(tok_s, 1), "mfu": r.mfu(tok_s), "grad_norm": round(stats["grad_norm"], 6),
-                  "batch_tokens": plan.tokens, "skipped_steps": state.skipped_steps}
-        done = state.tokens >= r.budget
-        if done or state.tokens >= next_eval:
-            val_loss = validate()
-            record["val_loss"] = val_loss
-            next_eval = _next_multiple(state.tokens, r.eval_every)
-        if done or state.step % cfg.log_every == 0 or "val_loss" in record:
-            run.append_metrics(record)
-        progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
-        lock.beat()
-        marked = bool(marks) and state.tokens >= marks[0]
-        while marks and state.tokens >= marks[0]:
-            marks.pop(0)
-        log_step = cfg.checkpoints == "log" and state.tokens < r.checkpoint_every and not state.step & (state.step - 1)
-        if done or state.tokens >= next_ckpt or marked or log_step:
-            last_ckpt = save(lr, val_loss if "val_loss" in record else None, state.train_loss,
-                             keep=marked or cfg.checkpoints == "log")
-            next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
-        t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
+    # the next steps' micro-batches are built in a background thread while this one trains (pinned on
+    # CUDA); each arrives with the loader cursor a checkpoint written after it must hold
+    with StepPrefetcher(loader, r.steps.plans(state.tokens), r.micro_batch, pin_memory=device.type == "cuda",
+                        rank=dist.rank, world_size=dist.world_size) as prefetch:
+        t_last = time.perf_counter()
+        for prepared in prefetch:
+            plan: StepPlan = prepared.plan
+            cpu_batches = prepared.micro_batches
+            if r.compile:  # one shape for the compiled graph: pad short micro-batches with unscored rows
+                cpu_batches = [pad_batch(x, y, r.micro_batch, cfg.seq_len, fill) for x, y in cpu_batches]
+            micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in cpu_batches]
+            lr = lr_at(state.tokens, r.schedule, plan.tokens)
+            stats = train_step(run_model, model.lm_head, optimizer, scaler, micro, lr, r.autocast_dtype,
+                               cfg.grad_clip, model_cfg.vocab_size, cfg.loss_impl, chunk, prepared.counts,
+                               dist=dist, idle_batch=idle)
+            if not math.isfinite(stats["loss"]):
+                progress.close()
+                where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+                raise NonFiniteLoss(f"loss is {stats['loss']} at step {state.step + 1}{where}")
+            state.step += 1
+            state.tokens += plan.tokens
+            state.loader_state = prepared.loader_state
+            state.skipped_steps += int(stats["skipped"])
+            state.recent_losses = (state.recent_losses + [stats["loss"]])[-10:]
+            state.seconds += time.perf_counter() - t_last
+            tok_s = plan.tokens / max(time.perf_counter() - t_last, 1e-9)  # this step's training only
+            record = {"step": state.step, "tokens": state.tokens, "loss": round(stats["loss"], 6), "lr": lr,
+                      "tok_s": round(tok_s, 1), "mfu": r.mfu(tok_s), "grad_norm": round(stats["grad_norm"], 6),
+                      "batch_tokens": plan.tokens, "skipped_steps": state.skipped_steps}
+            done = state.tokens >= r.budget
+            if done or state.tokens >= next_eval:
+                val_loss = validate()
+                record["val_loss"] = val_loss
+                next_eval = _next_multiple(state.tokens, r.eval_every)
+            if main and (done or state.step % cfg.log_every == 0 or "val_loss" in record):
+                run.append_metrics(record)
+                for logger in loggers:
+                    logger.log(record)
+            progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
+            if lock is not None:
+                lock.beat()
+            marked = bool(marks) and state.tokens >= marks[0]
+            while marks and state.tokens >= marks[0]:
+                marks.pop(0)
+            log_step = (cfg.checkpoints == "log" and state.tokens < r.checkpoint_every
+                        and not state.step & (state.step - 1))
+            if done or state.tokens >= next_ckpt or marked or log_step:
+                last_ckpt = save(lr, val_loss if "val_loss" in record else None, state.train_loss,
+                                 keep=marked or cfg.checkpoints == "log")
+                next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+            t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
+    for logger in loggers:
+        logger.close()
     progress.close()
     result = RunResult(
         run_dir=run.path, name=r.name, steps=state.step, tokens=state.tokens,
@@ -379,25 +474,14 @@ def _train(r, lock: Lock) -> RunResult:
               # how validation presented the (objective-independent) scored tokens: loader.eval_batches
               "val_mode": "causal" if mode_prefix(cfg.objective) else "plain"},
     )
-    if state.skipped_steps:
+    if state.skipped_steps and main:
         log.warning("%d fp16 steps were skipped by the loss scaler (gradient overflow)", state.skipped_steps)
-    run.write_result(dataclasses.asdict(result))
+    if main:
+        run.write_result(dataclasses.asdict(result))
     return result
 
 
 # ------------------------------------------------------------------------------------ small helpers
-def _micro_batches(loader: Loader, plan: StepPlan, micro_batch: int):
-    """Split one step's sequences into micro-batches; the final step's short sequence comes last, alone."""
-    left = plan.full_sequences
-    while left > 0:
-        n = min(micro_batch, left)
-        yield loader.next_sequences(n)
-        left -= n
-    if plan.last_len:  # exact budget: a last sequence of fewer than seq_len tokens
-        x, y = loader.next_sequences(1)
-        yield x[:, : plan.last_len], y[:, : plan.last_len]
-
-
 def pad_batch(x: torch.Tensor, y: torch.Tensor, B: int, T: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`(x, y)` of shape (b ≤ B, t ≤ T) padded to (B, T): inputs with `fill`, targets with -100 (never
     scored). What a compiled model needs to keep one graph: a smaller micro-batch (the end of a step or
