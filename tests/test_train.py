@@ -187,7 +187,6 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(store, tmp_p
     (dict(objective="telepathy"), "unknown objective"),
     (dict(tokenizer_sha256="another-tokenizer"), "tokenizer"),
     (dict(tokens=64), "smaller than one batch"),
-    (dict(resume=True), "no complete checkpoint"),
     (dict(data=None), "no training data"),
 ])
 def test_bad_input_is_one_line(store, tmp_path, change, message):
@@ -307,3 +306,12 @@ def test_log_spaced_and_requested_checkpoints_are_kept(store, tmp_path):
                           checkpoint_at=[128 * 3 + 1, 128 * 7], name="at"))
     steps = [int(p.name.split("-")[1]) for p in RunDir(r.run_dir).list_checkpoints()]
     assert steps == [4, 7, 12]  # the requested ones (first step boundary at or after) survive pruning
+
+
+def test_resume_auto_starts_a_run_that_has_no_checkpoint_yet(store, tmp_path):
+    """`--resume auto` continues a run if it has a checkpoint and starts it otherwise (never started, or
+    killed before its first checkpoint) — so the same command can be rerun after any interruption."""
+    r = train(tiny_config(store, tmp_path, resume=True, tokens=128 * 2))
+    assert r.steps == 2
+    again = train(tiny_config(store, tmp_path, resume=True, tokens=128 * 2))
+    assert again.steps == 2 and again.tokens == r.tokens  # finished: reported, nothing retrained

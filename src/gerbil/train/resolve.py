@@ -130,8 +130,11 @@ def resolve(cfg: TrainConfig) -> Resolved:
     if cfg.resume:  # continue as the run was configured (its config.yaml), only runtime knobs may change
         run = RunDir(Path(cfg.runs) / run_name(cfg))
         resume_from = run.latest_checkpoint() if run.path.is_dir() else None
-        if resume_from is None:
-            raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
+        if resume_from is None:  # `--resume auto`: nothing to continue yet (never started, or killed
+            # before its first checkpoint) → start it, as given
+            log.info("no checkpoint in %s yet: starting the run", run.path)
+            cfg.resume = False
+    if resume_from is not None:
         conf = run.read_config()
         saved = TrainConfig.from_dict(conf.get("train") or {})
         _refuse_changes(cfg, saved, run.path)
