@@ -120,13 +120,16 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
         fsync_file(tmp / META)
         fsync_dir(tmp)
-    except (OSError, RuntimeError) as e:  # safetensors/torch report a full disk as RuntimeError
+    except Exception as e:  # noqa: BLE001 — torch reports a full disk as RuntimeError, safetensors as its own
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise disk_error(e, f"checkpoint {final}") from None
         from gerbil.errors import GerbilError
 
-        raise GerbilError(f"cannot write checkpoint {final}: {str(e).splitlines()[0]}") from None
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "No space left" in text or "os error 28" in text:
+            raise GerbilError(f"no space left on the device while writing checkpoint {final}") from None
+        raise GerbilError(f"cannot write checkpoint {final}: {text}") from None
 
     if final.exists():  # e.g. a damaged checkpoint of the same step that a resume fell back over
         shutil.rmtree(final)

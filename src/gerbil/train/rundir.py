@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gerbil.errors import GerbilError
-from gerbil.fsutil import atomic_write_json, atomic_write_text, json_safe
+from gerbil.fsutil import atomic_write_json, atomic_write_text, disk_error, json_safe
 from gerbil.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,12 @@ class RunDir:
 
     # ------------------------------------------------------------------------------ metrics
     def append_metrics(self, record: dict) -> None:
-        """One line of strict JSON (NaN/inf written as null)."""
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        """One line of strict JSON (NaN/inf written as null); a full disk is a one-line GerbilError."""
+        try:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        except OSError as e:
+            raise disk_error(e, str(self.metrics)) from None
 
     def read_metrics(self) -> Iterator[dict]:
         """The records of metrics.jsonl in order; a torn last line (a kill during the append) is skipped."""
