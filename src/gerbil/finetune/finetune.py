@@ -133,6 +133,9 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
     from gerbil.data.tokenizer import Tokenizer
 
     cfg = dataclasses.replace(cfg)
+    for key in ("train", "val"):  # absolute: the run resumes (and records its data) from any directory
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     run = RunDir(cfg.out)
     resume_from, recorded = None, {}
     if cfg.resume:

@@ -22,6 +22,7 @@ import torch
 from gerbil.finetune.batches import (EpochSteps, ExamplePrefetcher, ExampleStep, classify_batch, pad_micro_batch,
                                      packed_layout, sft_batch)
 from gerbil.finetune.decode import greedy
+from gerbil.errors import GerbilError
 from gerbil.finetune.model import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
 from gerbil.train.loop import Workload
@@ -111,7 +112,16 @@ def sft_loss(run_model: torch.nn.Module, head: torch.nn.Linear, vocab_size: int,
         hidden = run_model(batch[0], positions=positions, attn_mask=mask)
     else:
         hidden = run_model(batch[0])
-    return lm_loss(hidden, head.weight, head.bias, batch[1], vocab_size=vocab_size, chunk_tokens=chunk_tokens)
+    return _completion_loss(hidden, head, vocab_size, batch[1], chunk_tokens)
+
+
+def _completion_loss(hidden: torch.Tensor, head: torch.nn.Linear, vocab_size: int, targets: torch.Tensor,
+                     chunk_tokens: int) -> torch.Tensor:
+    """`lm_loss` on the scored positions only: the 50k-row head is most of a tiny model's FLOPs, and the
+    prompt and padding positions (often half the tokens) need none of it. hidden (B, T, d), targets (B, T)."""
+    scored = targets != IGNORE_INDEX  # (B, T)
+    return lm_loss(hidden[scored], head.weight, head.bias, targets[scored], vocab_size=vocab_size,
+                   chunk_tokens=chunk_tokens)
 
 
 @torch.no_grad()
@@ -128,8 +138,8 @@ def sft_val_loss(model: torch.nn.Module, data, micro_batch: int, device: torch.d
             x, y = sft_batch(data, group)
             n = int((y != IGNORE_INDEX).sum())
             with _autocast(device, autocast_dtype):
-                loss = lm_loss(model(x.to(device)), model.lm_head.weight, model.lm_head.bias, y.to(device),
-                               vocab_size=model.config.vocab_size, chunk_tokens=1024)
+                loss = _completion_loss(model(x.to(device)), model.lm_head, model.config.vocab_size, y.to(device),
+                                        1024)
             total += float(loss) * n
             count += n
     finally:
@@ -172,11 +182,23 @@ def _workload(r: Any, model: torch.nn.Module, steps: EpochSteps, loss, validate)
         # fractional epochs and examples trained so far, beside the loop's tokens
         return {"epoch": round(plan.epoch + plan.end / n, 4), "examples": plan.epoch * n + plan.end}
 
+    def step_source(tokens: int) -> ExamplePrefetcher:
+        # the steps follow from the cursor (restored from a checkpoint, or the start); it must be where the
+        # loop's token count says the run is
+        at = steps.tokens_at(steps.epoch, steps.position)
+        if at != tokens:
+            raise GerbilError(f"the data cursor (epoch {steps.epoch}, example {steps.position}) is at {at} tokens, "
+                              f"the checkpoint at {tokens}: not the same training data")
+        return ExamplePrefetcher(steps, pin_memory=r.device.type == "cuda")
+
+    def logged(run_model: torch.nn.Module) -> dict[str, float]:
+        metrics = validate(run_model)
+        log.info("%s validation: %s", r.name, ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
     select, mode = r.cfg.select_metric
     return Workload(
-        model=model, data=steps,
-        steps=lambda tokens: ExamplePrefetcher(steps, pin_memory=r.device.type == "cuda"),
-        loss=loss, validate=validate, meta=r.checkpoint_meta(),
+        model=model, data=steps, steps=step_source, loss=loss, validate=logged, meta=r.checkpoint_meta(),
         pad=(lambda b: pad_micro_batch(b, r.micro_batch, r.max_len)) if r.compile else None,
         select=(select if select == "val_loss" else f"val_{select}", mode), patience=r.cfg.patience,
         validate_first=True, step_record=step_record,
