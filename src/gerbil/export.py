@@ -22,6 +22,16 @@ the ``transformer.`` prefix (model.py), except two things this module undoes:
 the published Gerbil checkpoints with their 50,400-row GPT-J default vocabulary): q/k/v are fused,
 ``attn.bias``/``attn.masked_bias`` buffers of old checkpoints are ignored, and the vocabulary rows can
 be re-declared as padding with ``vocab_size=``.
+
+Fine-tuned classifiers (`gerbil.finetune.model.Classifier`) are written as ``GPTJForSequenceClassification``:
+the body's weights under ``transformer.``, the head as ``score.weight``; config.json's ``id2label`` holds
+the original label strings, ``pad_token_id`` is ``<|endoftext|>``; the tokenizer pads on the right (the
+classifier reads the last non-padding token, and right padding keeps every real token's position), cuts
+long texts from the left (``truncation_side="left"``: the end is kept, as gerbil does by default) to the
+fine-tuning ``max_len``, and writes the prompt prefix itself (``<causal>`` for a causal or Blender base),
+so ``transformers.pipeline("text-classification", model=DIR)`` sees exactly the tokens gerbil saw. An sft
+run exports as a causal model; the ``gerbil`` field records its prompt format and template. A fine-tuning
+run's model is its **best** checkpoint (`load_model`), not merely its newest.
 """
 from __future__ import annotations
 
@@ -79,6 +89,8 @@ def to_transformers_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             out[_HF_PREFIX + name] = t[:V].clone().contiguous()  # (V, d): padding rows dropped
         elif name.startswith("lm_head."):
             out[name] = t[:V].clone().contiguous()  # weight (V, d), bias (V,)
+        elif name.startswith("score."):  # a classifier's head: (num_labels, d), transformers' own name
+            out[name] = t.clone().contiguous()
         else:
             out[_HF_PREFIX + name] = t.clone().contiguous()
     return out
@@ -132,13 +144,21 @@ def from_transformers_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfi
     return out
 
 
-def transformers_config(cfg: ModelConfig, gerbil_meta: dict | None = None, dtype: str = "float32") -> Any:
+def transformers_config(cfg: ModelConfig, gerbil_meta: dict | None = None, dtype: str = "float32",
+                        label_names: list[str] | None = None) -> Any:
     """The ``transformers.GPTJConfig`` equivalent to ``cfg`` (real vocabulary, no padding).
 
-    ``gerbil_meta`` is stored verbatim as the config's ``gerbil`` field.
+    ``gerbil_meta`` is stored verbatim as the config's ``gerbil`` field. ``label_names`` (a classifier's
+    labels in id order) makes it a ``GPTJForSequenceClassification`` config: ``id2label`` / ``label2id``
+    with the original strings, ``pad_token_id`` = ``<|endoftext|>`` (needed for batches of more than one).
     """
     from transformers import GPTJConfig
 
+    extra: dict[str, Any] = {}
+    if label_names:
+        extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                     label2id={n: i for i, n in enumerate(label_names)}, pad_token_id=EOT_ID,
+                     problem_type="single_label_classification")
     return GPTJConfig(
         vocab_size=cfg.vocab_size,
         n_positions=cfg.seq_len,
@@ -157,21 +177,24 @@ def transformers_config(cfg: ModelConfig, gerbil_meta: dict | None = None, dtype
         bos_token_id=EOT_ID,
         eos_token_id=EOT_ID,
         tie_word_embeddings=False,
-        architectures=["GPTJForCausalLM"],
+        architectures=["GPTJForSequenceClassification" if label_names else "GPTJForCausalLM"],
         dtype=dtype,
         gerbil=gerbil_meta or {},
+        **extra,
     )
 
 
 def to_transformers(model: GPT, gerbil_meta: dict | None = None) -> Any:
-    """An in-memory ``GPTJForCausalLM`` with ``model``'s weights (fp32, eval mode)."""
+    """An in-memory ``GPTJForCausalLM`` (``GPTJForSequenceClassification`` for a classifier, whose
+    ``label_names`` default to ``"0".."K-1"``) with ``model``'s weights (fp32, eval mode)."""
     import torch
-    from transformers import GPTJForCausalLM
+    from transformers import GPTJForCausalLM, GPTJForSequenceClassification
     from transformers.models.gptj.modeling_gptj import create_sinusoidal_positions
 
-    hf_cfg = transformers_config(_unwrap(model).config, gerbil_meta)
+    labels = _label_names(_unwrap(model), gerbil_meta)
+    hf_cfg = transformers_config(_unwrap(model).config, gerbil_meta, label_names=labels)
     with torch.device("meta"):  # no allocation or random init: every parameter is assigned below
-        hf = GPTJForCausalLM(hf_cfg)
+        hf = (GPTJForSequenceClassification if labels else GPTJForCausalLM)(hf_cfg)
     hf.load_state_dict(to_transformers_state_dict(model), assign=True, strict=False)
     missing = [n for n, p in hf.named_parameters() if p.is_meta]
     if missing:
@@ -223,6 +246,9 @@ def _gerbil_field(cfg: ModelConfig, meta: dict, objective: str) -> dict:
         "non_embedding_params": cfg.n_params("non_embedding"),
         "vocab_size": cfg.vocab_size,
         "model": cfg.to_dict(),
+        "seq_len": meta.get("seq_len"),  # the sequence length it was trained at (≤ the context)
+        # a fine-tuned model: task, labels, prompt format and tokens, template, max_len (gerbil predict)
+        "finetune": meta.get("finetune"),
     }
 
 
@@ -230,6 +256,9 @@ def _model_card(info: dict, extra: str | None) -> str:
     name = info["name"]
     prefix = info.get("eval_prefix")
     prompt = f"{prefix} " if prefix else ""
+    ft = info.get("finetune") or {}
+    if ft.get("task") == "classify":
+        return _classifier_card(info, ft, extra)
     lines = [
         "---",
         "library_name: transformers",
@@ -258,6 +287,15 @@ def _model_card(info: dict, extra: str | None) -> str:
             f"start every input with `{prefix}` — evaluation does the same.",
             "",
         ]
+    if ft.get("task") == "sft":
+        template = json.dumps(ft.get("template"))
+        lines += [
+            f"Fine-tuned on prompt → completion pairs (prompt format `{ft.get('prompt_format')}`, template "
+            f"`{template}`): the prompt is the token ids `{ft.get('prefix')}` followed by the template filled "
+            "with the prompt; the model writes the completion and then `<|endoftext|>`. "
+            "`gerbil predict PATH --input FILE` does this for you.",
+            "",
+        ]
     lines += [
         "## How to load",
         "",
@@ -280,6 +318,77 @@ def _model_card(info: dict, extra: str | None) -> str:
     return "\n".join(lines)
 
 
+def _classifier_card(info: dict, ft: dict, extra: str | None) -> str:
+    labels = ft.get("label_names") or []
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [gerbil, gpt-j, tiny-language-model, text-classification]",
+        "---",
+        f"# {info['name']}",
+        "",
+        f"A {info['size']} GPT-J-architecture model fine-tuned with gerbil to classify texts as "
+        + ", ".join(f"`{x}`" for x in labels) + ".",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| size | {info['size']} ({info['params']:,} parameters with the score head) |",
+        f"| base model | {(ft.get('base') or {}).get('name') or '—'} ({info['objective']}, "
+        f"{fmt_count((ft.get('base') or {}).get('tokens'))} pretraining tokens) |",
+        f"| labels | {', '.join(labels)} |",
+        f"| input | at most {ft.get('max_len')} tokens; longer texts keep their "
+        f"{'end' if ft.get('truncate') == 'end' else 'head and tail (transformers: the end)'} |",
+        f"| prompt prefix | {ft.get('prefix') or 'none'} (written by the tokenizer) |",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'clf = pipeline("text-classification", model="PATH")',
+        'print(clf(["first text", "second text"], batch_size=8, truncation=True))',
+        "```",
+        "",
+        "The tokenizer pads on the right and cuts long texts from the left (the end is kept); the model "
+        "reads the last non-padding token. Or with gerbil: `gerbil predict PATH --input FILE`.",
+        "",
+    ]
+    if extra:
+        lines += [extra.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def _label_names(model: Any, meta: dict | None) -> list[str] | None:
+    """A classifier's labels in id order (from the fine-tuning record, else "0".."K-1"); None for a LM."""
+    k = getattr(model, "num_labels", None)
+    if not k:
+        return None
+    names = ((meta or {}).get("finetune") or {}).get("label_names")
+    return list(names) if names and len(names) == k else [str(i) for i in range(k)]
+
+
+def _classifier_tokenizer(hf_tok: Any, ft: dict) -> Any:
+    """The exported tokenizer of a classifier: pads on the right with ``<|endoftext|>``, cuts from the
+    left to ``max_len``, and writes the fine-tuning prompt prefix (``<causal>``) before every text — so a
+    pipeline feeds the model exactly what gerbil fed it (module docstring)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from gerbil.data.tokenizer import SPECIAL_TOKENS
+
+    names = {v: k for k, v in SPECIAL_TOKENS.items()}
+    prefix = [names[i] for i in ft.get("prefix") or []]
+    if prefix:
+        hf_tok.backend_tokenizer.post_processor = TemplateProcessing(
+            single=" ".join(prefix + ["$A"]), pair=" ".join(prefix + ["$A", "$B"]),
+            special_tokens=[(n, SPECIAL_TOKENS[n]) for n in dict.fromkeys(prefix)])
+    hf_tok.pad_token = names[EOT_ID]
+    hf_tok.padding_side = "right"
+    hf_tok.truncation_side = "left"
+    hf_tok.model_max_length = int(ft.get("max_len") or hf_tok.model_max_length)
+    return hf_tok
+
+
 # ------------------------------------------------------------------------------------------- export
 def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
     """(GPT in eval mode, meta) from a run directory (its latest intact checkpoint), a checkpoint
@@ -287,17 +396,50 @@ def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
 
     ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
     """
-    from gerbil.train import checkpoint as ckpt
     from gerbil.train.rundir import resolve_source
 
     src = resolve_source(source)
     if src.kind == "export":
         model, meta = load(src.export, device=device)
     else:
-        model, meta = ckpt.load_checkpoint(src.checkpoint, device=device)
+        path = _best_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
+        model, meta = _load_checkpoint(path, device)
     meta = dict(meta)
     meta["objective"] = meta.get("objective") or "plain"
     return model.eval(), meta
+
+
+def _best_checkpoint(latest: Path) -> Path:
+    """A run's model: its latest checkpoint, or for a run that keeps its best (a fine-tuning run) the
+    best one its latest meta.json names, when that one is intact."""
+    from gerbil.train import checkpoint as ckpt
+
+    best = (ckpt.read_meta(latest).get("best") or {}).get("checkpoint")
+    if not best or best == latest.name:
+        return latest
+    path = latest.parent / best
+    reason = ckpt.verify_checkpoint(path)
+    if reason is None:
+        return path
+    log.warning("best checkpoint %s is damaged (%s); using the latest, %s", path, reason, latest.name)
+    return latest
+
+
+def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
+    """(model, meta) of one checkpoint directory: a `Classifier` for a fine-tuned classifier, else a GPT."""
+    from gerbil.train import checkpoint as ckpt
+
+    meta = ckpt.read_meta(path)
+    ft = meta.get("finetune") or {}
+    labels = ft.get("label_names") if ft.get("task") == "classify" else None
+    if not labels:
+        return ckpt.load_checkpoint(path, device=device)
+    from gerbil.finetune.model import Classifier
+
+    model = Classifier(ModelConfig.from_dict(meta["model"]), len(labels))
+    ckpt.load_weights(model, path, device="cpu")
+    meta["path"] = str(path)
+    return model.to(device), meta
 
 
 def _resolve_source(source: Any) -> tuple[GPT, dict]:
@@ -379,14 +521,18 @@ def export(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
+    labels = _label_names(model, info)
     state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    transformers_config(cfg, gerbil_meta, dtype=dtype).save_pretrained(str(tmp))
-    GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(str(tmp))
+    transformers_config(cfg, gerbil_meta, dtype=dtype, label_names=labels).save_pretrained(str(tmp))
+    if not labels:
+        GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(str(tmp))
     if tokenizer:
         hf_tok = tokenizer.to_transformers(model_max_length=cfg.seq_len)
+        if labels:
+            hf_tok = _classifier_tokenizer(hf_tok, gerbil_meta.get("finetune") or {})
         hf_tok.save_pretrained(str(tmp))
-        _portable_tokenizer_config(tmp / "tokenizer_config.json")
+        _portable_tokenizer_config(tmp / "tokenizer_config.json", classifier=bool(labels))
     (tmp / "README.md").write_text(_model_card(gerbil_meta, extra_card), encoding="utf-8")
     for f in tmp.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
@@ -409,15 +555,19 @@ def export(
     return out
 
 
-def _portable_tokenizer_config(path: Path) -> None:
+def _portable_tokenizer_config(path: Path, classifier: bool = False) -> None:
     """Make tokenizer_config.json loadable by transformers 4.x as well as 5.x.
 
     transformers 5 names its tokenizer.json-backed class ``TokenizersBackend`` and lists extra special
     tokens under ``extra_special_tokens``; 4.x knows neither. ``PreTrainedTokenizerFast`` (which reads
-    tokenizer.json) and ``additional_special_tokens`` are understood by both.
+    tokenizer.json) and ``additional_special_tokens`` are understood by both. A classifier's padding and
+    truncation sides are written out explicitly (transformers 5.24 does not save sides set after
+    construction, and its default truncation side is the right one).
     """
     conf = json.loads(path.read_text())
     conf["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if classifier:
+        conf.update(padding_side="right", truncation_side="left")
     extra = conf.get("extra_special_tokens") or conf.get("additional_special_tokens")
     if isinstance(extra, list):
         conf["additional_special_tokens"] = extra
@@ -498,10 +648,23 @@ def load(
         raise FileNotFoundError(f"{folder}: no config.json (not a transformers model folder)")
     hf = json.loads(cfg_path.read_text())
     cfg = _config_from_transformers(hf, vocab_size, pad_vocab_multiple)
-    state = from_transformers_state_dict(_read_transformers_weights(folder), cfg)
+    weights = _read_transformers_weights(folder)
+    score = weights.pop("score.weight", None)  # a sequence classifier's head
+    classify = "GPTJForSequenceClassification" in (hf.get("architectures") or [])
+    if classify and score is None:
+        raise GerbilError(f"{folder}: a GPTJForSequenceClassification folder without score.weight")
+    state = from_transformers_state_dict(weights, cfg)
     state = {k: v.float() for k, v in state.items()}  # gerbil keeps fp32 master weights
-    with torch.device("meta"):
-        model = GPT(cfg)
+    if classify:
+        from gerbil.finetune.model import Classifier
+
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+        state["score.weight"] = score.float()
+        with torch.device("meta"):
+            model = Classifier(cfg, int(score.shape[0]))
+    else:
+        with torch.device("meta"):
+            model = GPT(cfg)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise GerbilError(f"{folder}: weights do not match the config "
@@ -513,6 +676,10 @@ def load(
     model = model.to(device).eval()
     meta = dict(hf.get("gerbil") or {})
     meta["objective"] = meta.get("objective") or "plain"  # a foreign GPT-J folder: plain causal LM
+    if classify and not (meta.get("finetune") or {}).get("label_names"):  # a foreign classifier: its id2label
+        id2label = hf.get("id2label") or {}
+        names = [str(id2label.get(str(i), id2label.get(i, i))) for i in range(int(score.shape[0]))]
+        meta["finetune"] = dict(meta.get("finetune") or {}, task="classify", label_names=names)
     meta["source"] = str(folder)
     meta["transformers_vocab_size"] = int(hf["vocab_size"])
     return model, meta

@@ -1,8 +1,11 @@
-"""Fine-tuning (``gerbil finetune``): classification and prompt → completion data for a pretrained tiny model.
+"""Fine-tuning (``gerbil finetune`` / ``gerbil predict``): classification and prompt → completion on a
+pretrained tiny model, through the training loop of ``gerbil train`` (docs/finetune.md).
 
 ``data`` reads a user's labelled file (JSONL / CSV / parquet) into :class:`~gerbil.finetune.data.Examples`,
-counting and skipping bad rows the way ``prepare`` does, and splits it deterministically into train and
-validation. ``datasets`` provides real, pinned, offline labelled sets to try it on (SpamAssassin mail,
-BoolQ) and a generator of "fuzzy wrapper" pairs (free-form dates → ISO dates via ``dateutil``).
-The sets, their sources, licences, hashes and counts are described in ``docs/finetune-data.md``.
+counting and skipping bad rows, and splits it deterministically into train and validation; ``datasets``
+provides real, pinned, offline labelled sets (SpamAssassin mail, BoolQ) and "fuzzy wrapper" date pairs
+(docs/finetune-data.md). ``config`` is `FinetuneConfig`; ``batches`` turns examples into tokens, epoch
+steps and micro-batches; ``model`` is the `Classifier`; ``workloads`` are what the loop runs;
+``finetune`` resolves and runs a fine-tuning run; ``decode`` is batched greedy decoding; ``predict``
+is batch inference; ``command`` holds the CLI verbs.
 """

@@ -461,3 +461,25 @@ def split_validation(examples: Examples, fraction: float = 0.1, seed: int = 0) -
     train_idx = [i for i in range(len(examples)) if i not in val]
     val_idx = sorted(val)
     return examples.subset(train_idx), examples.subset(val_idx)
+
+
+def read_texts(path: str | Path, field: str) -> tuple[list[str], list[int], BadRows]:
+    """The ``field`` strings of a JSONL / CSV / parquet file, for inference (``gerbil predict``): the
+    same formats and bad-row rules as :func:`read_examples` (a bad row is counted and skipped), no
+    label or completion needed. Returns ``(texts, source_rows, bad)``; a file with no usable row is a
+    one-line :class:`~gerbil.errors.GerbilError`."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise GerbilError(f"{p}: no such file")
+    bad = BadRows()
+    texts, rows = [], []
+    for n, row in _reader(p)(p, bad, (field,)):
+        text = _check_string(row.get(field), bad)
+        if text is not None:
+            texts.append(text)
+            rows.append(n)
+    if not texts:
+        raise GerbilError(f"{p}: no usable rows with a {field!r} field ({bad.summary()})")
+    if bad.total:
+        log.warning("%s: %d usable rows, %s", p, len(texts), bad.summary())
+    return texts, rows, bad

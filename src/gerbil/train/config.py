@@ -9,6 +9,10 @@ Each field carries its own help text, command-line spelling, parser and range ch
 
 The YAML/dict spelling of `cls` is ``class`` and of `from_run` is ``from`` (Python keywords); both
 spellings are accepted everywhere. Pure Python, no torch.
+
+The machinery is not TrainConfig's alone: `Options` (construction from a mapping or YAML, the one
+validation) and `add_arguments` / `config_from_args` (flags) serve any dataclass of `opt` fields —
+`gerbil finetune`'s `gerbil.finetune.config.FinetuneConfig` is the other one.
 """
 from __future__ import annotations
 
@@ -40,14 +44,17 @@ _ALIAS_OF = {v: k for k, v in _KEY_ALIASES.items()}
 
 def opt(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
         check: str | None = None, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-        cli: bool = True) -> Any:
+        cli: bool = True, items: type = float) -> Any:
     """A config field with what the CLI and the validation need to know about it.
 
     parse: turns a command-line (or YAML) string into the value, e.g. `parse_count` for "50M";
-    check: "positive", "non_negative", "fraction" ([0, 1]) or "unit" ((0, 1)); choices: allowed strings.
+    check: "positive", "non_negative", "fraction" ([0, 1]) or "unit" ((0, 1)); choices: allowed strings;
+    flag: the command-line spelling (default ``--field-name``; a name without dashes is an optional
+    positional argument); items: what a list field holds (numbers, or `str`).
     """
     return field(default=default, metadata={"help": help, "flag": flag, "parse": parse, "check": check,
-                                            "choices": choices, "metavar": metavar, "cli": cli})
+                                            "choices": choices, "metavar": metavar, "cli": cli,
+                                            "items": items})
 
 
 def _parse_model(text: str) -> dict:
@@ -77,9 +84,67 @@ def _parse_weights(text: str) -> list[float]:
     return [float(x) for x in str(text).replace(" ", "").split(",") if x]
 
 
+class Options:
+    """What every options dataclass of `opt` fields shares: one validation of each field on construction
+    (`__post_init__`), construction from a mapping (`from_dict`) or a YAML file (`from_yaml`), and
+    plain-data output. Subclasses name what their keys are (`_what`, in the unknown-key error) and the
+    YAML spellings of fields whose names are Python keywords (`_aliases`)."""
+
+    _what = "option"
+    _aliases: dict[str, str] = {}  # YAML/dict key → field name
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_field(f, getattr(self, f.name), self._display_name(f.name)))
+
+    @classmethod
+    def _display_name(cls, name: str) -> str:
+        return {v: k for k, v in cls._aliases.items()}.get(name, name)
+
+    @classmethod
+    def _key(cls, key: Any) -> str:
+        k = str(key).replace("-", "_")
+        return cls._aliases.get(k, k)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """From a recipe/config mapping; the `_aliases` spellings and dashed keys accepted. An unknown key
+        is a one-line error naming it."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a {cls._what} mapping is needed, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in d.items():
+            k = cls._key(key)
+            if k not in names:
+                raise ValueError(f"unknown {cls._what} {key!r} (known: {', '.join(sorted(names))})")
+            out[k] = value
+        return cls(**out)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None):
+        """A recipe file; `overrides` (e.g. the CLI flags that were given) win over its keys."""
+        data = read_yaml_mapping(path, "a recipe")
+        data = {cls._key(k): v for k, v in data.items()}
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        """Plain data (YAML-able)."""
+        return dataclasses.asdict(self)
+
+    def differences(self, other: "Options", fields: tuple[str, ...] | None = None) -> list[str]:
+        """Names of the fields whose values differ (all fields, or `fields`)."""
+        names = fields or tuple(f.name for f in dataclasses.fields(self))
+        return [n for n in names if getattr(self, n) != getattr(other, n)]
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Everything `gerbil train` takes; the YAML recipe keys are these names (``class`` for `cls`)."""
+
+    _what = "training option"
+    _aliases = _KEY_ALIASES
 
     # --- what is trained
     size: str | None = opt(None, f"ladder size: {size_names()} (default 6.7m, or the --from run's; "
@@ -160,8 +225,7 @@ class TrainConfig:
     log: str | None = opt(None, "also mirror metrics to: tensorboard, wandb (comma-separated)")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _check_field(f, getattr(self, f.name)))
+        super().__post_init__()
         if self.blender_weights is not None and len(self.blender_weights) != 3:
             raise ValueError(f"blender_weights: expected three numbers (causal, fim, mlm), got {self.blender_weights}")
 
@@ -172,23 +236,7 @@ class TrainConfig:
         a one-line error naming it."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a mapping of options, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        out = {}
-        for key, value in d.items():
-            k = str(key).replace("-", "_")
-            k = _KEY_ALIASES.get(k, k)
-            if k not in names:
-                raise ValueError(f"unknown training option {key!r} (known: {', '.join(sorted(names))})")
-            out[k] = value
-        return cls(**out)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
-        """A recipe file; `overrides` (e.g. the CLI flags that were given) win over its keys."""
-        data = read_yaml_mapping(path, "a recipe")
-        data = {_KEY_ALIASES.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v for k, v in data.items()}
-        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls.from_dict(data)
+        return super().from_dict(d)
 
     def objective_options(self) -> dict[str, Any]:
         """The options of this run's objective (`gerbil.data.objectives.get_objective(objective, **them)`):
@@ -215,11 +263,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["class"] = d.pop("cls")
         return d
-
-    def differences(self, other: "TrainConfig", fields: tuple[str, ...] | None = None) -> list[str]:
-        """Names of the fields whose values differ (all fields, or `fields`)."""
-        names = fields or tuple(f.name for f in dataclasses.fields(self))
-        return [n for n in names if getattr(self, n) != getattr(other, n)]
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
@@ -268,9 +311,10 @@ def _type_name(kinds: set[type]) -> str:
     return " or ".join(names[k] for k in (int, float, str, bool, list, dict) if k in kinds)
 
 
-def _check_field(f: dataclasses.Field, value: Any) -> Any:
-    """The value of field `f`, converted where its parser allows (e.g. '50M'), or a one-line ValueError."""
-    name = _ALIAS_OF.get(f.name, f.name)
+def _check_field(f: dataclasses.Field, value: Any, name: str | None = None) -> Any:
+    """The value of field `f`, converted where its parser allows (e.g. '50M'), or a one-line ValueError
+    naming the field (`name`: its spelling in messages, default the field name)."""
+    name = name or _ALIAS_OF.get(f.name, f.name)
     kinds, optional = _allowed_types(f.type)
     meta = f.metadata
     if value is None:
@@ -303,22 +347,29 @@ def _check_field(f: dataclasses.Field, value: Any) -> Any:
         if not ok:
             want = {"positive": "> 0", "non_negative": ">= 0", "fraction": "in [0, 1]", "unit": "in (0, 1)"}[check]
             raise ValueError(f"{name}: must be {want}, got {value!r}")
-    if list in kinds and isinstance(value, list) and not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
-        raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
+    if list in kinds and isinstance(value, list):
+        if meta.get("items", float) is str:
+            if not all(isinstance(x, str) for x in value):
+                raise ValueError(f"{name}: expected a list of strings, got {value!r}")
+        elif not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            raise ValueError(f"{name}: expected a list of numbers, got {value!r}")
     return value
 
 
 # ---------------------------------------------------------------------------------------- the CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per `TrainConfig` field (`--seq-len`, `--class`, `--from`, `--resume auto`, `--no-compile`,
-    ...). Flags not given are absent from the namespace (argparse.SUPPRESS), so a recipe's or the
-    dataclass's value stays in place; values are parsed and checked by `TrainConfig` itself."""
-    for f in dataclasses.fields(TrainConfig):
+def add_arguments(parser: argparse.ArgumentParser, cls: type = None) -> None:
+    """One flag per field of `cls` (default `TrainConfig`: `--seq-len`, `--class`, `--from`, `--resume
+    auto`, `--no-compile`, ...). Flags not given are absent from the namespace (argparse.SUPPRESS), so a
+    recipe's or the dataclass's value stays in place; values are parsed and checked by `cls` itself."""
+    for f in dataclasses.fields(cls or TrainConfig):
         meta = f.metadata
         if not meta.get("cli", True):
             continue
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if not flag.startswith("-"):  # an optional positional argument (e.g. finetune's RUN_OR_EXPORT)
+            parser.add_argument(f.name, nargs="?", default=argparse.SUPPRESS, metavar=meta.get("metavar") or flag,
+                                help=meta["help"])
+            continue
         kinds, _ = _allowed_types(f.type)
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = "" if default is None else f" (default {default})"
@@ -336,18 +387,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, **kw)
 
 
-def config_from_args(args: argparse.Namespace, recipe: str | None = None) -> TrainConfig:
-    """The TrainConfig of a `gerbil train` command line: the recipe (if any), then the given flags."""
+def config_from_args(args: argparse.Namespace, recipe: str | None = None, cls: type = None) -> Any:
+    """The config (`cls`, default TrainConfig) of a command line: the recipe (if any), then the given flags."""
+    cls = cls or TrainConfig
     given: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             if f.name == "resume":
                 value = True
             given[f.name] = _from_cli(f, value)
     if recipe:
-        return TrainConfig.from_yaml(recipe, given)
-    return TrainConfig.from_dict(given)
+        return cls.from_yaml(recipe, given)
+    return cls.from_dict(given)
 
 
 def _from_cli(f: dataclasses.Field, value: Any) -> Any:

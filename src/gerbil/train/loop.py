@@ -14,6 +14,13 @@ sequence), so a Gerbil-A-6.7m run sees 20 × 6,682,584 = 133,651,680 tokens
 Exact resume: a checkpoint holds the weights, the optimizer and GradScaler state, step, tokens, the
 skipped-step count, every RNG state and the loader cursor; the LR is a pure function of tokens. On CPU a
 resumed run is bitwise identical to an uninterrupted one (tests/test_train.py kills a run with SIGKILL).
+
+One loop, several workloads. What is trained and how it is scored is a `Workload`: the module (a GPT,
+or a GPT with a classification head), the steps' data (prefetched `PreparedStep`s and a cursor that
+checkpoints save), the loss of one micro-batch, and validation (a dict of metrics; optionally the metric
+that picks the best checkpoint and stops early). Pretraining's workload is built here (`_pretraining`);
+fine-tuning's come from `gerbil.finetune.workloads` and run through the same `run_workload` — precision,
+compile, checkpoints, exact resume, metrics, progress and the run lock are this module's, for all of them.
 """
 from __future__ import annotations
 
@@ -24,12 +31,14 @@ import os
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ContextManager
 
 import torch
 
-from gerbil.data.loader import Loader, StepPrefetcher, eval_batches
+from gerbil.data.loader import Loader, PreparedStep, StepPrefetcher, eval_batches
 from gerbil.data.objectives import get_objective, mode_prefix
 from gerbil.errors import GerbilError
 from gerbil.model.loss import lm_loss
@@ -80,9 +89,15 @@ class TrainState:
     recent_losses: list[float] = field(default_factory=list)
     # the loader's cursor after the last *trained* step (the prefetcher has already drawn further ahead)
     loader_state: dict | None = None
+    # a workload that selects its best checkpoint (`Workload.select`): the best validation so far
+    # ({"metric", "value", "step", "tokens", "checkpoint", "metrics"}), validations since it, and whether
+    # the run stopped early (a resumed run that stopped early trains no further)
+    best: dict | None = None
+    since_best: int = 0
+    stopped: bool = False
 
     def state_dict(self) -> dict:
-        return {
+        sd = {
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "step": self.step, "tokens": self.tokens, "skipped_steps": self.skipped_steps,
@@ -90,6 +105,9 @@ class TrainState:
             "loader": self.loader_state if self.loader_state is not None else self.loader.state_dict(),
             "rng": ckpt.rng_state(),
         }
+        if self.best is not None or self.stopped:  # only runs that select a best checkpoint have these
+            sd.update(best=self.best, since_best=self.since_best, stopped=self.stopped)
+        return sd
 
     def load_state_dict(self, sd: dict, rank: int = 0) -> None:
         """Continue from `sd`; `rank`: this process's place in a data-parallel job (its own RNG states
@@ -103,6 +121,8 @@ class TrainState:
         self.seconds = float(sd.get("seconds", 0.0))  # checkpoints of 0.1.0 have none
         self.recent_losses = [float(x) for x in sd.get("recent_losses", [])]
         self.loader_state = None
+        self.best, self.since_best = sd.get("best"), int(sd.get("since_best", 0))
+        self.stopped = bool(sd.get("stopped", False))
         ranks = sd.get("rng_ranks") or []
         ckpt.set_rng_state(ranks[rank] if rank < len(ranks) else sd["rng"])
 
@@ -129,12 +149,18 @@ def configure_optimizer(model: torch.nn.Module, weight_decay: float, betas: tupl
     return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=1e-8, **kw)
 
 
-def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
-               lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int,
-               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[int] | None = None,
-               dist: Dist = Dist(), idle_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+def train_step(model: torch.nn.Module, head: torch.nn.Linear | None, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, ...]],
+               lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int | None,
+               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[float] | None = None,
+               dist: Dist = Dist(), idle_batch: tuple[torch.Tensor, ...] | None = None,
+               loss_fn: Callable[[torch.nn.Module, tuple], torch.Tensor] | None = None) -> dict:
     """One optimizer step over `micro_batches` (already on the model's device); returns step stats.
+
+    A micro-batch is a tuple of tensors whose first two are ``(inputs, targets)`` (targets -100 where
+    nothing is scored); `loss_fn(model, micro_batch)` is its mean loss over its scored targets — by
+    default next-token cross-entropy through `head` (`lm_loss` with `vocab_size`, `loss_impl`,
+    `chunk_tokens`, which are unused when a `loss_fn` is given).
 
     Each micro-batch's mean loss is weighted by its share of the step's counted targets — over all ranks
     when data-parallel (`dist`: the counts are all-reduced, and the weight is multiplied by the world size
@@ -151,20 +177,22 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear, optimizer: torch.o
         micro_batches, counts = [idle_batch], [0]
     device = micro_batches[0][0].device
     if counts is None:
-        counts = [int((y != -100).sum()) for _, y in micro_batches]
+        counts = [int((b[1] != -100).sum()) for b in micro_batches]
+    if loss_fn is None:
+        def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
+            return lm_loss(m(batch[0]), head.weight, head.bias, batch[1], vocab_size=vocab_size,
+                           chunk_tokens=chunk_tokens, impl=loss_impl)
     total = dist.sum_floats(float(sum(counts)), device=device)[0] if dist.enabled else float(sum(counts))
     total = max(1.0, total)
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     last = len(micro_batches) - 1
-    for i, ((x, y), n) in enumerate(zip(micro_batches, counts)):
+    for i, (batch, n) in enumerate(zip(micro_batches, counts)):
         sync = contextlib.nullcontext() if (i == last or not hasattr(model, "no_sync")) else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                hidden = model(x)  # (B, T, d)
-                loss = lm_loss(hidden, head.weight, head.bias, y, vocab_size=vocab_size,
-                               chunk_tokens=chunk_tokens, impl=loss_impl) * (n / total)
+                loss = loss_fn(model, batch) * (n / total)
             grad_loss = loss * dist.world_size if dist.enabled else loss  # DDP averages over ranks
             (scaler.scale(grad_loss) if scaler is not None else grad_loss).backward()
         loss_sum += loss.detach().float()
@@ -233,6 +261,84 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
     return total / max(1, count)
 
 
+# ------------------------------------------------------------------------------------ workloads
+@dataclass
+class Workload:
+    """What one run trains, on what, and how it is scored: everything `run_workload` does not decide.
+
+    The loop owns the rest, the same for every workload: the optimizer, precision and loss scaling, DDP and
+    torch.compile wrapping, the LR schedule and the step budget (`Resolved`), checkpoints and exact
+    resume, metrics.jsonl, the progress bar and the run lock.
+    """
+
+    model: torch.nn.Module  # on the device; trained, and saved by checkpoints (its state_dict)
+    data: Any  # the steps' cursor: state_dict() / load_state_dict() (checkpoints save it)
+    # the remaining steps after `tokens` trained, as `PreparedStep`s built ahead of time; a context
+    # manager that stops its builder on exit (`StepPrefetcher`)
+    steps: Callable[[int], ContextManager[Iterator[PreparedStep]]]
+    # the mean loss of one micro-batch over its scored targets (`train_step`'s loss_fn), on the wrapped
+    # (DDP / compiled) model
+    loss: Callable[[torch.nn.Module, tuple], torch.Tensor]
+    # metrics of the validation set (None: no validation set), e.g. {"val_loss": 3.2}; its argument is the
+    # wrapped model, and it leaves the model in training mode
+    validate: Callable[[torch.nn.Module], dict[str, float]] | None
+    meta: dict  # facts every checkpoint's meta.json holds (model, size, objective, ...)
+    pad: Callable[[tuple], tuple] | None = None  # a compiled model's one shape for every micro-batch
+    idle_batch: tuple | None = None  # data-parallel: a micro-batch with nothing scored (on the device)
+    # keep the best checkpoint by this validation metric: (name, "max" | "min"); None: the newest is the result
+    select: tuple[str, str] | None = None
+    patience: int = 0  # with `select`: stop after this many validations without improvement (0: never)
+    validate_first: bool = False  # also validate the untrained model (a step-0 line in metrics.jsonl)
+    step_record: Callable[[Any], dict] | None = None  # extra metrics.jsonl fields of a step (its plan)
+    info: dict = field(default_factory=dict)  # extra RunResult.info
+
+
+def _pretraining(r, dist: Dist) -> Workload:
+    """Pretraining: a seeded GPT, the token store's packed sequences (`Loader`), next-token
+    cross-entropy, and the fixed validation set's loss."""
+    cfg, device, model_cfg = r.cfg, r.device, r.model_config
+    model = GPT(model_cfg)
+    model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
+    model.to(device)
+    objective = get_objective(cfg.objective, **cfg.objective_options()) if cfg.objective != "plain" else "plain"
+    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=objective, seed=cfg.seed,
+                    eot_id=r.store.eot_id)
+    # the fixed validation set: the same N·T val tokens for every objective, presented in causal mode
+    # (`<causal>` at each document start, never scored) for causal/blender models — loader.eval_batches
+    val = (eval_batches(r.val_split, cfg.seq_len, cfg.val_tokens, objective=cfg.objective, eot_id=r.store.eot_id)
+           if r.val_split is not None else None)
+    chunk = 4096 if device.type == "cuda" else 1024  # CPU: keep one chunk's fp32 logits ≈ 200 MB
+    head, vocab, fill = model.lm_head, model_cfg.vocab_size, r.store.eot_id
+
+    def loss(run_model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        x, y = batch  # (B, T) inputs and next-token targets
+        return lm_loss(run_model(x), head.weight, head.bias, y, vocab_size=vocab, chunk_tokens=chunk,
+                       impl=cfg.loss_impl)
+
+    def validate(run_model: torch.nn.Module) -> dict[str, float]:
+        return {"val_loss": evaluate_loss(run_model, head, val, r.eval_micro_batch, device, r.autocast_dtype, vocab,
+                                          chunk, pad_fill=fill if r.compile else None, dist=dist)}
+
+    def steps(tokens: int) -> StepPrefetcher:
+        # the next steps' micro-batches are built in a background thread while this one trains (pinned on
+        # CUDA); each arrives with the loader cursor a checkpoint written after it must hold
+        return StepPrefetcher(loader, r.steps.plans(tokens), r.micro_batch, pin_memory=device.type == "cuda",
+                              rank=dist.rank, world_size=dist.world_size)
+
+    return Workload(
+        model=model, data=loader, steps=steps, loss=loss, validate=validate if val is not None else None,
+        meta={"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
+              "objective_options": cfg.objective_options(), "parent": r.parent_record, "run": r.name,
+              "seq_len": cfg.seq_len, "seed": cfg.seed},
+        # one shape for the compiled graph: pad short micro-batches with unscored rows
+        pad=(lambda b: pad_batch(*b, r.micro_batch, cfg.seq_len, fill)) if r.compile else None,
+        idle_batch=(torch.full((1, cfg.seq_len), fill, device=device),
+                    torch.full((1, cfg.seq_len), -100, device=device)),
+        # how validation presented the (objective-independent) scored tokens: loader.eval_batches
+        info={"val_mode": "causal" if mode_prefix(cfg.objective) else "plain"},
+    )
+
+
 # ------------------------------------------------------------------------------------ the loop
 def train(config: TrainConfig | dict) -> RunResult:
     """Train one run to its token budget (or continue it), writing the run directory; see module doc.
@@ -251,19 +357,32 @@ def train(config: TrainConfig | dict) -> RunResult:
     if dist.enabled:
         cfg = dataclasses.replace(cfg, device=device)
     try:
-        return _locked_train(cfg, dist)
+        return run_locked(RunDir(Path(cfg.runs) / run_name(cfg)), dist, lambda: _resolve(cfg, dist),
+                          lambda r, lock: run_workload(r, _pretraining(r, dist), lock, dist))
     finally:
         if dist.enabled and owns_group:
             distributed.shutdown()
 
 
-def _locked_train(cfg: TrainConfig, dist: Dist) -> RunResult:
-    run = RunDir(Path(cfg.runs) / run_name(cfg))
+def _resolve(cfg: TrainConfig, dist: Dist):
+    r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
+    if dist.enabled:  # every rank splits steps the same way (rank 0's probe decides)
+        r.micro_batch = r.eval_micro_batch = dist.broadcast_object(r.micro_batch)
+    return r
+
+
+def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Any], body: Callable[[Any, Lock | None], RunResult]
+               ) -> RunResult:
+    """`body(prepare(), lock)` while holding `run`'s lock, inside the run's process state.
+
+    `prepare()` decides everything about the run (a `Resolved`: its `cfg.seed` / `cfg.deterministic`,
+    `device` and `run` are read here) and `body` trains it. One process per run: a second `train` (or
+    `--resume auto` while the first runs) is refused, naming the holder; a dead holder's lock is taken
+    over. The lock is taken before anything is decided, so what `prepare` reads (the latest checkpoint)
+    cannot change under it. In a data-parallel job rank 0 holds it for every rank (the others are not a
+    second process on the run).
+    """
     existed = run.path.exists()
-    # one process per run: a second `train` (or `--resume auto` while the first runs) is refused, naming
-    # the holder; a dead holder's lock is taken over. Taken before anything is decided, so what resolve
-    # reads (the latest checkpoint) cannot change under it. In a data-parallel job rank 0 holds it for
-    # every rank (the others are not a second process on the run).
     lock, refused = None, None
     if dist.is_main:
         try:
@@ -276,14 +395,12 @@ def _locked_train(cfg: TrainConfig, dist: Dist) -> RunResult:
     if refused:
         raise GerbilError(refused)
     try:
-        r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
-        if dist.enabled:  # every rank splits steps the same way (rank 0's probe decides)
-            r.micro_batch = r.eval_micro_batch = dist.broadcast_object(r.micro_batch)
+        r = prepare()
         if dist.is_main:
             ckpt.clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
         dist.barrier()
         with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
-            return _train(r, lock, dist)
+            return body(r, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -316,37 +433,88 @@ def _process_state(device: torch.device, seed: int, deterministic: bool):
         ckpt.set_rng_state(rng)
 
 
-def _train(r, lock: Lock | None, dist: Dist) -> RunResult:
-    cfg = r.cfg
+def _restore(r, state: TrainState, dist: Dist) -> None:
+    """Continue from the run's own latest checkpoint (resume), or start from a star continuation's parent
+    (its weights, optimizer and data position)."""
     run: RunDir = r.run
-    device, model_cfg = r.device, r.model_config
-    main = dist.is_main
-
-    model = GPT(model_cfg)
-    model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
-    model.to(device)
-    optimizer = configure_optimizer(model, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type) if r.use_scaler else None
-    objective = get_objective(cfg.objective, **cfg.objective_options()) if cfg.objective != "plain" else "plain"
-    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=objective, seed=cfg.seed,
-                    eot_id=r.store.eot_id)
-    state = TrainState(model, optimizer, scaler, loader)
-
     if r.resume_from is not None:  # this run's own checkpoint: continue exactly
-        ckpt.load_weights(model, r.resume_from, device=str(device))
+        ckpt.load_weights(state.model, r.resume_from, device=str(r.device))
         # state on the CPU: RNG states must stay CPU tensors; the optimizer moves its state to the params
         state.load_state_dict(ckpt.load_train_state(r.resume_from, map_location="cpu"), rank=dist.rank)
-        if main:
+        if dist.is_main:
             run.truncate_metrics(state.step)
         if not state.recent_losses:  # a 0.1.0 checkpoint: the last losses from metrics.jsonl instead
             state.recent_losses = [float(m["loss"]) for m in run.read_metrics() if m.get("loss") is not None][-10:]
         log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
     elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
-        ckpt.load_weights(model, r.parent["path"], device=str(device))
+        ckpt.load_weights(state.model, r.parent["path"], device=str(r.device))
         parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
         state.load_state_dict(parent_state, rank=dist.rank)
         state.seconds, state.recent_losses = 0.0, []  # this run's own time and losses start here
         log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
+
+
+def _wrap(model: torch.nn.Module, r, dist: Dist) -> torch.nn.Module:
+    """The module the steps run: DDP-wrapped when data-parallel, compiled when asked. Checkpoints still
+    save `model` itself (no `module.` / `_orig_mod.` names)."""
+    run_model = model
+    if dist.enabled:  # gradients all-reduced in buckets during backward; no buffer broadcasts (rotary
+        # tables are rebuilt on every rank), so evaluation forwards need no collective
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[r.device.index] if r.device.type == "cuda" else None, broadcast_buffers=False,
+            gradient_as_bucket_view=True)
+    if r.compile:
+        run_model = torch.compile(run_model)
+    return run_model
+
+
+def _improved(state: TrainState, select: tuple[str, str], metrics: dict) -> bool:
+    """Record a validation in `state.best` / `state.since_best`; True when it is the best so far (a NaN
+    metric never is)."""
+    name, mode = select
+    value = metrics.get(name)
+    if value is None:
+        raise GerbilError(f"validation reported no {name!r} (metrics: {', '.join(metrics)})")
+    best = state.best
+    better = best is None or (value > best["value"] if mode == "max" else value < best["value"])
+    if better and value == value:  # NaN compares false anyway; `value == value` keeps it explicit
+        state.best = {"metric": name, "value": value, "step": state.step, "tokens": state.tokens,
+                      "checkpoint": ckpt.checkpoint_name(state.step), "metrics": dict(metrics)}
+        state.since_best = 0
+        return True
+    state.since_best += 1
+    return False
+
+
+def _keep_only(root: Path, names: set[str]) -> None:
+    """Delete the checkpoints in `root` not named in `names` (a run selecting its best keeps two: the
+    newest, to resume from, and the best, its result)."""
+    import shutil
+
+    for c in ckpt.list_checkpoints(root):
+        if c.name not in names:
+            shutil.rmtree(c, ignore_errors=True)
+
+
+def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> RunResult:
+    """Train `work` as the resolved run `r` describes (`gerbil.train.resolve.Resolved`, or fine-tuning's
+    equivalent), from scratch or from the run's latest checkpoint; returns the RunResult, also written
+    to result.json.
+
+    The run's options are read from `r.cfg` (a `TrainConfig`, or a config with the same run-level fields:
+    seed, deterministic, weight_decay, beta1, beta2, grad_clip, log, log_every, progress). Pretraining's
+    checkpoint options (`checkpoints`, `checkpoint_at`, `keep_checkpoints`) are read where the config
+    has them; a workload with `select` checkpoints at every validation and keeps the newest and the best.
+    """
+    cfg = r.cfg
+    run: RunDir = r.run
+    device = r.device
+    main = dist.is_main
+    model = work.model
+    optimizer = configure_optimizer(model, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type) if r.use_scaler else None
+    state = TrainState(model, optimizer, scaler, work.data)
+    _restore(r, state, dist)
     if main:
         record = r.config_record()
         record["resolved"]["world_size"] = dist.world_size
@@ -359,71 +527,59 @@ def _train(r, lock: Lock | None, dist: Dist) -> RunResult:
         from gerbil.train.loggers import make_loggers
 
         loggers = make_loggers(cfg.log, run.path, r.config_record())
+    run_model = _wrap(model, r, dist)
 
-    run_model = model
-    if dist.enabled:  # gradients all-reduced in buckets during backward; no buffer broadcasts (rotary
-        # tables are rebuilt on every rank), so evaluation forwards need no collective
-        run_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            gradient_as_bucket_view=True)
-    if r.compile:
-        run_model = torch.compile(run_model)  # checkpoints still save `model` (no `_orig_mod.` names)
-    # the fixed validation set: the same N·T val tokens for every objective, presented in causal mode
-    # (`<causal>` at each document start, never scored) for causal/blender models — loader.eval_batches
-    val = (eval_batches(r.val_split, cfg.seq_len, cfg.val_tokens, objective=cfg.objective, eot_id=r.store.eot_id)
-           if r.val_split is not None else None)
-    chunk = 4096 if device.type == "cuda" else 1024  # CPU: keep one chunk's fp32 logits ≈ 200 MB
+    def validate() -> dict[str, float]:
+        return work.validate(run_model) if work.validate is not None else {}
 
-    def validate() -> float | None:
-        if val is None:
-            return None
-        return evaluate_loss(run_model, model.lm_head, val, r.eval_micro_batch, device, r.autocast_dtype,
-                             model_cfg.vocab_size, chunk, pad_fill=r.store.eot_id if r.compile else None,
-                             dist=dist)
+    keep_newest = 0 if work.select else getattr(cfg, "keep_checkpoints", 0)
+    log_spaced = getattr(cfg, "checkpoints", "interval") == "log"
 
-    meta_base = {"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
-                 "objective_options": cfg.objective_options(),
-                 "parent": r.parent_record, "run": r.name, "seq_len": cfg.seq_len, "seed": cfg.seed}
-
-    def save(lr: float, val_loss: float | None = None, train_loss: float | None = None, keep: bool = False) -> Path:
+    def save(lr: float, metrics: dict | None, train_loss: float | None = None, keep: bool = False) -> Path:
         # `lr`: the last step's LR, where a continuation of this checkpoint re-warms from; `keep`: a
         # log-spaced or requested checkpoint the keep-newest policy never deletes
-        meta = dict(meta_base, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss,
+        val_loss = metrics.get("val_loss") if metrics else None
+        meta = dict(work.meta, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss,
                     lr=lr, keep=keep, world_size=dist.world_size)
+        if work.select:
+            meta.update(val=metrics or None, best=state.best, stopped=state.stopped)
         sd = state.state_dict()
         sd["rng_ranks"] = dist.gather_objects(sd["rng"])  # every rank's RNG states, in rank order (rank 0)
         path = run.checkpoints / ckpt.checkpoint_name(state.step)
         if main:
-            path = ckpt.save_checkpoint(run.checkpoints, state.step, model, sd, meta, keep=cfg.keep_checkpoints)
+            path = ckpt.save_checkpoint(run.checkpoints, state.step, model, sd, meta, keep=keep_newest)
+            if work.select:
+                _keep_only(run.checkpoints, {path.name} | ({state.best["checkpoint"]} if state.best else set()))
         dist.barrier()  # no rank runs ahead of a checkpoint that may yet fail
         return path
+
+    if work.validate_first and r.resume_from is None and state.step == 0 and work.validate is not None:
+        first = {"step": 0, "tokens": 0, **validate()}  # the untrained model's scores, for comparison
+        if main:
+            run.append_metrics(first)
 
     progress = _Progress(r.budget, state.tokens, cfg.progress if main else False, r.name)
     last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
     next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
     next_eval = _next_multiple(state.tokens, r.eval_every)
-    marks = sorted(t for t in (cfg.checkpoint_at or ()) if t > state.tokens)  # requested, kept checkpoints
+    # requested, kept checkpoints
+    marks = sorted(t for t in (getattr(cfg, "checkpoint_at", None) or ()) if t > state.tokens)
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
-    val_loss = None
-    fill = r.store.eot_id
-    idle = (torch.full((1, cfg.seq_len), fill, device=device), torch.full((1, cfg.seq_len), -100, device=device))
+    metrics: dict = {}  # the last validation's
     model.train()
-    # the next steps' micro-batches are built in a background thread while this one trains (pinned on
-    # CUDA); each arrives with the loader cursor a checkpoint written after it must hold
-    with StepPrefetcher(loader, r.steps.plans(state.tokens), r.micro_batch, pin_memory=device.type == "cuda",
-                        rank=dist.rank, world_size=dist.world_size) as prefetch:
+    steps = work.steps(state.tokens) if not state.stopped else contextlib.nullcontext(iter(()))
+    with steps as prefetch:
         t_last = time.perf_counter()
         for prepared in prefetch:
-            plan: StepPlan = prepared.plan
+            plan = prepared.plan
             cpu_batches = prepared.micro_batches
-            if r.compile:  # one shape for the compiled graph: pad short micro-batches with unscored rows
-                cpu_batches = [pad_batch(x, y, r.micro_batch, cfg.seq_len, fill) for x, y in cpu_batches]
-            micro = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in cpu_batches]
+            if work.pad is not None:  # one shape for the compiled graph
+                cpu_batches = [work.pad(b) for b in cpu_batches]
+            micro = [tuple(t.to(device, non_blocking=True) for t in b) for b in cpu_batches]
             lr = lr_at(state.tokens, r.schedule, plan.tokens)
-            stats = train_step(run_model, model.lm_head, optimizer, scaler, micro, lr, r.autocast_dtype,
-                               cfg.grad_clip, model_cfg.vocab_size, cfg.loss_impl, chunk, prepared.counts,
-                               dist=dist, idle_batch=idle)
+            stats = train_step(run_model, None, optimizer, scaler, micro, lr, r.autocast_dtype, cfg.grad_clip, None,
+                               counts=prepared.counts, dist=dist, idle_batch=work.idle_batch, loss_fn=work.loss)
             if not math.isfinite(stats["loss"]):
                 progress.close()
                 where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
@@ -438,12 +594,19 @@ def _train(r, lock: Lock | None, dist: Dist) -> RunResult:
             record = {"step": state.step, "tokens": state.tokens, "loss": round(stats["loss"], 6), "lr": lr,
                       "tok_s": round(tok_s, 1), "mfu": r.mfu(tok_s), "grad_norm": round(stats["grad_norm"], 6),
                       "batch_tokens": plan.tokens, "skipped_steps": state.skipped_steps}
+            if work.step_record is not None:
+                record.update(work.step_record(plan))
             done = state.tokens >= r.budget
+            validated = improved = False
             if done or state.tokens >= next_eval:
-                val_loss = validate()
-                record["val_loss"] = val_loss
+                metrics = validate()
+                validated = True
+                record.update(metrics if metrics else {"val_loss": None})
                 next_eval = _next_multiple(state.tokens, r.eval_every)
-            if main and (done or state.step % cfg.log_every == 0 or "val_loss" in record):
+                if work.select and metrics:
+                    improved = _improved(state, work.select, metrics)
+                    state.stopped = bool(work.patience) and state.since_best >= work.patience and not done
+            if main and (done or state.step % cfg.log_every == 0 or validated):
                 run.append_metrics(record)
                 for logger in loggers:
                     logger.log(record)
@@ -453,30 +616,48 @@ def _train(r, lock: Lock | None, dist: Dist) -> RunResult:
             marked = bool(marks) and state.tokens >= marks[0]
             while marks and state.tokens >= marks[0]:
                 marks.pop(0)
-            log_step = (cfg.checkpoints == "log" and state.tokens < r.checkpoint_every
-                        and not state.step & (state.step - 1))
-            if done or state.tokens >= next_ckpt or marked or log_step:
-                last_ckpt = save(lr, val_loss if "val_loss" in record else None, state.train_loss,
-                                 keep=marked or cfg.checkpoints == "log")
+            log_step = log_spaced and state.tokens < r.checkpoint_every and not state.step & (state.step - 1)
+            if (done or state.tokens >= next_ckpt or marked or log_step or improved or state.stopped
+                    or (work.select and validated)):
+                last_ckpt = save(lr, metrics if validated else None, state.train_loss, keep=marked or log_spaced)
                 next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+            if state.stopped:
+                log.info("%s: stopping early at step %d: %s has not improved for %d validations (best %.4f at "
+                         "step %d)", r.name, state.step, work.select[0], state.since_best, state.best["value"],
+                         state.best["step"])
+                break
             t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
     for logger in loggers:
         logger.close()
     progress.close()
+    return _finish(r, work, state, metrics, last_ckpt, run_start_tokens, dist)
+
+
+def _finish(r, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path | None, run_start_tokens: int,
+            dist: Dist) -> RunResult:
+    """The RunResult (written to result.json by rank 0). A run that selects its best checkpoint reports
+    that checkpoint and its validation metrics; others their last checkpoint and validation."""
+    run: RunDir = r.run
+    checkpoint, val_loss = last_ckpt, metrics.get("val_loss")
+    info = {"size": r.size, "class": r.cls, "objective": work.meta.get("objective"), "budget": r.budget,
+            "batch": r.batch_label, "device": str(r.device), "precision": r.precision,
+            "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent_record, **work.info}
+    if work.select:
+        if state.best is not None:
+            checkpoint = run.checkpoints / state.best["checkpoint"]
+            val_loss = state.best["metrics"].get("val_loss")
+        info.update(best=state.best, last_validation=metrics or None, stopped_early=state.stopped)
+        if work.validate_first:
+            info["initial_validation"] = next((m for m in run.read_metrics() if m.get("step") == 0), None)
     result = RunResult(
         run_dir=run.path, name=r.name, steps=state.step, tokens=state.tokens,
-        train_loss=state.train_loss, val_loss=val_loss, checkpoint=last_ckpt, seconds=state.seconds,
+        train_loss=state.train_loss, val_loss=val_loss, checkpoint=checkpoint, seconds=state.seconds,
         tokens_per_second=(state.tokens - run_start_tokens) / max(state.seconds, 1e-9),
-        skipped_steps=state.skipped_steps, n_params=model_cfg.n_params("total"),
-        info={"size": r.size, "class": r.cls, "objective": cfg.objective, "budget": r.budget,
-              "batch": r.batch_label, "device": str(device), "precision": r.precision,
-              "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent_record,
-              # how validation presented the (objective-independent) scored tokens: loader.eval_batches
-              "val_mode": "causal" if mode_prefix(cfg.objective) else "plain"},
+        skipped_steps=state.skipped_steps, n_params=r.model_config.n_params("total"), info=info,
     )
-    if state.skipped_steps and main:
+    if state.skipped_steps and dist.is_main:
         log.warning("%d fp16 steps were skipped by the loss scaler (gradient overflow)", state.skipped_steps)
-    if main:
+    if dist.is_main:
         run.write_result(dataclasses.asdict(result))
     return result
 

@@ -1,0 +1,297 @@
+"""`finetune(config) -> RunResult`: fine-tune a pretrained model on labelled examples, through the
+training loop of `gerbil train` (`gerbil.train.loop.run_workload`).
+
+    config ─► resolve_finetune: the base model (a run, checkpoint or export), the examples (read, split,
+              counted), their tokens (`batches.encode_*`), the budget in epochs (→ tokens), device,
+              precision, micro-batch, LR schedule, the run directory — every input checked first
+           ─► run_locked: the run's lock and process state, as for `gerbil train`
+           ─► run_workload(classify_workload | sft_workload): steps, checkpoints, validation every epoch,
+              best checkpoint, early stopping, metrics.jsonl, progress, result.json
+
+The run directory is a gerbil run (docs/architecture.md): config.yaml (``finetune``: the options;
+``base``: where the model came from; ``data``: the files' sha256, counts and bad rows; ``resolved``),
+env.json, metrics.jsonl (a step-0 line with the untrained model's validation, then one per step with
+``epoch`` and ``examples``), checkpoints (the newest and the best; meta.json's ``finetune`` holds what
+inference needs: task, labels, prompt format, max_len) and result.json. `--resume auto` continues the
+latest checkpoint exactly (kill -9 included), refusing changed options or changed data files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gerbil import plan as planlib
+from gerbil.data.objectives import mode_prefix
+from gerbil.data.tokenizer import SPECIAL_TOKENS
+from gerbil.errors import GerbilError
+from gerbil.finetune import data as fdata
+from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
+from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_changes
+from gerbil.fsutil import sha256_file
+from gerbil.model.config import ModelConfig
+from gerbil.train.device import choose_precision, peak_flops, pick_device
+from gerbil.train.distributed import Dist
+from gerbil.train.resolve import Resolved
+from gerbil.train.rundir import RunDir
+from gerbil.train.schedules import make_schedule
+
+log = logging.getLogger(__name__)
+
+#: Tokens of one micro-batch when --micro-batch is not given (the CPU rule of `gerbil train`).
+MICRO_BATCH_TOKENS = 8192
+
+
+@dataclass
+class FinetuneResolved(Resolved):
+    """A fine-tuning run decided: `Resolved`'s fields (the loop reads them; no token store) and what
+    the workloads need."""
+
+    base_model: Any = None  # the base GPT (a fresh run), None when resuming (the checkpoint has the weights)
+    base_info: dict = field(default_factory=dict)
+    tokenizer: Any = None
+    train_set: Encoded | None = None
+    val_set: Encoded | None = None
+    val_completions: list[str] = field(default_factory=list)
+    epoch_steps: EpochSteps | None = None
+    label_names: list[str] = field(default_factory=list)
+    prompt_format: str = "plain"
+    prefix: list[int] = field(default_factory=list)
+    max_len: int = 0
+    max_new_tokens: int = 0
+    data_record: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def inference_record(self) -> dict:
+        """What a fine-tuned model needs to be used the way it was trained (checkpoint meta.json and the
+        export's config.json carry it): task, labels, prompt format and tokens, template, truncation."""
+        cfg = self.cfg
+        rec = {"task": cfg.task, "prompt_format": self.prompt_format, "prefix": list(self.prefix),
+               "max_len": self.max_len, "pad_token_id": int(SPECIAL_TOKENS["<|endoftext|>"])}
+        if cfg.task == "classify":
+            rec.update(label_names=list(self.label_names), truncate=cfg.truncate, text_field=cfg.text_field,
+                       label_field=cfg.label_field)
+        else:
+            rec.update(template=cfg.template, max_new_tokens=self.max_new_tokens, prompt_field=cfg.prompt_field,
+                       completion_field=cfg.completion_field)
+        rec["base"] = {k: self.base_info.get(k) for k in ("path", "name", "objective", "size", "tokens", "step")}
+        return rec
+
+    def checkpoint_meta(self) -> dict:
+        """Facts every checkpoint's meta.json holds (the loop adds step, tokens, losses, best)."""
+        return {"model": self.model_config.to_dict(), "size": self.size, "class": None,
+                "objective": self.base_info.get("objective") or "plain",
+                "objective_options": self.base_info.get("objective_options"), "parent": None, "run": self.name,
+                "seq_len": self.max_len, "seed": self.cfg.seed, "finetune": self.inference_record()}
+
+    def config_record(self) -> dict:
+        """config.yaml of a fine-tuning run (module docstring)."""
+        cfg, steps = self.cfg, self.epoch_steps
+        return {
+            "name": self.name, "task": cfg.task, "size": self.size, "objective": self.base_info.get("objective"),
+            "model": self.model_config.to_dict(), "params": self.model_config.n_params("total"),
+            "base": self.base_info, "data": self.data_record, "finetune": cfg.to_dict(),
+            "resolved": {"budget": self.budget, "epochs": cfg.epochs, "epoch_tokens": steps.epoch_tokens,
+                         "steps_per_epoch": steps.steps_per_epoch, "batch": self.batch_label,
+                         "micro_batch": self.micro_batch, "max_len": self.max_len,
+                         "prompt_format": self.prompt_format, "prefix": list(self.prefix),
+                         "max_new_tokens": self.max_new_tokens, "select": list(cfg.select_metric),
+                         "lr": self.schedule.peak, "schedule": dataclasses.asdict(self.schedule),
+                         "precision": self.precision, "device": str(self.device), "compile": self.compile,
+                         "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every},
+        }
+
+
+# ------------------------------------------------------------------------------------------ entry
+def finetune(config: FinetuneConfig | dict) -> Any:
+    """Fine-tune (or `resume` fine-tuning) as `config` says; returns the `gerbil.train.loop.RunResult`
+    (its `checkpoint` is the best one, `info` has the best, last and untrained validation metrics)."""
+    from gerbil.train.loop import run_locked, run_workload
+    from gerbil.finetune.workloads import WORKLOADS
+
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GerbilError("fine-tuning runs in one process (not under torchrun / --nproc)")
+    if not cfg.out:
+        raise ValueError("fine-tuning needs --out RUN (the run directory)")
+    run = RunDir(cfg.out)
+    return run_locked(run, Dist(), lambda: resolve_finetune(cfg),
+                      lambda r, lock: run_workload(r, WORKLOADS[r.cfg.task](r), lock))
+
+
+# ------------------------------------------------------------------------------------------ resolve
+def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
+    """Check every input and decide every number of a fine-tuning run (module docstring)."""
+    from gerbil.data.tokenizer import Tokenizer
+
+    cfg = dataclasses.replace(cfg)
+    for key in ("train", "val"):  # absolute: the run resumes (and records its data) from any directory
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
+    run = RunDir(cfg.out)
+    resume_from, recorded = None, {}
+    if cfg.resume:
+        resume_from = run.latest_checkpoint() if run.path.is_dir() else None
+        if resume_from is None:
+            raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
+        recorded = run.read_config()
+        saved = FinetuneConfig.from_dict(recorded.get("finetune") or {})
+        refuse_changes(cfg, saved, run.path)
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k not in ("out", "base", "resume")}
+        cfg = dataclasses.replace(saved, **runtime, resume=True, out=cfg.out)
+    else:
+        cfg.require()
+        if run.list_checkpoints():
+            raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
+                              f"another --out")
+
+    tokenizer = Tokenizer.load()
+    if recorded and recorded.get("data", {}).get("tokenizer_sha256") not in (None, tokenizer.sha256):
+        raise GerbilError("--resume: the tokenizer differs from the one this run was fine-tuned with")
+    base_model, base_info, model_cfg = _base(cfg, recorded)
+    objective = base_info.get("objective") or "plain"
+
+    # --- examples: read, split, counted
+    train, val, data_record = _read_data(cfg, recorded)
+    data_record["tokenizer_sha256"] = tokenizer.sha256
+
+    # --- how examples become tokens
+    prompt_format = cfg.prompt_format
+    if prompt_format == "auto":
+        prompt_format = "causal" if mode_prefix(objective) else "plain"
+    prefix = [SPECIAL_TOKENS["<causal>"]] if prompt_format == "causal" else []
+    needed = max(prefix + ([SPECIAL_TOKENS["<fitm_result>"]] if prompt_format == "fim" else []), default=-1)
+    if needed >= model_cfg.vocab_size:
+        raise GerbilError(f"prompt_format {prompt_format}: the base model's vocabulary ({model_cfg.vocab_size} "
+                          f"ids) has no Blender special tokens")
+    max_len = cfg.max_len or int(base_info.get("seq_len") or min(model_cfg.seq_len, 1024))
+    if max_len > model_cfg.seq_len:
+        raise ValueError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
+    if cfg.task == "classify":
+        train_set = encode_classify(train.texts, train.labels, tokenizer, prefix, max_len, cfg.truncate)
+        val_set = encode_classify(val.texts, val.labels, tokenizer, prefix, max_len, cfg.truncate)
+        completions: list[str] = []
+        max_new = 0
+    else:
+        fim = prompt_format == "fim"
+        train_set = encode_sft(train.prompts, train.completions, tokenizer, prefix, cfg.template, fim, max_len)
+        val_set = encode_sft(val.prompts, val.completions, tokenizer, prefix, cfg.template, fim, max_len)
+        completions = list(val.completions)
+        longest = int(max(len(x) - p for x, p in zip(train_set.ids, train_set.prompt_len)))
+        max_new = cfg.max_new_tokens or longest + 8
+    for name, s in (("train", train_set), ("validation", val_set)):
+        if s.truncated:
+            log.warning("%d of %d %s examples are longer than max_len %d and were cut", s.truncated, len(s), name,
+                        max_len)
+    data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
+
+    # --- steps, budget, schedule
+    label_names = list(train.label_names) if cfg.task == "classify" else []
+    weights = _class_weights(cfg, train) if cfg.task == "classify" else None
+    micro = cfg.micro_batch or max(1, min(cfg.batch_size, MICRO_BATCH_TOKENS // max_len))
+    steps = EpochSteps(train_set, cfg.epochs, cfg.batch_size, micro, cfg.seed, max_len, pack=cfg.pack,
+                       class_weights=weights)
+    budget = steps.budget
+    schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
+                             cfg.min_lr_ratio, cfg.cooldown_fraction)
+    device = pick_device(cfg.device)
+    precision, autocast_dtype, use_scaler = choose_precision(device, cfg.precision)
+    compile_ = bool(cfg.compile) if cfg.compile is not None else device.type == "cuda"
+    size = base_info.get("size") or _size_name(model_cfg)
+    run.path.mkdir(parents=True, exist_ok=True)
+    return FinetuneResolved(
+        cfg=cfg, name=run.name, size=size, cls=None, model_config=model_cfg, budget=budget, steps=None,
+        batch_label=f"{cfg.batch_size} examples", schedule=schedule, device=device, precision=precision,
+        autocast_dtype=autocast_dtype, use_scaler=use_scaler, compile=compile_, micro_batch=micro,
+        eval_micro_batch=micro, checkpoint_every=steps.epoch_tokens, eval_every=steps.epoch_tokens, run=run,
+        store=None, train_split=None, val_split=None, resume_from=resume_from, parent=None, parent_record=None,
+        flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(device, precision),
+        base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set, val_set=val_set,
+        val_completions=completions, epoch_steps=steps, label_names=label_names, prompt_format=prompt_format,
+        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record,
+    )
+
+
+def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
+    """(base GPT or None on resume, what it is, its ModelConfig). A fresh run loads the base model; a
+    resumed one needs only its recorded shape (the checkpoint holds the weights; the base may have moved)."""
+    if recorded:
+        return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
+    from gerbil.export import load_model
+    from gerbil.finetune.model import Classifier
+    from gerbil.train.rundir import resolve_source
+
+    src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
+    model, meta = load_model(cfg.base)
+    if isinstance(model, Classifier):
+        raise GerbilError(f"{cfg.base} is a classifier; fine-tune from a language model (a pretraining or sft run)")
+    info = {"path": str(Path(cfg.base).resolve()), "kind": src.kind,
+            "checkpoint": str(meta.get("path")) if meta.get("path") else None,
+            "name": meta.get("run") or meta.get("name"), "objective": meta.get("objective") or "plain",
+            "objective_options": meta.get("objective_options"), "size": meta.get("size"),
+            "class": meta.get("class"), "tokens": meta.get("tokens"), "step": meta.get("step"),
+            "seq_len": meta.get("seq_len")}
+    return model.float(), info, model.config
+
+
+def _read_data(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, Any, dict]:
+    """(train, validation, the data record): read with `gerbil.finetune.data`, the validation split carved
+    from train when no --val is given. On resume the files must be the ones recorded (sha256)."""
+    fields = dict(text_field=cfg.text_field, label_field=cfg.label_field, prompt_field=cfg.prompt_field,
+                  completion_field=cfg.completion_field)
+    train_file = fdata.read_examples(cfg.train, cfg.task, label_names=cfg.label_names, **fields)
+    if cfg.val:
+        train, split = train_file, None
+        val = fdata.read_examples(cfg.val, cfg.task, label_names=train.label_names or None, **fields)
+    else:
+        train, val = fdata.split_validation(train_file, cfg.val_fraction, cfg.split_seed)
+        split = {"fraction": cfg.val_fraction, "seed": cfg.split_seed}
+    if len(train) < 1 or len(val) < 1:
+        raise GerbilError(f"need at least one training and one validation example (got {len(train)} and "
+                          f"{len(val)}); pass --val FILE or more examples")
+    record = {"train": _file_record(cfg.train, train_file), "val": _file_record(cfg.val, val) if cfg.val else None,
+              "split": split, "examples": {"train": len(train), "val": len(val)}}
+    if cfg.task == "classify":
+        record["labels"] = {"names": list(train.label_names), "train": train.label_counts(),
+                            "val": val.label_counts()}
+    for side in ("train", "val"):
+        old = ((recorded.get("data") or {}).get(side) or {}).get("sha256")
+        new = (record[side] or {}).get("sha256")
+        if old and old != new:
+            raise GerbilError(f"--resume: the {side} file {getattr(cfg, side)} is not the one this run was "
+                              f"fine-tuned on (sha256 differs)")
+    return train, val, record
+
+
+def _file_record(path: str, ex: Any) -> dict:
+    p = Path(path).expanduser().resolve()
+    return {"path": str(p), "sha256": sha256_file(p), "usable_rows": len(ex), "bad_rows": ex.bad.as_dict(),
+            "bad_total": ex.bad.total}
+
+
+def _class_weights(cfg: FinetuneConfig, train: Any) -> np.ndarray | None:
+    """Per-class loss weights (K,): none, balanced (n / (K · n_c), a class without examples 1), or given."""
+    spec = cfg.class_weight_values()
+    K = train.num_labels
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(train.labels, dtype=np.int64), minlength=K).astype(np.float64)
+        return np.where(counts > 0, len(train) / (K * np.maximum(counts, 1)), 1.0)
+    if len(spec) != K:
+        raise ValueError(f"class_weights: {len(spec)} weights for {K} labels ({', '.join(train.label_names)})")
+    return np.asarray(spec, dtype=np.float64)
+
+
+def _size_name(cfg: ModelConfig) -> str:
+    from gerbil.export import _size_name as name
+
+    return name(cfg)
