@@ -183,3 +183,107 @@ def test_low_precision_gradients_at_131072_tokens_with_loss_scale(big_case, dtyp
         g = t.grad / SCALE
         errors[name] = float((g - r).norm() / r.norm()) if torch.isfinite(g).all() else float("inf")
     assert all(e <= tol for e in errors.values()), f"relative gradient errors {errors} (tolerance {tol})"
+
+
+# ------------------------------------------------------------------------------------ no gradient work
+class _Matmuls(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the output shape of every matmul that reaches the CPU kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("impl", ["chunked", "eager"])
+def test_no_grad_computes_the_loss_only(impl):
+    """Validation (`evaluate_loss` runs under no_grad) must not pay for the gradient matmuls: exactly one
+    head matmul (n, V) per chunk and nothing else of matmul kind, same value as the training path."""
+    h, w, b, y, m = _inputs(seed=8)
+    with_grad = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl=impl)
+    with torch.no_grad(), _Matmuls() as mm:
+        value = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl=impl)
+    assert [s[1] for s in mm.shapes] == [V] * 5  # 33 tokens in chunks of 8: 5 head matmuls, no (n, d)/(V, d)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, with_grad.detach(), rtol=1e-6, atol=1e-6)
+    # the same when grad mode is on but nothing requires grad (a frozen model scored for its loss)
+    frozen = [t.detach() for t in (h, w, b)]
+    with _Matmuls() as mm:
+        value = lm_loss(*frozen, y, loss_mask=m, chunk_tokens=8, impl=impl)
+    assert [s[1] for s in mm.shapes] == [V] * 5
+    torch.testing.assert_close(value, with_grad.detach(), rtol=1e-6, atol=1e-6)
+    # and the training path does the gradient matmuls (the test can see them)
+    with _Matmuls() as mm:
+        lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl=impl)
+    assert (8, D) in mm.shapes and (V, D) in mm.shapes
+
+
+# ------------------------------------------------------------------------------------ accumulation, autocast
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_gradient_accumulation_over_micro_batches(dtype):
+    """train_step's pattern: several lm_loss calls, each times its share, one backward — gradients are
+    the sum of the separate ones; a different head of the same shape in between (as after DDP wraps the
+    module) changes nothing: no state survives a call."""
+    h1, w, b, y1, m1 = _inputs(seed=9)
+    h2, _, _, y2, m2 = _inputs(seed=10)
+    other_w, other_b = (t.detach() + 1.0 for t in (w, b))
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else torch.enable_grad
+    with ctx():
+        lm_loss(h1, other_w, other_b, y1, chunk_tokens=6)  # someone else's head, same shapes
+        sep = [_grads(lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=6) * k, h, w, b)
+               for h, y, m, k in ((h1, y1, m1, 0.25), (h2, y2, m2, 0.75))]
+        total = (lm_loss(h1, w, b, y1, loss_mask=m1, chunk_tokens=6) * 0.25
+                 + lm_loss(h2, w, b, y2, loss_mask=m2, chunk_tokens=6) * 0.75)
+    total.backward()
+    torch.testing.assert_close(h1.grad, sep[0][0])
+    torch.testing.assert_close(h2.grad, sep[1][0])
+    torch.testing.assert_close(w.grad, sep[0][1] + sep[1][1])
+    torch.testing.assert_close(b.grad, sep[0][2] + sep[1][2])
+    assert h1.grad.dtype == w.grad.dtype == torch.float32  # the callers' dtypes, not the autocast one
+
+
+class _TinyLM(torch.nn.Module):
+    """Embedding → LayerNorm → head: enough model for a real optimizer step."""
+
+    def __init__(self, vocab: int = 512, d: int = 32):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.ln = torch.nn.LayerNorm(d)
+        self.head = torch.nn.Linear(d, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.emb(x))
+
+
+def test_fp16_grad_scaler_first_step_is_taken():
+    """fp16 autocast + torch.amp.GradScaler('cpu') at its initial scale 65,536: the first step is not
+    skipped (the previous version cast the scale to fp16 = inf, so every run lost step 1), gradients are
+    finite and close to fp32's, the loss is close to fp32's."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 512, (16, 128))
+    y = torch.roll(x, -1, dims=1)
+    fp32, fp16 = _TinyLM(), _TinyLM()
+    fp16.load_state_dict(fp32.state_dict())
+    loss32 = lm_loss(fp32(x), fp32.head.weight, fp32.head.bias, y)
+    loss32.backward()
+    opt = torch.optim.AdamW(fp16.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss16 = lm_loss(fp16(x), fp16.head.weight, fp16.head.bias, y)
+    scaler.scale(loss16).backward()
+    scaler.unscale_(opt)
+    for (name, p32), p16 in zip(fp32.named_parameters(), fp16.parameters()):
+        assert torch.isfinite(p16.grad).all(), name
+        assert (p16.grad - p32.grad).norm() <= 0.01 * p32.grad.norm(), name
+    before = fp16.head.weight.detach().clone()
+    scale = scaler.get_scale()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == scale  # halved after an overflow
+    assert not torch.equal(before, fp16.head.weight)  # the step was taken
+    assert abs(loss16.item() - loss32.item()) < 5e-3 * loss32.item()
