@@ -287,3 +287,53 @@ def test_fp16_grad_scaler_first_step_is_taken():
     assert scaler.get_scale() == scale  # halved after an overflow
     assert not torch.equal(before, fp16.head.weight)  # the step was taken
     assert abs(loss16.item() - loss32.item()) < 5e-3 * loss32.item()
+
+
+# ------------------------------------------------------------------------------------ the compiled path
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_compiled_equals_eager(dtype):
+    """impl="compiled" (inductor on CPU here; the default on CUDA): same loss and gradients as the eager
+    chunked loss, with a padded last chunk (33 tokens in chunks of 8), a padded vocabulary, the mask, and
+    its own forward-only function under no_grad."""
+    rows = 128
+    h, w, b, y, m = _inputs(seed=11, rows=rows)
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else torch.enable_grad
+    out = {}
+    for impl in ("eager", "compiled"):
+        with ctx():
+            loss = lm_loss(h, w, b, y, loss_mask=m, vocab_size=V, chunk_tokens=8, impl=impl)
+        with ctx(), torch.no_grad():
+            value = lm_loss(h, w, b, y, loss_mask=m, vocab_size=V, chunk_tokens=8, impl=impl)
+        out[impl] = (loss.detach(), value, *_grads(loss, h, w, b))
+    tol = {None: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    for name, e, c in zip(("loss", "no_grad loss", "hidden", "weight", "bias"), out["eager"], out["compiled"]):
+        assert torch.isfinite(c).all(), name
+        assert (c - e).norm() <= tol * e.norm() + 1e-7, name
+    assert torch.all(out["compiled"][3][V:] == 0) and torch.all(out["compiled"][4][V:] == 0)
+    from gerbil.model import loss as loss_module
+
+    assert "cpu" not in loss_module._COMPILE_FAILED  # it really ran compiled
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
+    from gerbil.model import loss as loss_module
+
+    def broken(name):
+        def fn(*args):
+            raise RuntimeError("no compiler here")
+        return fn
+
+    monkeypatch.setattr(loss_module, "_compiled", broken)
+    monkeypatch.setattr(loss_module, "_COMPILE_FAILED", set())
+    h, w, b, y, m = _inputs(seed=12)
+    ref = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl="eager")
+    g_ref = _grads(ref, h, w, b)
+    with caplog.at_level("WARNING", logger="gerbil.model.loss"):
+        for _ in range(2):
+            loss = lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl="compiled")
+            torch.testing.assert_close(loss, ref)
+            for g, r in zip(_grads(loss, h, w, b), g_ref):
+                torch.testing.assert_close(g, r)
+        with torch.no_grad():
+            torch.testing.assert_close(lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl="compiled"), ref.detach())
+    assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
