@@ -29,12 +29,19 @@ Implementations (`impl`):
 - ``"full"``: the plain ``F.cross_entropy(hidden @ W.T + b)``, all logits at once (a reference; what
   torch.compile of the whole model fuses when memory allows).
 
-Why eager on CPU: measured on a 2-core Xeon (benchmarks/loss_throughput.py, 6.7m shapes, fp32), the eager
-path is ~2.5× today's (previous) chunked loss per chunk, the compiled one ~2× — inductor allocates a fresh
-output per call and the page faults of those buffers dominate — and compiling costs 15–30 s per shape.
-On CUDA the caching allocator makes buffers free and the fused kernels cut the passes over the logits
-from about ten to three (write logits, read for the log-sum-exp, read + write the gradient).
-Without a GPU here, the CUDA choice is argued, not measured: see benchmarks/loss_throughput.py --device cuda.
+Why eager on CPU: measured on a 2-core Xeon (benchmarks/loss_throughput.py, 6.7m shapes: d 64, vocab 50,264,
+8,192 tokens, chunks of 1,024, fp32, forward + backward), eager 2.2× the tokens/s of the previous chunked
+loss and a third of its peak memory, compiled only 1.1× — inductor allocates fresh (n, V) outputs per call
+and the page faults of those buffers cost as much as the kernels — and a cold compile takes 10–20 s.
+On CUDA the caching allocator makes buffers free and the fused kernels cut the passes over the logits from
+about ten to about four (write the logits, read them for the log-sum-exp, read them and write the
+gradient, read it for the bias sum) besides the two gradient matmuls. No GPU was available when this was
+written: the CUDA choice is argued, not measured — check with benchmarks/loss_throughput.py --device cuda
+and force ``impl="eager"`` if it loses.
+
+fp16 range: the per-chunk weight-gradient matmul Σ_i g_iv h_i comes out of the fp16 matmul in fp16 before
+the fp32 accumulation; it stays far below 65,504 unless thousands of a chunk's tokens share one target
+and one hidden direction, the same exposure as plain autocast with loss scaling (`impl="full"`).
 """
 from __future__ import annotations
 
@@ -154,8 +161,12 @@ def _eager_logprobs(h, weight, bias, buf: _EagerBuffers) -> torch.Tensor:
     lp = buf.f32[:m]
     if buf.low is not None:
         lp.copy_(out)  # fp32 math from here
-    torch.ops.aten._log_softmax.out(lp, -1, False, out=lp)  # in place: no second (m, V) tensor
-    return lp
+    if lp.device.type == "cpu":
+        # in place: no second (m, V) tensor and no page faults (checked equal to log_softmax on CPU; the
+        # CUDA kernels are not documented as alias-safe, and there the caching allocator makes a temp cheap)
+        torch.ops.aten._log_softmax.out(lp, -1, False, out=lp)
+        return lp
+    return torch.log_softmax(lp, dim=-1)
 
 
 def _eager_chunk_loss(h, weight, bias, y, w, buf: _EagerBuffers) -> torch.Tensor:
