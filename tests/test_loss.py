@@ -337,3 +337,31 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplo
         with torch.no_grad():
             torch.testing.assert_close(lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl="compiled"), ref.detach())
     assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
+
+
+class _Sizes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_memory_is_one_chunk_of_logits(dtype):
+    """No op of the chunked loss ever produces more than one chunk's logits (8 × 97 here) or a parameter
+    gradient (97 × 16), forward and backward, with or without autocast; the full loss holds all 33 × 97
+    logits (the check can see it)."""
+    h, w, b, y, m = _inputs(seed=13)
+    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else torch.enable_grad
+    for impl, bound in (("eager", max(8 * V, V * D)), ("full", B * T * V)):
+        with ctx(), _Sizes() as sizes:
+            lm_loss(h, w, b, y, loss_mask=m, chunk_tokens=8, impl=impl).backward()
+        assert sizes.largest == bound, impl

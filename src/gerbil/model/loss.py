@@ -103,17 +103,18 @@ def _compiled(name: str) -> Callable:
         raw = {"grad": _chunk_loss_and_grad, "loss": _chunk_loss}[name]
         # dynamic=False: one chunk shape per run (the last chunk is padded), so no symbolic shapes.
         # Never mode="max-autotune": it crashed with an illegal memory access on the head matmul on an
-        # H200 (torch 2.11, reported in this task's brief).
+        # H200 (torch 2.11).
         fn = _COMPILED[name] = torch.compile(raw, dynamic=False, fullgraph=True)
     return fn
 
 
 def _compiled_chunk_len(n_tokens: int, chunk_tokens: int) -> int:
     """The fixed row count of every compiled call: `chunk_tokens`, or for a smaller input the next power
-    of two ≥ 16 (bounded number of shapes, at most 2× padding) rather than a new shape per input size."""
+    of two ≥ 16, capped at `chunk_tokens` (few shapes, at most 2× padding) rather than a new shape per
+    input size."""
     if n_tokens >= chunk_tokens:
         return chunk_tokens
-    return max(16, 1 << (n_tokens - 1).bit_length())
+    return min(chunk_tokens, max(16, 1 << (n_tokens - 1).bit_length()))
 
 
 def _use_compile(impl: str, device: torch.device) -> bool:
