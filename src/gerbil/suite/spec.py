@@ -48,7 +48,7 @@ CORPORA = ("shakespeare", "python")
 # keys of the suite file itself (besides shared TrainConfig options)
 _SUITE_KEYS = {"name", "description", "data", "corpus", "models", "eval", "budget_scale", "name_suffix", "grid",
                "runs"}
-_GRID_KEYS = {"sizes", "classes", "objectives", "seeds", "cascade", "corpus", "ratio"}
+_GRID_KEYS = {"sizes", "classes", "objectives", "seeds", "cascade", "corpus", "ratio", "name_suffix"}
 _RUN_KEYS = {"name", "parent", "corpus", "ratio"}
 _EVAL_KEYS = {"tasks", "limit"}
 #: TrainConfig fields a suite decides itself (the run's name, its parent, where runs live, resuming)
@@ -415,7 +415,7 @@ def _expand_grid(where: str, g: dict, shared: dict, corpus: str | None, models: 
                 base = dict(shared, **opts_g, objective=objective, seed=seed)
                 base["model" if size in models else "size"] = size
                 base.pop("model" if size not in models else "size", None)
-                tag = f"-s{seed}" if len(seeds) > 1 else ""
+                tag = g.get("name_suffix", "") + (f"-s{seed}" if len(seeds) > 1 else "")
                 extra = {"corpus": g.get("corpus", corpus), "ratio": g.get("ratio"), "suffix": suffix + tag}
                 if size in cascade_sizes:
                     if len(classes) < 2:
@@ -612,6 +612,11 @@ def _resolve(where: str, entries: list[tuple[str, dict, dict]], models: dict[str
         if start >= budget:
             raise _fail(w, f"class {cls_label} has no budget left: its parent {parent} ends at {start:,} tokens "
                            f"and the class budget is {budget:,}")
+        if start and budget - start < b1:
+            # make_plan refuses a continuation of less than one step at training time: refuse it now
+            what = "the cooldown branch" if role == "branch" else "the continuation"
+            raise _fail(w, f"{what} trains only {budget - start:,} tokens, less than one batch of {b1:,} "
+                           f"(a smaller batch_tokens, or a larger budget)")
         if start:
             try:
                 # how make_plan continues a run: the ramp is complete at the parent's tokens (the seed's
