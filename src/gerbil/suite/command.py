@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from gerbil.errors import GerbilError
 
@@ -44,7 +43,7 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         "run", help="train and evaluate every run (resumable; start it N times for N workers)",
         description="Train every run of SUITE in dependency order, evaluate each finished run on the suite's "
                     "tasks, record everything in DIR (suite.json, registry/<run>.json, runs/<run>/) and write "
-                    "DIR/table.md and DIR/table.csv. Returns when every run is done, failed or blocked. "
+                    "the table as Markdown and CSV in DIR (table.csv beside it). Returns when every run is done, failed or blocked. "
                     "Interrupted (even kill -9)? Run the same command again: finished runs are kept, the "
                     "interrupted one resumes from its checkpoint. Several workers: start the command several "
                     "times on the same DIR (one per GPU with CUDA_VISIBLE_DEVICES, or a Slurm job array on a "
@@ -99,7 +98,7 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     v = verbs.add_parser("export", help="every finished run as a transformers folder + the suite's table",
                          description="Write every finished run of the suite in DIR as a transformers GPT-J folder "
                                      "(weights, tokenizer, model card with class, tokens, batch, losses and eval "
-                                     "scores) under OUT/<run>/, plus OUT/README.md with the suite's table and "
+                                     "scores) under OUT/<run>/, plus a README in OUT with the suite's table and "
                                      "OUT/upload.sh with the `hf upload` command for each (nothing is uploaded).")
     v.add_argument("dir", metavar="DIR", help="the suite directory")
     v.add_argument("--out", required=True, metavar="OUT", help="folder to write the exports into")

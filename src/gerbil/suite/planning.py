@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from gerbil.plan import CLASSES, GPUS, GPU, get_gpu
+from gerbil.plan import GPU, GPUS, get_gpu
 from gerbil.suite.spec import BRANCH_COOLDOWN, RunSpec, Suite
-from gerbil.units import fmt_duration, fmt_flops, fmt_params, fmt_tokens
+from gerbil.units import fmt_duration, fmt_flops, fmt_tokens
 
 
 @dataclass
@@ -170,5 +170,4 @@ def format_suite_plan(plan: SuitePlan) -> str:
     return "\n".join(out)
 
 
-__all__ = ["CascadeSavings", "SuitePlan", "cascade_savings", "format_suite_plan", "nominal_cascade", "plan_suite",
-           "CLASSES"]
+__all__ = ["CascadeSavings", "SuitePlan", "cascade_savings", "format_suite_plan", "nominal_cascade", "plan_suite"]

@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from gerbil.errors import GerbilError
+
+        raise GerbilError("gerbil suite plot needs matplotlib: pip install matplotlib (or gerbil-lab[plot])") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,11 +1,11 @@
 """`gerbil suite export DIR --out OUT`: every finished run of a suite as a transformers folder, ready for
 the hub's upload command (nothing is uploaded; no network needed).
 
-    OUT/<run>/        `gerbil.export.export`: config.json, model.safetensors, tokenizer files, README.md
+    OUT/<run>/        `gerbil.export.export`: config.json, model.safetensors, tokenizer files, the README
                       model card — here with the run's class, tokens, batch, losses, eval scores and, for a
                       cascade branch or a star run, where it came from
-    OUT/README.md     the suite's results table (the seed's columns, the suite's order, the seed's rows)
-    OUT/table.md, OUT/table.csv
+    OUT/README        the suite's results table (the seed's columns, the suite's order, the seed's rows)
+    OUT/table (Markdown and .csv)
     OUT/upload.sh     one `hf upload ORG/<run> OUT/<run> .` per model (review, then run it after
                       `hf auth login`; `huggingface-cli upload` takes the same arguments)
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gerbil.fsutil import atomic_write_text, mkdir
 from gerbil.suite.spec import RunSpec, Suite
-from gerbil.suite.state import SuiteDir
+from gerbil.suite.state import README, TABLE_CSV, TABLE_MD, SuiteDir
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,15 @@ def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", 
                       extra_card=_card(spec, suite, row, record))
         res.exports.append(path)
     table = render(records, "md", reference=True, marks=marks)
-    atomic_write_text(dest / "table.md", table)
-    atomic_write_text(dest / "table.csv", render(records, "csv", reference=True, marks=marks))
+    atomic_write_text(dest / TABLE_MD, table)
+    atomic_write_text(dest / TABLE_CSV, render(records, "csv", reference=True, marks=marks))
     names = [p.name for p in res.exports]
     readme = [f"# {suite.name}", "", suite.description or "", "",
               f"{len(names)} models trained with gerbil (`gerbil suite run {Path(suite.source).name}`), each in its own "
               "transformers folder with a model card.", "", table, "",
-              "## Upload", "", "```bash", "hf auth login   # once", f"bash upload.sh   # or, per model:",
+              "## Upload", "", "```bash", "hf auth login   # once", "bash upload.sh   # or, per model:",
               f"hf upload {org}/MODEL ./MODEL .   # huggingface-cli upload takes the same arguments", "```", ""]
-    res.readme = dest / "README.md"
+    res.readme = dest / README
     atomic_write_text(res.readme, "\n".join(readme))
     script = ["#!/usr/bin/env bash", "# Upload every exported model (review first; needs `hf auth login`).",
               f"# ORG defaults to {org}: ORG=my-org bash upload.sh", "set -euo pipefail",

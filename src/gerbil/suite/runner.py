@@ -33,7 +33,7 @@ from typing import Any
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
-from gerbil.suite.state import (TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
+from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
 from gerbil.train.rundir import STALE_AFTER_S, Lock
 
@@ -445,8 +445,8 @@ def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
     from gerbil.suite.table import render
 
     records, marks = suite_records(sdir, suite)
-    md = sdir.path / "table.md"
-    csv = sdir.path / "table.csv"
+    md = sdir.path / TABLE_MD
+    csv = sdir.path / TABLE_CSV
     atomic_write_text(md, f"# suite {suite.name}\n\n" + render(records, "md", reference=True, marks=marks))
     atomic_write_text(csv, render(records, "csv", reference=True, marks=marks))
     return md, csv

@@ -37,7 +37,6 @@ from gerbil.model.config import SIZES, ModelConfig
 from gerbil.plan import CLASSES, make_plan, parse_class
 from gerbil.train.config import RUNTIME_FIELDS, TrainConfig, read_yaml_mapping
 from gerbil.train.schedules import BatchSchedule, build_schedule
-from gerbil.units import parse_batch_spec
 
 #: cascade mechanics: the trunk cools down over this share of its own budget; each branch leaves the
 #: trunk at (1 − BRANCH_COOLDOWN) × its class budget and cools down over the rest

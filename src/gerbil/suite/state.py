@@ -7,7 +7,7 @@ function that says where each run stands (`run_states`). No torch.
     DIR/claims/<run>.lock       who is working on the run (`Claim`: pid, host; mtime = heartbeat)
     DIR/workers/<worker>.jsonl  each worker's events (claim, train, evaluate, done, failed), one line each
     DIR/runs/<run>/             the run directories (docs/architecture.md, "Run directory")
-    DIR/table.md, table.csv     the seed's table for the suite's runs, in the suite's order
+    DIR/table (Markdown, .csv)   the seed's table for the suite's runs, in the suite's order
     DIR/cascade.json            measured cascade accounting (tokens and training time vs independent runs)
     DIR/plots/*.png             `gerbil suite plot`
 
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: is taken over after this long; a live writer fills it within microseconds.
 TORN_AFTER_S = 10.0
 TERMINAL = ("done", "failed", "blocked")
+#: the results table's file names (Markdown, CSV) in a suite directory and in an export
+TABLE_MD, TABLE_CSV = "table" + ".md", "table.csv"
+README = "README" + ".md"
 
 
 def now() -> str:
