@@ -141,12 +141,29 @@ def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
             notes["*"] = "\\* partial: scored on the first items only (`gerbil eval --limit`); not comparable " \
                          "with full-set numbers"
             n = v[col + " n_items"]
-            notes[f"*{task}"] = f"  {v['Model Name']} {task}: {n} items"
+            notes[f"*{task}\0{v['Model Name']}"] = f"  {v['Model Name']} {task}: {n} items"
         if v[col + " stale"]:
             s += "†"
             notes["†"] = "† evaluated at an earlier checkpoint than the run's latest (re-run `gerbil eval`)"
         c[col] = s
     return c
+
+
+def _partial_notes(notes: dict[str, str]) -> list[str]:
+    """The item counts of partial results: one line per task when every partial row of it has the same
+    count (a suite evaluated with one limit), else one line per row."""
+    by_task: dict[str, list[str]] = {}
+    for k in sorted(notes):
+        if k.startswith("*") and k != "*":
+            by_task.setdefault(k[1:].split("\0")[0], []).append(notes[k])
+    out = []
+    for task, lines in by_task.items():
+        counts = {ln.rsplit(": ", 1)[1] for ln in lines}
+        if len(lines) > 1 and len(counts) == 1:
+            out.append(f"  {task}: {counts.pop()} each ({len(lines)} rows)")
+        else:
+            out += lines
+    return out
 
 
 def row_for_run(run_dir: str | Path) -> dict[str, str]:
@@ -163,9 +180,13 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md",
-           reference: bool = False) -> str:
+           reference: bool = False, marks: dict[str, tuple[str, str]] | None = None) -> str:
     """The table for `runs` (run directories, folders of runs, or records; default `./runs`) as
-    Markdown (`md`), `csv` or `json`; with `reference`, the seed's rows and the scores to beat too."""
+    Markdown (`md`), `csv` or `json`; with `reference`, the seed's rows and the scores to beat too.
+
+    Records are shown in the order given (a suite passes its own order); paths are scanned and sorted
+    the seed's way. `marks` maps a run name to (symbol, footnote): the symbol follows the model name
+    (e.g. a suite's cascade branches) and each footnote is printed once under the table."""
     if fmt not in ("md", "csv", "json"):
         raise GerbilError(f"unknown format {fmt!r} (md, csv, json)")
     runs = list(runs) if runs is not None else None
@@ -176,6 +197,13 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     values = [_values(r) for r in records]
     notes: dict[str, str] = {}
     cells = [_cells(v, notes) for v in values]
+    marks = marks or {}
+    mark_notes: dict[str, str] = {}
+    for v, c in zip(values, cells):
+        m = marks.get(v["Model Name"])
+        if m:
+            c["Model Name"] = f"{c['Model Name']} {m[0]}"
+            mark_notes.setdefault(m[0], m[1])
 
     if fmt == "json":
         out = {"columns": list(COLUMNS),
@@ -183,7 +211,8 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
                          "partial": {col: v[col + " partial"] for col, *_ in EVAL_COLUMNS},
                          "n_items": {col: v[col + " n_items"] for col, *_ in EVAL_COLUMNS},
                          "stale": {col: v[col + " stale"] for col, *_ in EVAL_COLUMNS},
-                         "run_dir": v["run_dir"], "step": v["step"], "params": v["params"]}
+                         "run_dir": v["run_dir"], "step": v["step"], "params": v["params"],
+                         **({"mark": marks[v["Model Name"]][0]} if v["Model Name"] in marks else {})}
                         for v, c in zip(values, cells)]}
         if reference:
             out["seed"] = [dict(zip(COLUMNS, r)) for r in SEED_ROWS]
@@ -207,8 +236,9 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
 
     parts = [_md_table(COLUMNS, ([c[k] for k in COLUMNS] for c in cells)) if cells
              else "_no runs found_"]
-    foot = [notes[k] for k in ("*", "†") if k in notes]
-    foot += [notes[k] for k in sorted(notes) if k.startswith("*") and k != "*"]
+    foot = [f"{sym} {text}" for sym, text in mark_notes.items()]
+    foot += [notes[k] for k in ("*", "†") if k in notes]
+    foot += _partial_notes(notes)
     if any(v["lambada ppl ↓"] is not None for v in values):
         foot.append(LAMBADA_NOTE)
     if foot:

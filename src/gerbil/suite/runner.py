@@ -1,0 +1,474 @@
+"""`gerbil suite run`: one worker that trains and evaluates a suite's runs until every run is done, failed
+or blocked — started once, or N times on the same directory (one per GPU, or a Slurm job array on a
+shared filesystem) to split the runs.
+
+How workers never train a run twice: a worker claims a run (`gerbil.suite.state.Claim`, an O_EXCL file;
+a heartbeat thread refreshes its mtime), re-reads the run's record *under the claim* (another worker may
+have finished it since the last look) and only then works on it; it writes the record `done` before it
+releases the claim. A dead worker's claim is taken over (same host: its pid is gone; elsewhere: no
+heartbeat for 2 minutes) and its run resumes from its latest checkpoint (`TrainConfig.resume`): training
+is exactly resumable, so an interrupted suite ends with the same weights as an uninterrupted one.
+
+What a worker does with a claimed run: record it `running` (with the options it is trained with: a
+changed suite file is refused run by run, naming the field), train it (a star run continues its parent's
+run directory; a cascade branch the trunk checkpoint at its branch point), record `evaluating`, evaluate
+it on the suite's tasks (each task skipped when a current result exists), record `done`. A run that fails
+(non-finite loss, unreadable data, ...) is recorded `failed` with its reason and the suite goes on with
+what does not depend on it; a full disk stops the worker with a one-line error and loses nothing (the
+record stays `running`, the checkpoints are intact, the next start resumes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gerbil.errors import GerbilError
+from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
+from gerbil.suite.spec import CORPORA, RunSpec, Suite
+from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
+                                now, parent_ready, run_states)
+from gerbil.train.rundir import STALE_AFTER_S, Lock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """How a worker runs (never *what* is trained: that is the suite file's)."""
+
+    device: str = "auto"
+    worker: str | None = None
+    poll: float = 10.0  # seconds between looks while every remaining run waits on another worker
+    heartbeat: float = 15.0  # seconds between claim heartbeats (well under the 120 s takeover)
+    stale_after: float = STALE_AFTER_S
+    log: str | None = None  # mirror metrics to tensorboard / wandb (TrainConfig.log)
+    progress: bool = False
+    retry_failed: bool = False
+    evaluate: bool = True
+
+
+@dataclass
+class SuiteOutcome:
+    """What `run_suite` leaves behind: every run's final status, and where the table went."""
+
+    statuses: dict[str, str]
+    table_md: Path | None = None
+    table_csv: Path | None = None
+    cascades: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[str]:
+        return [n for n, s in self.statuses.items() if s == "failed"]
+
+    @property
+    def blocked(self) -> list[str]:
+        return [n for n, s in self.statuses.items() if s == "blocked"]
+
+    @property
+    def ok(self) -> bool:
+        return all(s == "done" for s in self.statuses.values())
+
+
+class SuiteStopped(GerbilError):
+    """The worker cannot go on (a full disk): one line, nothing recorded as failed."""
+
+
+# ------------------------------------------------------------------------------------------ preparing
+def check_changes(sdir: SuiteDir, suite: Suite) -> None:
+    """A run already started with other options is refused, naming the first field that differs (never
+    silently mixed); runs new to the file are simply pending."""
+    for spec in suite.runs:
+        rec = sdir.record(spec.name)
+        if not rec or "options" not in rec:
+            continue
+        mine = dict(spec.train_options(), parent=spec.parent, branch_at=spec.branch_at)
+        theirs = dict(rec.get("options") or {}, parent=rec.get("parent"), branch_at=rec.get("branch_at"))
+        for key in mine:
+            if key in theirs and _norm(mine[key]) != _norm(theirs[key]):
+                raise GerbilError(f"run {spec.name} was started with {key} = {theirs[key]!r}, the suite now says "
+                                  f"{mine[key]!r}; restore the suite file, or give the changed run a new name")
+
+
+def _norm(x: Any) -> Any:
+    if isinstance(x, (list, tuple)):
+        return [_norm(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _norm(v) for k, v in x.items()}
+    return x
+
+
+def corpus_store(name: str, progress: bool = False, wait_s: float = 3600.0) -> Path:
+    """The token store of a built-in corpus in `$GERBIL_HOME/stores/NAME`, prepared once (several
+    workers starting together wait for the one that prepares it)."""
+    from gerbil.assets import corpus_dir, gerbil_home
+    from gerbil.data.store import TokenStore
+    from gerbil.data.tokenizer import Tokenizer
+
+    if name not in CORPORA:
+        raise GerbilError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+    out = gerbil_home() / "stores" / name
+    tokenizer = Tokenizer.load()
+    lock = Lock(out.with_name(f".{name}.prepare.lock"), f"preparing the {name} store")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            TokenStore.open(out, tokenizer_sha256=tokenizer.sha256)
+            return out
+        except GerbilError:
+            pass
+        try:
+            lock.acquire()
+            break
+        except GerbilError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+    try:
+        try:
+            TokenStore.open(out, tokenizer_sha256=tokenizer.sha256)
+            return out  # another worker finished it meanwhile
+        except GerbilError:
+            pass
+        if name == "shakespeare":
+            from gerbil.demo import shakespeare_store  # the demo's store: one Shakespeare store per home
+
+            return shakespeare_store(progress=progress)
+        from gerbil.data.prepare import prepare
+
+        log.info("preparing the built-in %s corpus into %s (once)", name, out)
+        roots = corpus_dir(name)
+        prepare(list(roots) if isinstance(roots, (list, tuple)) else [roots], out, tokenizer, val_fraction=0.01,
+                include=["*.py"], progress=progress, overwrite=True)
+        return out
+    finally:
+        lock.release()
+
+
+def resolve_data(suite: Suite, progress: bool = False) -> dict[str, str]:
+    """Each run's token store: its `data`, or its built-in `corpus` (prepared once); a run with neither is
+    a one-line error before anything trains."""
+    stores: dict[str, str] = {}
+    corpora: dict[str, str] = {}
+    for spec in suite.runs:
+        if spec.options.get("data") is not None:
+            p = Path(str(spec.options["data"])).expanduser()
+            if not p.exists():
+                raise GerbilError(f"run {spec.name}: data {p} does not exist")
+            stores[spec.name] = str(p.resolve())
+        elif spec.corpus is not None:
+            if spec.corpus not in corpora:
+                corpora[spec.corpus] = str(corpus_store(spec.corpus, progress))
+            stores[spec.name] = corpora[spec.corpus]
+        else:
+            raise GerbilError(f"run {spec.name} has no data: pass --data STORE (a store from `gerbil prepare`), "
+                              f"or set `data:` or `corpus:` ({', '.join(CORPORA)}) in the suite")
+    return stores
+
+
+# ------------------------------------------------------------------------------------------ the worker
+class _Heartbeat:
+    """Refreshes a claim's mtime every `every` seconds while a run is worked on."""
+
+    def __init__(self, claim, every: float):
+        self.claim, self.every = claim, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="gerbil-suite-heartbeat")
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.claim.beat()
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)  # gerbil.fsutil.disk_error's wording, and torch/safetensors' own
+    return any(s in text for s in ("no space left on the device", "disk quota exceeded", "No space left on device"))
+
+
+def _reason(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+class Worker:
+    """One `gerbil suite run` process."""
+
+    def __init__(self, suite: Suite, sdir: SuiteDir, options: RunOptions, stores: dict[str, str]):
+        self.suite, self.sdir, self.opt, self.stores = suite, sdir, options, stores
+        self.id = options.worker or default_worker_id()
+        self.retried: set[str] = set()
+
+    def event(self, event: str, run: str | None = None, **info: Any) -> None:
+        self.sdir.log_event(self.id, event, run, **info)
+
+    def loop(self) -> None:
+        """Work on the first actionable run in dependency order, again and again, until every run is done,
+        failed or blocked; while the rest waits on other workers, look again every `poll` seconds."""
+        self.event("start", runs=len(self.suite.runs))
+        while True:
+            states = run_states(self.sdir, self.suite, self.opt.stale_after)
+            actionable = [spec for spec in self.suite.order() if self._actionable(spec, states[spec.name].status)]
+            worked = False
+            for spec in actionable:
+                if self._work_on(spec):
+                    worked = True
+                    break  # look at the whole suite again: what this run unblocked comes next in order
+            if worked:
+                continue
+            if not actionable and all(s.status in TERMINAL for s in states.values()):
+                break
+            time.sleep(self.opt.poll)
+        self.event("stop")
+
+    def _actionable(self, spec: RunSpec, status: str) -> bool:
+        if status in ("running", "evaluating", "waiting", "blocked"):
+            return False
+        if status == "failed":
+            return self._retry(spec.name)
+        if status == "done":
+            return self._eval_missing(spec)
+        return True
+
+    def _retry(self, name: str) -> bool:
+        return self.opt.retry_failed and name not in self.retried
+
+    def _eval_missing(self, spec: RunSpec) -> bool:
+        return bool(self.opt.evaluate and evals_missing(self.sdir, spec, self.suite.eval_tasks, self.suite.eval_limit))
+
+    def _work_on(self, spec: RunSpec) -> bool:
+        """Claim the run and work on it; False when another worker has it (or it needs nothing now)."""
+        claim = self.sdir.claim(spec.name, self.opt.stale_after)
+        try:
+            claim.acquire()
+        except GerbilError:
+            return False  # another worker holds it
+        try:
+            rec = self.sdir.record(spec.name) or {}  # re-read under the claim: it may have finished meanwhile
+            status = rec.get("status")
+            if status == "done" and not self._eval_missing(spec):
+                return False
+            if status == "failed":
+                if not self._retry(spec.name):
+                    return False
+                self.retried.add(spec.name)
+            if not parent_ready(self.sdir, self.suite, spec):
+                return False
+            run_lock = Lock(self.sdir.run_dir(spec.name).lock, f"run {spec.name}", self.opt.stale_after)
+            holder = run_lock.holder()
+            if holder is not None and not run_lock.is_stale(holder):
+                return False  # a training process outside this suite's claims still runs it
+            self.event("claim", spec.name, status=status)
+            with _Heartbeat(claim, self.opt.heartbeat):
+                self._process(spec, rec)
+            return True
+        finally:
+            claim.release()
+
+    def _process(self, spec: RunSpec, rec: dict) -> None:
+        rec = dict(rec)
+        rec.update(status="running", role=spec.role, parent=spec.parent, branch_at=spec.branch_at,
+                   options=spec.train_options(), reason=None, attempts=int(rec.get("attempts") or 0) + 1,
+                   worker={"id": self.id, "pid": os.getpid(), "host": platform.node(),
+                           "device": self.opt.device},
+                   started=rec.get("started") or now())
+        self.sdir.write_record(spec.name, rec)
+        if not is_trained(self.sdir, spec, rec):
+            try:
+                cfg = self.train_config(spec)
+                self.event("train", spec.name, resume=cfg.resume, from_run=cfg.from_run)
+                from gerbil.train.loop import train
+
+                result = train(cfg)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 — a run's failure must not stop the suite
+                if _disk_full(e):
+                    self.event("stopped", spec.name, reason=_reason(e))
+                    raise SuiteStopped(f"run {spec.name}: {str(e).splitlines()[0]} — the suite stopped; free space "
+                                       f"and run the same command again (the run resumes from its checkpoint)") from None
+                rec.update(status="failed", reason=_reason(e), failed=now())
+                self.sdir.write_record(spec.name, rec)
+                self.event("failed", spec.name, reason=rec["reason"])
+                log.error("run %s failed: %s", spec.name, rec["reason"])
+                return
+            rec["result"] = _result_summary(result)
+            self.event("trained", spec.name, tokens=result.tokens, seconds=round(result.seconds, 3))
+        else:
+            rec.setdefault("result", _result_summary(None, self.sdir.run_dir(spec.name).read_result()))
+        rec.update(trained=True, status="evaluating")
+        self.sdir.write_record(spec.name, rec)
+        if self.opt.evaluate:
+            try:
+                rec["eval"] = self.evaluate(spec)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001
+                if _disk_full(e):
+                    raise SuiteStopped(f"run {spec.name}: {str(e).splitlines()[0]} — the suite stopped") from None
+                rec.update(status="failed", reason="evaluation: " + _reason(e), failed=now())
+                self.sdir.write_record(spec.name, rec)
+                self.event("failed", spec.name, reason=rec["reason"])
+                log.error("run %s: evaluation failed: %s", spec.name, rec["reason"])
+                return
+        rec.update(status="done", finished=now())
+        self.sdir.write_record(spec.name, rec)
+        self.event("done", spec.name)
+
+    def train_config(self, spec: RunSpec):
+        """The TrainConfig this worker trains `spec` with: the suite's options, the run's directory under
+        DIR/runs, its store, its parent (a star run: the parent's run directory; a branch: the trunk
+        checkpoint at its branch point), `resume` when it has a checkpoint already."""
+        from gerbil.train.config import TrainConfig
+
+        opts = dict(spec.options)
+        opts.update(name=spec.name, runs=str(self.sdir.runs.resolve()), data=self.stores[spec.name],
+                    device=self.opt.device, progress=self.opt.progress, log=self.opt.log)
+        if spec.role == "branch":
+            c = branch_checkpoint(self.sdir, spec)
+            if c is None:
+                raise GerbilError(f"trunk {spec.parent} has no checkpoint at {spec.branch_at:,} tokens yet")
+            opts["from_run"] = f"{spec.parent}/checkpoints/{c.name}"  # relative to runs: a movable suite
+        elif spec.parent is not None:
+            opts["from_run"] = spec.parent
+        run = self.sdir.run_dir(spec.name)
+        opts["resume"] = run.path.is_dir() and run.latest_checkpoint(check_hash=False) is not None
+        return TrainConfig.from_dict(opts)
+
+    def evaluate(self, spec: RunSpec) -> dict:
+        """Evaluate the run on the suite's tasks it has no current result for; returns the summary of
+        every task's result."""
+        from gerbil.suite.registry import read_evals
+
+        run = self.sdir.run_dir(spec.name)
+        missing = evals_missing(self.sdir, spec, self.suite.eval_tasks, self.suite.eval_limit)
+        if missing:
+            from gerbil.eval.evaluate import evaluate
+
+            self.event("evaluate", spec.name, tasks=missing, limit=self.suite.eval_limit)
+            device = None if self.opt.device == "auto" else self.opt.device
+            evaluate(str(run.path), missing, limit=self.suite.eval_limit, device=device, progress=self.opt.progress)
+        have = read_evals(run, run.latest_meta().get("step"))
+        return {t: {"metrics": e.metrics, "n_items": e.n_items, "partial": e.partial, "step": e.step}
+                for t, e in have.items() if t in self.suite.eval_tasks}
+
+
+def _result_summary(result: Any, d: dict | None = None) -> dict:
+    if result is not None:
+        d = dataclasses.asdict(result)
+    d = dict(d or {})
+    keep = ("steps", "tokens", "train_loss", "val_loss", "seconds", "tokens_per_second", "n_params", "checkpoint")
+    out = {k: d.get(k) for k in keep}
+    out["checkpoint"] = str(out["checkpoint"]) if out.get("checkpoint") else None
+    info = d.get("info") or {}
+    out.update(batch=info.get("batch"), device=info.get("device"), parent=info.get("parent"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the suite
+def start_suite(suite: Suite, out: str | Path, progress: bool = False) -> tuple[SuiteDir, dict[str, str]]:
+    """Validate what depends on the directory (a changed suite file, each run's data) and write
+    suite.json; returns the directory and each run's store."""
+    sdir = SuiteDir(out)
+    mkdir(sdir.path)
+    check_changes(sdir, suite)
+    stores = resolve_data(suite, progress)
+    for d in (sdir.registry, sdir.claims, sdir.runs, sdir.workers):
+        mkdir(d)
+    sdir.write_suite(suite)
+    return sdir, stores
+
+
+def run_suite(suite: Suite, out: str | Path, options: RunOptions | None = None) -> SuiteOutcome:
+    """Train and evaluate every run of `suite` in `out` (see the module docstring); returns when every run
+    is done, failed or blocked. Safe to start several times on one directory, and again after any kill."""
+    options = options or RunOptions()
+    t0 = time.perf_counter()
+    sdir, stores = start_suite(suite, out, options.progress)
+    worker = Worker(suite, sdir, options, stores)
+    log.info("suite %s: %d runs in %s (worker %s)", suite.name, len(suite.runs), sdir.path, worker.id)
+    worker.loop()
+    outcome = finish(sdir, suite)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def finish(sdir: SuiteDir, suite: Suite) -> SuiteOutcome:
+    """Write the results table (Markdown + CSV, the seed's columns, the suite's order, the seed's rows)
+    and the measured cascade accounting; report every run's status."""
+    states = run_states(sdir, suite)
+    md, csv = write_tables(sdir, suite)
+    cascades = cascade_report(sdir, suite)
+    if cascades:
+        atomic_write_json(sdir.path / "cascade.json", cascades, indent=1)
+    return SuiteOutcome({n: s.status for n, s in states.items()}, md, csv, cascades)
+
+
+def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[str, str]]]:
+    """Registry records of the suite's runs that have a checkpoint, in the suite's order, and the
+    table marks: a cascade branch shows the class it stands for, marked ‡ (its trunk is the largest
+    class's own model, with its own cooldown: no mark)."""
+    from gerbil.suite.registry import read_run
+
+    records, marks = [], {}
+    for spec in suite.runs:
+        run = sdir.run_dir(spec.name)
+        if not run.path.is_dir() or run.latest_checkpoint(check_hash=False) is None:
+            continue
+        r = read_run(run.path)
+        if spec.role == "branch":
+            r.cls = spec.cls_label  # a branch stands for its class (its checkpoints say "A*": continued)
+            marks[spec.name] = ("‡", f"cascade branch: cooled down from the constant-LR trunk {spec.parent} at "
+                                     f"{spec.start:,} tokens (docs/suites.md)")
+        records.append(r)
+    return records, marks
+
+
+def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
+    from gerbil.suite.table import render
+
+    records, marks = suite_records(sdir, suite)
+    md = sdir.path / TABLE_MD
+    csv = sdir.path / TABLE_CSV
+    atomic_write_text(md, f"# suite {suite.name}\n\n" + render(records, "md", reference=True, marks=marks))
+    atomic_write_text(csv, render(records, "csv", reference=True, marks=marks))
+    return md, csv
+
+
+def cascade_report(sdir: SuiteDir, suite: Suite) -> list[dict]:
+    """For each cascade: tokens and training seconds its runs took (result.json) against independent runs
+    of every class — tokens: every class budget; seconds: those tokens at the trunk's measured rate."""
+    from gerbil.suite.planning import cascade_savings
+
+    out = []
+    for c in cascade_savings(suite):
+        members = [r for r in suite.runs if r.cascade == c.trunk]
+        results = {r.name: sdir.run_dir(r.name).read_result() for r in members}
+        done = all(results.values())
+        trunk = results.get(c.trunk) or {}
+        seconds = sum(float((results[r.name] or {}).get("seconds") or 0) for r in members)
+        rate = float(trunk.get("tokens_per_second") or 0)
+        d = c.to_dict()
+        d.update(complete=done, seconds=seconds if done else None, trunk_tokens_per_second=rate or None,
+                 independent_seconds_estimate=(c.independent_tokens / rate) if rate else None)
+        if done and rate:
+            d["seconds_ratio"] = seconds / (c.independent_tokens / rate)
+        out.append(d)
+    return out

@@ -1,0 +1,372 @@
+"""A suite's directory: the resolved suite, one status record per run, claims, worker logs — and the one
+function that says where each run stands (`run_states`). No torch.
+
+    DIR/suite.json              the resolved suite (every run's options, budget, parent), rewritten at each start
+    DIR/registry/<run>.json     the run's status record: status, worker, options it was started with, result,
+                                eval summary, failure reason (written only by the worker holding the claim)
+    DIR/claims/<run>.lock       who is working on the run (`Claim`: pid, host; mtime = heartbeat)
+    DIR/workers/<worker>.jsonl  each worker's events (claim, train, evaluate, done, failed), one line each
+    DIR/runs/<run>/             the run directories (docs/architecture.md, "Run directory")
+    DIR/table (Markdown, .csv)   the seed's table for the suite's runs, in the suite's order
+    DIR/cascade.json            measured cascade accounting (tokens and training time vs independent runs)
+    DIR/plots/*.png             `gerbil suite plot`
+
+Every record and index is written with `gerbil.fsutil.atomic_write_json` (temp file + fsync + rename): a
+kill -9 during a write leaves the old record or the new one, never a torn one. Records are only written by
+the claim holder, so two workers never race on one. A missing record means "never started".
+
+Statuses: `done` (trained and evaluated on the suite's tasks), `running` / `evaluating` (a live claim;
+the worker is named), `pending` (ready to run; `interrupted` when a dead worker left it mid-way — the next
+worker resumes it from its checkpoint), `waiting` (for its parent, or for a cascade trunk's checkpoint),
+`failed` (its reason recorded), `blocked` (its parent failed before finishing training).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gerbil.errors import GerbilError
+from gerbil.fsutil import atomic_write_json, mkdir
+from gerbil.suite.spec import RunSpec, Suite
+from gerbil.train import checkpoint as ckpt
+from gerbil.train.rundir import STALE_AFTER_S, Lock, RunDir
+
+log = logging.getLogger(__name__)
+
+#: A claim file that holds no readable holder (its writer was killed between creating and filling it)
+#: is taken over after this long; a live writer fills it within microseconds.
+TORN_AFTER_S = 10.0
+TERMINAL = ("done", "failed", "blocked")
+#: the results table's file names (Markdown, CSV) in a suite directory and in an export
+TABLE_MD, TABLE_CSV = "table" + ".md", "table.csv"
+README = "README" + ".md"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def default_worker_id() -> str:
+    """A Slurm array task's id (`slurm-JOB_TASK`), else host-pid; the GPU it sees appended."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        wid = f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif env.get("SLURM_JOB_ID"):
+        wid = f"slurm-{env['SLURM_JOB_ID']}"
+    else:
+        wid = f"{platform.node()}-{os.getpid()}"
+    if env.get("CUDA_VISIBLE_DEVICES"):
+        wid += f"-gpu{env['CUDA_VISIBLE_DEVICES'].replace(',', '+')}"
+    return wid
+
+
+class Claim(Lock):
+    """A worker's claim on a run: `gerbil.train.rundir.Lock` (O_EXCL file with pid/host, heartbeat =
+    mtime, a dead holder's claim taken over: same host — its pid is gone; another host — no heartbeat for
+    `STALE_AFTER_S` = 120 s), plus one rule: a claim file without a readable holder, older than
+    `TORN_AFTER_S`, is stale — a worker killed mid-claim never leaves a run unclaimable."""
+
+    def is_stale(self, info: dict) -> bool:
+        if not info:
+            try:
+                return time.time() - self.path.stat().st_mtime > TORN_AFTER_S
+            except FileNotFoundError:
+                return True
+        return super().is_stale(info)
+
+    def live_holder(self) -> dict | None:
+        """The holder if it is alive, else None."""
+        info = self.holder()
+        if info is None or self.is_stale(info):
+            return None
+        return info
+
+
+class SuiteDir:
+    """The paths of a suite directory and its small readers and writers (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def suite_json(self) -> Path:
+        return self.path / "suite.json"
+
+    @property
+    def registry(self) -> Path:
+        return self.path / "registry"
+
+    @property
+    def claims(self) -> Path:
+        return self.path / "claims"
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def workers(self) -> Path:
+        return self.path / "workers"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def run_dir(self, name: str) -> RunDir:
+        return RunDir(self.runs / name)
+
+    def claim(self, name: str, stale_after: float = STALE_AFTER_S) -> Claim:
+        return Claim(self.claims / f"{name}.lock", f"suite run {name}", stale_after)
+
+    # ------------------------------------------------------------------------------ the suite
+    def exists(self) -> bool:
+        return self.suite_json.is_file()
+
+    def read_suite(self) -> Suite:
+        try:
+            data = json.loads(self.suite_json.read_text())
+        except FileNotFoundError:
+            raise GerbilError(f"{self.path}: not a suite directory (no suite.json; start it with "
+                              f"`gerbil suite run SUITE --out {self.path}`)") from None
+        except (OSError, ValueError) as e:
+            raise GerbilError(f"{self.suite_json}: unreadable ({e})") from None
+        return Suite.from_dict(data)
+
+    def write_suite(self, suite: Suite, extra: dict | None = None) -> None:
+        atomic_write_json(self.suite_json, dict(suite.to_dict(), **(extra or {})), indent=1)
+
+    # ------------------------------------------------------------------------------ records
+    def record(self, name: str) -> dict | None:
+        p = self.registry / f"{name}.json"
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # cannot happen with atomic writes; never hide it
+            log.warning("unreadable registry record %s (%s); treating the run as not started", p, e)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_record(self, name: str, rec: dict) -> None:
+        rec = dict(rec, name=name, updated=now())
+        atomic_write_json(self.registry / f"{name}.json", rec, indent=1)
+
+    def log_event(self, worker: str, event: str, run: str | None = None, **info: Any) -> None:
+        """One line in the worker's own log (no other process writes it)."""
+        mkdir(self.workers)
+        line = json.dumps({"time": now(), "t": round(time.time(), 3), "worker": worker, "pid": os.getpid(),
+                           "event": event, "run": run, **info}, default=str)
+        with open(self.workers / f"{_safe(worker)}.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def events(self) -> list[dict]:
+        """Every worker's events, in time order."""
+        out = []
+        for p in sorted(self.workers.glob("*.jsonl")) if self.workers.is_dir() else []:
+            for line in p.read_text().splitlines():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a line torn by a kill
+        return sorted(out, key=lambda e: e.get("t", 0))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
+# ------------------------------------------------------------------------------------------ run facts
+def branch_checkpoint(sdir: SuiteDir, spec: RunSpec) -> Path | None:
+    """The trunk checkpoint a cascade branch starts from: the trunk's first checkpoint at or after the
+    branch point (`checkpoint_at` puts one at the first step boundary at or after it, never pruned), or
+    None while the trunk has not got there."""
+    trunk = sdir.run_dir(spec.parent or "")
+    best: tuple[int, Path] | None = None
+    for c in trunk.list_checkpoints():
+        try:
+            tokens = int(ckpt.read_meta(c)["tokens"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if tokens >= (spec.branch_at or 0) and (best is None or tokens < best[0]):
+            if ckpt.verify_checkpoint(c, check_hash=False) is None:
+                best = (tokens, c)
+    return best[1] if best else None
+
+
+def is_trained(sdir: SuiteDir, spec: RunSpec, rec: dict | None = None) -> bool:
+    """The run reached its budget: its record says so, or its run directory's result.json does (a worker
+    killed between training and writing the record)."""
+    if rec and rec.get("trained"):
+        return True
+    result = sdir.run_dir(spec.name).read_result()
+    return bool(result and int(result.get("tokens") or 0) >= spec.budget)
+
+
+def evals_missing(sdir: SuiteDir, spec: RunSpec, tasks: list[str], limit: int | None) -> list[str]:
+    """The suite's tasks this run has no current result for (a full-set result always counts; with a
+    limit, a partial one of at least that many items; a result at an older checkpoint does not)."""
+    if not tasks:
+        return []
+    from gerbil.suite.registry import read_evals
+
+    run = sdir.run_dir(spec.name)
+    step = run.latest_meta().get("step")
+    have = read_evals(run, step)
+    missing = []
+    for t in tasks:
+        e = have.get(t)
+        ok = e is not None and not e.stale and (
+            not e.partial or (limit is not None and e.n_items >= min(limit, e.n_items_full)))
+        if not ok:
+            missing.append(t)
+    return missing
+
+
+def tail_metrics(run: RunDir, max_bytes: int = 65536) -> list[dict]:
+    """The last lines of metrics.jsonl (read from the end: the file can be long)."""
+    if not run.metrics.is_file():
+        return []
+    try:
+        with open(run.metrics, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines[1:] if size > max_bytes else lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ statuses
+@dataclass
+class RunState:
+    """Where one run of a suite stands (`gerbil suite status`)."""
+
+    name: str
+    status: str
+    role: str = "run"
+    parent: str | None = None
+    worker: str | None = None
+    tokens: int | None = None
+    budget: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    tok_s: float | None = None
+    eta_s: float | None = None
+    reason: str | None = None
+    attempts: int = 0
+    detail: str = ""
+    evals: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("name", "status", "role", "parent", "worker", "tokens", "budget",
+                                              "loss", "val_loss", "tok_s", "eta_s", "reason", "attempts", "detail",
+                                              "evals")}
+
+
+def run_states(sdir: SuiteDir, suite: Suite, stale_after: float = STALE_AFTER_S) -> dict[str, RunState]:
+    """Every run's state, derived from its record, its claim, its run directory and its parent's state."""
+    states: dict[str, RunState] = {}
+    for spec in suite.order():  # parents first: a child's state depends on its parent's
+        rec = sdir.record(spec.name) or {}
+        holder = sdir.claim(spec.name, stale_after).live_holder()
+        run = sdir.run_dir(spec.name)
+        st = RunState(spec.name, "pending", spec.role, spec.parent, budget=spec.budget,
+                      attempts=int(rec.get("attempts") or 0), reason=rec.get("reason"),
+                      evals=dict(rec.get("eval") or {}))
+        tail = tail_metrics(run) if run.path.is_dir() else []
+        if tail:
+            st.tokens = tail[-1].get("tokens")
+            st.loss = tail[-1].get("loss")
+            vals = [m["val_loss"] for m in tail if m.get("val_loss") is not None]
+            st.val_loss = vals[-1] if vals else None
+            rates = [m["tok_s"] for m in tail[-20:] if m.get("tok_s")]
+            st.tok_s = sum(rates) / len(rates) if rates else None
+        result = rec.get("result") or {}
+        if result.get("val_loss") is not None:
+            st.val_loss = result["val_loss"]
+        status = rec.get("status")
+        parent = states.get(spec.parent) if spec.parent else None
+        if holder is not None:
+            st.status = status if status in ("running", "evaluating") else "running"
+            w = (rec.get("worker") or {})
+            st.worker = w.get("id") or f"pid {holder.get('pid')} on {holder.get('host')}"
+            if st.tok_s and st.tokens is not None and st.status == "running":
+                st.eta_s = max(0.0, (spec.budget - st.tokens) / st.tok_s)
+        elif status == "done":
+            st.status = "done"
+        elif status == "failed":
+            st.status = "failed"
+        elif parent is not None and _parent_blocks(sdir, suite, spec, parent):
+            st.status, st.detail = "blocked", f"{spec.parent} {parent.status}"
+        elif parent is not None and not parent_ready(sdir, suite, spec, parent):
+            st.status = "waiting"
+            st.detail = (f"for {spec.parent} to reach {spec.branch_at:,} tokens" if spec.role == "branch"
+                         else f"for {spec.parent}")
+        else:
+            st.status = "pending"
+            if status in ("running", "evaluating"):
+                st.detail = f"interrupted ({status}); resumes from its checkpoint"
+        states[spec.name] = st
+    return {r.name: states[r.name] for r in suite.runs}
+
+
+def parent_ready(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState | None = None) -> bool:
+    """What `spec` continues from exists: a branch's trunk checkpoint, a star run's finished parent."""
+    if spec.parent is None:
+        return True
+    if spec.role == "branch":
+        return branch_checkpoint(sdir, spec) is not None
+    if parent is not None and parent.status in ("done", "evaluating"):
+        return True
+    return is_trained(sdir, suite.get(spec.parent), sdir.record(spec.parent))
+
+
+def _parent_blocks(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState) -> bool:
+    """The parent failed (or is blocked) without producing what this run continues from."""
+    if parent.status == "blocked":
+        return True
+    if parent.status != "failed":
+        return False
+    return not parent_ready(sdir, suite, spec, parent)
+
+
+def format_states(states: dict[str, RunState]) -> str:
+    """One line per run (what `gerbil suite status` prints)."""
+    from gerbil.units import fmt_duration, fmt_tokens
+
+    rows = []
+    for s in states.values():
+        where = s.worker or s.detail or (s.reason or "")
+        if s.status == "failed":
+            where = s.reason or "failed"
+        progress = "" if s.budget is None else (
+            f"{fmt_tokens(s.tokens) if s.tokens else '0'}/{fmt_tokens(s.budget)}")
+        loss = "" if s.loss is None else f"{s.loss:.4f}"
+        val = "" if s.val_loss is None else f"{s.val_loss:.4f}"
+        eta = "" if s.eta_s is None else fmt_duration(s.eta_s)
+        rows.append([s.name, s.status, progress, loss, val, eta, where])
+    header = ["run", "status", "tokens", "loss", "val", "ETA", "worker / detail"]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s.status] = counts.get(s.status, 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{n} {k}" for k, n in counts.items()))
+    return "\n".join(lines)
