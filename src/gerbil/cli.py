@@ -382,6 +382,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, metavar="FILE",
                    help='also write {"results": {task: {metric: value}}} to FILE')
     p.add_argument("--no-save", action="store_true", help="do not write eval/TASK.json into the run")
+    p.add_argument("--all-checkpoints", action="store_true",
+                   help="evaluate every kept checkpoint of the run (results already on disk are read, not "
+                        "recomputed) and print a step x task table of the learning curves")
     _add_nproc(p, "score the items on N processes of this machine (torchrun; one per GPU); the per-item "
                   "results are those of one process")
     p.set_defaults(func=_cmd_eval)
@@ -394,6 +397,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if (rc := _relaunch(args)) is not None:
         return rc
+    if args.all_checkpoints:
+        from gerbil.suite.curves import evaluate_checkpoints, format_curves
+
+        if args.output or args.no_save:
+            raise GerbilError("--all-checkpoints writes each checkpoint's results into the run; "
+                              "--output and --no-save do not apply")
+        results = evaluate_checkpoints(args.path, args.tasks, limit=args.limit, device=args.device,
+                                       dtype=args.dtype, batch_size=args.batch_size)
+        if from_env().is_main:
+            print(format_curves(results))
+        return 0
     records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
                        device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)
     if not from_env().is_main:
@@ -551,9 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_plan, _add_assets, _add_prepare, _add_train, _add_eval, _add_export,
                 _add_table, _add_generate):
         add(sub)
+    from gerbil.finetune.command import add_finetune_parser, add_predict_parser
     from gerbil.fit.command import add_fit_parser
+    from gerbil.suite.command import add_suite_parser
 
+    add_suite_parser(sub)
     add_fit_parser(sub)
+    add_finetune_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 
