@@ -149,18 +149,29 @@ def prepare_episodes(n: int, rng: random.Random, root: Path) -> tuple[int, int]:
     cmd = [sys.executable, "-m", "gerbil", "prepare", str(corpus), "--include", "*.txt", "--txt-mode", "paragraph",
            "--no-progress", "--workers", "1"]
     ref = root / "prep-ref"
+    t0 = time.perf_counter()
     subprocess.run(cmd + ["--out", str(ref)], env=_env(), check=True, capture_output=True)
+    total = time.perf_counter() - t0
     want = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in ref.glob("*.???")}
     kills = bad = 0
     for i in range(n):
         out = root / f"prep{i}"
         shutil.copytree(ref, out)
+        t0 = time.perf_counter()
         p = subprocess.Popen(cmd + ["--out", str(out), "--overwrite"], env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 4.0))
+        # Kill while the new store is being written: wait for its partial directory beside the old
+        # store (imports take most of a short prepare), then a random moment of what remains.
+        while p.poll() is None and not list(root.glob(f".prep{i}.partial-*")):
+            time.sleep(0.01)
+        left = max(total - (time.perf_counter() - t0), 0.05)
+        time.sleep(rng.uniform(0.0, 0.8 * left))
         p.send_signal(signal.SIGKILL)
         p.wait()
-        kills += p.returncode == -signal.SIGKILL
+        killed = p.returncode == -signal.SIGKILL
+        kills += killed
+        print(f"prepare episode {i}: {'killed while writing' if killed else 'finished before the kill'}",
+              flush=True)
         try:
             TokenStore.open(out).verify()  # old (or, if it finished, new) store: complete and intact
         except Exception as e:  # noqa: BLE001
@@ -236,7 +247,7 @@ def full_disk(root: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20, help="training episodes with a kill -9 (default 20)")
-    ap.add_argument("--prepare-kills", type=int, default=3, help="prepare episodes (default 3)")
+    ap.add_argument("--prepare-kills", type=int, default=5, help="prepare episodes (default 5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="work folder (default: a temporary one, removed)")
     ap.add_argument("--no-disk", action="store_true", help="skip the full-disk check")
