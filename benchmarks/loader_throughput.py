@@ -45,7 +45,8 @@ def bench_store(mb: float):
     import sysconfig
 
     from gerbil.assets import gerbil_home
-    from gerbil.data.store import TokenStore, prepare
+    from gerbil.data.prepare import prepare
+    from gerbil.data.store import TokenStore
     from gerbil.data.tokenizer import Tokenizer
     from gerbil.errors import GerbilError
 
