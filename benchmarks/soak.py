@@ -262,13 +262,14 @@ def main() -> int:
         kills, resumes, identical, lost = train_episodes(args.kills, rng, root)
         lines = [f"{kills} kills, {resumes} resumes, {identical} bitwise identical, {lost} data lost "
                  f"(training; {time.time() - t0:.0f} s)"]
+        pbad = 0
         if not args.no_prepare:
             pk, pbad = prepare_episodes(args.prepare_kills, rng, root)
             lines.append(f"prepare: {pk} kills during --overwrite, {pbad} stores damaged or different")
         if not args.no_disk:
             lines.append(full_disk(root))
         print("\n".join(lines))
-        return 0 if lost == 0 and identical == args.kills else 1
+        return 0 if lost == 0 and identical == args.kills and pbad == 0 else 1
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
