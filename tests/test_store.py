@@ -239,7 +239,7 @@ def test_damaged_contents_are_refused_at_open_and_by_verify(small_corpus, tokeni
 
 def test_output_directory_rules(small_corpus, tokenizer, tmp_path):
     r = prepare([small_corpus / "many.jsonl"], tmp_path / "s", tokenizer, progress=False)
-    with pytest.raises(GerbilError, match="already a token store"):
+    with pytest.raises(GerbilError, match=r"already a token store \(pass --overwrite to replace it\)"):
         prepare([small_corpus / "many.jsonl"], tmp_path / "s", tokenizer, progress=False)
     r2 = prepare([small_corpus / "many.jsonl"], tmp_path / "s", tokenizer, progress=False, overwrite=True)
     assert r2.n_tokens == r.n_tokens
