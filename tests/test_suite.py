@@ -22,7 +22,7 @@ import yaml
 from gerbil.errors import GerbilError
 from gerbil.suite import state as suite_state
 from gerbil.suite.command import main
-from gerbil.suite.planning import cascade_savings, nominal_cascade, plan_suite
+from gerbil.suite.planning import cascade_savings, format_suite_plan, nominal_cascade, plan_suite
 from gerbil.suite.runner import RunOptions, SuiteStopped, run_suite
 from gerbil.suite.spec import build_suite, load_suite, shipped_suites
 from gerbil.suite.state import Claim, SuiteDir, run_states
@@ -201,7 +201,9 @@ def test_cascade_token_accounting():
 
 
 def test_shipped_suites_validate():
-    assert set(shipped_suites()) >= {"gerbillab", "ladder-a", "cascade-6.7m", "cpu-smoke"}
+    assert set(shipped_suites()) >= {"gerbillab", "ladder-a", "cascade-6.7m", "cpu-smoke", "isoflop-ladder"}
+    iso = load_suite("isoflop-ladder")
+    assert len(iso.runs) == 15 and {r.cls_label for r in iso.runs} == {"custom"} and not iso.eval_tasks
     lab = load_suite("gerbillab")
     assert len(lab.runs) == 15 and lab.eval_limit is None
     e_star = lab.get("GerbilBlender-E-star-6.7m")
@@ -515,3 +517,44 @@ def _wandb_history(path: Path) -> list[dict]:
         if rec.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
     return rows
+
+
+def test_isoflop_block_designs_runs_of_equal_compute():
+    """`isoflop:` expands to runs whose exact FLOPs match their budget to within one sequence, grouped by
+    budget the way `gerbil fit` groups points for its IsoFLOP parabolas."""
+    from gerbil.fit.isoflop import group_by_flops
+    from gerbil.model.config import ModelConfig
+    from gerbil.plan import flops_per_token
+
+    models = {f"m{d}": {"d_model": d, "n_layer": 2, "n_head": 2, "rotary_dim": 8, "seq_len": 256}
+              for d in (16, 24, 32, 48, 64)}
+    raw = {"name": "iso", "corpus": "shakespeare", "models": models, "seq_len": 32, "batch_tokens": 128,
+           "eval": False, "isoflop": {"budgets": ["4e9", 1.2e10, "4e10"], "sizes": list(models), "per_budget": 4,
+                                      "ratio_range": [1e-5, 1e4]}}
+    suite = build_suite(raw, source="iso.yaml")
+    assert len(suite.runs) == 12 and len(set(suite.names)) == 12
+    for r in suite.runs:
+        assert r.role == "run" and r.cls_label == "custom" and r.tokens % 32 == 0 and r.tokens == r.options["tokens"]
+        fpt = flops_per_token(ModelConfig.from_dict(dict(r.model)), 32)
+        budget = float(r.name.split("-")[0][3:])
+        assert fpt == r.flops_per_token and abs(r.flops - budget) <= fpt * 32
+    groups = group_by_flops([r.flops for r in suite.runs])
+    assert [len(g) for g in groups] == [4, 4, 4]
+    assert "custom" in format_suite_plan(plan_suite(suite))
+    with pytest.raises(GerbilError, match=r"iso.yaml: isoflop: budgets: 'lots' is not a positive number"):
+        build_suite(dict(raw, isoflop={"budgets": ["lots"]}), source="iso.yaml")
+    with pytest.raises(GerbilError, match=r"isoflop: unknown key 'size'"):
+        build_suite(dict(raw, isoflop={"budgets": [1e10], "size": "6.7m"}), source="iso.yaml")
+    with pytest.raises(GerbilError, match=r"only \d shapes train between"):
+        build_suite(dict(raw, isoflop={"budgets": [1e3], "sizes": list(models)}), source="iso.yaml")
+
+
+def test_a_suite_directory_is_a_source_for_fit_and_table(reference):
+    """`gerbil fit DIR` / `gerbil table DIR` on a suite directory read the runs under DIR/runs."""
+    from gerbil.fit.sources import read_runs
+    from gerbil.suite.registry import scan
+
+    root = reference["dir"].path
+    assert sorted(r.name for r in scan([root])) == sorted(RUNS)
+    points, skipped = read_runs(root)
+    assert sorted(p.name for p in points) == sorted(RUNS) and not skipped

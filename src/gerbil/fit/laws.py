@@ -166,13 +166,17 @@ class Chinchilla(Form):
     def optimal_n(self, p, C):
         # N_opt = G·(C/6)^a, G = (αA/(βB))^(1/(α+β))  (Hoffmann et al. 2022, eq. 4)
         a, _ = self.exponents(p)
-        log_g = (np.log(p["alpha"] * p["A"]) - np.log(p["beta"] * p["B"])) / (p["alpha"] + p["beta"])
-        return np.exp(log_g + a * np.log(np.asarray(C, float) / 6.0))
+        # α, β are unconstrained (as Hoffmann et al.): a bootstrap refit with α ≤ 0 or β ≤ 0 has no
+        # compute-optimal size — NaN, which `LawFit.interval` leaves out — not a warning per resample
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_g = (np.log(p["alpha"] * p["A"]) - np.log(p["beta"] * p["B"])) / (p["alpha"] + p["beta"])
+            return np.exp(log_g + a * np.log(np.asarray(C, float) / 6.0))
 
     def optimal_tokens(self, p, N):
         # on the frontier α·A/N^α = β·B/D^β (∂L/∂log N = ∂L/∂log D along C = 6ND)
         lN = np.log(np.asarray(N, float))
-        return np.exp((np.log(p["beta"] * p["B"]) - np.log(p["alpha"] * p["A"]) + p["alpha"] * lN) / p["beta"])
+        with np.errstate(divide="ignore", invalid="ignore"):  # α or β ≤ 0: no frontier (NaN), as above
+            return np.exp((np.log(p["beta"] * p["B"]) - np.log(p["alpha"] * p["A"]) + p["alpha"] * lN) / p["beta"])
 
     def tokens_for_loss(self, p, N, loss):
         rest = loss - p["E"] - p["A"] * np.asarray(N, float) ** (-p["alpha"])

@@ -69,6 +69,8 @@ def _card(spec: RunSpec, suite: Suite, row: dict[str, str], record) -> str:
 def _class_text(spec: RunSpec, suite: Suite) -> str:
     if spec.scaled:
         return f"custom budget (class {spec.cls_label} scaled by {suite.budget_scale:g})"
+    if spec.cls_label == "custom":
+        return "custom budget (an IsoFLOP run)"
     if spec.role == "branch":
         return f"{spec.cls_label} (cascade branch)"
     return spec.cls_label

@@ -178,14 +178,18 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 def scan(paths: Iterable[str | Path] | None = None) -> list[RunRecord]:
     """Records for run directories and folders of runs (default `./runs`), sorted by objective,
-    size (parameters) and tokens — the seed's table order."""
+    size (parameters) and tokens — the seed's table order. A folder that holds no run but a `runs/`
+    folder (a suite directory, a project folder) stands for that `runs/`."""
     paths = list(paths) if paths else [Path("runs")]
     dirs: list[Path] = []
     for p in map(Path, paths):
         if kind(p) == "run":
             dirs.append(p)
         elif p.is_dir():
-            dirs += sorted(c for c in p.iterdir() if kind(c) == "run")
+            found = sorted(c for c in p.iterdir() if kind(c) == "run")
+            if not found and (p / "runs").is_dir():
+                found = sorted(c for c in (p / "runs").iterdir() if kind(c) == "run")
+            dirs += found
         else:
             raise GerbilError(f"{p}: no such run directory or folder of runs")
     seen, records = set(), []

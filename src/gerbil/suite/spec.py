@@ -2,7 +2,8 @@
 
 A suite is YAML (every key: docs/suites.md). It holds shared options, a `grid` (sizes × classes ×
 objectives × seeds, optionally as a class *cascade*) and/or an explicit list of `runs`; a run may name
-a `parent` (a star continuation) and then waits for it. `load_suite(name_or_path)` expands all of it
+a `parent` (a star continuation) and then waits for it; an `isoflop` block designs the runs of an IsoFLOP
+study (a few FLOP budgets × model shapes, `gerbil.fit.isoflop.isoflop_grid`). `load_suite(name_or_path)` expands all of it
 into `RunSpec`s — one per run directory, each with the `TrainConfig` options it will be trained with —
 and checks the whole suite first:
 
@@ -46,9 +47,10 @@ CORPORA = ("shakespeare", "python")
 
 # keys of the suite file itself (besides shared TrainConfig options)
 _SUITE_KEYS = {"name", "description", "data", "corpus", "models", "eval", "budget_scale", "name_suffix", "grid",
-               "runs"}
+               "runs", "isoflop"}
 _GRID_KEYS = {"sizes", "classes", "objectives", "seeds", "cascade", "corpus", "ratio", "name_suffix"}
 _RUN_KEYS = {"name", "parent", "corpus", "ratio"}
+_ISOFLOP_KEYS = {"budgets", "sizes", "per_budget", "per_gap", "ratio_range", "corpus", "name_suffix"}
 _EVAL_KEYS = {"tasks", "limit"}
 #: TrainConfig fields a suite decides itself (the run's name, its parent, where runs live, resuming)
 _MANAGED = {"from_run", "runs", "resume"}
@@ -74,7 +76,7 @@ class RunSpec:
     branch_at: int | None = None  # branch: the trunk's tokens where it leaves (the first step at or after)
     cascade: str | None = None  # the trunk's name, for the trunk and its branches
     corpus: str | None = None
-    cls_label: str = "A"  # the class the run stands for (a branch: its class, not "A*")
+    cls_label: str = "A"  # the class the run stands for (a branch: its class, not "A*"; "custom": IsoFLOP)
     size: str = ""
     model: dict = field(default_factory=dict)
     params: int = 0
@@ -365,6 +367,17 @@ def build_suite(raw: dict, source: str = "<suite>", default_name: str = "suite",
                        "a grid")
         entries += _expand_grid(gw, g, shared, top.get("corpus"), models, suffix)
 
+    isos = top.get("isoflop") or []
+    if isinstance(isos, dict):
+        isos = [isos]
+    if not isinstance(isos, list):
+        raise _fail(where, "isoflop: expected a mapping or a list of mappings")
+    for ii, g in enumerate(isos):
+        iw = f"{where}: isoflop[{ii}]" if len(isos) > 1 else f"{where}: isoflop"
+        g = _normalize(iw, g, _ISOFLOP_KEYS | (_TRAIN_FIELDS - {"name", "size", "model", "tokens", "cls"} - _MANAGED),
+                       "an isoflop block")
+        entries += _expand_isoflop(iw, g, shared, top.get("corpus"), models, suffix)
+
     runs = top.get("runs") or []
     if not isinstance(runs, list):
         raise _fail(where, "runs: expected a list of runs")
@@ -444,6 +457,69 @@ def _expand_grid(where: str, g: dict, shared: dict, corpus: str | None, models: 
                 else:
                     for c in classes:
                         out.append((f"{where} ({size} {c})", dict(base, cls=c), dict(extra)))
+    return out
+
+
+def _positive_float(x: Any) -> float | None:
+    """A positive finite number, also written as a string (YAML reads 1e16 and 1.0e4 as strings)."""
+    if isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _expand_isoflop(where: str, g: dict, shared: dict, corpus: str | None, models: dict[str, dict],
+                    suffix: str) -> list[tuple[str, dict, dict]]:
+    """An IsoFLOP study's runs (Hoffmann et al. 2022, approach 2): for each FLOP budget, shapes from the
+    ladder (or the given `sizes`, ladder rungs or the suite's `models`) and between its rungs, each with
+    the whole sequences of tokens that spend the budget at the exact per-token FLOPs — so `gerbil fit`
+    finds the runs of one budget together and fits a parabola through them."""
+    from gerbil.fit.isoflop import isoflop_grid
+
+    budgets = g.get("budgets")
+    if not isinstance(budgets, list) or not budgets:
+        raise _fail(where, f"budgets: expected a list of FLOP counts (e.g. [1e16, 3e16, 1e17]), got {budgets!r}")
+    flops = []
+    for b in budgets:
+        f = _positive_float(b)
+        if f is None:
+            raise _fail(where, f"budgets: {b!r} is not a positive number of FLOPs")
+        flops.append(f)
+    sizes: list[Any] = []
+    for sz in _as_list(where, "sizes", g.get("sizes"), str):
+        if sz in models:
+            sizes.append(ModelConfig.from_dict(dict(models[sz])))
+        elif sz.strip().lower() in SIZES:
+            sizes.append(sz.strip().lower())
+        else:
+            raise _fail(where, f"unknown size {sz!r} (known: {', '.join(list(SIZES) + list(models))})")
+    ints = {}
+    for key, default in (("per_budget", 5), ("per_gap", 2)):
+        v = g.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < (3 if key == "per_budget" else 0):
+            raise _fail(where, f"{key}: expected an integer ≥ {3 if key == 'per_budget' else 0}, got {v!r}")
+        ints[key] = v
+    rr = g.get("ratio_range", [2, 1000])
+    lo_hi = [_positive_float(x) for x in rr] if isinstance(rr, list) and len(rr) == 2 else [None]
+    if None in lo_hi or not lo_hi[0] < lo_hi[1]:
+        raise _fail(where, f"ratio_range: expected [low, high] tokens per parameter, got {rr!r}")
+    opts_g = {k: v for k, v in g.items() if k in _TRAIN_FIELDS}
+    seq_len = int(opts_g.get("seq_len") or shared.get("seq_len") or 2048)
+    try:
+        rows = isoflop_grid(flops, sizes or None, per_budget=ints["per_budget"], seq_len=seq_len,
+                            ratio_range=(lo_hi[0], lo_hi[1]), per_gap=ints["per_gap"])
+    except GerbilError as e:
+        raise _fail(where, str(e)) from None
+    out = []
+    for row in rows:
+        opts = dict(shared, **opts_g, model=dict(row["model"]), tokens=int(row["tokens"]))
+        opts.pop("size", None)
+        name = row["name"] + g.get("name_suffix", "") + suffix
+        extra = {"corpus": g.get("corpus", corpus), "suffix": "", "name": name, "custom_budget": True}
+        out.append((f"{where} ({name})", opts, extra))
     return out
 
 
@@ -556,6 +632,8 @@ def _resolve(where: str, entries: list[tuple[str, dict, dict]], models: dict[str
         opts = {k: v for k, v in e["opts"].items() if k != "name"}
         role = extra.get("role") or ("star" if parent else "run")
         cls_label, ratio, _ = parse_class(opts.get("cls"), extra.get("ratio"))
+        if extra.get("custom_budget"):
+            cls_label = "custom"  # an IsoFLOP run's budget is its FLOPs, not a class
         if role == "trunk":
             opts.update(schedule="wsd", cooldown_fraction=BRANCH_COOLDOWN)
         if parent is not None:
