@@ -558,3 +558,15 @@ def test_a_suite_directory_is_a_source_for_fit_and_table(reference):
     assert sorted(r.name for r in scan([root])) == sorted(RUNS)
     points, skipped = read_runs(root)
     assert sorted(p.name for p in points) == sorted(RUNS) and not skipped
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="the plot extra")
+def test_plot_of_a_suite_without_evaluations_writes_no_empty_figure(tmp_path):
+    """A suite with `eval: false` (an IsoFLOP study) gets loss.png, and no evals.png of empty axes."""
+    from gerbil.suite.plot import plot_suite
+
+    suite = build_suite(dict(MICRO, eval=False), source="micro.yaml")
+    sdir = SuiteDir(tmp_path / "out")
+    sdir.write_suite(suite)
+    assert [p.name for p in plot_suite(sdir.path)] == ["loss.png", "cascade-Gerbil-B-micro.png"]
+    assert not (sdir.plots / "evals.png").exists()

@@ -4,7 +4,7 @@
   continuation's curve starts where its parent's ended);
 * ``evals.png`` — each eval column of the seed's table vs training FLOPs (the model's whole training
   compute: a continuation counts its parent's tokens), log x; hollow markers for partial (`--limit`)
-  results;
+  results — written once some run has an evaluation;
 * ``cascade-<trunk>.png`` — each cascade as a tree: the learning rate vs tokens of the trunk (constant,
   then its own cooldown) and of each branch (leaving the trunk at its branch point, cooling to 0), with
   the final validation losses;
@@ -43,7 +43,10 @@ def plot_suite(suite_dir: str | Path, out: str | Path | None = None) -> list[Pat
     suite = sdir.read_suite()
     dest = mkdir(Path(out) if out else sdir.plots)
     plt = _pyplot()
-    written = [_loss(sdir, suite, dest, plt), _evals(sdir, suite, dest, plt)]
+    written = [_loss(sdir, suite, dest, plt)]
+    e = _evals(sdir, suite, dest, plt)
+    if e is not None:
+        written.append(e)
     for trunk, members in suite.cascades().items():
         written.append(_cascade(sdir, trunk, members, dest, plt))
     c = _curves(sdir, suite, dest, plt)
@@ -65,14 +68,17 @@ def _save(fig, path: Path) -> Path:
 def _loss(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = 0
-    for spec in suite.runs:
+    # tab10 repeats after 10 runs; a bigger suite gets tab20 (then repeats with another marker)
+    cmap = plt.get_cmap("tab20") if len(suite.runs) > 10 else None
+    for i, spec in enumerate(suite.runs):
         run = sdir.run_dir(spec.name)
         pts = [(m["tokens"], m["val_loss"]) for m in run.read_metrics() if m.get("val_loss") is not None]
         if not pts:
             continue
         xs, ys = zip(*pts)
         style = "--" if spec.role == "branch" else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3, label=spec.name)
+        color = cmap(i % 20) if cmap is not None else f"C{i % 10}"
+        ax.plot(xs, ys, style, marker="os^"[(i // 20) % 3], markersize=3, label=spec.name, color=color)
         drawn += 1
     ax.set_xscale("log")
     ax.set_xlabel("tokens trained")
@@ -88,12 +94,14 @@ def _loss(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
     return path
 
 
-def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
+def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
+    """evals.png, or None (nothing written) when no run has an evaluation result yet."""
     from gerbil.suite.registry import read_run
     from gerbil.suite.table import EVAL_COLUMNS
 
     cols = list(EVAL_COLUMNS)
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 4), squeeze=False)
+    drawn = 0
     for spec in suite.runs:
         run = sdir.run_dir(spec.name)
         if not run.path.is_dir():
@@ -109,6 +117,10 @@ def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
             y = e.metrics[metric] * (100 if kind == "pct" else 1)
             ax.scatter([flops], [y], facecolors="none" if e.partial else None, edgecolors="C0", color="C0", s=25)
             ax.annotate(spec.name, (flops, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
     for ax, (col, task, metric, kind) in zip(axes[0], cols):
         ax.set_xscale("log")
         if kind != "pct":
