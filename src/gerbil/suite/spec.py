@@ -356,27 +356,19 @@ def build_suite(raw: dict, source: str = "<suite>", default_name: str = "suite",
     _check_train_options(where, shared)
     entries: list[tuple[str, dict[str, Any], dict[str, Any]]] = []  # (where, options, extra)
 
-    grids = top.get("grid") or []
-    if isinstance(grids, dict):
-        grids = [grids]
-    if not isinstance(grids, list):
-        raise _fail(where, "grid: expected a mapping or a list of mappings")
-    for gi, g in enumerate(grids):
-        gw = f"{where}: grid[{gi}]" if len(grids) > 1 else f"{where}: grid"
-        g = _normalize(gw, g, _GRID_KEYS | (_TRAIN_FIELDS - {"name", "size", "cls", "objective", "seed"} - _MANAGED),
-                       "a grid")
-        entries += _expand_grid(gw, g, shared, top.get("corpus"), models, suffix)
-
-    isos = top.get("isoflop") or []
-    if isinstance(isos, dict):
-        isos = [isos]
-    if not isinstance(isos, list):
-        raise _fail(where, "isoflop: expected a mapping or a list of mappings")
-    for ii, g in enumerate(isos):
-        iw = f"{where}: isoflop[{ii}]" if len(isos) > 1 else f"{where}: isoflop"
-        g = _normalize(iw, g, _ISOFLOP_KEYS | (_TRAIN_FIELDS - {"name", "size", "model", "tokens", "cls"} - _MANAGED),
-                       "an isoflop block")
-        entries += _expand_isoflop(iw, g, shared, top.get("corpus"), models, suffix)
+    blocks = (("grid", "a grid", _GRID_KEYS, {"name", "size", "cls", "objective", "seed"}, _expand_grid),
+              ("isoflop", "an isoflop block", _ISOFLOP_KEYS, {"name", "size", "model", "tokens", "cls"},
+               _expand_isoflop))
+    for key, what, keys, decided, expand in blocks:  # each a mapping or a list of them
+        items = top.get(key) or []
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list):
+            raise _fail(where, f"{key}: expected a mapping or a list of mappings")
+        for i, g in enumerate(items):
+            bw = f"{where}: {key}[{i}]" if len(items) > 1 else f"{where}: {key}"
+            g = _normalize(bw, g, keys | (_TRAIN_FIELDS - decided - _MANAGED), what)
+            entries += expand(bw, g, shared, top.get("corpus"), models, suffix)
 
     runs = top.get("runs") or []
     if not isinstance(runs, list):
