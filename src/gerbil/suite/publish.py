@@ -70,7 +70,7 @@ def _class_text(spec: RunSpec, suite: Suite) -> str:
     if spec.scaled:
         return f"custom budget (class {spec.cls_label} scaled by {suite.budget_scale:g})"
     if spec.cls_label == "custom":
-        return "custom budget (an IsoFLOP run)"
+        return "custom budget (its own token count, not a class)"
     if spec.role == "branch":
         return f"{spec.cls_label} (cascade branch)"
     return spec.cls_label

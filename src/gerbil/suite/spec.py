@@ -76,7 +76,7 @@ class RunSpec:
     branch_at: int | None = None  # branch: the trunk's tokens where it leaves (the first step at or after)
     cascade: str | None = None  # the trunk's name, for the trunk and its branches
     corpus: str | None = None
-    cls_label: str = "A"  # the class the run stands for (a branch: its class, not "A*"; "custom": IsoFLOP)
+    cls_label: str = "A"  # the class the run stands for (a branch: its class, not "A*"; "custom": own tokens)
     size: str = ""
     model: dict = field(default_factory=dict)
     params: int = 0
@@ -482,12 +482,8 @@ def _expand_isoflop(where: str, g: dict, shared: dict, corpus: str | None, model
         flops.append(f)
     sizes: list[Any] = []
     for sz in _as_list(where, "sizes", g.get("sizes"), str):
-        if sz in models:
-            sizes.append(ModelConfig.from_dict(dict(models[sz])))
-        elif sz.strip().lower() in SIZES:
-            sizes.append(sz.strip().lower())
-        else:
-            raise _fail(where, f"unknown size {sz!r} (known: {', '.join(list(SIZES) + list(models))})")
+        label, model = _model_of(where, {"size": sz}, models)  # a ladder rung, or one of the suite's models
+        sizes.append(ModelConfig.from_dict(model) if model is not None else label)
     ints = {}
     for key, default in (("per_budget", 5), ("per_gap", 2)):
         v = g.get(key, default)
@@ -510,7 +506,7 @@ def _expand_isoflop(where: str, g: dict, shared: dict, corpus: str | None, model
         opts = dict(shared, **opts_g, model=dict(row["model"]), tokens=int(row["tokens"]))
         opts.pop("size", None)
         name = row["name"] + g.get("name_suffix", "") + suffix
-        extra = {"corpus": g.get("corpus", corpus), "suffix": "", "name": name, "custom_budget": True}
+        extra = {"corpus": g.get("corpus", corpus), "name": name}
         out.append((f"{where} ({name})", opts, extra))
     return out
 
@@ -624,8 +620,9 @@ def _resolve(where: str, entries: list[tuple[str, dict, dict]], models: dict[str
         opts = {k: v for k, v in e["opts"].items() if k != "name"}
         role = extra.get("role") or ("star" if parent else "run")
         cls_label, ratio, _ = parse_class(opts.get("cls"), extra.get("ratio"))
-        if extra.get("custom_budget"):
-            cls_label = "custom"  # an IsoFLOP run's budget is its FLOPs, not a class
+        if opts.get("tokens") is not None and opts.get("cls") is None and extra.get("ratio") is None \
+                and parent is None:
+            cls_label = "custom"  # its own token count (an IsoFLOP run, a micro run), not class A's budget
         if role == "trunk":
             opts.update(schedule="wsd", cooldown_fraction=BRANCH_COOLDOWN)
         if parent is not None:
