@@ -38,6 +38,7 @@ from gerbil.model.config import SIZES, ModelConfig
 from gerbil.plan import CLASSES, make_plan, parse_class
 from gerbil.train.config import RUNTIME_FIELDS, TrainConfig, read_yaml_mapping
 from gerbil.train.schedules import BatchSchedule, build_schedule
+from gerbil.units import DEFAULT_SEQ_LEN
 
 #: cascade mechanics: the trunk cools down over this share of its own budget; each branch leaves the
 #: trunk at (1 − BRANCH_COOLDOWN) × its class budget and cools down over the rest
@@ -80,7 +81,7 @@ class RunSpec:
     size: str = ""
     model: dict = field(default_factory=dict)
     params: int = 0
-    seq_len: int = 2048
+    seq_len: int = DEFAULT_SEQ_LEN
     budget: int = 0  # total tokens at the end, counted from the very start (a parent's included)
     start: int = 0  # tokens already trained by the parent (the branch point for a branch)
     batch: str = ""
@@ -495,7 +496,7 @@ def _expand_isoflop(where: str, g: dict, shared: dict, corpus: str | None, model
     if None in lo_hi or not lo_hi[0] < lo_hi[1]:
         raise _fail(where, f"ratio_range: expected [low, high] tokens per parameter, got {rr!r}")
     opts_g = {k: v for k, v in g.items() if k in _TRAIN_FIELDS}
-    seq_len = int(opts_g.get("seq_len") or shared.get("seq_len") or 2048)
+    seq_len = int(opts_g.get("seq_len") or shared.get("seq_len") or DEFAULT_SEQ_LEN)
     try:
         rows = isoflop_grid(flops, sizes or None, per_budget=ints["per_budget"], seq_len=seq_len,
                             ratio_range=(lo_hi[0], lo_hi[1]), per_gap=ints["per_gap"])
@@ -513,7 +514,7 @@ def _expand_isoflop(where: str, g: dict, shared: dict, corpus: str | None, model
 
 def _plan_fresh(where: str, size: str, model: dict | None, opts: dict, tokens: int | None):
     """gerbil.plan.make_plan for a run from scratch; its errors one line with the place."""
-    seq_len = opts.get("seq_len") or 2048
+    seq_len = opts.get("seq_len") or DEFAULT_SEQ_LEN
     arg: Any = ModelConfig.from_dict(dict(model)) if model is not None else size
     try:
         return make_plan(arg, opts.get("cls"), seq_len=int(seq_len), batch_tokens=opts.get("batch_tokens"),
@@ -653,11 +654,11 @@ def _resolve(where: str, entries: list[tuple[str, dict, dict]], models: dict[str
             else:
                 opts.pop("model", None)
                 opts["size"] = size_label
-        seq_len = int(opts.get("seq_len") or 2048)
+        seq_len = int(opts.get("seq_len") or DEFAULT_SEQ_LEN)
         opts["seq_len"] = seq_len
         opts["seed"] = int(opts.get("seed") or 0)
         mc = ModelConfig.from_dict(dict(model)) if model is not None else SIZES[size_label].model_config(
-            seq_len=max(2048, seq_len))
+            seq_len=max(DEFAULT_SEQ_LEN, seq_len))
         n = mc.n_params("total")
         tokens = opts.get("tokens")
         scaled = False
