@@ -19,7 +19,8 @@ import pytest
 
 from gerbil.errors import GerbilError
 from gerbil.train import train
-from gerbil.train.rundir import Lock, RunDir
+from gerbil.lock import Lock
+from gerbil.train.rundir import RunDir
 from helpers import TEST_SHA, make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -57,6 +57,7 @@ import numpy as np
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.fsutil import sha256_file
+from gerbil.lock import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ MAGIC = "gerbil-token-store"
 FORMAT_VERSION = 1
 DTYPE = "uint16"
 SPLITS = ("train", "val")
-_STORE_FILES = {"meta.json"} | {f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")}
+#: the store's index, written last (a store without it is incomplete); a token store's file, not a run's
+_META = "meta.json"
+_STORE_FILES = {_META} | {f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")}
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -114,7 +117,7 @@ class TokenStore:
         given — a store made with a different tokenizer. With `check` (default) the contents are checked
         too, vectorised (module docstring, "Reading checks")."""
         path = Path(path)
-        meta_path = path / "meta.json"
+        meta_path = path / _META
         if not path.is_dir():
             raise _refuse(path, "not found" if not path.exists() else "not a directory")
         if not meta_path.is_file():
@@ -299,16 +302,6 @@ def _check_contents(path: Path, s: Split, eot: int, vocab_size: int) -> None:
         raise _refuse(path, f"{s.name}.bin holds token id {top} >= vocab_size {vocab_size}: the file is damaged")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_val_document(index: int, val_fraction: float, seed: int) -> bool:
     """The streaming split rule: document ``index`` belongs to ``val`` (see the module docstring)."""
     if val_fraction <= 0:
@@ -365,12 +358,12 @@ class StoreWriter:
             if foreign:
                 raise GerbilError(f"output {p} holds other files ({', '.join(foreign[:3])}); "
                                   "choose an empty or new directory")
-            if "meta.json" in names and not overwrite:
+            if _META in names and not overwrite:
                 raise GerbilError(f"output {p} is already a token store (pass --overwrite to replace it)")
         p.parent.mkdir(parents=True, exist_ok=True)
         for stale in p.parent.glob(f".{p.name}.partial-*"):  # left by a killed prepare
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
                 log.info("removed %s, left by an interrupted prepare", stale)
 
@@ -528,7 +521,7 @@ class StoreWriter:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.path / "meta.json")
+        os.replace(tmp, self.path / _META)
         self._swap_in()
         self._finished = True
         return meta

@@ -35,7 +35,7 @@ from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
-from gerbil.train.rundir import STALE_AFTER_S, Lock
+from gerbil.lock import STALE_AFTER_S, Lock
 
 log = logging.getLogger(__name__)
 

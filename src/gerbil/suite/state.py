@@ -35,7 +35,8 @@ from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, mkdir
 from gerbil.suite.spec import RunSpec, Suite
 from gerbil.train import checkpoint as ckpt
-from gerbil.train.rundir import STALE_AFTER_S, Lock, RunDir
+from gerbil.lock import STALE_AFTER_S, Lock
+from gerbil.train.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def default_worker_id() -> str:
 
 
 class Claim(Lock):
-    """A worker's claim on a run: `gerbil.train.rundir.Lock` (O_EXCL file with pid/host, heartbeat =
+    """A worker's claim on a run: `gerbil.lock.Lock` (O_EXCL file with pid/host, heartbeat =
     mtime, a dead holder's claim taken over: same host — its pid is gone; another host — no heartbeat for
     `STALE_AFTER_S` = 120 s), plus one rule: a claim file without a readable holder, older than
     `TORN_AFTER_S`, is stale — a worker killed mid-claim never leaves a run unclaimable."""

@@ -48,7 +48,8 @@ from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
 from gerbil.train.distributed import Dist, rank_slice
 from gerbil.train.resolve import resolve, run_name
-from gerbil.train.rundir import Lock, RunDir, env_info
+from gerbil.lock import Lock
+from gerbil.train.rundir import RunDir, env_info
 from gerbil.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
