@@ -85,7 +85,7 @@ def _fingerprint(run_dir: Path) -> tuple[str, list]:
     """sha256 of the final weights + optimizer state, and the per-step metrics (without timings)."""
     import torch
 
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir
 
     run = RunDir(run_dir)
     ck = run.latest_checkpoint()
@@ -100,13 +100,12 @@ def _fingerprint(run_dir: Path) -> tuple[str, list]:
 
 
 def _intact(run_dir: Path) -> bool:
-    from gerbil.train import checkpoint as C
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir, verify_checkpoint
 
     run = RunDir(run_dir)
     if any(p.name.startswith(".tmp") for p in run.checkpoints.iterdir()):
         return False
-    return all(C.verify_checkpoint(c) is None for c in run.list_checkpoints())
+    return all(verify_checkpoint(c) is None for c in run.list_checkpoints())
 
 
 def train_episodes(n: int, rng: random.Random, root: Path) -> tuple[int, int, int, int]:
@@ -193,7 +192,7 @@ def full_disk(root: Path) -> str:
 
     from gerbil.errors import GerbilError
     from gerbil.train import train
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir
 
     store = make_store(root / "disk-store")
     mnt = root / "tmpfs"

@@ -12,7 +12,7 @@ import torch
 from gerbil.errors import GerbilError
 from gerbil.export import load_model
 from gerbil.train import checkpoint as ckpt
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir, read_meta
 from helpers import tiny_model, tiny_model_config
 
 
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = dict(vocab_size=1024)
 
 
-def _save(run_dir, step, model=None, keep=0):
+def _save(run_dir, step, model=None, policy=None, keep=False):
     model = model or tiny_model(**MODEL)
     meta = {"tokens": step * 100, "model": tiny_model_config(**MODEL).to_dict(), "size": "tiny", "class": "A",
-            "objective": "plain", "parent": None}
-    return ckpt.save_checkpoint(RunDir(run_dir).checkpoints, step, model, {"step": step, "x": torch.arange(3)},
-                                meta, keep=keep)
+            "objective": "plain", "parent": None, "keep": keep}
+    policy = policy or ckpt.CheckpointPolicy(every=100)
+    return policy.save(RunDir(run_dir).checkpoints, step, model, {"step": step, "x": torch.arange(3)}, meta)
 
 
 def _latest(run_dir):
@@ -48,7 +48,7 @@ def test_layout_pointer_and_roundtrip(tmp_path):
         for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
             assert k == k2 and torch.equal(v, v2)
     assert ckpt.load_train_state(path)["step"] == 12
-    assert RunDir(tmp_path).latest_meta()["step"] == 12 and ckpt.read_meta(path)["step"] == 12
+    assert RunDir(tmp_path).latest_meta()["step"] == 12 and read_meta(path)["step"] == 12
 
 
 def test_compiled_module_saves_plain_names(tmp_path):
@@ -80,7 +80,7 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
         f.write_bytes(bytes(data))
     else:
         (bad / "meta.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="gerbil.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="gerbil.runs.rundir"):
         assert _latest(tmp_path) == tmp_path / "checkpoints" / "step-00000002"
     if damage != "no_meta":
         assert "damaged" in caplog.text
@@ -103,9 +103,42 @@ def test_leftover_temp_dir_is_ignored(tmp_path):
 
 
 def test_keep_prunes_old_checkpoints(tmp_path):
-    for s in (1, 2, 3, 4):
-        _save(tmp_path, s, keep=2)
+    policy = ckpt.CheckpointPolicy(every=100, keep_newest=2)
+    _save(tmp_path, 1, policy=policy, keep=True)  # a kept (marked or log-spaced) one: never pruned, not counted
+    for s in (2, 3, 4, 5):
+        _save(tmp_path, s, policy=policy)
+    assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["step-00000001", "step-00000004", "step-00000005"]
+
+
+def test_a_best_run_keeps_the_newest_and_the_best(tmp_path):
+    policy = ckpt.CheckpointPolicy(every=100, best=True)
+    for s in (1, 2, 3):
+        _save(tmp_path, s, policy=policy)
+    assert len(RunDir(tmp_path).list_checkpoints()) == 1
+    root = RunDir(tmp_path).checkpoints
+    policy.save(root, 4, tiny_model(**MODEL), {}, {"model": tiny_model_config(**MODEL).to_dict()}, best="step-00000003")
     assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["step-00000003", "step-00000004"]
+    policy.save(root, 5, tiny_model(**MODEL), {}, {"model": tiny_model_config(**MODEL).to_dict()}, best="step-00000004")
+    assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["step-00000004", "step-00000005"]
+
+
+@pytest.mark.parametrize("policy, steps, want", [
+    # (every, keep_newest, log_spaced, marks, best), [(step, tokens, done, validated, improved)], [(write, keep)]
+    (dict(every=100), [(1, 60, False, False, False), (2, 120, False, False, False), (3, 180, False, False, False),
+                       (4, 240, True, False, False)], [(False, False), (True, False), (False, False), (True, False)]),
+    (dict(every=100, log_spaced=True), [(1, 10, False, False, False), (2, 20, False, False, False),
+                                        (3, 30, False, False, False), (4, 40, False, False, False)],
+     [(True, True), (True, True), (False, True), (True, True)]),
+    (dict(every=1000, marks=(25, 26, 70)), [(1, 20, False, False, False), (2, 40, False, False, False),
+                                            (3, 60, False, False, False), (4, 80, False, False, False)],
+     [(False, False), (True, True), (False, False), (True, True)]),
+    (dict(every=1000, best=True), [(1, 20, False, True, False), (2, 40, False, False, False),
+                                   (3, 60, False, False, True)], [(True, False), (False, False), (True, False)]),
+])
+def test_policy_says_when_to_write_and_what_to_keep(policy, steps, want):
+    clock = ckpt.CheckpointPolicy(**policy).start(0)
+    got = [clock.due(s, t, done=d, validated=v, improved=i) for s, t, d, v, i in steps]
+    assert got == want
 
 
 def test_rng_state_roundtrip():

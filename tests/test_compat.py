@@ -20,7 +20,7 @@ import torch
 from gerbil.errors import GerbilError
 from gerbil.train import train
 from gerbil.train.config import TrainConfig
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gerbil.train import train
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from helpers import TINY, make_store, tiny_config
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

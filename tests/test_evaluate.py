@@ -16,7 +16,7 @@ from gerbil.eval.encoding import RequestEncoder
 from gerbil.eval.metrics import perplexity_stderr
 from gerbil.eval.scoring import Scorer
 from gerbil.eval.tasks import TASKS, Item, get_task, resolve_tasks
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -226,7 +226,7 @@ def test_tokenizer_and_generation(tmp_path, tokenizer, assets_home):
 
 def test_export_from_run_directory_and_cli(tmp_path, tokenizer):
     from gerbil.train.checkpoint import save_checkpoint
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir
 
     model = random_model("3.3m", seed=5, seq_len=SEQ)
     _train_a_few_steps(model, steps=1)

@@ -23,7 +23,7 @@ import yaml
 from gerbil.errors import GerbilError
 from gerbil.finetune.config import FinetuneConfig
 from gerbil.finetune.finetune import finetune
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from helpers import trained_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ from gerbil.errors import GerbilError
 from gerbil.export import load_model
 from gerbil.generate import generate_ids, infill, sample, unmask
 from gerbil.model.model import GPT
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from helpers import tiny_model as _tiny
 
 EXAMPLE = 1672  # " example"

@@ -99,7 +99,7 @@ def test_native_matches_harness_hf_on_export(run, native):
     worst = {t: _compare(t, out["results"], out["samples"][harness_name(t)], native[t], "hf") for t in TASKS}
     print("max |Δ loglikelihood| gerbil vs harness HFLM:", worst)
     # the model is trained (its loss fell well below a random init's ln(50264) = 10.8)
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir
 
     assert RunDir(run).latest_meta()["train_loss"] < 9.0
 

@@ -1,6 +1,7 @@
-"""The package's shape holds: no import cycle (imports inside functions included), one name per run
-everywhere, every TrainConfig field settable from the CLI, YAML and Python with one validation, and
-code that cites only documents the repository has."""
+"""The package's shape holds: no import cycle of modules or of packages (imports inside functions
+included), run-directory file names spelled in one module, one name per run everywhere, every
+TrainConfig field settable from the CLI, YAML and Python with one validation, and code that cites only
+documents the repository has."""
 from __future__ import annotations
 
 import ast
@@ -22,7 +23,21 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _import_graph() -> dict[str, set[str]]:
+def _deferred(tree: ast.Module, is_pkg: bool) -> set[int]:
+    """ids of the import nodes that load nothing at run time: those under `if TYPE_CHECKING:` and those in
+    a package's PEP 562 `__getattr__` (its lazy entry points)."""
+    skip: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(node.body)
+    if is_pkg:
+        skip.update(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "__getattr__")
+    return {id(n) for top in skip for n in ast.walk(top)}
+
+
+def _import_graph(deferred: bool = True) -> dict[str, set[str]]:
+    """module → the gerbil modules it imports, counting imports inside functions; `deferred=False` leaves
+    out TYPE_CHECKING blocks and packages' `__getattr__`."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
 
@@ -33,7 +48,11 @@ def _import_graph() -> dict[str, set[str]]:
 
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text())):  # every import, also inside functions
+        tree = ast.parse(path.read_text())
+        skip = set() if deferred else _deferred(tree, is_pkg)
+        for node in ast.walk(tree):  # every import, also inside functions
+            if id(node) in skip:
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -50,8 +69,7 @@ def _import_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_import_cycles():
-    graph = _import_graph()
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -59,7 +77,7 @@ def test_no_import_cycles():
     def visit(m: str) -> None:
         state[m] = 1
         stack.append(m)
-        for n in sorted(graph[m]):
+        for n in sorted(graph.get(m, ())):
             if state.get(n) == 1:
                 cycles.append(stack[stack.index(n):] + [n])
             elif n not in state:
@@ -70,15 +88,67 @@ def test_no_import_cycles():
     for m in sorted(graph):
         if m not in state:
             visit(m)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_import_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_no_package_cycles():
+    """Packages show the data's path: no cycle between gerbil's top-level subpackages and modules
+    (`data`, `model`, `runs`, `train`, `eval`, `plan`, `export`, ...), counting imports inside functions
+    but not TYPE_CHECKING blocks or a package's lazy `__getattr__`."""
+    packages: dict[str, set[str]] = {}
+    for mod, targets in _import_graph(deferred=False).items():
+        if mod.count(".") == 0:
+            continue  # gerbil/__init__.py itself
+        a = mod.split(".")[1]
+        packages.setdefault(a, set()).update(t.split(".")[1] for t in targets if t.count(".") and t.split(".")[1] != a)
+    cycles = _cycles(packages)
+    assert not cycles, "package cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_run_directory_file_names_are_spelled_in_one_module():
+    """A run directory's file names (config.yaml, env.json, metrics.jsonl, result.json, a checkpoint's
+    meta.json / model.safetensors / state.pt, ...) are spelled only in gerbil/runs/rundir.py, in private
+    constants; everything else asks `RunDir` (or its checkpoint paths) for them. A few other formats
+    happen to use the same names for their own files: each is allowed where it is owned, with its reason."""
+    home = SRC / "runs" / "rundir.py"
+    names = set()
+    for node in ast.parse(home.read_text()).body:  # the module's name constants: _METRICS = "metrics.jsonl"
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            value, targets = node.value.value, [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if re.fullmatch(r"[\w-]+\.(json|jsonl|yaml|pt|safetensors)", value):
+                assert all(t.startswith("_") for t in targets), f"{targets} must be private to {home.name}"
+                names.add(value)
+    assert {"config.yaml", "env.json", "metrics.jsonl", "result.json", "meta.json", "state.pt",
+            "model.safetensors"} <= names
+    elsewhere = {  # (name, module): why that module owns a file of the same name
+        ("meta.json", "data/store.py"): "a token store's index",
+        ("meta.json", "finetune/datasets.py"): "a generated dataset's metadata",
+        ("config.json", "export.py"): "transformers' config of an export folder",
+        ("model.safetensors", "export.py"): "transformers' weights of an export folder",
+    }
+    found = []
+    for path in SRC.rglob("*.py"):
+        if path == home:
+            continue
+        rel = path.relative_to(SRC).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names and (node.value, rel) not in elsewhere:
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert not found, "run-directory file names spelled outside gerbil/runs/rundir.py: " + ", ".join(found)
+
+
 def test_torch_free_modules_stay_torch_free():
-    """plan, the model config, the run directory, checkpoints' readers, the registry and the table read
-    runs without importing torch (so `gerbil plan` / `gerbil table` answer instantly anywhere)."""
-    code = ("import sys; import gerbil.plan, gerbil.model.config, gerbil.train.rundir, gerbil.train.config, "
-            "gerbil.suite.registry, gerbil.suite.table, gerbil.train.checkpoint, gerbil.units, gerbil.eval.tasks; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    """plan, the model config, the runs package (run directory, checkpoints' readers, registry), the
+    checkpoint policy, the lock and the table read runs without importing torch (so `gerbil plan` /
+    `gerbil table` answer instantly anywhere)."""
+    code = ("import sys; import gerbil.plan, gerbil.model.config, gerbil.runs.rundir, gerbil.runs.env, "
+            "gerbil.runs.registry, gerbil.train.config, gerbil.train.checkpoint, gerbil.lock, gerbil.units, "
+            "gerbil.eval.tasks, gerbil.eval.table; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -100,7 +170,7 @@ def test_run_export_and_table_names_agree(objective, tmp_path, tokenizer):
     custom --tokens budget (no class in the name) as for a class budget."""
     from gerbil.data.store import TokenStore
     from gerbil.export import export, read_info
-    from gerbil.suite.table import row_for_run
+    from gerbil.eval.table import row_for_run
     from gerbil.train.config import TrainConfig
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import torch
 
 from gerbil.errors import GerbilError
 from gerbil.train import train
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from helpers import make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

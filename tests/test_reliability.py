@@ -20,7 +20,7 @@ import pytest
 from gerbil.errors import GerbilError
 from gerbil.train import train
 from gerbil.lock import Lock
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from helpers import TEST_SHA, make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,7 +125,7 @@ def test_result_and_checkpoint_describe_the_whole_run_after_a_resume(store, tmp_
     assert saved["tokens"] == straight.tokens and saved["train_loss"] == straight.train_loss
     # seconds cover the steps of both sessions (the first 4 steps ran in the killed process)
     assert resumed.seconds > 0 and resumed.tokens_per_second == pytest.approx(resumed.tokens / resumed.seconds)
-    from gerbil.suite.table import row_for_run
+    from gerbil.eval.table import row_for_run
 
     assert row_for_run(resumed.run_dir)["Training Loss ↓"] == row_for_run(straight.run_dir)["Training Loss ↓"]
 

@@ -121,7 +121,7 @@ def test_micro_suite_end_to_end(reference, tmp_path, capsys):
             "hellaswag": (5, True), "lambada_openai": (5, True), "winogrande": (5, True)}
 
     # evaluation at every checkpoint, then the plots (curves.png appears with it)
-    from gerbil.suite.curves import evaluate_checkpoints, read_curves
+    from gerbil.eval.curves import evaluate_checkpoints
 
     res = evaluate_checkpoints(sdir.run_dir("micro-base").path, "winogrande", limit=5, device="cpu", progress=False)
     assert sorted(res) == [4, 6] and all("acc" in r["winogrande"] for r in res.values())
@@ -135,7 +135,7 @@ def test_micro_suite_end_to_end(reference, tmp_path, capsys):
     assert rows[0].split() == ["step", "winogrande", "acc"] and [r.split()[0] for r in rows[1:]] == ["4", "6"]
     assert [float(r.split()[1]) for r in rows[1:]] == [pytest.approx(100 * res[s]["winogrande"]["acc"]) for s in (4, 6)]
     assert (sdir.run_dir("micro-base").eval_dir / "step-00000004" / "winogrande.partial.json").is_file()
-    assert [p.tokens for p in read_curves(sdir.run_dir("micro-base").path) if p.task == "winogrande"] == [512, 768]
+    assert [p.tokens for p in sdir.run_dir("micro-base").eval_history() if p.task == "winogrande"] == [512, 768]
     if importlib.util.find_spec("matplotlib") is not None:  # the plot extra
         assert main(["plot", str(sdir.path), "--out", str(tmp_path / "plots")]) == 0
         pngs = [Path(p) for p in capsys.readouterr().out.split()]
@@ -552,7 +552,7 @@ def test_isoflop_block_designs_runs_of_equal_compute():
 def test_a_suite_directory_is_a_source_for_fit_and_table(reference):
     """`gerbil fit DIR` / `gerbil table DIR` on a suite directory read the runs under DIR/runs."""
     from gerbil.fit.sources import read_runs
-    from gerbil.suite.registry import scan
+    from gerbil.runs.registry import scan
 
     root = reference["dir"].path
     assert sorted(r.name for r in scan([root])) == sorted(RUNS)

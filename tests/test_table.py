@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gerbil.suite import registry, table
+from gerbil.eval import table
+from gerbil.runs import registry
 from gerbil.model.config import model_config
 
 

@@ -20,7 +20,7 @@ from gerbil.export import load_model
 from gerbil.train import checkpoint as ckpt
 from gerbil.train.config import TrainConfig
 from gerbil.train.loop import NonFiniteLoss, train
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir
 from gerbil.train.schedules import Schedule, lr_at
 from helpers import make_store, tiny_config
 

@@ -336,7 +336,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     from gerbil import export
 
-    from gerbil.train.rundir import RunDir, kind
+    from gerbil.runs.rundir import RunDir, kind
 
     if not args.out:
         if args.source and kind(args.source) == "run":
@@ -398,7 +398,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if (rc := _relaunch(args)) is not None:
         return rc
     if args.all_checkpoints:
-        from gerbil.suite.curves import evaluate_checkpoints, format_curves
+        from gerbil.eval.curves import evaluate_checkpoints, format_curves
 
         if args.output or args.no_save:
             raise GerbilError("--all-checkpoints writes each checkpoint's results into the run; "
@@ -434,7 +434,7 @@ def _add_table(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from gerbil.suite.table import render
+    from gerbil.eval.table import render
 
     print(render(args.runs or None, fmt=args.format, reference=args.reference), end="")
     return 0

@@ -87,11 +87,11 @@ def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
 def format_row(result: RunResult, reduced: bool) -> str:
     """The model's row in the seed's table format (README of GerbilLab; docs/reference.md §4).
 
-    Cells come from `gerbil.suite.table.row_for_run` (the same code as `gerbil table`: eval columns from the
+    Cells come from `gerbil.eval.table.row_for_run` (the same code as `gerbil table`: eval columns from the
     run's `eval/*.json`, "pending" where missing); a reduced CPU run is relabelled so it can never be
     mistaken for a Gerbil-A result.
     """
-    from gerbil.suite.table import COLUMNS, row_for_run
+    from gerbil.eval.table import COLUMNS, row_for_run
 
     cells = row_for_run(result.run_dir)
     if reduced:
@@ -111,7 +111,7 @@ def run_demo(runs: str = "runs", device: str = "auto", evaluate: bool = True,
     2026-11-26 for the 6.7m on 2 lightly loaded CPU cores: 4 min 8 s (hellaswag 46, lambada 532,
     winogrande 349 items/s).
     """
-    from gerbil.train.rundir import RunDir
+    from gerbil.runs.rundir import RunDir
 
     store = shakespeare_store(progress=progress is not False)
     cfg, reduced = demo_config(device, store, runs)

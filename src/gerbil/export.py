@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.runs.rundir import model_name, read_meta, resolve_source
 from gerbil.units import fmt_count
 
 if TYPE_CHECKING:  # torch/transformers are imported lazily: `import gerbil.export` stays cheap
@@ -221,7 +222,6 @@ def _gerbil_field(cfg: ModelConfig, meta: dict, objective: str) -> dict:
     """The ``gerbil`` field of config.json: what the model is and how to evaluate it."""
     from gerbil.data.objectives import mode_prefix
     from gerbil.data.tokenizer import SPECIAL_TOKENS
-    from gerbil.train.rundir import model_name
 
     size = meta.get("size") or _size_name(cfg)
     cls = meta.get("class")
@@ -391,45 +391,28 @@ def _classifier_tokenizer(hf_tok: Any, ft: dict) -> Any:
 
 # ------------------------------------------------------------------------------------------- export
 def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
-    """(GPT in eval mode, meta) from a run directory (its latest intact checkpoint), a checkpoint
-    directory or an export folder — what the path is comes from `gerbil.train.rundir.resolve_source`.
+    """(GPT in eval mode, meta) from a run directory (its model checkpoint: the latest intact one, or the
+    best one of a run that keeps its best), a checkpoint directory or an export folder — what the path
+    is comes from `gerbil.runs.rundir.resolve_source`.
 
     ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
     """
-    from gerbil.train.rundir import resolve_source
-
     src = resolve_source(source)
     if src.kind == "export":
         model, meta = load(src.export, device=device)
     else:
-        path = _best_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
+        path = src.run.model_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
         model, meta = _load_checkpoint(path, device)
     meta = dict(meta)
     meta["objective"] = meta.get("objective") or "plain"
     return model.eval(), meta
 
 
-def _best_checkpoint(latest: Path) -> Path:
-    """A run's model: its latest checkpoint, or for a run that keeps its best (a fine-tuning run) the
-    best one its latest meta.json names, when that one is intact."""
-    from gerbil.train import checkpoint as ckpt
-
-    best = (ckpt.read_meta(latest).get("best") or {}).get("checkpoint")
-    if not best or best == latest.name:
-        return latest
-    path = latest.parent / best
-    reason = ckpt.verify_checkpoint(path)
-    if reason is None:
-        return path
-    log.warning("best checkpoint %s is damaged (%s); using the latest, %s", path, reason, latest.name)
-    return latest
-
-
 def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
     """(model, meta) of one checkpoint directory: a `Classifier` for a fine-tuned classifier, else a GPT."""
     from gerbil.train import checkpoint as ckpt
 
-    meta = ckpt.read_meta(path)
+    meta = read_meta(path)
     ft = meta.get("finetune") or {}
     labels = ft.get("label_names") if ft.get("task") == "classify" else None
     if not labels:

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size
+from gerbil.runs.rundir import meta_file, read_meta, resolve_source
 from gerbil.train.schedules import BatchSchedule, build_schedule
 from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch,
                           parse_batch_spec, parse_count)
@@ -141,13 +142,10 @@ def get_gpu(name: str) -> GPU:
 def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
     """(checkpoint directory, meta dict) for a run directory or a checkpoint directory — no torch.
 
-    What the path is, and a run's latest intact checkpoint, come from `gerbil.train.rundir` (it follows
+    What the path is, and a run's latest intact checkpoint, come from `gerbil.runs.rundir` (it follows
     the run's `latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check is
     skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
     """
-    from gerbil.train import checkpoint
-    from gerbil.train.rundir import resolve_source
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such run or checkpoint: {p}")
@@ -156,14 +154,14 @@ def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
         raise GerbilError(f"{p}: an export folder has no training state to continue; give its run or checkpoint")
     ckpt = src.checkpoint
     try:
-        meta = checkpoint.read_meta(ckpt)
+        meta = read_meta(ckpt)
     except (OSError, json.JSONDecodeError) as e:
-        raise GerbilError(f"cannot read {ckpt / 'meta.json'}: {e}") from None
+        raise GerbilError(f"cannot read {meta_file(ckpt)}: {e}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise GerbilError(f"{ckpt / 'meta.json'} has no model config")
+        raise GerbilError(f"{meta_file(ckpt)} has no model config")
     for key in ("tokens", "step"):
         if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), int) or meta[key] < 0:
-            raise GerbilError(f"{ckpt / 'meta.json'}: {key!r} must be a non-negative integer")
+            raise GerbilError(f"{meta_file(ckpt)}: {key!r} must be a non-negative integer")
     return ckpt, meta
 
 
@@ -311,7 +309,7 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
         try:
             run_model = ModelConfig.from_dict(meta["model"])
         except (TypeError, ValueError) as e:
-            raise GerbilError(f"{ckpt / 'meta.json'}: bad model config: {e}") from None
+            raise GerbilError(f"{meta_file(ckpt)}: bad model config: {e}") from None
         run_size = str(meta.get("size") or run_model.name or "custom")
         if size is None:
             model, size_name = run_model, run_size

@@ -36,6 +36,7 @@ from gerbil.eval.metrics import BOOTSTRAP_ITERS
 from gerbil.eval.scoring import Scorer
 from gerbil.eval.tasks import TASKS, Task, get_task, resolve_tasks
 from gerbil.fsutil import atomic_write_json, sha256_file
+from gerbil.runs.rundir import RunDir, eval_file_name, resolve_source
 from gerbil.train.distributed import Dist, rank_slice
 
 log = logging.getLogger(__name__)
@@ -130,11 +131,10 @@ def model_sha256(model) -> str:
 def load_for_eval(path: str | Path, prefix: str | Sequence[int] | None = None) -> EvalModel:
     """Load a run directory, a checkpoint directory or a transformers GPT-J export for evaluation.
 
-    What the path is comes from `gerbil.train.rundir.resolve_source`; bad input → one-line GerbilError
+    What the path is comes from `gerbil.runs.rundir.resolve_source`; bad input → one-line GerbilError
     (a missing path, a run with no checkpoint, an export without tokenizer files).
     """
     from gerbil.export import load_model
-    from gerbil.train.rundir import resolve_source
 
     src = resolve_source(path)
     if src.kind == "export":
@@ -262,12 +262,11 @@ def result_path(em: EvalModel, task: str, partial: bool, out_dir: str | Path | N
     """Where a task's result is written: the run's `RunDir.eval_path` (a `--limit` result goes to
     `TASK.partial.json`, an older checkpoint's under `eval/step-XXXXXXXX/`); an export outside a run
     writes into `EXPORT/eval/`; `out_dir` overrides."""
-    name = f"{task}.partial.json" if partial else f"{task}.json"
     if out_dir is not None:
-        return Path(out_dir) / name
+        return Path(out_dir) / eval_file_name(task, partial)
     if em.run_dir is not None:
         return em.run_dir.eval_path(task, partial, em.checkpoint)
-    return Path(em.info["path"]) / "eval" / name
+    return RunDir(em.info["path"]).eval_path(task, partial)  # an export keeps a run's eval/ layout
 
 
 def evaluate(path: str | Path, tasks: str | Iterable[str] | None = None, *, limit: int | None = None,

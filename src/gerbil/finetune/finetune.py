@@ -35,10 +35,11 @@ from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode
 from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_changes
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
+from gerbil.runs.rundir import RunDir
+from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.device import choose_precision, peak_flops, pick_device
 from gerbil.train.distributed import Dist
 from gerbil.train.resolve import Resolved
-from gerbil.train.rundir import RunDir
 from gerbil.train.schedules import make_schedule
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class FinetuneResolved(Resolved):
                          "max_new_tokens": self.max_new_tokens, "select": list(cfg.select_metric),
                          "lr": self.schedule.peak, "schedule": dataclasses.asdict(self.schedule),
                          "precision": self.precision, "device": str(self.device), "compile": self.compile,
-                         "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every},
+                         "checkpoint_every": self.checkpoints.every, "eval_every": self.eval_every},
         }
 
 
@@ -211,7 +212,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         cfg=cfg, name=run.name, size=size, cls=None, model_config=model_cfg, budget=budget, steps=None,
         batch_label=f"{cfg.batch_size} examples", schedule=schedule, device=device, precision=precision,
         autocast_dtype=autocast_dtype, use_scaler=use_scaler, compile=compile_, micro_batch=micro,
-        eval_micro_batch=micro, checkpoint_every=steps.epoch_tokens, eval_every=steps.epoch_tokens, run=run,
+        eval_micro_batch=micro, eval_every=steps.epoch_tokens, run=run,
+        checkpoints=CheckpointPolicy(steps.epoch_tokens, best=True),  # the newest and the best
         store=None, train_split=None, val_split=None, resume_from=resume_from, parent=None, parent_record=None,
         flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(device, precision),
         base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set, val_set=val_set,
@@ -227,7 +229,7 @@ def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
         return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
     from gerbil.export import load_model
     from gerbil.finetune.model import Classifier
-    from gerbil.train.rundir import resolve_source
+    from gerbil.runs.rundir import resolve_source
 
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
     model, meta = load_model(cfg.base)

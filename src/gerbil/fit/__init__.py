@@ -1,7 +1,7 @@
 """Scaling laws that include tiny models: `gerbil fit` and the compute planner built on a fit.
 
     laws.py      the forms L(N, D) (Chinchilla, Kaplan), the Huber/L-BFGS fit (approach 3), run bootstrap
-    sources.py   points from run directories (gerbil.suite.registry) and CSV files; training curves
+    sources.py   points from run directories (gerbil.runs.registry) and CSV files; training curves
     isoflop.py   approach 2 (IsoFLOP parabolas) and `isoflop_grid`, the runs an IsoFLOP study needs
     envelope.py  approach 1 (lower envelope of the training curves)
     report.py    `run_fit`: everything `gerbil fit` does — fits, fit.json, fit.md, plots

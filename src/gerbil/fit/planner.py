@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.runs.registry import scan
+from gerbil.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -116,36 +118,25 @@ def measured_throughput(runs: Sequence[str | Path], gpu_name: str) -> tuple[dict
     another GPU (or the CPU) is not used; one without env.json is used and said to be unverified.
     """
     from gerbil.fit.sources import _run_model
-    from gerbil.suite.registry import scan
 
     per: dict[tuple, list[tuple[float, str]]] = {}
     notes = []
     for rec in scan(list(runs)):
-        rd = Path(rec.run_dir)
-        env = {}
-        try:
-            env = json.loads((rd / "env.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            env = {}
-        gpu = env.get("gpu") if isinstance(env, dict) else None
+        run = RunDir(rec.run_dir)
+        env = run.read_env()
+        gpu = env.get("gpu")
         if env and not gpu:
             notes.append(f"{rec.name}: trained on {env.get('device', 'an unknown device')}, not used")
             continue
         if gpu and not _gpu_matches(str(gpu), gpu_name):
             notes.append(f"{rec.name}: trained on {gpu}, not used for {gpu_name}")
             continue
-        vals = []
         try:
-            for line in (rd / "metrics.jsonl").read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(r, dict) and isinstance(r.get("tok_s"), (int, float)) and r["tok_s"] > 0:
-                    vals.append(float(r["tok_s"]))
+            vals = [float(r["tok_s"]) for r in run.read_metrics()
+                    if isinstance(r.get("tok_s"), (int, float)) and r["tok_s"] > 0]
         except OSError:
-            pass
-        model, _ = _run_model(rd, rec.size)
+            vals = []
+        model, _ = _run_model(run.path, rec.size)
         if not vals or model is None:
             notes.append(f"{rec.name}: no tok_s or model in the run, not used")
             continue

@@ -1,6 +1,6 @@
 """Points to fit — (parameters, tokens, loss) — from run directories and CSV files; training curves.
 
-Run directories and folders of runs are read with `gerbil.suite.registry.scan` (final validation loss by
+Run directories and folders of runs are read with `gerbil.runs.registry.scan` (final validation loss by
 default; `train_loss`, or an eval metric `TASK:METRIC` such as `hellaswag:acc` on request). A CSV file
 has one row per point with columns `params`, `tokens`, `loss` (names configurable with `Columns`) and
 optionally `flops`, `non_embedding_params`, `run` (rows of one run are resampled together by the
@@ -15,7 +15,6 @@ refused with a one-line GerbilError: they mean the wrong column or a broken file
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,9 @@ import numpy as np
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.runs.registry import scan
+from gerbil.runs.rundir import RunDir
+from gerbil.units import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Point:
     non_embedding_params: float | None = None
     flops: float | None = None  # as given by the source (CSV `flops` column)
     model: dict | None = None  # ModelConfig fields, when the architecture is known
-    seq_len: int = 2048
+    seq_len: int = DEFAULT_SEQ_LEN
     source: str = ""
 
 
@@ -281,39 +283,17 @@ def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Poi
 
 # --------------------------------------------------------------------------------------------- runs
 def _run_model(run_dir: Path, size: str | None) -> tuple[dict | None, int]:
-    """(model config dict, seq_len) of a run: its latest checkpoint's meta.json, its config.yaml, or
-    the ladder size it names — plain file reads, no torch."""
-    meta: dict = {}
-    ck = run_dir / "checkpoints"
-    cands = []
-    if (ck / "latest").is_file():
-        cands.append(ck / (ck / "latest").read_text().strip())
-    cands += sorted(ck.glob("step-*"), reverse=True) if ck.is_dir() else []
-    for c in cands:
-        try:
-            meta = json.loads((c / "meta.json").read_text())
-            break
-        except (OSError, json.JSONDecodeError):
-            continue
-    model = meta.get("model") if isinstance(meta, dict) else None
-    seq_len = int(meta.get("seq_len") or 2048) if isinstance(meta, dict) else 2048
-    if not isinstance(model, dict) and (run_dir / "config.yaml").is_file():
-        try:
-            import yaml
-
-            cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-            model = cfg.get("model") if isinstance(cfg.get("model"), dict) else None
-            seq_len = int(cfg.get("seq_len") or (cfg.get("train") or {}).get("seq_len") or seq_len)
-        except Exception:  # noqa: BLE001 - a damaged config leaves the architecture unknown, nothing more
-            model = None
-    if not isinstance(model, dict) and size and str(size).lower() in SIZES:
+    """(model config dict, seq_len) of a run: as recorded (`RunDir.model_config`: its latest checkpoint,
+    else its config.yaml), or the ladder size it names — plain file reads, no torch."""
+    model, seq_len = RunDir(run_dir).model_config()
+    if model is None and size and str(size).lower() in SIZES:
         model = SIZES[str(size).lower()].model_config().to_dict()
-    if isinstance(model, dict):
+    if model is not None:
         try:
             ModelConfig.from_dict(model)
         except (TypeError, ValueError):
             model = None
-    return (model if isinstance(model, dict) else None), seq_len
+    return model, seq_len or DEFAULT_SEQ_LEN
 
 
 def _metric_value(rec: Any, metric: str) -> tuple[float | None, str | None]:
@@ -345,8 +325,6 @@ def metric_label(metric: str) -> str:
 
 def read_runs(path: str | Path, metric: str = "val_loss") -> tuple[list[Point], list[dict]]:
     """(points, skipped runs) for a run directory or a folder of runs (one point per run)."""
-    from gerbil.suite.registry import scan
-
     records = scan([path])
     if not records:
         raise GerbilError(f"{path}: no runs found (a run directory has config.yaml or checkpoints/)")
@@ -416,22 +394,15 @@ def read_curves(paths: Iterable[str | Path], metric: str = "loss") -> list[Curve
     Lines carry `tokens` and `loss` (and `val_loss` at evaluation steps); `metric` picks which. Runs
     without at least 3 usable lines are left out (logged).
     """
-    from gerbil.suite.registry import scan
-
     out = []
     for rec in scan(list(paths)):
-        path = Path(rec.run_dir) / "metrics.jsonl"
         toks, vals = [], []
         try:
-            lines = path.read_text().splitlines() if path.is_file() else []
+            records = list(RunDir(rec.run_dir).read_metrics())
         except OSError:
-            lines = []
-        for line in lines:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and r.get("tokens") and r.get(metric) is not None:
+            records = []
+        for r in records:
+            if r.get("tokens") and r.get(metric) is not None:
                 t, v = float(r["tokens"]), float(r[metric])
                 if t > 0 and math.isfinite(v) and v > 0:
                     toks.append(t)

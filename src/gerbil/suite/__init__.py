@@ -1,1 +1,3 @@
-"""Many runs as one unit: the registry of runs and the seed's results table."""
+"""Suites: many runs as one unit — suite files (spec), a suite directory and where each run stands
+(state), workers (runner), `gerbil suite plan` (planning), plots and publishing. Runs themselves, the
+registry of runs and the results table are `gerbil.runs`' and `gerbil.eval.table`'s."""

@@ -172,7 +172,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     from gerbil.suite.runner import suite_records
     from gerbil.suite.state import SuiteDir
-    from gerbil.suite.table import render
+    from gerbil.eval.table import render
 
     sdir = SuiteDir(args.dir)
     records, marks = suite_records(sdir, sdir.read_suite())

@@ -9,7 +9,7 @@
   then its own cooldown) and of each branch (leaving the trunk at its branch point, cooling to 0), with
   the final validation losses;
 * ``curves.png`` — metrics vs tokens trained for runs evaluated at every checkpoint
-  (`gerbil.suite.curves`), when there are any.
+  (`gerbil eval --all-checkpoints`, read back with `RunDir.eval_history`), when there are any.
 """
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def _loss(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
 
 def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
     """evals.png, or None (nothing written) when no run has an evaluation result yet."""
-    from gerbil.suite.registry import read_run
-    from gerbil.suite.table import EVAL_COLUMNS
+    from gerbil.runs.registry import read_run
+    from gerbil.eval.table import EVAL_COLUMNS
 
     cols = list(EVAL_COLUMNS)
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 4), squeeze=False)
@@ -167,11 +167,10 @@ def _cascade(sdir: SuiteDir, trunk: str, members, dest: Path, plt) -> Path:
 
 def _curves(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
     from gerbil.eval.tasks import TASKS
-    from gerbil.suite.curves import read_curves
 
     series: dict[str, dict[str, list]] = {}
     for spec in suite.runs:
-        pts = read_curves(sdir.run_dir(spec.name).path)
+        pts = sdir.run_dir(spec.name).eval_history()
         by_task: dict[str, list] = {}
         for p in pts:
             by_task.setdefault(p.task, []).append(p)

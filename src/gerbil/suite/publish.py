@@ -36,7 +36,7 @@ class SuiteExport:
 
 def _card(spec: RunSpec, suite: Suite, row: dict[str, str], record) -> str:
     """The model card's gerbil section: the run's row of the suite's table and how it was trained."""
-    from gerbil.suite.table import COLUMNS
+    from gerbil.eval.table import COLUMNS
 
     lines = ["## Training", "", "| field | value |", "|---|---|",
              f"| suite | {suite.name} |",
@@ -80,10 +80,10 @@ def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", 
                  tokenizer=None) -> SuiteExport:
     """Export every trained run of the suite in `suite_dir` into `out` (see the module docstring)."""
     from gerbil.export import export
-    from gerbil.suite.registry import read_run
+    from gerbil.runs.registry import read_run
     from gerbil.suite.runner import suite_records
     from gerbil.suite.state import is_trained
-    from gerbil.suite.table import _cells, _values, render
+    from gerbil.eval.table import render, row_for_record
 
     sdir = SuiteDir(suite_dir)
     suite = sdir.read_suite()
@@ -101,7 +101,7 @@ def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", 
             res.skipped[spec.name] = "not trained to its budget yet"
             continue
         record = by_name.get(spec.name) or read_run(run.path)
-        row = _cells(_values(record), {})
+        row = row_for_record(record)
         meta = {"name": spec.name, "class": _class_text(spec, suite)}
         path = export(run.path, dest / spec.name, tokenizer=tokenizer, meta=meta, dtype=dtype,
                       extra_card=_card(spec, suite, row, record))

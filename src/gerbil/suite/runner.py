@@ -32,10 +32,11 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
+from gerbil.lock import STALE_AFTER_S, Lock
+from gerbil.runs.rundir import RunDir
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
-from gerbil.lock import STALE_AFTER_S, Lock
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ class Worker:
             c = branch_checkpoint(self.sdir, spec)
             if c is None:
                 raise GerbilError(f"trunk {spec.parent} has no checkpoint at {spec.branch_at:,} tokens yet")
-            opts["from_run"] = f"{spec.parent}/checkpoints/{c.name}"  # relative to runs: a movable suite
+            opts["from_run"] = str(RunDir(spec.parent).checkpoint_path(c.name))  # relative to runs: movable
         elif spec.parent is not None:
             opts["from_run"] = spec.parent
         run = self.sdir.run_dir(spec.name)
@@ -355,8 +356,6 @@ class Worker:
     def evaluate(self, spec: RunSpec) -> dict:
         """Evaluate the run on the suite's tasks it has no current result for; returns the summary of
         every task's result."""
-        from gerbil.suite.registry import read_evals
-
         run = self.sdir.run_dir(spec.name)
         missing = evals_missing(self.sdir, spec, self.suite.eval_tasks, self.suite.eval_limit)
         if missing:
@@ -365,7 +364,7 @@ class Worker:
             self.event("evaluate", spec.name, tasks=missing, limit=self.suite.eval_limit)
             device = None if self.opt.device == "auto" else self.opt.device
             evaluate(str(run.path), missing, limit=self.suite.eval_limit, device=device, progress=self.opt.progress)
-        have = read_evals(run, run.latest_meta().get("step"))
+        have = run.read_evals(run.latest_meta().get("step"))
         return {t: {"metrics": e.metrics, "n_items": e.n_items, "partial": e.partial, "step": e.step}
                 for t, e in have.items() if t in self.suite.eval_tasks}
 
@@ -425,7 +424,7 @@ def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[s
     """Registry records of the suite's runs that have a checkpoint, in the suite's order, and the
     table marks: a cascade branch shows the class it stands for, marked ‡ (its trunk is the largest
     class's own model, with its own cooldown: no mark)."""
-    from gerbil.suite.registry import read_run
+    from gerbil.runs.registry import read_run
 
     records, marks = [], {}
     for spec in suite.runs:
@@ -442,7 +441,7 @@ def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[s
 
 
 def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
-    from gerbil.suite.table import render
+    from gerbil.eval.table import render
 
     records, marks = suite_records(sdir, suite)
     md = sdir.path / TABLE_MD

@@ -538,7 +538,7 @@ def _boundary(schedule: BatchSchedule, tokens: int) -> int:
 def _resolve(where: str, entries: list[tuple[str, dict, dict]], models: dict[str, dict], scale: float) -> list[RunSpec]:
     from gerbil.model.config import default_mfu
     from gerbil.plan import flops_per_token
-    from gerbil.train.rundir import model_name
+    from gerbil.runs.rundir import model_name
     from gerbil.units import fmt_batch
 
     # --- per entry: options checked, the model it names (None: inherited from its parent)

@@ -33,10 +33,9 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, mkdir
-from gerbil.suite.spec import RunSpec, Suite
-from gerbil.train import checkpoint as ckpt
 from gerbil.lock import STALE_AFTER_S, Lock
-from gerbil.train.rundir import RunDir
+from gerbil.runs.rundir import RunDir, read_meta, verify_checkpoint
+from gerbil.suite.spec import RunSpec, Suite
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +190,11 @@ def branch_checkpoint(sdir: SuiteDir, spec: RunSpec) -> Path | None:
     best: tuple[int, Path] | None = None
     for c in trunk.list_checkpoints():
         try:
-            tokens = int(ckpt.read_meta(c)["tokens"])
+            tokens = int(read_meta(c)["tokens"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if tokens >= (spec.branch_at or 0) and (best is None or tokens < best[0]):
-            if ckpt.verify_checkpoint(c, check_hash=False) is None:
+            if verify_checkpoint(c, check_hash=False) is None:
                 best = (tokens, c)
     return best[1] if best else None
 
@@ -214,42 +213,9 @@ def evals_missing(sdir: SuiteDir, spec: RunSpec, tasks: list[str], limit: int | 
     limit, a partial one of at least that many items; a result at an older checkpoint does not)."""
     if not tasks:
         return []
-    from gerbil.suite.registry import read_evals
-
     run = sdir.run_dir(spec.name)
-    step = run.latest_meta().get("step")
-    have = read_evals(run, step)
-    missing = []
-    for t in tasks:
-        e = have.get(t)
-        ok = e is not None and not e.stale and (
-            not e.partial or (limit is not None and e.n_items >= min(limit, e.n_items_full)))
-        if not ok:
-            missing.append(t)
-    return missing
-
-
-def tail_metrics(run: RunDir, max_bytes: int = 65536) -> list[dict]:
-    """The last lines of metrics.jsonl (read from the end: the file can be long)."""
-    if not run.metrics.is_file():
-        return []
-    try:
-        with open(run.metrics, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines[1:] if size > max_bytes else lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    have = run.read_evals(run.latest_meta().get("step"))
+    return [t for t in tasks if t not in have or have[t].stale or not have[t].covers(limit)]
 
 
 # ------------------------------------------------------------------------------------------ statuses
@@ -289,7 +255,7 @@ def run_states(sdir: SuiteDir, suite: Suite, stale_after: float = STALE_AFTER_S)
         st = RunState(spec.name, "pending", spec.role, spec.parent, budget=spec.budget,
                       attempts=int(rec.get("attempts") or 0), reason=rec.get("reason"),
                       evals=dict(rec.get("eval") or {}))
-        tail = tail_metrics(run) if run.path.is_dir() else []
+        tail = run.tail_metrics() if run.path.is_dir() else []
         if tail:
             st.tokens = tail[-1].get("tokens")
             st.loss = tail[-1].get("loss")

@@ -1,9 +1,9 @@
-"""Training: the run's configuration (config), schedules, the run directory (rundir), checkpoints,
-settings decided once (resolve) and the loop (loop).
+"""Training: the run's configuration (config), schedules, checkpoints and their policy (checkpoint),
+settings decided once (resolve) and the loop (loop); the run directory itself is `gerbil.runs`'s.
 
 `gerbil.train.train(config)` and `gerbil.train.TrainConfig` are the documented entry points; they are
-resolved lazily so that torch-free readers of a run (`gerbil.train.rundir`, `gerbil.train.checkpoint`)
-do not import torch.
+resolved lazily so that torch-free modules (`gerbil.train.config`, `gerbil.train.checkpoint`) do not
+import torch.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, a `latest` pointer, truncation detection, exact-resume state.
+"""Checkpoints: atomic writes, exact-resume state (RNG states, weights, training state), and the one
+policy that says when a run writes a checkpoint and which it keeps (`CheckpointPolicy`).
 
 Layout of a checkpoints folder (`RunDir.checkpoints` puts it at ``runs/<name>/checkpoints/``;
 docs/architecture.md, "Run directory")::
@@ -10,8 +11,9 @@ docs/architecture.md, "Run directory")::
                             parent, and the byte size + sha256 of the two files above
     ROOT/latest             text file naming the newest complete checkpoint directory
 
-Every function here takes that folder (`root`) or one checkpoint directory; where the folder sits in
-a run, and how a path is told to be a run, a checkpoint or an export, is `gerbil.train.rundir`'s.
+Every function here takes that folder (`root`) or one checkpoint directory. The file names, the readers
+(`list_checkpoints`, `latest_checkpoint`, `verify_checkpoint`, `read_meta`) and the rule that tells a
+run, a checkpoint and an export apart are `gerbil.runs.rundir`'s; this module writes through its paths.
 
 A checkpoint is written into a hidden temporary directory, every file fsync'ed, `meta.json` last, then
 the directory is renamed into place and only then is `latest` replaced (temp file + `os.replace`). A
@@ -19,8 +21,8 @@ crash at any point leaves either the previous state or the new one, never a half
 complete. A checkpoint damaged later (a truncated copy, a full disk) fails its size/sha256 check and
 `latest_checkpoint` falls back to the previous complete one with a warning.
 
-torch is imported lazily: `read_meta` / `latest_checkpoint` serve `gerbil plan --from` without it.
-Leftover temporaries of killed writers (``.tmp-step-…-PID``) are removed by `clean_temporaries`.
+torch is imported lazily. Leftover temporaries of killed writers (``.tmp-step-…-PID``) are removed by
+`gerbil.runs.rundir.clean_temporaries`.
 """
 from __future__ import annotations
 
@@ -28,27 +30,20 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gerbil.errors import GerbilError
 from gerbil.fsutil import disk_error, fsync_dir, fsync_file, sha256_file
+from gerbil.runs.rundir import (checkpoint_name, list_checkpoints, meta_file, payload_files, read_meta, set_latest,
+                                state_file, temporary_checkpoint, weights_file)
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-WEIGHTS = "model.safetensors"
-STATE = "state.pt"
-META = "meta.json"
 FORMAT_VERSION = 1
-_STEP_RE = re.compile(r"^step-(\d{8,})$")
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
-
 
 # ------------------------------------------------------------------------------------ RNG states
 def rng_state() -> dict:
@@ -83,15 +78,13 @@ def set_rng_state(state: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ writing
-def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, meta: dict,
-                    keep: int = 0) -> Path:
+def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, meta: dict) -> Path:
     """Write `root/step-XXXXXXXX` atomically and point `root/latest` at it; returns its path.
 
     model: the module (a compiled wrapper is unwrapped: weights are saved under the plain names).
     train_state: anything `torch.save` can write and `torch.load(weights_only=True)` can read back.
     meta: plain-JSON fields (step, tokens, model, size, class, objective, parent, ...).
-    keep: keep only the newest `keep` complete checkpoints (0 = keep all); checkpoints whose meta says
-    ``"keep": true`` (log-spaced or requested ones) are never pruned and do not count.
+    Nothing is pruned here (`CheckpointPolicy.save` writes and prunes).
     A full disk or another write error is a one-line GerbilError; the half-written temporary directory
     is removed and the previous checkpoint (and `latest`) stay as they were.
     """
@@ -101,31 +94,29 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    tmp = temporary_checkpoint(root, step)
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
         module = getattr(model, "_orig_mod", model)  # torch.compile wrapper → the real module
         weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(weights, str(tmp / WEIGHTS))
-        torch.save(train_state, tmp / STATE)
+        save_file(weights, str(weights_file(tmp)))
+        torch.save(train_state, state_file(tmp))
         files = {}
-        for name in (WEIGHTS, STATE):
-            fsync_file(tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        for name, f in payload_files(tmp).items():
+            fsync_file(f)
+            files[name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
         meta = dict(meta, step=int(step), files=files, format_version=FORMAT_VERSION,
                     saved_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         # meta.json is written last: a directory without it is never taken for a checkpoint
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        fsync_file(tmp / META)
+        meta_file(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+        fsync_file(meta_file(tmp))
         fsync_dir(tmp)
     except Exception as e:  # noqa: BLE001 — torch reports a full disk as RuntimeError, safetensors as its own
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise disk_error(e, f"checkpoint {final}") from None
-        from gerbil.errors import GerbilError
-
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "No space left" in text or "os error 28" in text:
             raise GerbilError(f"no space left on the device while writing checkpoint {final}") from None
@@ -134,20 +125,13 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
     if final.exists():  # e.g. a damaged checkpoint of the same step that a resume fell back over
         shutil.rmtree(final)
     os.rename(tmp, final)
-    pointer_tmp = root / f".{LATEST}.tmp-{os.getpid()}"
-    pointer_tmp.write_text(final.name + "\n")
-    fsync_file(pointer_tmp)
-    os.replace(pointer_tmp, root / LATEST)
-    fsync_dir(root)
-
-    if keep and keep > 0:
-        prunable = [c for c in list_checkpoints(root) if c != final and not _kept(c)]
-        if not _kept(final):
-            prunable.append(final)
-        for old in prunable[:-keep]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+    set_latest(root, final.name)
     return final
+
+
+# ------------------------------------------------------------------------------------ the policy
+def _next_multiple(tokens: int, every: int) -> int:
+    return (tokens // every + 1) * every
 
 
 def _kept(ckpt: Path) -> bool:
@@ -157,100 +141,85 @@ def _kept(ckpt: Path) -> bool:
         return False
 
 
-def clean_temporaries(root: str | Path) -> list[Path]:
-    """Remove `.tmp-step-…` directories and `latest` temporaries left by killed writers (11–40 MB each
-    at 6.7m); returns what was removed. Call it only while holding the run's lock (no live writer)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    gone = []
-    for p in root.iterdir():
-        if p.name.startswith(".tmp-step-") or p.name.startswith(f".{LATEST}.tmp-"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            gone.append(p)
-    if gone:
-        log.info("removed %d leftover temporary checkpoint file(s) in %s", len(gone), root)
-    return gone
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When a run writes a checkpoint, and which checkpoints it keeps — the one place that decides both.
+
+    A checkpoint is written every `every` tokens (at the first step boundary past each multiple), at the
+    end of the run, at the first step boundary at or after each of `marks` (token counts: a cascade's
+    branch points), with `log_spaced` also at steps 1, 2, 4, 8, ... before the first interval one
+    (Pythia-style), and with `best` at every validation (a run that selects its best checkpoint by a
+    validation metric: fine-tuning). Retention: marked and log-spaced checkpoints are never pruned (their
+    meta.json says ``"keep": true``); of the others the newest `keep_newest` stay (0: all). A `best` run
+    keeps exactly two: the newest (to resume from) and the best (its result).
+    """
+
+    every: int  # tokens between interval checkpoints
+    keep_newest: int = 0
+    log_spaced: bool = False
+    marks: tuple[int, ...] = ()
+    best: bool = False
+
+    def start(self, tokens: int) -> "CheckpointClock":
+        """The schedule of a session that starts with `tokens` trained (a fresh run: 0)."""
+        return CheckpointClock(self, tokens)
+
+    def save(self, root: str | Path, step: int, model: Any, train_state: dict, meta: dict,
+             best: str | None = None) -> Path:
+        """`save_checkpoint`, then prune `root` by this policy; `best` names the best checkpoint so far (a
+        `best` run)."""
+        path = save_checkpoint(root, step, model, train_state, meta)
+        self.prune(root, path, best)
+        return path
+
+    def prune(self, root: str | Path, newest: Path, best: str | None = None) -> None:
+        """Delete what this policy does not keep, never `newest` (the one just written)."""
+        if self.best:
+            keep = {newest.name} | ({best} if best else set())
+            doomed = [c for c in list_checkpoints(root) if c.name not in keep]
+        elif self.keep_newest > 0:
+            prunable = [c for c in list_checkpoints(root) if c != newest and not _kept(c)]
+            if not _kept(newest):
+                prunable.append(newest)
+            doomed = [c for c in prunable[:-self.keep_newest] if c != newest]
+        else:
+            return
+        for old in doomed:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class CheckpointClock:
+    """One session's checkpoint schedule under a `CheckpointPolicy`: `due` after every step says whether
+    to write one now and whether it is kept for good."""
+
+    def __init__(self, policy: CheckpointPolicy, tokens: int):
+        self.policy = policy
+        self.next = _next_multiple(tokens, policy.every)
+        self.marks = sorted(t for t in policy.marks if t > tokens)  # requested, kept checkpoints still ahead
+
+    def due(self, step: int, tokens: int, *, done: bool, validated: bool = False, improved: bool = False,
+            stopped: bool = False) -> tuple[bool, bool]:
+        """(write a checkpoint now, mark it kept) after step `step` brought the run to `tokens`; `done`:
+        the budget is reached; `validated` / `improved` / `stopped`: this step validated, found a new best,
+        stopped early (a `best` run's)."""
+        p = self.policy
+        marked = bool(self.marks) and tokens >= self.marks[0]
+        while self.marks and tokens >= self.marks[0]:
+            self.marks.pop(0)
+        log_step = p.log_spaced and tokens < p.every and not step & (step - 1)  # a power of two
+        write = (done or tokens >= self.next or marked or log_step or improved or stopped
+                 or (p.best and validated))
+        if write:
+            self.next = _next_multiple(tokens, p.every)
+        return write, marked or p.log_spaced
 
 
 # ------------------------------------------------------------------------------------ reading
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Checkpoint directories in a checkpoints folder (complete or not), oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def verify_checkpoint(path: str | Path, check_hash: bool = True) -> str | None:
-    """None if the checkpoint is complete and intact, else a short reason."""
-    path = Path(path)
-    try:
-        meta = json.loads((path / META).read_text())
-    except FileNotFoundError:
-        return "no meta.json (incomplete)"
-    except (OSError, ValueError) as e:
-        return f"unreadable meta.json ({e})"
-    for name, info in meta.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} missing"
-        size = f.stat().st_size
-        if size != info["bytes"]:
-            return f"{name} has {size} bytes, expected {info['bytes']} (truncated?)"
-        if check_hash and sha256_file(f) != info["sha256"]:
-            return f"{name} sha256 mismatch"
-    if not meta.get("files"):
-        return "meta.json lists no files"
-    return None
-
-
-def is_checkpoint_dir(path: str | Path) -> bool:
-    """A single checkpoint directory: it holds a meta.json or is named step-XXXXXXXX."""
-    path = Path(path)
-    return path.is_dir() and ((path / META).is_file() or _STEP_RE.match(path.name) is not None)
-
-
-def latest_checkpoint(root: str | Path, check_hash: bool = True) -> Path | None:
-    """The newest intact checkpoint in a checkpoints folder.
-
-    Follows `latest`; if that checkpoint (or the pointer) is damaged, warns and walks back to the newest
-    intact one. Returns None when there is no intact checkpoint.
-    """
-    root = Path(root)
-    candidates = list_checkpoints(root)
-    pointer = root / LATEST
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if named in candidates:  # try the pointer's choice first, then everything older
-            candidates = candidates[: candidates.index(named) + 1]
-    for ckpt in reversed(candidates):
-        reason = verify_checkpoint(ckpt, check_hash)
-        if reason is None:
-            return ckpt
-        log.warning("checkpoint %s is damaged (%s); falling back to the previous one", ckpt, reason)
-    return None
-
-
-def check_checkpoint(path: str | Path, check_hash: bool = True) -> Path:
-    """`path` itself if it is an intact checkpoint directory, else a one-line ValueError."""
-    reason = verify_checkpoint(path, check_hash)
-    if reason:
-        raise ValueError(f"checkpoint {path} is damaged: {reason}")
-    return Path(path)
-
-
-def read_meta(ckpt: str | Path) -> dict:
-    """meta.json of one checkpoint directory (plain JSON, no torch)."""
-    return json.loads((Path(ckpt) / META).read_text())
-
-
 def load_train_state(path: str | Path, map_location: str = "cpu") -> dict:
     """state.pt of a checkpoint directory (optimizer, scaler, step, tokens, RNG, loader cursor)."""
     import torch
 
-    return torch.load(Path(path) / STATE, map_location=map_location, weights_only=True)
+    return torch.load(state_file(path), map_location=map_location, weights_only=True)
 
 
 def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
@@ -258,7 +227,7 @@ def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
     from safetensors.torch import load_file
 
     module = getattr(model, "_orig_mod", model)
-    module.load_state_dict(load_file(str(Path(path) / WEIGHTS), device=str(device)), strict=True)
+    module.load_state_dict(load_file(str(weights_file(path)), device=str(device)), strict=True)
 
 
 def load_checkpoint(ckpt: str | Path, device: str = "cpu"):

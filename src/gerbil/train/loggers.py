@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
+from gerbil.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class TensorBoardLogger(Logger):
         except ImportError:
             raise GerbilError("--log tensorboard needs the tensorboard package: pip install tensorboard "
                               "(or gerbil-lab[tensorboard])") from None
-        self.dir = Path(run_dir) / "tensorboard"
+        self.dir = RunDir(run_dir).tensorboard_dir
         self.writer = SummaryWriter(log_dir=str(self.dir))
         name = config.get("name") or Path(run_dir).name
         self.writer.add_text("config", f"run {name}\n\n```\n{_short_config(config)}\n```", 0)
@@ -93,7 +94,8 @@ class WandbLogger(Logger):
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "gerbil"), name=name, id=run_id,
                               resume="allow", dir=str(run_dir), config=_jsonable(config), reinit="create_new"
                               if _wandb_supports_create_new(wandb) else True)
-        self.dir = Path(self.run.dir).parent if getattr(self.run, "dir", None) else run_dir / "wandb"
+        # wandb.init(dir=RUN) writes into RUN/wandb (`RunDir.wandb_dir`); the run reports where exactly
+        self.dir = Path(self.run.dir).parent if getattr(self.run, "dir", None) else RunDir(run_dir).wandb_dir
 
     def log(self, record: dict) -> None:
         self.run.log(_scalars(record), step=int(record.get("step") or 0))

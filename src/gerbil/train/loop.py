@@ -43,13 +43,14 @@ from gerbil.data.objectives import get_objective, mode_prefix
 from gerbil.errors import GerbilError
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
+from gerbil.runs.env import env_info
+from gerbil.runs.rundir import RunDir, checkpoint_name, clean_temporaries
 from gerbil.train import checkpoint as ckpt
 from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
 from gerbil.train.distributed import Dist, rank_slice
 from gerbil.train.resolve import resolve, run_name
 from gerbil.lock import Lock
-from gerbil.train.rundir import RunDir, env_info
 from gerbil.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
@@ -398,7 +399,7 @@ def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Any], body: Callab
     try:
         r = prepare()
         if dist.is_main:
-            ckpt.clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
+            clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
         dist.barrier()
         with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
             return body(r, lock)
@@ -480,21 +481,11 @@ def _improved(state: TrainState, select: tuple[str, str], metrics: dict) -> bool
     better = best is None or (value > best["value"] if mode == "max" else value < best["value"])
     if better and value == value:  # NaN compares false anyway; `value == value` keeps it explicit
         state.best = {"metric": name, "value": value, "step": state.step, "tokens": state.tokens,
-                      "checkpoint": ckpt.checkpoint_name(state.step), "metrics": dict(metrics)}
+                      "checkpoint": checkpoint_name(state.step), "metrics": dict(metrics)}
         state.since_best = 0
         return True
     state.since_best += 1
     return False
-
-
-def _keep_only(root: Path, names: set[str]) -> None:
-    """Delete the checkpoints in `root` not named in `names` (a run selecting its best keeps two: the
-    newest, to resume from, and the best, its result)."""
-    import shutil
-
-    for c in ckpt.list_checkpoints(root):
-        if c.name not in names:
-            shutil.rmtree(c, ignore_errors=True)
 
 
 def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> RunResult:
@@ -503,9 +494,8 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
     to result.json.
 
     The run's options are read from `r.cfg` (a `TrainConfig`, or a config with the same run-level fields:
-    seed, deterministic, weight_decay, beta1, beta2, grad_clip, log, log_every, progress). Pretraining's
-    checkpoint options (`checkpoints`, `checkpoint_at`, `keep_checkpoints`) are read where the config
-    has them; a workload with `select` checkpoints at every validation and keeps the newest and the best.
+    seed, deterministic, weight_decay, beta1, beta2, grad_clip, log, log_every, progress); when to write
+    checkpoints and which to keep, from `r.checkpoints` (a `CheckpointPolicy`).
     """
     cfg = r.cfg
     run: RunDir = r.run
@@ -533,12 +523,11 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
     def validate() -> dict[str, float]:
         return work.validate(run_model) if work.validate is not None else {}
 
-    keep_newest = 0 if work.select else getattr(cfg, "keep_checkpoints", 0)
-    log_spaced = getattr(cfg, "checkpoints", "interval") == "log"
+    policy: ckpt.CheckpointPolicy = r.checkpoints  # when to write checkpoints, which to keep
 
     def save(lr: float, metrics: dict | None, train_loss: float | None = None, keep: bool = False) -> Path:
         # `lr`: the last step's LR, where a continuation of this checkpoint re-warms from; `keep`: a
-        # log-spaced or requested checkpoint the keep-newest policy never deletes
+        # log-spaced or requested checkpoint the policy never prunes
         val_loss = metrics.get("val_loss") if metrics else None
         meta = dict(work.meta, tokens=state.tokens, budget=r.budget, val_loss=val_loss, train_loss=train_loss,
                     lr=lr, keep=keep, world_size=dist.world_size)
@@ -546,11 +535,10 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
             meta.update(val=metrics or None, best=state.best, stopped=state.stopped)
         sd = state.state_dict()
         sd["rng_ranks"] = dist.gather_objects(sd["rng"])  # every rank's RNG states, in rank order (rank 0)
-        path = run.checkpoints / ckpt.checkpoint_name(state.step)
+        path = run.checkpoint_path(state.step)
         if main:
-            path = ckpt.save_checkpoint(run.checkpoints, state.step, model, sd, meta, keep=keep_newest)
-            if work.select:
-                _keep_only(run.checkpoints, {path.name} | ({state.best["checkpoint"]} if state.best else set()))
+            path = policy.save(run.checkpoints, state.step, model, sd, meta,
+                               best=state.best["checkpoint"] if state.best else None)
         dist.barrier()  # no rank runs ahead of a checkpoint that may yet fail
         return path
 
@@ -561,10 +549,8 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
 
     progress = _Progress(r.budget, state.tokens, cfg.progress if main else False, r.name)
     last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
-    next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+    clock = policy.start(state.tokens)
     next_eval = _next_multiple(state.tokens, r.eval_every)
-    # requested, kept checkpoints
-    marks = sorted(t for t in (getattr(cfg, "checkpoint_at", None) or ()) if t > state.tokens)
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
     metrics: dict = {}  # the last validation's
@@ -614,14 +600,10 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
             progress.update(plan.tokens, stats["loss"], tok_s, record.get("val_loss"))
             if lock is not None:
                 lock.beat()
-            marked = bool(marks) and state.tokens >= marks[0]
-            while marks and state.tokens >= marks[0]:
-                marks.pop(0)
-            log_step = log_spaced and state.tokens < r.checkpoint_every and not state.step & (state.step - 1)
-            if (done or state.tokens >= next_ckpt or marked or log_step or improved or state.stopped
-                    or (work.select and validated)):
-                last_ckpt = save(lr, metrics if validated else None, state.train_loss, keep=marked or log_spaced)
-                next_ckpt = _next_multiple(state.tokens, r.checkpoint_every)
+            write, keep = clock.due(state.step, state.tokens, done=done, validated=validated, improved=improved,
+                                    stopped=state.stopped)
+            if write:
+                last_ckpt = save(lr, metrics if validated else None, state.train_loss, keep=keep)
             if state.stopped:
                 log.info("%s: stopping early at step %d: %s has not improved for %d validations (best %.4f at "
                          "step %d)", r.name, state.step, work.select[0], state.since_best, state.best["value"],
@@ -645,7 +627,7 @@ def _finish(r, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path
             "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent_record, **work.info}
     if work.select:
         if state.best is not None:
-            checkpoint = run.checkpoints / state.best["checkpoint"]
+            checkpoint = run.checkpoint_path(state.best["checkpoint"])
             val_loss = state.best["metrics"].get("val_loss")
         info.update(best=state.best, last_validation=metrics or None, stopped_early=state.stopped)
         if work.validate_first:

@@ -20,10 +20,10 @@ from gerbil import plan as planlib
 from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig, default_lr, get_size
-from gerbil.train import checkpoint as ckpt
+from gerbil.runs.rundir import RunDir, model_name, read_meta
+from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.config import FRESH_DEFAULTS, RUNTIME_FIELDS, TrainConfig
 from gerbil.train.device import auto_micro_batch, choose_precision, peak_flops, pick_device
-from gerbil.train.rundir import RunDir, model_name
 from gerbil.train.schedules import Schedule, StepSchedule, make_schedule
 from gerbil.units import fmt_batch
 
@@ -48,7 +48,7 @@ class Resolved:
     compile: bool
     micro_batch: int
     eval_micro_batch: int
-    checkpoint_every: int
+    checkpoints: CheckpointPolicy  # when checkpoints are written, which are kept
     eval_every: int
     run: RunDir
     store: Any
@@ -79,13 +79,13 @@ class Resolved:
                          "batch_schedule": self.steps.batches.to_dict(), "micro_batch": self.micro_batch,
                          "lr": self.schedule.peak, "schedule": dataclasses.asdict(self.schedule),
                          "precision": self.precision, "device": str(self.device), "compile": self.compile,
-                         "checkpoint_every": self.checkpoint_every, "eval_every": self.eval_every},
+                         "checkpoint_every": self.checkpoints.every, "eval_every": self.eval_every},
             "parent": self.parent_record,
         }
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """The run's directory name: `cfg.name`, or the model name (`rundir.model_name`): the objective's
+    """The run's directory name: `cfg.name`, or the model name (`runs.rundir.model_name`): the objective's
     family, the class (a continuation is a star class) and the size."""
     if cfg.name:
         return cfg.name
@@ -150,7 +150,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
     # --- parent (star continuation): its latest intact checkpoint
     parent = parent_record = None
     if cfg.from_run and resume_from is None:
-        from gerbil.train.rundir import resolve_source
+        from gerbil.runs.rundir import resolve_source
 
         src = Path(cfg.from_run)
         if not src.exists() and (Path(cfg.runs) / cfg.from_run).exists():
@@ -162,7 +162,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
         if source is None or source.checkpoint is None:
             raise GerbilError(f"--from: no complete checkpoint in {src}")
         pc = source.checkpoint
-        pmeta = ckpt.read_meta(pc)
+        pmeta = read_meta(pc)
         parent = {"path": pc, "meta": pmeta, "run": source.run}
         # the continuation is the parent's model on the parent's data stream: same model, seq_len and
         # seed (the loader cursor is only meaningful for those); recorded in this run's config.yaml
@@ -190,7 +190,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
         if pmeta.get("objective") and pmeta["objective"] != cfg.objective:
             raise ValueError(f"--from run used objective {pmeta['objective']!r}, not {cfg.objective!r}")
     elif resume_from is not None:
-        parent_record = ckpt.read_meta(resume_from).get("parent")
+        parent_record = read_meta(resume_from).get("parent")
     for key, value in FRESH_DEFAULTS.items():
         if getattr(cfg, key) is None and not (key == "size" and cfg.model is not None):
             setattr(cfg, key, value)
@@ -260,8 +260,10 @@ def resolve(cfg: TrainConfig) -> Resolved:
             _parent_batch(parent), p.schedule.stages[-1].batch_tokens),
         schedule=schedule, device=device, precision=precision, autocast_dtype=autocast_dtype,
         use_scaler=use_scaler, compile=compile_, micro_batch=micro,
-        eval_micro_batch=micro, checkpoint_every=int(cfg.checkpoint_every or every),
-        eval_every=int(cfg.eval_every or every), run=run, store=store, train_split=train_split,
+        eval_micro_batch=micro, eval_every=int(cfg.eval_every or every),
+        checkpoints=CheckpointPolicy(int(cfg.checkpoint_every or every), keep_newest=cfg.keep_checkpoints,
+                                     log_spaced=cfg.checkpoints == "log", marks=tuple(cfg.checkpoint_at or ())),
+        run=run, store=store, train_split=train_split,
         val_split=val_split, resume_from=resume_from, parent=parent, parent_record=parent_record,
         flops_per_token=planlib.flops_per_token(model_cfg, cfg.seq_len), peak_flops=peak_flops(device, precision),
     )

@@ -1,5 +1,6 @@
-"""Metrics along the way: evaluate every checkpoint of a run (`gerbil eval RUN --all-checkpoints`) and read
-the results back as curves of metric vs tokens trained.
+"""Metrics along the way: evaluate every checkpoint of a run (`gerbil eval RUN --all-checkpoints`) and
+print them as a step × task table (the results at every checkpoint are read back with
+`gerbil.runs.rundir.RunDir.eval_history`, e.g. for `gerbil suite plot`'s curves).
 
 `checkpoints: log` (Pythia-style: steps 1, 2, 4, 8, ... never pruned) and `checkpoint_at` keep the
 checkpoints worth evaluating. Each checkpoint's results go where `gerbil.eval.evaluate.evaluate` puts
@@ -9,47 +10,27 @@ the asked number of items) is not evaluated again, so an interrupted sweep conti
 """
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from gerbil.errors import GerbilError
-from gerbil.train import checkpoint as ckpt
-from gerbil.train.rundir import RunDir, resolve_source
+from gerbil.eval.evaluate import evaluate
+from gerbil.eval.tasks import TASKS, resolve_tasks
+from gerbil.runs.evals import read_record
+from gerbil.runs.rundir import RunDir, resolve_source, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CurvePoint:
-    """One task's result at one checkpoint."""
-
-    step: int
-    tokens: int
-    task: str
-    metrics: dict
-    n_items: int
-    partial: bool
-
-
-def _result(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and "metrics" in data else None
-
-
 def _have(run: RunDir, checkpoint: Path, task: str, limit: int | None) -> bool:
-    full = _result(run.eval_path(task, False, checkpoint))
-    if full is not None:
-        return True
-    if limit is None:
-        return False
-    part = _result(run.eval_path(task, True, checkpoint))
-    return part is not None and int(part.get("n_items") or 0) >= min(limit, int(part.get("n_items_full") or limit))
+    """A result for `task` at `checkpoint` that covers `limit` is on disk (`EvalRecord.covers`)."""
+    for partial in (False, True):
+        path = run.eval_path(task, partial, checkpoint)
+        e = read_record(path, task, partial) if path.is_file() else None
+        if e is not None and e.covers(limit):
+            return True
+    return False
 
 
 def evaluate_checkpoints(run_dir: str | Path, tasks: str | Iterable[str] | None = None, *, limit: int | None = None,
@@ -57,15 +38,12 @@ def evaluate_checkpoints(run_dir: str | Path, tasks: str | Iterable[str] | None 
                          batch_size: int | None = None) -> dict[int, dict[str, dict]]:
     """Evaluate every intact checkpoint of a run on `tasks` (default: all), oldest first; returns
     {step: {task: metrics}} for every checkpoint (results already on disk are read, not recomputed)."""
-    from gerbil.eval.evaluate import evaluate
-    from gerbil.eval.tasks import resolve_tasks
-
     src = resolve_source(run_dir, require_checkpoint=False, check_hash=False)
     if src.kind != "run" or src.run is None:
         raise GerbilError(f"{run_dir}: --all-checkpoints needs a run directory (it evaluates each of its checkpoints)")
     run = src.run
     task_list = resolve_tasks(tasks)
-    checkpoints = [c for c in run.list_checkpoints() if ckpt.verify_checkpoint(c, check_hash=False) is None]
+    checkpoints = [c for c in run.list_checkpoints() if verify_checkpoint(c, check_hash=False) is None]
     if not checkpoints:
         raise GerbilError(f"{run.path}: no complete checkpoint to evaluate")
     for c in checkpoints:
@@ -75,40 +53,14 @@ def evaluate_checkpoints(run_dir: str | Path, tasks: str | Iterable[str] | None 
             evaluate(str(c), missing, limit=limit, device=device, dtype=dtype, progress=progress,
                      batch_size=batch_size)
     out: dict[int, dict[str, dict]] = {}
-    for p in read_curves(run.path):
-        if p.task in task_list:
-            out.setdefault(p.step, {})[p.task] = p.metrics
+    for e in run.eval_history():
+        if e.task in task_list:
+            out.setdefault(int(e.step), {})[e.task] = e.metrics
     return dict(sorted(out.items()))
-
-
-def read_curves(run_dir: str | Path) -> list[CurvePoint]:
-    """Every stored result of a run at every checkpoint (latest and older), as points (step, tokens, task,
-    metrics); a full-set result wins over a partial one at the same checkpoint."""
-    run = RunDir(run_dir)
-    points: dict[tuple[int, str], CurvePoint] = {}
-    folders = [run.eval_dir] + sorted(p for p in run.eval_dir.glob("step-*") if p.is_dir()) if run.eval_dir.is_dir() else []
-    for folder in folders:
-        for f in sorted(folder.glob("*.json")):
-            rec = _result(f)
-            if rec is None:
-                continue
-            model = rec.get("model") or {}
-            step, tokens = model.get("step"), model.get("tokens")
-            if step is None:
-                continue
-            partial = bool(rec.get("partial")) or f.name.endswith(".partial.json")
-            key = (int(step), str(rec.get("task")))
-            if key in points and not points[key].partial:
-                continue
-            points[key] = CurvePoint(int(step), int(tokens or 0), str(rec.get("task")), dict(rec["metrics"]),
-                                     int(rec.get("n_items") or 0), partial)
-    return sorted(points.values(), key=lambda p: (p.task, p.step))
 
 
 def format_curves(results: dict[int, dict[str, dict]]) -> str:
     """A step × task table of each task's headline metric (what `gerbil eval --all-checkpoints` prints)."""
-    from gerbil.eval.tasks import TASKS
-
     tasks = [t for t in TASKS if any(t in r for r in results.values())]
     header = ["step"] + [f"{t} {TASKS[t].metrics[0]}" for t in tasks]
     rows = []

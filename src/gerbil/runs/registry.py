@@ -1,20 +1,20 @@
 """An index of runs: what each run is, how far it trained, and its evaluation results.
 
 The run directory is the source of truth (docs/architecture.md, "Run directory"); the registry reads it
-through `gerbil.train.rundir.RunDir`, without importing torch:
+through `gerbil.runs.rundir.RunDir`, without importing torch:
 
-* `config.yaml` — name, size, class, objective, params, resolved batch label;
-* the latest checkpoint's `meta.json` — step, tokens, train/val loss, size/class/objective again;
-* `metrics.jsonl` — the last logged training loss (a fallback when the checkpoint has none);
-* `eval/TASK.json` (full-set results) and `eval/TASK.partial.json` (`--limit` results), as written by
-  `gerbil.eval.evaluate` for each task of `gerbil.eval.tasks`. A full-set result always wins; a partial one is kept apart and flagged, so the
-  two are never mixed. A result computed at an older checkpoint than the latest is flagged `stale`.
+* the resolved configuration — name, size, class, objective, params, resolved batch label;
+* the latest checkpoint's meta — step, tokens, train/val loss, size/class/objective again;
+* the metrics' tail — the last logged training loss (a fallback when the checkpoint has none);
+* the stored evaluation results (`RunDir.read_evals`): a full-set result always wins; a partial
+  (`--limit`) one is kept apart and flagged, so the two are never mixed. A result computed at an older
+  checkpoint than the latest is flagged `stale`.
 
-`scan(paths)` accepts run directories and folders of runs (e.g. `runs/`).
+`scan(paths)` accepts run directories and folders of runs (e.g. `runs/`). `gerbil table`, `gerbil fit`,
+suites and `gerbil plan` read runs through it.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,23 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
-from gerbil.train.rundir import RunDir, kind
+from gerbil.model.config import ModelConfig
+from gerbil.runs.evals import EvalRecord
+from gerbil.runs.rundir import RunDir, kind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalEntry:
-    """One task's stored result for a run."""
-
-    task: str
-    metrics: dict[str, float]
-    n_items: int
-    n_items_full: int
-    partial: bool
-    step: int | None
-    path: Path
-    stale: bool = False  # evaluated at another checkpoint than the run's latest
 
 
 @dataclass
@@ -57,7 +45,7 @@ class RunRecord:
     step: int | None = None
     train_loss: float | None = None
     val_loss: float | None = None
-    evals: dict[str, EvalEntry] = field(default_factory=dict)
+    evals: dict[str, EvalRecord] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -82,60 +70,6 @@ class RunRecord:
         return d
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("skipping unreadable %s (%s)", path, e)
-        return None
-
-
-def _last_loss(metrics: Path) -> float | None:
-    """The last `loss` logged in metrics.jsonl (read from the end; the file can be long)."""
-    if not metrics.is_file():
-        return None
-    try:
-        with open(metrics, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("loss") is not None:
-            return float(rec["loss"])
-    return None
-
-
-def read_evals(run: RunDir, latest_step: int | None = None) -> dict[str, EvalEntry]:
-    """The run's stored results per task: the full-set one if present, else the partial one."""
-    from gerbil.eval.tasks import TASKS
-
-    out: dict[str, EvalEntry] = {}
-    for task in TASKS:
-        for partial in (False, True):
-            p = run.eval_path(task, partial)
-            if not p.is_file():
-                continue
-            rec = _read_json(p)
-            if not isinstance(rec, dict) or "metrics" not in rec:
-                continue
-            n = int(rec.get("n_items") or 0)
-            full = int(rec.get("n_items_full") or n)
-            step = (rec.get("model") or {}).get("step")
-            e = EvalEntry(task, dict(rec["metrics"]), n, full, bool(rec.get("partial", n < full)) or partial,
-                          step, p)
-            e.stale = latest_step is not None and step is not None and int(step) != int(latest_step)
-            out[task] = e
-            break  # the full-set file wins
-    return out
-
-
 def read_run(run_dir: str | Path) -> RunRecord:
     """The registry record of one run directory."""
     run = RunDir(run_dir)
@@ -150,14 +84,12 @@ def read_run(run_dir: str | Path) -> RunRecord:
     params = cfg.get("params")
     if params is None and model:
         try:
-            from gerbil.model.config import ModelConfig
-
             params = ModelConfig.from_dict(model).n_params("total")
         except (TypeError, ValueError):
             params = None
     train_loss = meta.get("train_loss")
-    if train_loss is None:
-        train_loss = _last_loss(run.metrics)
+    if train_loss is None:  # the last logged loss
+        train_loss = next((m["loss"] for m in reversed(run.tail_metrics()) if m.get("loss") is not None), None)
     step = meta.get("step")
     return RunRecord(
         run_dir=run.path,
@@ -172,7 +104,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         step=step,
         train_loss=float(train_loss) if train_loss is not None else None,
         val_loss=meta.get("val_loss"),
-        evals=read_evals(run, step),
+        evals=run.read_evals(step),
     )
 
 
