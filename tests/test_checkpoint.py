@@ -11,8 +11,8 @@ import torch
 
 from gerbil.errors import GerbilError
 from gerbil.export import load_model
-from gerbil.train import checkpoint as ckpt
 from gerbil.runs.rundir import RunDir, read_meta
+from gerbil.train import checkpoint as ckpt
 from helpers import tiny_model, tiny_model_config
 
 

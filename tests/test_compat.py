@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from gerbil.errors import GerbilError
+from gerbil.runs.rundir import RunDir
 from gerbil.train import train
 from gerbil.train.config import TrainConfig
-from gerbil.runs.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

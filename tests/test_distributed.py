@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gerbil.train import train
 from gerbil.runs.rundir import RunDir
+from gerbil.train import train
 from helpers import TINY, make_store, tiny_config
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

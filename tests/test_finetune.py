@@ -134,7 +134,7 @@ def test_classify_improves_on_the_untrained_model_and_keeps_the_best(cls_run):
 
 
 def test_classifier_loss_is_weighted_cross_entropy_at_the_last_token():
-    from gerbil.finetune.model import Classifier, classify_loss
+    from gerbil.model.classifier import Classifier, classify_loss
     from helpers import tiny_model
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from gerbil.cli import main
 from gerbil.model.config import PRESETS, SIZES, ModelConfig
 from gerbil.errors import GerbilError
 from gerbil.plan import flops_per_token, make_plan, parse_class
-from gerbil.train.schedules import BatchSchedule, BatchStage, build_schedule
+from gerbil.schedules import BatchSchedule, BatchStage, build_schedule
 from gerbil.units import fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch, parse_batch_spec
 
 

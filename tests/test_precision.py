@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from gerbil.errors import GerbilError
-from gerbil.train import train
 from gerbil.runs.rundir import RunDir
+from gerbil.train import train
 from helpers import make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

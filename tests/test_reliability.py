@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from gerbil.errors import GerbilError
-from gerbil.train import train
 from gerbil.lock import Lock
 from gerbil.runs.rundir import RunDir
+from gerbil.train import train
 from helpers import TEST_SHA, make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from gerbil.eval import table
-from gerbil.runs import registry
 from gerbil.model.config import model_config
+from gerbil.runs import registry
 
 
 def make_run(root: Path, name: str, *, size="6.7m", cls="A", objective="plain", tokens=133_651_680,

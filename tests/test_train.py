@@ -17,11 +17,11 @@ import yaml
 
 from gerbil.errors import GerbilError
 from gerbil.export import load_model
+from gerbil.runs.rundir import RunDir
+from gerbil.schedules import Schedule, lr_at
 from gerbil.train import checkpoint as ckpt
 from gerbil.train.config import TrainConfig
 from gerbil.train.loop import NonFiniteLoss, train
-from gerbil.runs.rundir import RunDir
-from gerbil.train.schedules import Schedule, lr_at
 from helpers import make_store, tiny_config
 
 

@@ -23,7 +23,7 @@ the published Gerbil checkpoints with their 50,400-row GPT-J default vocabulary)
 ``attn.bias``/``attn.masked_bias`` buffers of old checkpoints are ignored, and the vocabulary rows can
 be re-declared as padding with ``vocab_size=``.
 
-Fine-tuned classifiers (`gerbil.finetune.model.Classifier`) are written as ``GPTJForSequenceClassification``:
+Fine-tuned classifiers (`gerbil.model.classifier.Classifier`) are written as ``GPTJForSequenceClassification``:
 the body's weights under ``transformer.``, the head as ``score.weight``; config.json's ``id2label`` holds
 the original label strings, ``pad_token_id`` is ``<|endoftext|>``; the tokenizer pads on the right (the
 classifier reads the last non-padding token, and right padding keeps every real token's position), cuts
@@ -417,7 +417,7 @@ def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
     labels = ft.get("label_names") if ft.get("task") == "classify" else None
     if not labels:
         return ckpt.load_checkpoint(path, device=device)
-    from gerbil.finetune.model import Classifier
+    from gerbil.model.classifier import Classifier
 
     model = Classifier(ModelConfig.from_dict(meta["model"]), len(labels))
     ckpt.load_weights(model, path, device="cpu")
@@ -639,7 +639,7 @@ def load(
     state = from_transformers_state_dict(weights, cfg)
     state = {k: v.float() for k, v in state.items()}  # gerbil keeps fp32 master weights
     if classify:
-        from gerbil.finetune.model import Classifier
+        from gerbil.model.classifier import Classifier
 
         state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
         state["score.weight"] = score.float()

@@ -14,7 +14,7 @@ Star classes (E*, B*) continue an earlier run: `make_plan(..., from_run=RUN)` re
 checkpoint `meta.json` (plain JSON) and plans only the tokens still missing from the class budget.
 
 Numbers are written and read the seed's way by `gerbil.units`; the batch schedule is
-`gerbil.train.schedules.BatchSchedule` (the same object the trainer follows).
+`gerbil.schedules.BatchSchedule` (the same object the trainer follows).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size
 from gerbil.runs.rundir import meta_file, read_meta, resolve_source
-from gerbil.train.schedules import BatchSchedule, build_schedule
+from gerbil.schedules import BatchSchedule, build_schedule
 from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch,
                           parse_batch_spec, parse_count)
 

@@ -46,8 +46,7 @@ import numpy as np
 import torch
 
 from gerbil.data.objectives import _batched, concat_ranges, get_objective, mode_prefix, pack_examples
-from gerbil.data.tokenizer import EOT_ID
-from gerbil.model.loss import IGNORE_INDEX
+from gerbil.data.tokenizer import EOT_ID, IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -69,6 +69,9 @@ SPECIAL_TOKENS: dict[str, int] = {
 BLENDER_TOKENS: tuple[str, ...] = tuple(t for t in SPECIAL_TOKENS if t != EOT)
 GPT2_VOCAB_SIZE = 50257
 VOCAB_SIZE = 50264
+#: The target id of a position that is not scored: every batch's targets carry it there (the loader's,
+#: fine-tuning's), and the loss skips it (torch's cross-entropy ``ignore_index``; gerbil.model.loss).
+IGNORE_INDEX = -100
 
 #: GPT-2's pre-tokenization regex (identical to the one inside tokenizers' ByteLevel pre-tokenizer and
 #: tiktoken's ``r50k_base``): contractions, letter runs, digit runs, punctuation runs, whitespace.

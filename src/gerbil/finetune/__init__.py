@@ -5,7 +5,7 @@ pretrained tiny model, through the training loop of ``gerbil train`` (docs/finet
 counting and skipping bad rows, and splits it deterministically into train and validation; ``datasets``
 provides real, pinned, offline labelled sets (SpamAssassin mail, BoolQ) and "fuzzy wrapper" date pairs
 (docs/finetune-data.md). ``config`` is `FinetuneConfig`; ``batches`` turns examples into tokens, epoch
-steps and micro-batches; ``model`` is the `Classifier`; ``workloads`` are what the loop runs;
-``finetune`` resolves and runs a fine-tuning run; ``decode`` is batched greedy decoding; ``predict``
-is batch inference; ``command`` holds the CLI verbs.
+steps and micro-batches; ``workloads`` are what the loop runs (the classifier itself is
+`gerbil.model.classifier.Classifier`); ``finetune`` resolves and runs a fine-tuning run; ``decode`` is
+batched greedy decoding; ``predict`` is batch inference; ``command`` holds the CLI verbs.
 """

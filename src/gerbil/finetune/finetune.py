@@ -36,11 +36,11 @@ from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_change
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
 from gerbil.runs.rundir import RunDir
+from gerbil.schedules import make_schedule
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.device import choose_precision, peak_flops, pick_device
 from gerbil.train.distributed import Dist
 from gerbil.train.resolve import Resolved
-from gerbil.train.schedules import make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
     if recorded:
         return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
     from gerbil.export import load_model
-    from gerbil.finetune.model import Classifier
+    from gerbil.model.classifier import Classifier
     from gerbil.runs.rundir import resolve_source
 
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line

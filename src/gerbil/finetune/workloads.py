@@ -23,7 +23,7 @@ from gerbil.finetune.batches import (EpochSteps, ExamplePrefetcher, ExampleStep,
                                      packed_layout, sft_batch)
 from gerbil.finetune.decode import greedy
 from gerbil.errors import GerbilError
-from gerbil.finetune.model import Classifier, classify_loss
+from gerbil.model.classifier import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
 from gerbil.train.loop import Workload
 

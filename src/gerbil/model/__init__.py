@@ -1,5 +1,5 @@
-"""The model: its configuration and the size ladder (config, no torch), the GPT-J module (model) and
-the head + cross-entropy (loss).
+"""The model: its configuration and the size ladder (config, no torch), the GPT-J module (model), the
+head + cross-entropy (loss) and the sequence classifier fine-tuning trains (classifier).
 
 `gerbil.model.GPT` is the documented entry point; it is resolved lazily so that `gerbil.model.config`
 (read by `gerbil plan` and the registry) never imports torch.

@@ -51,9 +51,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from gerbil.data.tokenizer import IGNORE_INDEX  # the unscored target id (re-exported: gerbil.loss)
+
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 IMPLS = ("chunked", "compiled", "eager", "full")
 
 # Compiled per-chunk functions, created lazily; dynamo keys what it compiled by shape/dtype/device (its

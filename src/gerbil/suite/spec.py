@@ -36,8 +36,8 @@ from typing import Any
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
 from gerbil.plan import CLASSES, make_plan, parse_class
+from gerbil.schedules import BatchSchedule, build_schedule
 from gerbil.train.config import RUNTIME_FIELDS, TrainConfig, read_yaml_mapping
-from gerbil.train.schedules import BatchSchedule, build_schedule
 from gerbil.units import DEFAULT_SEQ_LEN
 
 #: cascade mechanics: the trunk cools down over this share of its own budget; each branch leaves the

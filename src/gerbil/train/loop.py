@@ -41,17 +41,17 @@ import torch
 from gerbil.data.loader import Loader, PreparedStep, StepPrefetcher, eval_batches
 from gerbil.data.objectives import get_objective, mode_prefix
 from gerbil.errors import GerbilError
+from gerbil.lock import Lock
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
 from gerbil.runs.env import env_info
 from gerbil.runs.rundir import RunDir, checkpoint_name, clean_temporaries
+from gerbil.schedules import lr_at
 from gerbil.train import checkpoint as ckpt
 from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
 from gerbil.train.distributed import Dist, rank_slice
 from gerbil.train.resolve import resolve, run_name
-from gerbil.lock import Lock
-from gerbil.train.schedules import lr_at
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig, default_lr, get_size
 from gerbil.runs.rundir import RunDir, model_name, read_meta
+from gerbil.schedules import Schedule, StepSchedule, make_schedule
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.config import FRESH_DEFAULTS, RUNTIME_FIELDS, TrainConfig
 from gerbil.train.device import auto_micro_batch, choose_precision, peak_flops, pick_device
-from gerbil.train.schedules import Schedule, StepSchedule, make_schedule
 from gerbil.units import fmt_batch
 
 log = logging.getLogger(__name__)
