@@ -200,7 +200,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
     micro = cfg.micro_batch or max(1, min(cfg.batch_size, MICRO_BATCH_TOKENS // max_len))
     steps = EpochSteps(train_set, cfg.epochs, cfg.batch_size, micro, cfg.seed, max_len, pack=cfg.pack,
                        class_weights=weights)
-    budget = steps.budget
+    budget, every = steps.budget, steps.epoch_tokens  # validate and checkpoint once per epoch
     schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
                              cfg.min_lr_ratio, cfg.cooldown_fraction)
     device = pick_device(cfg.device)
@@ -212,13 +212,12 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         cfg=cfg, name=run.name, size=size, cls=None, model_config=model_cfg, budget=budget, steps=None,
         batch_label=f"{cfg.batch_size} examples", schedule=schedule, device=device, precision=precision,
         autocast_dtype=autocast_dtype, use_scaler=use_scaler, compile=compile_, micro_batch=micro,
-        eval_micro_batch=micro, eval_every=steps.epoch_tokens, run=run,
-        checkpoints=CheckpointPolicy(steps.epoch_tokens, best=True),  # the newest and the best
+        eval_micro_batch=micro, eval_every=every, checkpoints=CheckpointPolicy(every, best=True),
         store=None, train_split=None, val_split=None, resume_from=resume_from, parent=None, parent_record=None,
         flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(device, precision),
         base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set, val_set=val_set,
         val_completions=completions, epoch_steps=steps, label_names=label_names, prompt_format=prompt_format,
-        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record,
+        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record, run=run,
     )
 
 

@@ -27,7 +27,6 @@ torch is imported lazily. Leftover temporaries of killed writers (``.tmp-step-â€
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -41,9 +40,8 @@ from gerbil.fsutil import disk_error, fsync_dir, fsync_file, sha256_file
 from gerbil.runs.rundir import (checkpoint_name, list_checkpoints, meta_file, payload_files, read_meta, set_latest,
                                 state_file, temporary_checkpoint, weights_file)
 
-log = logging.getLogger(__name__)
-
 FORMAT_VERSION = 1
+
 
 # ------------------------------------------------------------------------------------ RNG states
 def rng_state() -> dict:

@@ -260,13 +260,17 @@ def resolve(cfg: TrainConfig) -> Resolved:
             _parent_batch(parent), p.schedule.stages[-1].batch_tokens),
         schedule=schedule, device=device, precision=precision, autocast_dtype=autocast_dtype,
         use_scaler=use_scaler, compile=compile_, micro_batch=micro,
-        eval_micro_batch=micro, eval_every=int(cfg.eval_every or every),
-        checkpoints=CheckpointPolicy(int(cfg.checkpoint_every or every), keep_newest=cfg.keep_checkpoints,
-                                     log_spaced=cfg.checkpoints == "log", marks=tuple(cfg.checkpoint_at or ())),
-        run=run, store=store, train_split=train_split,
+        eval_micro_batch=micro, checkpoints=_checkpoint_policy(cfg, every),
+        eval_every=int(cfg.eval_every or every), run=run, store=store, train_split=train_split,
         val_split=val_split, resume_from=resume_from, parent=parent, parent_record=parent_record,
         flops_per_token=planlib.flops_per_token(model_cfg, cfg.seq_len), peak_flops=peak_flops(device, precision),
     )
+
+
+def _checkpoint_policy(cfg: TrainConfig, every: int) -> CheckpointPolicy:
+    """`gerbil train`'s checkpoint options as the loop's policy (`every`: the default interval)."""
+    return CheckpointPolicy(int(cfg.checkpoint_every or every), keep_newest=cfg.keep_checkpoints,
+                            log_spaced=cfg.checkpoints == "log", marks=tuple(cfg.checkpoint_at or ()))
 
 
 def _shape(m: ModelConfig) -> tuple:
