@@ -10,6 +10,8 @@ import sys
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import size_names
+from gerbil.options import add_arguments, config_from_args
+from gerbil.train.config import TrainConfig
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -238,8 +240,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from gerbil.train.config import add_arguments
-
     p = sub.add_parser(
         "train", help="train a model of a named size and class",
         description="Train a Gerbil model on a token store for exactly its class's token budget "
@@ -249,7 +249,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
     _add_nproc(p, "train on N processes of this machine (torchrun + DDP, one per GPU; gloo on CPUs); for "
                   "several machines run `torchrun ... -m gerbil train ...` yourself (docs/distributed.md)")
-    add_arguments(p)
+    add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
 
@@ -288,11 +288,10 @@ def _setup_logging() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gerbil.train.config import config_from_args
     from gerbil.train.distributed import from_env
     from gerbil.train.loop import train
 
-    cfg = config_from_args(args, args.config)  # validated before anything is created
+    cfg = config_from_args(args, TrainConfig, args.config)  # validated before anything is created
     if (rc := _relaunch(args)) is not None:
         return rc
     _setup_logging()

@@ -1,7 +1,7 @@
 """`gerbil finetune` and `gerbil predict`: thin verbs over `gerbil.finetune.finetune` and
 `gerbil.finetune.predict` (cli.py adds them with `add_finetune_parser` / `add_predict_parser`).
 
-`finetune`'s flags are generated from `FinetuneConfig` (`gerbil.train.config.add_arguments`), as
+`finetune`'s flags are generated from `FinetuneConfig` (`gerbil.options.add_arguments`), as
 `train`'s are from `TrainConfig`; a YAML recipe (`--config`) holds the same keys, flags win over it.
 Errors are the library's one-line ones (cli.main prints them).
 """
@@ -11,6 +11,9 @@ import argparse
 import logging
 import sys
 
+from gerbil.finetune.config import FinetuneConfig
+from gerbil.options import add_arguments, config_from_args
+
 
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
@@ -19,9 +22,6 @@ def _setup_logging() -> None:
 
 # ------------------------------------------------------------------------------------------ finetune
 def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
-    from gerbil.finetune.config import FinetuneConfig
-    from gerbil.train.config import add_arguments
-
     p = sub.add_parser(
         "finetune", help="fine-tune a model: classification or prompt → completion",
         description="Fine-tune a pretrained run, checkpoint or export on labelled examples (JSONL, CSV or "
@@ -36,11 +36,9 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from gerbil.finetune.config import FinetuneConfig
-    from gerbil.finetune.finetune import finetune
-    from gerbil.train.config import config_from_args
+    from gerbil.finetune.finetune import finetune  # torch: imported when the verb runs
 
-    cfg = config_from_args(args, args.config, FinetuneConfig)  # validated before anything is read
+    cfg = config_from_args(args, FinetuneConfig, args.config)  # validated before anything is read
     _setup_logging()
     r = finetune(cfg)
     print(format_result(r))

@@ -32,6 +32,7 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
+from gerbil.options import refuse_changes
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
@@ -85,25 +86,16 @@ class SuiteStopped(GerbilError):
 # ------------------------------------------------------------------------------------------ preparing
 def check_changes(sdir: SuiteDir, suite: Suite) -> None:
     """A run already started with other options is refused, naming the first field that differs (never
-    silently mixed); runs new to the file are simply pending."""
+    silently mixed; `gerbil.options.refuse_changes`, the wording of every verb that continues a run);
+    runs new to the file are simply pending."""
     for spec in suite.runs:
         rec = sdir.record(spec.name)
         if not rec or "options" not in rec:
             continue
         mine = dict(spec.train_options(), parent=spec.parent, branch_at=spec.branch_at)
         theirs = dict(rec.get("options") or {}, parent=rec.get("parent"), branch_at=rec.get("branch_at"))
-        for key in mine:
-            if key in theirs and _norm(mine[key]) != _norm(theirs[key]):
-                raise GerbilError(f"run {spec.name} was started with {key} = {theirs[key]!r}, the suite now says "
-                                  f"{mine[key]!r}; restore the suite file, or give the changed run a new name")
-
-
-def _norm(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        return [_norm(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _norm(v) for k, v in x.items()}
-    return x
+        refuse_changes(mine, theirs, action="the suite", where=f"run {spec.name}",
+                       advice="restore the suite file, or give the changed run a new name")
 
 
 def corpus_store(name: str, progress: bool = False, wait_s: float = 3600.0) -> Path:
