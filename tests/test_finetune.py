@@ -275,6 +275,16 @@ def test_sigkill_then_resume_is_bitwise_identical(base, cls_file, tmp_path):
     assert resumed.info["best"] == straight.info["best"]
 
 
+def test_resume_auto_starts_a_run_that_has_no_checkpoint_yet(base, cls_file, tmp_path):
+    """`--resume auto` means what it means for `gerbil train`: continue the run if it has a checkpoint,
+    start it otherwise, so the same command can be rerun after any interruption."""
+    cfg = cls_config(base, cls_file, tmp_path / "run", epochs=1, resume=True)
+    first = finetune(cfg)
+    assert first.steps > 0 and RunDir(first.run_dir).latest_checkpoint() is not None
+    again = finetune(cfg)  # nothing left to train: the finished run is reported again
+    assert (again.steps, again.tokens) == (first.steps, first.tokens)
+
+
 def test_resume_refuses_changed_options_and_data(cls_run, cls_file, tmp_path):
     base_cfg = dict(out=str(cls_run.run_dir), resume=True, progress=False)
     with pytest.raises(GerbilError, match=r"--lr 0.5 differs from the run's 0.01"):

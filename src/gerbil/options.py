@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import logging
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ O = TypeVar("O", bound="Options")
 FIXED = False  # what is trained: the recorded value; a different given one is refused
 RUNTIME = True  # how or where it runs: the given value
 FALLBACK = "fallback"  # where an input is (a store, a base model that moved): the given value, else the recorded
+#: YAML/dict spellings of fields whose names would be Python keywords (`Options._aliases`)
+KEYWORD_KEYS = {"class": "cls", "from": "from_run"}
 
 
 class OptionError(GerbilError, ValueError):
@@ -62,13 +66,14 @@ def opt(default: Any, help: str, *, flag: str | tuple[str, ...] | None = None,
         "const": const})
 
 
-def section(title: str) -> Callable[[type], type]:
-    """Class decorator: a dataclass of `opt` fields that is one section of `--help` (an argument group)."""
+def section(title: str, about: str | None = None) -> Callable[[type], type]:
+    """Class decorator: a dataclass of `opt` fields that is one section of `--help` (an argument group
+    with this title, and `about` under it)."""
     def wrap(cls: type) -> type:
         for name in inspect.get_annotations(cls):
             f = cls.__dict__.get(name)
             if isinstance(f, dataclasses.Field):
-                f.metadata = types.MappingProxyType({**f.metadata, "section": title})
+                f.metadata = types.MappingProxyType({**f.metadata, "section": title, "about": about})
         return dataclass(cls)
     return wrap
 
@@ -185,7 +190,7 @@ class Optimization(Options):
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", check="non_negative")
 
 
-@section("logging and runtime (all but --log-every and --precision may change on --resume)")
+@section("logging and runtime", "All but --log-every and --precision may change when a run is resumed.")
 class Runtime(Options):
     """How a training run executes and reports: where, how fast, how loud; resuming."""
 
@@ -332,7 +337,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Options]) -> None:
             continue
         title = meta.get("section")
         if title not in groups:
-            groups[title] = parser.add_argument_group(title) if title else parser
+            groups[title] = parser.add_argument_group(title, meta.get("about")) if title else parser
         _add_field(groups[title], f)
 
 
@@ -345,6 +350,8 @@ def _add_field(group: Any, f: dataclasses.Field) -> None:
         return
     kinds, _ = _allowed_types(f.type)
     default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
     shown = "" if default is None or meta.get("required") else f" (default {default})"
     kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown.replace("%", "%%")}
     if meta.get("required"):
@@ -363,6 +370,12 @@ def _add_field(group: Any, f: dataclasses.Field) -> None:
         elif meta.get("nargs"):
             kw["nargs"] = meta["nargs"]
         group.add_argument(*flags, **kw)
+
+
+def setup_logging() -> None:
+    """What a verb that runs library code logs: INFO lines on stderr (unless logging is set up already)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
 def config_from_args(args: argparse.Namespace, cls: type[O], recipe: str | None = None) -> O:

@@ -8,16 +8,10 @@ Errors are the library's one-line ones (cli.main prints them).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from gerbil.finetune.config import FinetuneConfig
-from gerbil.options import add_arguments, config_from_args
-
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+from gerbil.options import add_arguments, config_from_args, setup_logging
 
 
 # ------------------------------------------------------------------------------------------ finetune
@@ -39,7 +33,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from gerbil.finetune.finetune import finetune  # torch: imported when the verb runs
 
     cfg = config_from_args(args, FinetuneConfig, args.config)  # validated before anything is read
-    _setup_logging()
+    setup_logging()
     r = finetune(cfg)
     print(format_result(r))
     return 0
@@ -95,7 +89,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise GerbilError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise GerbilError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    _setup_logging()
+    setup_logging()
     rows = predict(args.run, args.input, args.output, field=args.field, device=args.device,
                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     if args.output:

@@ -246,7 +246,8 @@ def _workload(r: Finetuning, model: torch.nn.Module, steps: EpochSteps, loss, va
 
     def logged(run_model: torch.nn.Module) -> dict[str, float]:
         metrics = validate(run_model)
-        log.info("%s validation: %s", r.plan.name, ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items()))
+        log.info("%s validation: %s", r.plan.name,
+                 ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     select, mode = r.cfg.select_metric

@@ -32,7 +32,7 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
-from gerbil.options import refuse_changes
+from gerbil.options import Options, opt, refuse_changes, section
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
@@ -41,19 +41,27 @@ from gerbil.train.rundir import STALE_AFTER_S, Lock
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunOptions:
-    """How a worker runs (never *what* is trained: that is the suite file's)."""
+@section("this worker (never what is trained: that is the suite file's)")
+class RunOptions(Options):
+    """How a worker runs (never *what* is trained: that is the suite file's); `gerbil suite run`'s flags."""
 
-    device: str = "auto"
-    worker: str | None = None
-    poll: float = 10.0  # seconds between looks while every remaining run waits on another worker
-    heartbeat: float = 15.0  # seconds between claim heartbeats (well under the 120 s takeover)
-    stale_after: float = STALE_AFTER_S
-    log: str | None = None  # mirror metrics to tensorboard / wandb (TrainConfig.log)
-    progress: bool = False
-    retry_failed: bool = False
-    evaluate: bool = True
+    _what = "suite worker option"
+
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N — where this worker trains")
+    worker: str | None = opt(None, "this worker's name in the registry and logs (default: slurm-JOB_TASK, else "
+                                   "HOST-PID)", metavar="NAME")
+    poll: float = opt(10.0, "seconds between looks while the remaining runs wait on other workers",
+                      check="positive", metavar="S")
+    heartbeat: float = opt(15.0, "seconds between claim heartbeats (well under the 120 s takeover)",
+                           check="positive", cli=False)
+    stale_after: float = opt(STALE_AFTER_S, "seconds without a heartbeat after which a claim is taken over",
+                             check="positive", cli=False)
+    log: str | None = opt(None, "also mirror metrics to: tensorboard, wandb (comma-separated; optional extras; "
+                                "WANDB_MODE=offline works without a network)", metavar="LOGGERS")
+    progress: bool = opt(False, "progress bars instead of log lines")
+    retry_failed: bool = opt(False, "try runs recorded as failed once more")
+    evaluate: bool = opt(True, "evaluate each finished run on the suite's tasks (--no-eval: train only; leave "
+                               "the eval columns pending)", flag="--eval")
 
 
 @dataclass

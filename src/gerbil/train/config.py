@@ -20,7 +20,8 @@ from typing import Any
 
 from gerbil.data.objectives import objective_class
 from gerbil.model.config import size_names
-from gerbil.options import FALLBACK, RUNTIME, Optimization, OptionError, Options, Runtime, opt, section
+from gerbil.options import (FALLBACK, KEYWORD_KEYS, RUNTIME, Optimization, OptionError, Options, Runtime, opt,
+                            section)
 from gerbil.units import DEFAULT_SEQ_LEN, parse_count
 
 #: TrainConfig field → the objective constructor's option it sets (gerbil.data.objectives)
@@ -126,7 +127,7 @@ class TrainConfig(Runtime, _Bookkeeping, Optimization, _Batch, _Trained):
     ``from`` for `from_run`)."""
 
     _what = "training option"
-    _aliases = {"class": "cls", "from": "from_run"}
+    _aliases = KEYWORD_KEYS
     _resume_advice = "leave it out (or start a new run with --name, or continue this one with --from)"
 
     lr: float | None = Optimization.with_default(

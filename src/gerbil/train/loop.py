@@ -365,12 +365,12 @@ def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Planned],
                body: Callable[[Any, Lock | None], RunResult]) -> RunResult:
     """`body(prepare(), lock)` while holding `run`'s lock, inside the run's process state.
 
-    `prepare()` decides everything about the run (a verb's resolved run; its `plan`'s seed,
-    deterministic, device and run directory are read here) and `body` trains it. One process per run: a second `train` (or
-    `--resume auto` while the first runs) is refused, naming the holder; a dead holder's lock is taken
-    over. The lock is taken before anything is decided, so what `prepare` reads (the latest checkpoint)
-    cannot change under it. In a data-parallel job rank 0 holds it for every rank (the others are not a
-    second process on the run).
+    `prepare()` decides everything about the run (a verb's resolved run; its `plan`'s seed, deterministic,
+    device and run directory are read here) and `body` trains it. One process per run: a second `train` (or
+    `--resume auto` while the first runs) is refused, naming the holder; a dead holder's lock is taken over.
+    The lock is taken before anything is decided, so what `prepare` reads (the latest checkpoint) cannot
+    change under it. In a data-parallel job rank 0 holds it for every rank (the others are not a second
+    process on the run).
     """
     existed = run.path.exists()
     lock, refused = None, None
