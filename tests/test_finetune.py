@@ -275,9 +275,19 @@ def test_sigkill_then_resume_is_bitwise_identical(base, cls_file, tmp_path):
     assert resumed.info["best"] == straight.info["best"]
 
 
+def test_resume_auto_starts_a_run_that_has_no_checkpoint_yet(base, cls_file, tmp_path):
+    """`--resume auto` means what it means for `gerbil train`: continue the run if it has a checkpoint,
+    start it otherwise, so the same command can be rerun after any interruption."""
+    cfg = cls_config(base, cls_file, tmp_path / "run", epochs=1, resume=True)
+    first = finetune(cfg)
+    assert first.steps > 0 and RunDir(first.run_dir).latest_checkpoint() is not None
+    again = finetune(cfg)  # nothing left to train: the finished run is reported again
+    assert (again.steps, again.tokens) == (first.steps, first.tokens)
+
+
 def test_resume_refuses_changed_options_and_data(cls_run, cls_file, tmp_path):
     base_cfg = dict(out=str(cls_run.run_dir), resume=True, progress=False)
-    with pytest.raises(ValueError, match=r"--lr 0.5 differs from the run's 0.01"):
+    with pytest.raises(GerbilError, match=r"--lr 0.5 differs from the run's 0.01"):
         finetune(dict(base_cfg, lr=0.5))
     conf = yaml.safe_load((cls_run.run_dir / "config.yaml").read_text())
     moved = tmp_path / "other.jsonl"
@@ -332,7 +342,7 @@ def test_every_option_is_a_flag_and_cli_yaml_python_agree(cli, tmp_path):
     import dataclasses
 
     from gerbil import cli as cli_module
-    from gerbil.train.config import config_from_args
+    from gerbil.options import config_from_args
 
     parser = cli_module.build_parser()
     ft = parser._subparsers._group_actions[0].choices["finetune"]
@@ -343,7 +353,7 @@ def test_every_option_is_a_flag_and_cli_yaml_python_agree(cli, tmp_path):
                       "truncate: head_tail\nclass_weights: balanced\n")
     flags = ["finetune", "RUN", "--task", "classify", "--train", "t.jsonl", "--epochs", "2", "--label-names",
              "ham,spam", "--lr", "0.003", "--truncate", "head_tail", "--class-weights", "balanced"]
-    from_flags = config_from_args(parser.parse_args(flags), cls=FinetuneConfig)
+    from_flags = config_from_args(parser.parse_args(flags), FinetuneConfig)
     from_yaml = FinetuneConfig.from_yaml(recipe, {"base": "RUN"})
     in_python = FinetuneConfig(base="RUN", task="classify", train="t.jsonl", epochs=2, label_names=["ham", "spam"],
                                lr=0.003, truncate="head_tail", class_weights="balanced")

@@ -6,7 +6,6 @@ pair of rungs (11 sizes, 3.3m-104m) × tokens per parameter 5…284 (the class r
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from gerbil.errors import GerbilError
 from gerbil.fit import laws
-from gerbil.fit.command import add_fit_parser, add_planner_arguments, run_planner
+from gerbil.cli import build_parser
 from gerbil.fit.envelope import envelope_fit
 from gerbil.fit.isoflop import isoflop_fit, isoflop_grid, shape_family
 from gerbil.fit.laws import bootstrap_law, fit_law, get_form
@@ -26,6 +25,8 @@ from gerbil.fit.planner import load_fit, plan_for_loss, plan_for_time
 from gerbil.fit.report import FitOptions, run_fit
 from gerbil.fit.sources import Curve, load_points
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.options import config_from_args
+from gerbil.plan_command import PlanOptions, planner_answer
 
 BESIROGLU = {"E": 1.817, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658}
 KAPLAN = {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}  # Kaplan et al. 2020
@@ -370,35 +371,25 @@ def test_run_directories_feed_approaches_3_and_1(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- planner
-def plan_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """A stand-in for gerbil.cli's parser: a `plan` verb with --gpu (append), --mfu, --seq-len, --json."""
-    parser = argparse.ArgumentParser(prog="gerbil")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("plan")
-    p.add_argument("--size")
-    p.add_argument("--class", dest="cls")
-    p.add_argument("--gpu", action="append", metavar="NAME")
-    p.add_argument("--mfu")
-    p.add_argument("--seq-len", default="2048")
-    p.add_argument("--json", action="store_true")
-    add_planner_arguments(p)
-    add_fit_parser(sub)
-    return parser, p
+def planned(argv: list[str]) -> str | None:
+    """`gerbil plan ARGV`'s planner answer (None: a normal plan), through the real parser and options."""
+    return planner_answer(config_from_args(build_parser().parse_args(argv), PlanOptions))
 
 
 def test_planner_flags_on_the_plan_parser():
-    parser, _ = plan_parser()
-    assert run_planner(parser.parse_args(["plan", "--gpu", "T4"])) is None  # the normal plan runs
-    text = run_planner(parser.parse_args(["plan", "--gpu", "T4", "--hours", "2"]))
+    assert planned(["plan", "--gpu", "T4"]) is None  # the normal plan runs
+    text = planned(["plan", "--gpu", "T4", "--hours", "2"])
     assert "answer: 77m" in text and "besiroglu2024" in text and "estimate" in text
-    two = run_planner(parser.parse_args(["plan", "--gpu", "T4", "--gpu", "H100", "--hours", "1", "--json"]))
+    assert planned(["plan", "--gpu", "T4", "--hours", "2", "--mfu", "30%"]) == planned(
+        ["plan", "--gpu", "T4", "--hours", "2", "--mfu", "0.3"])
+    two = planned(["plan", "--gpu", "T4", "--gpu", "H100", "--hours", "1", "--json"])
     assert [d["gpu"] for d in json.loads(two)] == ["T4", "H100"]
-    inv = run_planner(parser.parse_args(["plan", "--loss", "4.0", "--fit", "chinchilla2022"]))
+    inv = planned(["plan", "--loss", "4.0", "--fit", "chinchilla2022"])
     assert "Cheapest run reaching loss 4" in inv and "chinchilla2022" in inv
     for argv, match in ((["plan", "--hours", "2"], "needs --gpu"), (["plan", "--gpu", "T4", "--hours", "x"], "number"),
                         (["plan", "--loss", "1.5"], "irreducible"), (["plan", "--fit", "chinchilla2022"], "go with"),
                         (["plan", "--gpu", "T4", "--hours", "2", "--size", "6.7m"], "drop --size")):
-        _one_line_error(run_planner, parser.parse_args(argv), match=match)
+        _one_line_error(planned, argv, match=match)
 
 
 def test_plan_for_time_minimises_predicted_loss_and_uses_measured_throughput(tmp_path):
@@ -421,7 +412,7 @@ def test_plan_for_time_minimises_predicted_loss_and_uses_measured_throughput(tmp
 
 
 def test_fit_verb_end_to_end_through_the_parser_then_plan_with_that_fit(tmp_path, capsys):
-    parser, _ = plan_parser()
+    parser = build_parser()
     out = tmp_path / "seed"
     args = parser.parse_args(["fit", str(SEED_CSV), "--out", str(out), "--bootstrap", "40", "--workers", "1",
                               "--form", "both"])
@@ -432,7 +423,7 @@ def test_fit_verb_end_to_end_through_the_parser_then_plan_with_that_fit(tmp_path
     assert {"E", "A", "B", "alpha", "beta", "intervals", "settings", "data", "converged"} <= set(fit)
     assert [f["form"] for f in fit["fits"]] == ["chinchilla", "kaplan"]
     images_ok(out, ["contours.png", "residuals.png", "frontier.png"])
-    text = run_planner(parser.parse_args(["plan", "--gpu", "T4", "--hours", "2", "--fit", str(out / "fit.json")]))
+    text = planned(["plan", "--gpu", "T4", "--hours", "2", "--fit", str(out / "fit.json")])
     assert str(out / "fit.json") in text and "under-determined" in text
     bad = parser.parse_args(["fit", str(SEED_CSV), "--out", str(out), "--bootstrap", "many"])
-    _one_line_error(bad.func, bad, match="--bootstrap expects a number")
+    _one_line_error(bad.func, bad, match="--bootstrap: expected an integer")

@@ -237,19 +237,21 @@ def test_cli_yaml_and_python_agree(tmp_path, capsys):
     """The same options from a recipe, from flags and in Python build equal configs; broken YAML and
     `--config` with `--class`/`--from`/`--resume` are one-line errors, not tracebacks."""
     from gerbil.cli import build_parser, main
-    from gerbil.train.config import TrainConfig, config_from_args
+    from gerbil.options import config_from_args
+    from gerbil.train.config import TrainConfig
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("size: 3.3m\nclass: B\ntokens: 50M\nseq_len: 256\nbatch_tokens: 131k-262k\nlr: 0.002\n"
                       "blender_weights: [1, 2, 1]\nobjective: blender\n")
     flags = ["train", "--size", "3.3m", "--class", "B", "--tokens", "50M", "--seq-len", "256", "--batch-tokens",
              "131k-262k", "--lr", "0.002", "--blender-weights", "1,2,1", "--objective", "blender"]
-    from_flags = config_from_args(build_parser().parse_args(flags))
+    from_flags = config_from_args(build_parser().parse_args(flags), TrainConfig)
     from_yaml = TrainConfig.from_yaml(recipe)
     in_python = TrainConfig(size="3.3m", cls="B", tokens=50_000_000, seq_len=256, batch_tokens="131k-262k",
                             lr=0.002, blender_weights=[1.0, 2.0, 1.0], objective="blender")
     assert from_flags == from_yaml == in_python
-    both = config_from_args(build_parser().parse_args(["train", "--class", "C", "--from", "runs/x"]), str(recipe))
+    both = config_from_args(build_parser().parse_args(["train", "--class", "C", "--from", "runs/x"]), TrainConfig,
+                            str(recipe))
     assert both.cls == "C" and both.from_run == "runs/x" and both.size == "3.3m"  # flags win over the recipe
     bad = tmp_path / "bad.yaml"
     bad.write_text("size: [3.3m\n")

@@ -175,4 +175,4 @@ def test_resume_reuses_the_resolved_micro_batch(store, tmp_path):
 
     conf["resolved"]["micro_batch"] = 1  # as if a GPU had picked 1 when the run started
     RunDir(r.run_dir).write_config(conf)
-    assert resolve(tiny_config(store, tmp_path, tokens=128 * 4, micro_batch=None, resume=True)).micro_batch == 1
+    assert resolve(tiny_config(store, tmp_path, tokens=128 * 4, micro_batch=None, resume=True)).plan.micro_batch == 1

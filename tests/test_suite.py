@@ -411,7 +411,8 @@ def test_changed_suite_refused_naming_the_field_and_new_runs_pending(reference, 
     before = {p: p.stat().st_mtime_ns for p in (sdir.path / "registry").iterdir()}
     assert main(["run", str(changed), "--out", str(sdir.path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "lr = 0.01" in err and "0.02" in err and "\n" not in err
+    assert err.startswith("gerbil suite: error: the suite continues run ") and "\n" not in err
+    assert "lr 0.02 differs from the run's 0.01; restore the suite file" in err
     assert {p: p.stat().st_mtime_ns for p in (sdir.path / "registry").iterdir()} == before  # nothing written
     grown = json.loads(json.dumps(MICRO))
     grown["runs"].append({"name": "micro-new", "size": "micro", "tokens": 512})

@@ -10,109 +10,9 @@ import sys
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import size_names
-
-
-# ---------------------------------------------------------------------------------------------- plan
-def _add_plan(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plan", help="token budget, batch, steps, FLOPs and time for a size and class",
-        description="Plan a run: tokens = ratio x total parameters (classes A 20, B 42, C 76, D 142, "
-                    "E 284), the batch schedule and its exact steps, training FLOPs "
-                    "(6*(non-embedding + d*V) + 12*L*T*d per token) and the time on common GPUs.")
-    # Values are parsed by gerbil.plan (not argparse types) so a bad one is a one-line error.
-    p.add_argument("--size", help=f"ladder size ({size_names()}) or 'all' for the ladder; "
-                                  "default 6.7m, or the --from run's size")
-    p.add_argument("--class", dest="cls", metavar="CLASS",
-                   help="A B C D E, a star class (E*), or tokens per parameter (300); default A")
-    p.add_argument("--ratio", help="tokens per total parameter, overriding the class's")
-    p.add_argument("--tokens", help="explicit total token budget, e.g. 500M (overrides class and ratio)")
-    p.add_argument("--from", dest="from_run", metavar="RUN_OR_CHECKPOINT",
-                   help="continue this run (star class): plan the tokens its class budget still lacks")
-    p.add_argument("--seq-len", default="2048", help="sequence length (default 2048)")
-    p.add_argument("--batch-tokens", "--batch", dest="batch",
-                   help="global batch in tokens: 131072, 131k, or a ramp such as 131k-262k "
-                        "(k = 1000, M = 2^20, resolved to whole sequences); default the seed's per size")
-    p.add_argument("--ramp-tokens", help="tokens since the run's start at which a ramp reaches its end batch "
-                                         "(default: the --from run's tokens, else half the budget)")
-    p.add_argument("--ramp-shape", choices=["step", "linear"], default="step",
-                   help="step: one switch at --ramp-tokens (the seed's way); linear: grow with tokens")
-    p.add_argument("--mfu", help="model FLOPs utilization for the time estimate, 0.3 or 30%% (default: an "
-                                 "estimate per size from plain PyTorch on an H200, docs/reference.md section 6)")
-    p.add_argument("--gpu", action="append", metavar="NAME",
-                   help="estimate time on this GPU (repeatable; default T4, RTX 2060, RTX 3060, A100, H100, H200)")
-    custom = p.add_argument_group("custom model (instead of --size)")
-    custom.add_argument("--d-model", help="model width")
-    custom.add_argument("--n-layer", help="number of blocks")
-    custom.add_argument("--n-head", help="attention heads")
-    custom.add_argument("--rotary-dim", help="rotary dims per head (default: the whole head)")
-    p.add_argument("--json", action="store_true", help="print the plan (or ladder) as JSON")
-    from gerbil.fit.command import add_planner_arguments
-
-    add_planner_arguments(p)  # --hours / --loss / --fit: the compute planner (gerbil.fit.planner)
-    p.set_defaults(func=_cmd_plan)
-
-
-def _plan_int(text: str | None, flag: str) -> int | None:
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{flag} expects a whole number, got {text!r}") from None
-
-
-def _plan_float(text: str | None, flag: str, percent: bool = False) -> float | None:
-    if text is None:
-        return None
-    s = text.strip()
-    scale = 1.0
-    if percent and s.endswith("%"):
-        s, scale = s[:-1], 0.01
-    try:
-        return float(s) * scale
-    except ValueError:
-        raise ValueError(f"{flag} expects a number, got {text!r}") from None
-
-
-def _cmd_plan(args: argparse.Namespace) -> int:
-    import json
-
-    from gerbil.fit.command import run_planner
-
-    text = run_planner(args)
-    if text is not None:  # --hours or --loss: the planner answers instead of a single plan
-        print(text)
-        return 0
-
-    from gerbil import plan
-    from gerbil.model.config import ModelConfig
-
-    kw = dict(seq_len=_plan_int(args.seq_len, "--seq-len"), batch_tokens=args.batch,
-              ratio=_plan_float(args.ratio, "--ratio"), tokens=args.tokens, ramp_tokens=args.ramp_tokens,
-              ramp_shape=args.ramp_shape, mfu=_plan_float(args.mfu, "--mfu", percent=True), gpus=args.gpu)
-    dims = [args.d_model, args.n_layer, args.n_head, args.rotary_dim]
-    size = args.size
-    if any(d is not None for d in dims):
-        if size is not None or args.from_run is not None:
-            raise ValueError("give either --size/--from or --d-model/--n-layer/--n-head, not both")
-        if None in dims[:3]:
-            raise ValueError("a custom model needs --d-model, --n-layer and --n-head")
-        d, L, H = (_plan_int(x, f) for x, f in zip(dims[:3], ("--d-model", "--n-layer", "--n-head")))
-        rot = _plan_int(args.rotary_dim, "--rotary-dim")
-        size = ModelConfig(d_model=d, n_layer=L, n_head=H, rotary_dim=rot if rot is not None else d // H,
-                           seq_len=max(kw["seq_len"] or 1, 2048), name="custom")
-    elif size is None and args.from_run is None:
-        size = "6.7m"
-
-    if isinstance(size, str) and size.strip().lower() == "all":
-        if args.from_run is not None:
-            raise ValueError("--size all plans fresh runs; it cannot be combined with --from")
-        plans = plan.make_ladder(args.cls, **kw)
-        print(json.dumps([p.to_dict() for p in plans], indent=2) if args.json else plan.format_ladder(plans))
-        return 0
-    p = plan.make_plan(size, args.cls, from_run=args.from_run, **kw)
-    print(json.dumps(p.to_dict(), indent=2) if args.json else plan.format_plan(p))
-    return 0
+from gerbil.options import add_arguments, config_from_args, setup_logging
+from gerbil.plan_command import add_plan_parser
+from gerbil.train.config import TrainConfig
 
 
 # -------------------------------------------------------------------------------------------- assets
@@ -238,8 +138,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from gerbil.train.config import add_arguments
-
     p = sub.add_parser(
         "train", help="train a model of a named size and class",
         description="Train a Gerbil model on a token store for exactly its class's token budget "
@@ -249,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
     _add_nproc(p, "train on N processes of this machine (torchrun + DDP, one per GPU; gloo on CPUs); for "
                   "several machines run `torchrun ... -m gerbil train ...` yourself (docs/distributed.md)")
-    add_arguments(p)
+    add_arguments(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
 
@@ -280,22 +178,14 @@ def _relaunch(args: argparse.Namespace) -> int | None:
     return launch(args.nproc, argv)
 
 
-def _setup_logging() -> None:
-    import logging
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gerbil.train.config import config_from_args
     from gerbil.train.distributed import from_env
     from gerbil.train.loop import train
 
-    cfg = config_from_args(args, args.config)  # validated before anything is created
+    cfg = config_from_args(args, TrainConfig, args.config)  # validated before anything is created
     if (rc := _relaunch(args)) is not None:
         return rc
-    _setup_logging()
+    setup_logging()
     r = train(cfg)
     if not from_env().is_main:
         return 0  # rank 0 reports
@@ -539,7 +429,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gerbil.demo import run_demo
 
-    _setup_logging()
+    setup_logging()
     d = run_demo(runs=args.runs, device=args.device, evaluate=args.evaluate)
     r = d.result
     label = "reduced CPU demo budget, NOT the Gerbil-A class budget" if d.reduced else "Gerbil-A-6.7m budget"
@@ -562,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gerbil {__import__('gerbil').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_plan, _add_assets, _add_prepare, _add_train, _add_eval, _add_export,
+    for add in (_add_demo, add_plan_parser, _add_assets, _add_prepare, _add_train, _add_eval, _add_export,
                 _add_table, _add_generate):
         add(sub)
     from gerbil.finetune.command import add_finetune_parser, add_predict_parser

@@ -1,27 +1,21 @@
 """`gerbil finetune` and `gerbil predict`: thin verbs over `gerbil.finetune.finetune` and
 `gerbil.finetune.predict` (cli.py adds them with `add_finetune_parser` / `add_predict_parser`).
 
-`finetune`'s flags are generated from `FinetuneConfig` (`gerbil.train.config.add_arguments`), as
+`finetune`'s flags are generated from `FinetuneConfig` (`gerbil.options.add_arguments`), as
 `train`'s are from `TrainConfig`; a YAML recipe (`--config`) holds the same keys, flags win over it.
 Errors are the library's one-line ones (cli.main prints them).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-
-def _setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+from gerbil.finetune.config import FinetuneConfig
+from gerbil.options import add_arguments, config_from_args, setup_logging
 
 
 # ------------------------------------------------------------------------------------------ finetune
 def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
-    from gerbil.finetune.config import FinetuneConfig
-    from gerbil.train.config import add_arguments
-
     p = sub.add_parser(
         "finetune", help="fine-tune a model: classification or prompt → completion",
         description="Fine-tune a pretrained run, checkpoint or export on labelled examples (JSONL, CSV or "
@@ -36,12 +30,10 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from gerbil.finetune.config import FinetuneConfig
-    from gerbil.finetune.finetune import finetune
-    from gerbil.train.config import config_from_args
+    from gerbil.finetune.finetune import finetune  # torch: imported when the verb runs
 
-    cfg = config_from_args(args, args.config, FinetuneConfig)  # validated before anything is read
-    _setup_logging()
+    cfg = config_from_args(args, FinetuneConfig, args.config)  # validated before anything is read
+    setup_logging()
     r = finetune(cfg)
     print(format_result(r))
     return 0
@@ -97,7 +89,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise GerbilError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise GerbilError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    _setup_logging()
+    setup_logging()
     rows = predict(args.run, args.input, args.output, field=args.field, device=args.device,
                    batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     if args.output:

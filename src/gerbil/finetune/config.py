@@ -1,9 +1,11 @@
 """`FinetuneConfig`: every option of a fine-tuning run, one source for the CLI, YAML and Python.
 
-The same machinery as `gerbil.train.config.TrainConfig` (`Options`, `opt`, `add_arguments`,
-`config_from_args`): each field carries its help, flag, parser and check, `gerbil finetune`'s flags are
-generated from the fields, and an unknown key, a wrongly typed value or a value out of range is a one-line
-`ValueError` naming the field, wherever the value came from. Pure Python, no torch.
+The machinery of every verb's options (`gerbil.options`): each field carries its help, flag, parser,
+check, `--help` section and whether a resume may change it; `gerbil finetune`'s flags are generated from
+the fields, and an unknown key, a wrongly typed value or a value out of range is a one-line `OptionError`
+naming the field, wherever the value came from. The optimizer and runtime sections are the groups
+`gerbil train` shares (`Optimization`, `Runtime`), with fine-tuning's own optimizer defaults. Pure
+Python, no torch.
 
 The defaults are for what tiny models are fine-tuned on: a few hundred to a few thousand examples. The
 budget is in **epochs** over the training examples; the loop itself counts tokens (the LR schedule,
@@ -14,11 +16,9 @@ moves little at 5e-5 in a few hundred steps), AdamW with β2 0.999, a 6% warmup 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from gerbil.train.config import Options, opt
+from gerbil.options import FALLBACK, RUNTIME, Optimization, OptionError, Options, Runtime, opt, section
 
 TASKS = ("classify", "sft")
 #: Validation metrics a run can select its best checkpoint by, per task, and which way is better.
@@ -27,28 +27,23 @@ SELECT_METRICS: dict[str, dict[str, str]] = {
     "sft": {"val_loss": "min", "exact_match": "max"},
 }
 DEFAULT_SELECT = {"classify": "macro_f1", "sft": "val_loss"}
-#: Options that only say how to run, never what is trained: `--resume auto` may change them.
-RUNTIME_FIELDS = ("device", "compile", "progress", "deterministic", "log", "resume", "out", "base")
 
 
 def _parse_names(text: str) -> list[str]:
     return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
-@dataclass
-class FinetuneConfig(Options):
-    """Everything `gerbil finetune` takes; YAML keys are these names."""
-
-    _what = "fine-tuning option"
-
-    # --- what is fine-tuned, on what
+@section("what is fine-tuned, on what")
+class _Task(Options):
+    # the base model is read once; a resumed run needs only its recorded shape (its checkpoint holds the
+    # weights), so a base that moved may be given anew
     base: str | None = opt(None, "the pretrained model: a run directory, a checkpoint or an export folder",
-                           flag="RUN_OR_EXPORT")
+                           flag="RUN_OR_EXPORT", runtime=FALLBACK)
     task: str | None = opt(None, "classify (text → label) or sft (prompt → completion)", choices=TASKS)
     train: str | None = opt(None, "training examples: .jsonl, .csv or .parquet", metavar="FILE")
     val: str | None = opt(None, "validation examples (default: a deterministic, stratified --val-fraction of "
                                 "--train)", metavar="FILE")
-    out: str | None = opt(None, "the run directory to write", metavar="RUN")
+    out: str | None = opt(None, "the run directory to write", metavar="RUN", runtime=RUNTIME)
     val_fraction: float = opt(0.1, "share of --train held out for validation when --val is not given",
                               check="unit")
     split_seed: int = opt(0, "seed of that split (gerbil.finetune.data.split_validation)", check="non_negative")
@@ -59,7 +54,10 @@ class FinetuneConfig(Options):
     label_names: list[str] | None = opt(None, "classify: the labels in id order, e.g. ham,spam (default: the "
                                               "sorted label strings, or 0..K-1 for integer labels)",
                                         parse=_parse_names, items=str, metavar="A,B,...")
-    # --- how examples become tokens
+
+
+@section("how examples become tokens")
+class _Encoding(Options):
     max_len: int | None = opt(None, "tokens per example at most (default: the base model's pretraining "
                                     "sequence length)", check="positive", metavar="T")
     truncate: str = opt("end", "classify: a longer text keeps its end, or its head and tail (a quarter from "
@@ -76,23 +74,20 @@ class FinetuneConfig(Options):
                            "less padding")
     class_weights: str = opt("none", "classify: none, balanced (n / (K · n_class)), or one weight per label "
                                      "in id order, e.g. 1,3", metavar="W")
-    # --- budget, batch, optimizer, schedule
+
+
+@section("budget and batch")
+class _Budget(Options):
     epochs: int = opt(4, "passes over the training examples", check="positive", metavar="N")
     batch_size: int = opt(16, "examples per optimizer step", check="positive", metavar="N")
     micro_batch: int | None = opt(None, "examples (classify) or rows (sft) per forward pass (default: about "
                                         "8k tokens' worth)", check="positive", metavar="N")
-    lr: float = opt(1e-3, "peak learning rate", check="positive")
-    schedule: str = opt("cosine", "cosine (warmup, cosine to min_lr_ratio), wsd or constant",
-                        choices=("cosine", "wsd", "constant"))
     warmup_fraction: float = opt(0.06, "share of the run spent warming up", check="fraction")
-    min_lr_ratio: float = opt(0.0, "cosine floor as a fraction of the peak", check="fraction")
-    cooldown_fraction: float = opt(0.2, "wsd: share of the run spent cooling down", check="fraction")
-    weight_decay: float = opt(0.01, "AdamW weight decay on matrices", check="non_negative")
-    beta1: float = opt(0.9, "AdamW beta1", check="unit")
-    beta2: float = opt(0.999, "AdamW beta2", check="unit")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", check="non_negative")
     seed: int = opt(0, "seed of the classification head and the example order", check="non_negative")
-    # --- validation, best checkpoint, early stopping
+
+
+@section("validation, best checkpoint, early stopping")
+class _Selection(Options):
     select: str | None = opt(None, "the validation metric that picks the best checkpoint: classify macro_f1 "
                                    "(default), accuracy or val_loss; sft val_loss (default) or exact_match")
     patience: int = opt(2, "stop after this many validations (epochs) without a better --select (0: never)",
@@ -102,32 +97,36 @@ class FinetuneConfig(Options):
                                     metavar="N")
     max_new_tokens: int | None = opt(None, "sft: longest completion generated (default: the longest training "
                                            "completion + 8)", check="positive", metavar="N")
-    # --- bookkeeping and runtime (may change on resume)
-    log_every: int = opt(1, "steps between metrics.jsonl lines", check="positive", metavar="N")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    precision: str = opt("auto", "auto (bf16 on CUDA that has it, fp16 + loss scaling on older CUDA, fp32 on "
-                                 "CPU), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
-    compile: bool | None = opt(None, "torch.compile the model (default: on CUDA only)")
-    deterministic: bool = opt(False, "deterministic algorithms (bitwise-exact resume on a GPU; slower)")
-    resume: bool = opt(False, "continue this run from its latest intact checkpoint (--resume auto)",
-                       flag="--resume")
-    progress: bool | None = opt(None, "progress bar (default: when stderr is a terminal)")
-    log: str | None = opt(None, "also mirror metrics to: tensorboard, wandb (comma-separated)")
+
+
+# a dataclass takes its fields from the last base first: the sections are listed last to first
+@dataclass
+class FinetuneConfig(Runtime, _Selection, Optimization, _Budget, _Encoding, _Task):
+    """Everything `gerbil finetune` takes; YAML keys are these names."""
+
+    _what = "fine-tuning option"
+    _resume_advice = "leave it out (or fine-tune into a new --out)"
+
+    # fine-tuning's own optimizer defaults (module docstring)
+    lr: float = Optimization.with_default("lr", 1e-3)
+    min_lr_ratio: float = Optimization.with_default("min_lr_ratio", 0.0)
+    weight_decay: float = Optimization.with_default("weight_decay", 0.01)
+    beta2: float = Optimization.with_default("beta2", 0.999)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if "{prompt}" not in self.template:
-            raise ValueError(f"template: must contain {{prompt}}, got {self.template!r}")
+            raise OptionError(f"template: must contain {{prompt}}, got {self.template!r}")
         self.class_weight_values()  # checked here, used by the classify workload
         if self.select is not None:
             known = sorted({m for task in SELECT_METRICS.values() for m in task})
             if self.select not in known:
-                raise ValueError(f"select: {self.select!r} is not one of {', '.join(known)}")
+                raise OptionError(f"select: {self.select!r} is not one of {', '.join(known)}")
             if self.task is not None and self.select not in SELECT_METRICS[self.task]:
-                raise ValueError(f"select: {self.select!r} is not a {self.task} metric "
+                raise OptionError(f"select: {self.select!r} is not a {self.task} metric "
                                  f"({', '.join(SELECT_METRICS[self.task])})")
         if self.task == "classify" and self.prompt_format == "fim":
-            raise ValueError("prompt_format: fim is an sft format (the prompt as a fill-in-the-middle prefix)")
+            raise OptionError("prompt_format: fim is an sft format (the prompt as a fill-in-the-middle prefix)")
 
     def class_weight_values(self) -> str | list[float]:
         """"none", "balanced" or the weights as numbers (one per label, positive); else a one-line error."""
@@ -137,10 +136,10 @@ class FinetuneConfig(Options):
         try:
             weights = [float(x) for x in text.replace(" ", "").split(",") if x]
         except ValueError:
-            raise ValueError(f"class_weights: expected none, balanced or numbers such as 1,3, got "
-                             f"{self.class_weights!r}") from None
+            raise OptionError(f"class_weights: expected none, balanced or numbers such as 1,3, got "
+                              f"{self.class_weights!r}") from None
         if not weights or not all(w > 0 and w < float("inf") for w in weights):
-            raise ValueError(f"class_weights: weights must be positive numbers, got {self.class_weights!r}")
+            raise OptionError(f"class_weights: weights must be positive numbers, got {self.class_weights!r}")
         return weights
 
     @property
@@ -151,21 +150,7 @@ class FinetuneConfig(Options):
 
     def require(self) -> None:
         """A fresh run needs a base model, a task, training examples and a run directory."""
-        missing = [f"--{n.replace('_', '-')}" if n != "base" else "RUN_OR_EXPORT"
-                   for n in ("base", "task", "train", "out") if getattr(self, n) is None]
+        missing = [self.flag_of(n) for n in ("base", "task", "train", "out") if getattr(self, n) is None]
         if missing:
-            raise ValueError(f"fine-tuning needs {', '.join(missing)}")
+            raise OptionError(f"fine-tuning needs {', '.join(missing)}")
 
-
-def refuse_changes(given: FinetuneConfig, saved: FinetuneConfig, run_dir: Any) -> None:
-    """A resumed run continues exactly as configured: a given option that is not a runtime one and
-    differs from the run's own value is refused with the field named (never silently ignored)."""
-    fresh = FinetuneConfig()
-    for f in dataclasses.fields(FinetuneConfig):
-        if f.name in RUNTIME_FIELDS:
-            continue
-        mine, theirs = getattr(given, f.name), getattr(saved, f.name)
-        if mine != getattr(fresh, f.name) and mine != theirs:
-            flag = (f.metadata.get("flag") or "--" + f.name).replace("_", "-")
-            raise ValueError(f"--resume continues {run_dir} as it was configured, but {flag} {mine!r} differs "
-                             f"from the run's {theirs!r}; leave it out (or fine-tune into a new --out)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,22 @@ import numpy as np
 
 from gerbil import plan as planlib
 from gerbil.data.objectives import mode_prefix
-from gerbil.data.tokenizer import SPECIAL_TOKENS
+from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from gerbil.errors import GerbilError
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
-from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_changes
+from gerbil.finetune.config import FinetuneConfig
+from gerbil.finetune.workloads import WORKLOADS, Finetuning
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
-from gerbil.runs.rundir import RunDir
+from gerbil.options import OptionError
+from gerbil.runs.rundir import RunDir, resolve_source
 from gerbil.schedules import make_schedule
 from gerbil.train.checkpoint import CheckpointPolicy
-from gerbil.train.device import choose_precision, peak_flops, pick_device
+from gerbil.train.device import peak_flops
 from gerbil.train.distributed import Dist
-from gerbil.train.resolve import Resolved
+from gerbil.train.loop import run_locked, run_workload
+from gerbil.train.runplan import AdamW, RunPlan, execution, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -48,107 +50,30 @@ log = logging.getLogger(__name__)
 MICRO_BATCH_TOKENS = 8192
 
 
-@dataclass
-class FinetuneResolved(Resolved):
-    """A fine-tuning run decided: `Resolved`'s fields (the loop reads them; no token store) and what
-    the workloads need."""
-
-    base_model: Any = None  # the base GPT (a fresh run), None when resuming (the checkpoint has the weights)
-    base_info: dict = field(default_factory=dict)
-    tokenizer: Any = None
-    train_set: Encoded | None = None
-    val_set: Encoded | None = None
-    val_completions: list[str] = field(default_factory=list)
-    epoch_steps: EpochSteps | None = None
-    label_names: list[str] = field(default_factory=list)
-    prompt_format: str = "plain"
-    prefix: list[int] = field(default_factory=list)
-    max_len: int = 0
-    max_new_tokens: int = 0
-    data_record: dict = field(default_factory=dict)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    def inference_record(self) -> dict:
-        """What a fine-tuned model needs to be used the way it was trained (checkpoint meta.json and the
-        export's config.json carry it): task, labels, prompt format and tokens, template, truncation."""
-        cfg = self.cfg
-        rec = {"task": cfg.task, "prompt_format": self.prompt_format, "prefix": list(self.prefix),
-               "max_len": self.max_len, "pad_token_id": int(SPECIAL_TOKENS["<|endoftext|>"])}
-        if cfg.task == "classify":
-            rec.update(label_names=list(self.label_names), truncate=cfg.truncate, text_field=cfg.text_field,
-                       label_field=cfg.label_field)
-        else:
-            rec.update(template=cfg.template, max_new_tokens=self.max_new_tokens, prompt_field=cfg.prompt_field,
-                       completion_field=cfg.completion_field)
-        rec["base"] = {k: self.base_info.get(k) for k in ("path", "name", "objective", "size", "tokens", "step")}
-        return rec
-
-    def checkpoint_meta(self) -> dict:
-        """Facts every checkpoint's meta.json holds (the loop adds step, tokens, losses, best)."""
-        return {"model": self.model_config.to_dict(), "size": self.size, "class": None,
-                "objective": self.base_info.get("objective") or "plain",
-                "objective_options": self.base_info.get("objective_options"), "parent": None, "run": self.name,
-                "seq_len": self.max_len, "seed": self.cfg.seed, "finetune": self.inference_record()}
-
-    def config_record(self) -> dict:
-        """config.yaml of a fine-tuning run (module docstring)."""
-        cfg, steps = self.cfg, self.epoch_steps
-        return {
-            "name": self.name, "task": cfg.task, "size": self.size, "objective": self.base_info.get("objective"),
-            "model": self.model_config.to_dict(), "params": self.model_config.n_params("total"),
-            "base": self.base_info, "data": self.data_record, "finetune": cfg.to_dict(),
-            "resolved": {"budget": self.budget, "epochs": cfg.epochs, "epoch_tokens": steps.epoch_tokens,
-                         "steps_per_epoch": steps.steps_per_epoch, "batch": self.batch_label,
-                         "micro_batch": self.micro_batch, "max_len": self.max_len,
-                         "prompt_format": self.prompt_format, "prefix": list(self.prefix),
-                         "max_new_tokens": self.max_new_tokens, "select": list(cfg.select_metric),
-                         "lr": self.schedule.peak, "schedule": dataclasses.asdict(self.schedule),
-                         "precision": self.precision, "device": str(self.device), "compile": self.compile,
-                         "checkpoint_every": self.checkpoints.every, "eval_every": self.eval_every},
-        }
-
-
 # ------------------------------------------------------------------------------------------ entry
 def finetune(config: FinetuneConfig | dict) -> Any:
     """Fine-tune (or `resume` fine-tuning) as `config` says; returns the `gerbil.train.loop.RunResult`
     (its `checkpoint` is the best one, `info` has the best, last and untrained validation metrics)."""
-    from gerbil.train.loop import run_locked, run_workload
-    from gerbil.finetune.workloads import WORKLOADS
-
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GerbilError("fine-tuning runs in one process (not under torchrun / --nproc)")
     if not cfg.out:
-        raise ValueError("fine-tuning needs --out RUN (the run directory)")
+        raise OptionError("fine-tuning needs --out RUN (the run directory)")
     run = RunDir(cfg.out)
     return run_locked(run, Dist(), lambda: resolve_finetune(cfg),
-                      lambda r, lock: run_workload(r, WORKLOADS[r.cfg.task](r), lock))
+                      lambda r, lock: run_workload(r.plan, WORKLOADS[r.cfg.task](r), lock))
 
 
 # ------------------------------------------------------------------------------------------ resolve
-def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
+def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     """Check every input and decide every number of a fine-tuning run (module docstring)."""
-    from gerbil.data.tokenizer import Tokenizer
-
     cfg = dataclasses.replace(cfg)
     for key in ("train", "val"):  # absolute: the run resumes (and records its data) from any directory
         if getattr(cfg, key):
             setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     run = RunDir(cfg.out)
-    resume_from, recorded = None, {}
-    if cfg.resume:
-        resume_from = run.latest_checkpoint() if run.path.is_dir() else None
-        if resume_from is None:
-            raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
-        recorded = run.read_config()
-        saved = FinetuneConfig.from_dict(recorded.get("finetune") or {})
-        refuse_changes(cfg, saved, run.path)
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k not in ("out", "base", "resume")}
-        cfg = dataclasses.replace(saved, **runtime, resume=True, out=cfg.out)
-    else:
+    cfg, resume_from, recorded = resume_point(cfg, run, "finetune")
+    if resume_from is None:
         cfg.require()
         if run.list_checkpoints():
             raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
@@ -175,7 +100,58 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
                           f"ids) has no Blender special tokens")
     max_len = cfg.max_len or int(base_info.get("seq_len") or min(model_cfg.seq_len, 1024))
     if max_len > model_cfg.seq_len:
-        raise ValueError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
+        raise GerbilError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
+    train_set, val_set, completions, max_new = _encode(cfg, tokenizer, train, val, prefix, prompt_format, max_len)
+    data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
+
+    # --- steps, budget, schedule
+    micro = cfg.micro_batch or max(1, min(cfg.batch_size, MICRO_BATCH_TOKENS // max_len))
+    steps = EpochSteps(train_set, cfg.epochs, cfg.batch_size, micro, cfg.seed, max_len, pack=cfg.pack,
+                       class_weights=_class_weights(cfg, train) if cfg.task == "classify" else None)
+    budget, every = steps.budget, steps.epoch_tokens  # validate and checkpoint once per epoch
+    schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
+                             cfg.min_lr_ratio, cfg.cooldown_fraction)
+    ex = execution(cfg)
+    run.path.mkdir(parents=True, exist_ok=True)
+    plan = RunPlan(
+        name=run.name, run=run, model_config=model_cfg, size=base_info.get("size") or _size_name(model_cfg),
+        cls=None, budget=budget, batch_label=f"{cfg.batch_size} examples", schedule=schedule,
+        optimizer=AdamW.of(cfg), eval_every=every, checkpoints=CheckpointPolicy(every, best=True),
+        seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(), micro_batch=micro, eval_micro_batch=micro,
+        log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
+        flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(ex.device, ex.precision),
+        record={}, resume_from=resume_from)
+    r = Finetuning(
+        plan=plan, cfg=cfg, base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set,
+        val_set=val_set, val_completions=completions, epoch_steps=steps,
+        label_names=list(train.label_names) if cfg.task == "classify" else [], prompt_format=prompt_format,
+        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record)
+    plan.record = _config_record(r)
+    return r
+
+
+def _config_record(r: Finetuning) -> dict:
+    """config.yaml of a fine-tuning run (module docstring)."""
+    cfg, steps, plan = r.cfg, r.epoch_steps, r.plan
+    return {
+        "name": plan.name, "task": cfg.task, "size": plan.size, "objective": r.base_info.get("objective"),
+        "model": plan.model_config.to_dict(), "params": plan.model_config.n_params("total"),
+        "base": r.base_info, "data": r.data_record, "finetune": cfg.to_dict(),
+        "resolved": {"budget": plan.budget, "epochs": cfg.epochs, "epoch_tokens": steps.epoch_tokens,
+                     "steps_per_epoch": steps.steps_per_epoch, "batch": plan.batch_label,
+                     "micro_batch": plan.micro_batch, "max_len": r.max_len,
+                     "prompt_format": r.prompt_format, "prefix": list(r.prefix),
+                     "max_new_tokens": r.max_new_tokens, "select": list(cfg.select_metric),
+                     "lr": plan.schedule.peak, "schedule": dataclasses.asdict(plan.schedule),
+                     "precision": plan.precision, "device": str(plan.device), "compile": plan.compile,
+                     "checkpoint_every": plan.checkpoints.every, "eval_every": plan.eval_every},
+    }
+
+
+def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: list[int], prompt_format: str,
+            max_len: int) -> tuple[Encoded, Encoded, list[str], int]:
+    """(train set, validation set, validation completions, longest completion to generate): the examples as
+    tokens (`batches.encode_classify` / `encode_sft`); examples longer than `max_len` are cut, with a warning."""
     if cfg.task == "classify":
         train_set = encode_classify(train.texts, train.labels, tokenizer, prefix, max_len, cfg.truncate)
         val_set = encode_classify(val.texts, val.labels, tokenizer, prefix, max_len, cfg.truncate)
@@ -192,33 +168,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         if s.truncated:
             log.warning("%d of %d %s examples are longer than max_len %d and were cut", s.truncated, len(s), name,
                         max_len)
-    data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
-
-    # --- steps, budget, schedule
-    label_names = list(train.label_names) if cfg.task == "classify" else []
-    weights = _class_weights(cfg, train) if cfg.task == "classify" else None
-    micro = cfg.micro_batch or max(1, min(cfg.batch_size, MICRO_BATCH_TOKENS // max_len))
-    steps = EpochSteps(train_set, cfg.epochs, cfg.batch_size, micro, cfg.seed, max_len, pack=cfg.pack,
-                       class_weights=weights)
-    budget, every = steps.budget, steps.epoch_tokens  # validate and checkpoint once per epoch
-    schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
-                             cfg.min_lr_ratio, cfg.cooldown_fraction)
-    device = pick_device(cfg.device)
-    precision, autocast_dtype, use_scaler = choose_precision(device, cfg.precision)
-    compile_ = bool(cfg.compile) if cfg.compile is not None else device.type == "cuda"
-    size = base_info.get("size") or _size_name(model_cfg)
-    run.path.mkdir(parents=True, exist_ok=True)
-    return FinetuneResolved(
-        cfg=cfg, name=run.name, size=size, cls=None, model_config=model_cfg, budget=budget, steps=None,
-        batch_label=f"{cfg.batch_size} examples", schedule=schedule, device=device, precision=precision,
-        autocast_dtype=autocast_dtype, use_scaler=use_scaler, compile=compile_, micro_batch=micro,
-        eval_micro_batch=micro, eval_every=every, checkpoints=CheckpointPolicy(every, best=True),
-        store=None, train_split=None, val_split=None, resume_from=resume_from, parent=None, parent_record=None,
-        flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(device, precision),
-        base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set, val_set=val_set,
-        val_completions=completions, epoch_steps=steps, label_names=label_names, prompt_format=prompt_format,
-        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record, run=run,
-    )
+    return train_set, val_set, completions, max_new
 
 
 def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
@@ -226,9 +176,8 @@ def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
     resumed one needs only its recorded shape (the checkpoint holds the weights; the base may have moved)."""
     if recorded:
         return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
-    from gerbil.export import load_model
+    from gerbil.export import load_model  # (export reads fine-tuned models too: imported when used)
     from gerbil.model.classifier import Classifier
-    from gerbil.runs.rundir import resolve_source
 
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
     model, meta = load_model(cfg.base)
@@ -288,7 +237,7 @@ def _class_weights(cfg: FinetuneConfig, train: Any) -> np.ndarray | None:
         counts = np.bincount(np.asarray(train.labels, dtype=np.int64), minlength=K).astype(np.float64)
         return np.where(counts > 0, len(train) / (K * np.maximum(counts, 1)), 1.0)
     if len(spec) != K:
-        raise ValueError(f"class_weights: {len(spec)} weights for {K} labels ({', '.join(train.label_names)})")
+        raise OptionError(f"class_weights: {len(spec)} weights for {K} labels ({', '.join(train.label_names)})")
     return np.asarray(spec, dtype=np.float64)
 
 

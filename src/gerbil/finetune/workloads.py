@@ -1,4 +1,5 @@
-"""The two fine-tuning workloads the training loop runs (`gerbil.train.loop.Workload`).
+"""A fine-tuning run decided (`Finetuning`: its `RunPlan` and what the workloads read) and the two
+fine-tuning workloads the training loop runs (`gerbil.train.loop.Workload`).
 
 * **classify** — `Classifier` (the base model's body + a fresh ``score`` head), cross-entropy at each
   example's last token (optionally class-weighted), validation loss, accuracy and macro-F1;
@@ -14,20 +15,74 @@ computed in fp32 / float64.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from gerbil.finetune.batches import (EpochSteps, ExamplePrefetcher, ExampleStep, classify_batch, pad_micro_batch,
-                                     packed_layout, sft_batch)
-from gerbil.finetune.decode import greedy
+from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
+from gerbil.finetune.batches import (Encoded, EpochSteps, ExamplePrefetcher, ExampleStep, classify_batch,
+                                     pad_micro_batch, packed_layout, sft_batch)
+from gerbil.finetune.config import FinetuneConfig
+from gerbil.finetune.decode import greedy
 from gerbil.model.classifier import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
+from gerbil.model.model import GPT
 from gerbil.train.loop import Workload
+from gerbil.train.runplan import RunPlan
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclass
+class Finetuning:
+    """A fine-tuning run decided: its plan (the loop's contract) and what the workloads read besides."""
+
+    plan: RunPlan
+    cfg: FinetuneConfig  # the effective options (a resumed run's own, runtime ones as given)
+    base_model: Any  # the base GPT (a fresh run), None when resuming (the checkpoint has the weights)
+    base_info: dict
+    tokenizer: Any
+    train_set: Encoded
+    val_set: Encoded
+    val_completions: list[str]
+    epoch_steps: EpochSteps
+    label_names: list[str]
+    prompt_format: str
+    prefix: list[int]
+    max_len: int
+    max_new_tokens: int
+    data_record: dict
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def inference_record(self) -> dict:
+        """What a fine-tuned model needs to be used the way it was trained (checkpoint meta.json and the
+        export's config.json carry it): task, labels, prompt format and tokens, template, truncation."""
+        cfg = self.cfg
+        rec = {"task": cfg.task, "prompt_format": self.prompt_format, "prefix": list(self.prefix),
+               "max_len": self.max_len, "pad_token_id": int(SPECIAL_TOKENS["<|endoftext|>"])}
+        if cfg.task == "classify":
+            rec.update(label_names=list(self.label_names), truncate=cfg.truncate, text_field=cfg.text_field,
+                       label_field=cfg.label_field)
+        else:
+            rec.update(template=cfg.template, max_new_tokens=self.max_new_tokens, prompt_field=cfg.prompt_field,
+                       completion_field=cfg.completion_field)
+        rec["base"] = {k: self.base_info.get(k) for k in ("path", "name", "objective", "size", "tokens", "step")}
+        return rec
+
+    def checkpoint_meta(self) -> dict:
+        """Facts every checkpoint's meta.json holds (the loop adds step, tokens, losses, best)."""
+        plan = self.plan
+        return {"model": plan.model_config.to_dict(), "size": plan.size, "class": None,
+                "objective": self.base_info.get("objective") or "plain",
+                "objective_options": self.base_info.get("objective_options"), "parent": None, "run": plan.name,
+                "seq_len": self.max_len, "seed": self.cfg.seed, "finetune": self.inference_record()}
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -75,13 +130,13 @@ def classify_scores(model: Classifier, data, micro_batch: int, device: torch.dev
 
 
 # ------------------------------------------------------------------------------------------ classify
-def classify_workload(r: Any) -> Workload:
+def classify_workload(r: Finetuning) -> Workload:
     """The classification workload of a resolved fine-tuning run (`gerbil.finetune.finetune`)."""
-    device, steps = r.device, r.epoch_steps
+    device, steps = r.plan.device, r.epoch_steps
     if r.base_model is not None:  # fresh: the base model's body and a score head drawn from the seed
         model = Classifier.from_gpt(r.base_model, r.num_labels, seed=r.cfg.seed)
     else:  # resume: the shape only; the loop loads the checkpoint's weights
-        model = Classifier(r.model_config, r.num_labels)
+        model = Classifier(r.plan.model_config, r.num_labels)
     model.to(device)
     weights = (torch.tensor(steps.class_weights, dtype=torch.float32, device=device)
                if steps.class_weights is not None else None)
@@ -93,7 +148,7 @@ def classify_workload(r: Any) -> Workload:
     val = r.val_set
 
     def validate(run_model: torch.nn.Module) -> dict[str, float]:
-        probs = classify_scores(model, val, r.eval_micro_batch, device, r.autocast_dtype)
+        probs = classify_scores(model, val, r.plan.eval_micro_batch, device, r.plan.autocast_dtype)
         y = val.labels
         nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None))  # unweighted, per example
         acc, f1 = accuracy_and_macro_f1(y, probs.argmax(axis=1))
@@ -147,14 +202,12 @@ def sft_val_loss(model: torch.nn.Module, data, micro_batch: int, device: torch.d
     return total / max(1, count)
 
 
-def sft_workload(r: Any) -> Workload:
+def sft_workload(r: Finetuning) -> Workload:
     """The prompt → completion workload of a resolved fine-tuning run (`gerbil.finetune.finetune`)."""
-    from gerbil.model.model import GPT
-
-    device, steps = r.device, r.epoch_steps
-    model = r.base_model if r.base_model is not None else GPT(r.model_config)
+    device, steps = r.plan.device, r.epoch_steps
+    model = r.base_model if r.base_model is not None else GPT(r.plan.model_config)
     model.to(device)
-    head, vocab = model.lm_head, r.model_config.vocab_size
+    head, vocab = model.lm_head, r.plan.model_config.vocab_size
     chunk = 4096 if device.type == "cuda" else 1024
     val, texts = r.val_set, r.val_completions
     n_em = min(r.cfg.exact_match_examples, len(val))
@@ -163,10 +216,10 @@ def sft_workload(r: Any) -> Workload:
         return sft_loss(run_model, head, vocab, batch, chunk)
 
     def validate(run_model: torch.nn.Module) -> dict[str, float]:
-        metrics = {"val_loss": sft_val_loss(model, val, r.eval_micro_batch, device, r.autocast_dtype)}
+        metrics = {"val_loss": sft_val_loss(model, val, r.plan.eval_micro_batch, device, r.plan.autocast_dtype)}
         if n_em:
             prompts = [val.ids[i][: int(val.prompt_len[i])].tolist() for i in range(n_em)]
-            outs = greedy(model, prompts, r.max_new_tokens, autocast_dtype=r.autocast_dtype)
+            outs = greedy(model, prompts, r.max_new_tokens, autocast_dtype=r.plan.autocast_dtype)
             hits = sum(r.tokenizer.decode(ids) == texts[i] for i, (ids, _) in enumerate(outs))
             metrics["val_exact_match"] = hits / n_em
         return metrics
@@ -175,7 +228,7 @@ def sft_workload(r: Any) -> Workload:
 
 
 # ------------------------------------------------------------------------------------------ shared
-def _workload(r: Any, model: torch.nn.Module, steps: EpochSteps, loss, validate) -> Workload:
+def _workload(r: Finetuning, model: torch.nn.Module, steps: EpochSteps, loss, validate) -> Workload:
     n = steps.n
 
     def step_record(plan: ExampleStep) -> dict:
@@ -189,17 +242,18 @@ def _workload(r: Any, model: torch.nn.Module, steps: EpochSteps, loss, validate)
         if at != tokens:
             raise GerbilError(f"the data cursor (epoch {steps.epoch}, example {steps.position}) is at {at} tokens, "
                               f"the checkpoint at {tokens}: not the same training data")
-        return ExamplePrefetcher(steps, pin_memory=r.device.type == "cuda")
+        return ExamplePrefetcher(steps, pin_memory=r.plan.device.type == "cuda")
 
     def logged(run_model: torch.nn.Module) -> dict[str, float]:
         metrics = validate(run_model)
-        log.info("%s validation: %s", r.name, ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items()))
+        log.info("%s validation: %s", r.plan.name,
+                 ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
     select, mode = r.cfg.select_metric
     return Workload(
         model=model, data=steps, steps=step_source, loss=loss, validate=logged, meta=r.checkpoint_meta(),
-        pad=(lambda b: pad_micro_batch(b, r.micro_batch, r.max_len)) if r.compile else None,
+        pad=(lambda b: pad_micro_batch(b, r.plan.micro_batch, r.max_len)) if r.plan.compile else None,
         select=(select if select == "val_loss" else f"val_{select}", mode), patience=r.cfg.patience,
         validate_first=True, step_record=step_record,
         info={"task": r.cfg.task, "epochs": r.cfg.epochs, "examples": {"train": n, "val": len(r.val_set)},

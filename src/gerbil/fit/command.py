@@ -1,17 +1,22 @@
-"""The argparse wiring of `gerbil fit` and of the planner flags of `gerbil plan` (kept here, next to the
-library, so `gerbil.cli` only has to call `add_fit_parser` and `add_planner_arguments`/`run_planner`).
+"""The command lines of `gerbil fit` (`FitCommand`) and of the planner's part of `gerbil plan`
+(`Planner`, `run_planner`), next to the library, so `gerbil.cli` only has to call `add_fit_parser`.
 
-Flags are parsed as strings and converted here, so a bad value is a one-line GerbilError (the CLI
-prints it as `gerbil fit: error: ...`), never an argparse usage dump or a traceback.
+The flags are `gerbil.options` fields (help, spelling, parser, check, `--help` section), parsed and
+checked by the dataclass, so a bad value is a one-line error (`gerbil fit: error: --bootstrap: expected
+an integer, got 'many'`), never an argparse usage dump or a traceback. Their defaults are the library's
+(`gerbil.fit.report.FitOptions`, `gerbil.fit.sources.Columns`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
+from dataclasses import dataclass
 from typing import Any
 
 from gerbil.errors import GerbilError
+from gerbil.fit.report import FitOptions, run_fit
+from gerbil.fit.sources import Columns
+from gerbil.options import Options, add_arguments, config_from_args, opt, section
 
 FIT_DESCRIPTION = """\
 Fit scaling laws L(N, D) to runs and published tables, bootstrap their intervals, and write
@@ -42,89 +47,89 @@ examples:
   gerbil plan --gpu T4 --hours 2 --fit fits/seed/fit.json"""
 
 
+_D = FitOptions()  # the library's defaults are the flags' defaults
+_C = Columns()
+
+
+def _parse_approaches(text: str) -> list[int] | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ValueError(f"expected auto or a list of 1, 2, 3, got {text!r}") from None
+
+
+@section("fit")
+class _Fit(Options):
+    sources: list[str] | None = opt(None, "run directories, folders of runs, CSV files", flag="SOURCE", nargs="+",
+                                    items=str, required=True)
+    out: str | None = opt(None, "folder for fit.json, fit.md and the plots", metavar="DIR", required=True)
+    metric: str = opt(_D.metric, "for runs: val_loss, train_loss, or TASK:METRIC (hellaswag:acc → 1 - acc)")
+    params: str = opt(_D.params, "what N counts: total (Chinchilla), non_embedding (Kaplan), both side by side",
+                      choices=("total", "non_embedding", "both"))
+    form: str = opt(_D.forms[0], "functional form: chinchilla E + A/N^a + B/D^b, kaplan, or both",
+                    choices=("chinchilla", "kaplan", "both"))
+    flops: str = opt(_D.flops, "FLOPs for approaches 1-2: the CSV column, exact per-token count (non-embedding "
+                               "+ head + attention, needs the architecture) or 6·N·D; auto picks in that order",
+                     choices=("auto", "6nd", "exact", "column"))
+    approach: list[int] | None = opt(None, "3, 2, 1 or a comma list such as 3,2 (default auto: 3, plus 2 and 1 "
+                                           "where the data allow; an approach asked for explicitly that cannot "
+                                           "run is an error)", parse=_parse_approaches, metavar="LIST")
+    bootstrap: int = opt(_D.bootstrap, "bootstrap resamples of runs for intervals (0 = none)", check="non_negative",
+                         metavar="N")
+    ci: float = opt(_D.ci, "interval width in percent", metavar="PCT")
+    seed: int = opt(_D.seed, "bootstrap seed", check="non_negative")
+    workers: int | None = opt(None, "bootstrap processes (default: all cores)", check="positive", metavar="N")
+    budgets: list[float] = opt(_D.budgets, "FLOP budgets for the compute-optimal table (comma list)",
+                               parse=lambda t: [float(x) for x in t.split(",") if x.strip()], metavar="LIST")
+    delta: float = opt(_D.delta, "Huber delta on log residuals (Hoffmann et al.)", check="positive")
+    top_k: int = opt(_D.top_k, "grid starts refined with L-BFGS", check="positive", metavar="K")
+    flops_tol: float = opt(_D.flops_tol, "approach 2: points within this relative FLOPs share a budget",
+                           check="positive", metavar="REL")
+    curve_metric: str = opt(_D.curve_metric, "approach 1: the metrics.jsonl field of the curves",
+                            choices=("loss", "val_loss"))
+    plots: bool = opt(_D.plots, "write the PNGs (--no-plots: none)")
+    json: bool = opt(False, "print fit.json instead of the summary")
+
+
+@section("CSV columns")
+class _Columns(Options):
+    params_col: str = opt(_C.params, "the parameter count", metavar="NAME")
+    tokens_col: str = opt(_C.tokens, "the training tokens", metavar="NAME")
+    loss_col: str = opt(_C.loss, "the loss", metavar="NAME")
+    flops_col: str = opt(_C.flops, "the training FLOPs (optional)", metavar="NAME")
+    non_embedding_col: str = opt(_C.non_embedding, "the non-embedding parameter count (optional)", metavar="NAME")
+    run_col: str = opt(_C.run, "the run a row belongs to (bootstrap groups; optional)", metavar="NAME")
+    name_col: str = opt(_C.name, "a row's name (optional)", metavar="NAME")
+
+
+# a dataclass takes its fields from the last base first: the fit's own options, then the CSV columns
+@dataclass
+class FitCommand(_Columns, _Fit):
+    """`gerbil fit`'s flags; `fit_options()` is the library's `FitOptions` they mean."""
+
+    _what = "fit option"
+
+    def fit_options(self) -> FitOptions:
+        return FitOptions(
+            metric=self.metric, params=self.params, flops=self.flops,
+            columns=Columns(self.params_col, self.tokens_col, self.loss_col, self.flops_col, self.non_embedding_col,
+                            self.run_col, self.name_col),
+            forms=("chinchilla", "kaplan") if self.form == "both" else (self.form,),
+            approaches=tuple(self.approach) if self.approach is not None else None, bootstrap=self.bootstrap,
+            seed=self.seed, workers=self.workers, ci=self.ci, delta=self.delta, top_k=self.top_k,
+            budgets=tuple(self.budgets), flops_tol=self.flops_tol, curve_metric=self.curve_metric, plots=self.plots)
+
+
 def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `gerbil fit` on an argparse subparsers object; its handler is `args.func(args) -> int`."""
     p = subparsers.add_parser("fit", help="scaling-law fits (Chinchilla approaches 1-3, Kaplan form) and plots",
                               description=FIT_DESCRIPTION, epilog=FIT_EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="run directories, folders of runs, CSV files")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for fit.json, fit.md and the plots")
-    p.add_argument("--metric", default="val_loss",
-                   help="for runs: val_loss (default), train_loss, or TASK:METRIC (hellaswag:acc → 1 - acc)")
-    p.add_argument("--params", default="total", choices=["total", "non_embedding", "both"],
-                   help="what N counts: total (default, Chinchilla), non_embedding (Kaplan), both side by side")
-    p.add_argument("--form", default="chinchilla", choices=["chinchilla", "kaplan", "both"],
-                   help="functional form: chinchilla E + A/N^a + B/D^b (default), kaplan, or both")
-    p.add_argument("--flops", default="auto", choices=["auto", "6nd", "exact", "column"],
-                   help="FLOPs for approaches 1-2: the CSV column, exact per-token count (non-embedding + head "
-                        "+ attention, needs the architecture) or 6·N·D; auto picks in that order")
-    p.add_argument("--approach", default="auto", metavar="LIST",
-                   help="3, 2, 1 or a comma list such as 3,2 (default auto: 3, plus 2 and 1 where the data allow; "
-                        "an approach asked for explicitly that cannot run is an error)")
-    p.add_argument("--bootstrap", default="1000", metavar="N",
-                   help="bootstrap resamples of runs for intervals (default 1000; 0 = none)")
-    p.add_argument("--ci", default="95", metavar="PCT", help="interval width in percent (default 95)")
-    p.add_argument("--seed", default="0", help="bootstrap seed (default 0)")
-    p.add_argument("--workers", default=None, metavar="N", help="bootstrap processes (default: all cores)")
-    p.add_argument("--budgets", default="1e16,1e17,1e18,1e19,1e20,1e21", metavar="LIST",
-                   help="FLOP budgets for the compute-optimal table (comma list)")
-    p.add_argument("--delta", default="1e-3", help="Huber delta on log residuals (default 1e-3, Hoffmann et al.)")
-    p.add_argument("--top-k", default="8", metavar="K", help="grid starts refined with L-BFGS (default 8)")
-    p.add_argument("--flops-tol", default="0.1", metavar="REL",
-                   help="approach 2: points within this relative FLOPs share a budget (default 0.1)")
-    p.add_argument("--curve-metric", default="loss", choices=["loss", "val_loss"],
-                   help="approach 1: the metrics.jsonl field of the curves (default loss)")
-    p.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNGs")
-    p.add_argument("--json", action="store_true", help="print fit.json instead of the summary")
-    cols = p.add_argument_group("CSV columns")
-    for flag, dest, default in (("--params-col", "params_col", "params"), ("--tokens-col", "tokens_col", "tokens"),
-                                ("--loss-col", "loss_col", "loss"), ("--flops-col", "flops_col", "flops"),
-                                ("--non-embedding-col", "non_embedding_col", "non_embedding_params"),
-                                ("--run-col", "run_col", "run"), ("--name-col", "name_col", "name")):
-        cols.add_argument(flag, dest=dest, default=default, metavar="NAME", help=f"default {default}")
+    add_arguments(p, FitCommand)
     p.set_defaults(func=cmd_fit)
     return p
-
-
-def _num(text: Any, flag: str, kind: type = float) -> Any:
-    try:
-        v = kind(float(text)) if kind is int else float(text)
-    except (TypeError, ValueError):
-        raise GerbilError(f"{flag} expects a number, got {text!r}") from None
-    if kind is int and float(text) != v:
-        raise GerbilError(f"{flag} expects a whole number, got {text!r}")
-    if not math.isfinite(v):
-        raise GerbilError(f"{flag} expects a finite number, got {text!r}")
-    return v
-
-
-def fit_options(args: argparse.Namespace) -> Any:
-    """FitOptions from parsed `gerbil fit` flags."""
-    from gerbil.fit.report import FitOptions
-    from gerbil.fit.sources import Columns
-
-    if args.approach.strip().lower() == "auto":
-        approaches = None
-    else:
-        try:
-            approaches = tuple(sorted({int(x) for x in args.approach.split(",") if x.strip()}))
-        except ValueError:
-            raise GerbilError(f"--approach expects auto or a list of 1, 2, 3, got {args.approach!r}") from None
-    try:
-        budgets = tuple(float(x) for x in args.budgets.split(",") if x.strip())
-    except ValueError:
-        raise GerbilError(f"--budgets expects FLOP counts such as 1e18,1e19, got {args.budgets!r}") from None
-    return FitOptions(
-        metric=args.metric,
-        columns=Columns(args.params_col, args.tokens_col, args.loss_col, args.flops_col, args.non_embedding_col,
-                        args.run_col, args.name_col),
-        params=args.params, flops=args.flops,
-        forms=("chinchilla", "kaplan") if args.form == "both" else (args.form,),
-        approaches=approaches, bootstrap=_num(args.bootstrap, "--bootstrap", int), seed=_num(args.seed, "--seed", int),
-        workers=_num(args.workers, "--workers", int) if args.workers is not None else None,
-        ci=_num(args.ci, "--ci"), delta=_num(args.delta, "--delta"), top_k=_num(args.top_k, "--top-k", int),
-        budgets=budgets, flops_tol=_num(args.flops_tol, "--flops-tol"), curve_metric=args.curve_metric,
-        plots=args.plots)
 
 
 def summarize(result: dict, out: str) -> str:
@@ -157,65 +162,56 @@ def summarize(result: dict, out: str) -> str:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Handler of `gerbil fit`."""
-    from gerbil.fit.report import run_fit
-
-    result = run_fit(args.sources, args.out, fit_options(args))
-    print(json.dumps(result, indent=2) if args.json else summarize(result, args.out))
+    opts = config_from_args(args, FitCommand)
+    result = run_fit(opts.sources, opts.out, opts.fit_options())
+    print(json.dumps(result, indent=2) if opts.json else summarize(result, opts.out))
     return 0
 
 
 # ------------------------------------------------------------------------------------------- planner
-def add_planner_arguments(plan_parser: argparse.ArgumentParser) -> None:
-    """Add the fit-based planner's flags to an existing `gerbil plan` parser (which already has
-    `--gpu NAME`, action="append"; also read: `--mfu`, `--seq-len`, `--json` when present)."""
-    g = plan_parser.add_argument_group(
-        "planning from a scaling-law fit",
-        "With --hours (and --gpu): the ladder size, tokens and class with the lowest predicted loss for that "
-        "much training; with --loss: the cheapest run reaching that loss. The law is --fit (a `gerbil fit` "
-        "fit.json, or besiroglu2024 / chinchilla2022), default the Besiroglu et al. 2024 replication.")
-    g.add_argument("--hours", metavar="H", help="GPU hours to spend on one --gpu (e.g. 2)")
-    g.add_argument("--loss", dest="target_loss", metavar="L", help="target loss: find the cheapest run reaching it")
-    g.add_argument("--fit", dest="fit_file", metavar="FILE",
-                   help="fit.json from `gerbil fit`, or besiroglu2024 / chinchilla2022 (default besiroglu2024)")
-    g.add_argument("--runs", nargs="+", metavar="DIR",
-                   help="run directories / folders trained on the --gpu: their measured tok/s replaces the estimate")
+@section("planning from a scaling-law fit",
+         "With --hours (and --gpu): the ladder size, tokens and class with the lowest predicted loss for that "
+         "much training; with --loss: the cheapest run reaching that loss. The law is --fit (a `gerbil fit` "
+         "fit.json, or besiroglu2024 / chinchilla2022), default the Besiroglu et al. 2024 replication.")
+class Planner(Options):
+    """The planner's options of `gerbil plan` (`gerbil.plan_command.PlanOptions` composes them)."""
+
+    hours: float | None = opt(None, "GPU hours to spend on one --gpu (e.g. 2)", check="positive", metavar="H")
+    target_loss: float | None = opt(None, "target loss: find the cheapest run reaching it", flag="--loss",
+                                    metavar="L")
+    fit_file: str | None = opt(None, "fit.json from `gerbil fit`, or besiroglu2024 / chinchilla2022 (default "
+                                     "besiroglu2024)", flag="--fit", metavar="FILE")
+    runs: list[str] | None = opt(None, "run directories / folders trained on the --gpu: their measured tok/s "
+                                       "replaces the estimate", nargs="+", items=str, metavar="DIR")
 
 
-def run_planner(args: argparse.Namespace) -> str | None:
-    """The planner's report when --hours or --loss was given, else None (the normal plan runs)."""
+def run_planner(p: Planner, gpus: list[str], mfu: float | None, seq_len: int, as_json: bool,
+                fixed: dict[str, Any]) -> str | None:
+    """The planner's report when `p` has --hours or --loss, else None (the normal plan runs). `gpus`,
+    `mfu`, `seq_len`: `gerbil plan`'s; `fixed`: its size and budget flags as given (flag → value), which
+    the planner decides itself."""
     from gerbil.fit import planner
 
-    hours = getattr(args, "hours", None)
-    loss = getattr(args, "target_loss", None)
-    if hours is None and loss is None:
-        if getattr(args, "fit_file", None) or getattr(args, "runs", None):
+    if p.hours is None and p.target_loss is None:
+        if p.fit_file or p.runs:
             raise GerbilError("--fit and --runs go with --hours or --loss")
         return None
-    for flag, dest in (("--size", "size"), ("--class", "cls"), ("--tokens", "tokens"), ("--from", "from_run"),
-                       ("--ratio", "ratio")):
-        if getattr(args, dest, None) is not None:
+    for flag, value in fixed.items():
+        if value is not None:
             raise GerbilError(f"--hours/--loss choose the size and budget themselves; drop {flag}")
-    mfu = getattr(args, "mfu", None)
-    if mfu is not None:
-        s = str(mfu).strip()
-        mfu = _num(s[:-1], "--mfu") / 100 if s.endswith("%") else _num(s, "--mfu")
-        if not 0 < mfu <= 1:
-            raise GerbilError(f"--mfu must be in (0, 1], got {args.mfu}")
-    seq_len = _num(getattr(args, "seq_len", None) or 2048, "--seq-len", int)
-    fit = planner.load_fit(getattr(args, "fit_file", None))
-    gpus = list(getattr(args, "gpu", None) or [])
-    runs = list(getattr(args, "runs", None) or [])
+    if mfu is not None and not 0 < mfu <= 1:
+        raise GerbilError(f"--mfu must be in (0, 1], got {mfu}")
+    fit = planner.load_fit(p.fit_file)
+    runs = list(p.runs or [])
     parts: list[Any] = []
-    if hours is not None:
-        h = _num(hours, "--hours")
+    if p.hours is not None:
         if not gpus:
             raise GerbilError("--hours needs --gpu NAME (T4, RTX 2060, RTX 3060, A100, H100, H200)")
-        parts += [planner.plan_for_time(g, h, fit, runs, mfu, seq_len) for g in gpus]
-    if loss is not None:
-        t = _num(loss, "--loss")
-        parts += [planner.plan_for_loss(t, fit, g, runs, mfu, seq_len) for g in (gpus or [None])]
-    if getattr(args, "json", False):
-        return json.dumps([p.to_dict() for p in parts] if len(parts) > 1 else parts[0].to_dict(), indent=2,
+        parts += [planner.plan_for_time(g, p.hours, fit, runs, mfu, seq_len) for g in gpus]
+    if p.target_loss is not None:
+        parts += [planner.plan_for_loss(p.target_loss, fit, g, runs, mfu, seq_len) for g in (gpus or [None])]
+    if as_json:
+        return json.dumps([x.to_dict() for x in parts] if len(parts) > 1 else parts[0].to_dict(), indent=2,
                           default=float)
-    return "\n\n".join(planner.format_time_plan(p) if isinstance(p, planner.TimePlan) else planner.format_loss_plan(p)
-                       for p in parts)
+    return "\n\n".join(planner.format_time_plan(x) if isinstance(x, planner.TimePlan) else planner.format_loss_plan(x)
+                       for x in parts)

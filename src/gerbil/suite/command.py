@@ -9,16 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 from gerbil.errors import GerbilError
+from gerbil.options import Options, add_arguments, config_from_args, opt, section, setup_logging
+from gerbil.suite.runner import RunOptions
+from gerbil.suite.spec import load_suite, shipped_suites
 
 _EPILOG = "Suite files, the cascade and Slurm arrays: docs/suites.md."
 
 
+@section("the suite")
+class _SuiteWhere(Options):
+    suite: str | None = opt(None, f"suite file, or a shipped suite: {', '.join(shipped_suites())}", flag="SUITE",
+                            required=True)
+    out: str | None = opt(None, "the suite directory (created; reused to resume)", metavar="DIR", required=True)
+    data: str | None = opt(None, "token store for runs that name no data or corpus", metavar="STORE")
+
+
+# a dataclass takes its fields from the last base first: the suite, then this worker's options
+@dataclass
+class SuiteRun(RunOptions, _SuiteWhere):
+    """`gerbil suite run`'s options: the suite, its directory, and how this worker runs (`RunOptions`)."""
+
+    _what = "suite run option"
+
+
 def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `suite` and its verbs to `gerbil`'s sub-parsers; returns the `suite` parser."""
-    from gerbil.suite.spec import shipped_suites
-
     shipped = ", ".join(shipped_suites())
     p = sub.add_parser(
         "suite", help="plan, run, watch, tabulate, plot and publish a suite of runs",
@@ -50,21 +68,7 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                     "shared filesystem); runs are claimed atomically, a dead worker's claim is taken over "
                     "(same host: its pid is gone; otherwise after 2 minutes without a heartbeat). "
                     "Exit status: 0 all done, 1 some run failed or is blocked, 2 bad input.", epilog=_EPILOG)
-    v.add_argument("suite", metavar="SUITE", help=f"suite file, or a shipped suite: {shipped}")
-    v.add_argument("--out", required=True, metavar="DIR", help="the suite directory (created; reused to resume)")
-    v.add_argument("--data", metavar="STORE", help="token store for runs that name no data or corpus")
-    v.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N — where this worker trains")
-    v.add_argument("--worker", metavar="NAME",
-                   help="this worker's name in the registry and logs (default: slurm-JOB_TASK, else HOST-PID)")
-    v.add_argument("--poll", type=float, default=10.0, metavar="S",
-                   help="seconds between looks while the remaining runs wait on other workers (default 10)")
-    v.add_argument("--log", metavar="LOGGERS",
-                   help="also mirror metrics to: tensorboard, wandb (comma-separated; optional extras; "
-                        "WANDB_MODE=offline works without a network)")
-    v.add_argument("--retry-failed", action="store_true", help="try runs recorded as failed once more")
-    v.add_argument("--no-eval", dest="evaluate", action="store_false", default=True,
-                   help="train only; leave the eval columns pending")
-    v.add_argument("--progress", action="store_true", help="progress bars (default: log lines)")
+    add_arguments(v, SuiteRun)
     v.set_defaults(func=_cmd_run)
 
     v = verbs.add_parser("status", help="one line per run: status, worker, tokens, loss, ETA",
@@ -112,7 +116,6 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 # ------------------------------------------------------------------------------------------ verbs
 def _cmd_plan(args: argparse.Namespace) -> int:
     from gerbil.suite.planning import format_suite_plan, plan_suite
-    from gerbil.suite.spec import load_suite
 
     plan = plan_suite(load_suite(args.suite), gpus=args.gpu)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else format_suite_plan(plan))
@@ -120,19 +123,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gerbil.suite.runner import RunOptions, run_suite
-    from gerbil.suite.spec import load_suite
+    from gerbil.suite.runner import run_suite
     from gerbil.units import fmt_duration
 
-    _setup_logging()
-    if args.log:
+    opts = config_from_args(args, SuiteRun)
+    setup_logging()
+    if opts.log:
         from gerbil.train.loggers import check_spec
 
-        check_spec(args.log)
-    suite = load_suite(args.suite, data=args.data)
-    opts = RunOptions(device=args.device, worker=args.worker, poll=args.poll, log=args.log,
-                      progress=args.progress, retry_failed=args.retry_failed, evaluate=args.evaluate)
-    out = run_suite(suite, args.out, opts)
+        check_spec(opts.log)
+    suite = load_suite(opts.suite, data=opts.data)
+    out = run_suite(suite, opts.out, opts)
     counts: dict[str, int] = {}
     for s in out.statuses.values():
         counts[s] = counts.get(s, 0) + 1
@@ -141,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name in out.failed:
         from gerbil.suite.state import SuiteDir
 
-        rec = SuiteDir(args.out).record(name) or {}
+        rec = SuiteDir(opts.out).record(name) or {}
         print(f"  failed: {name}: {rec.get('reason')}")
     for name in out.blocked:
         print(f"  blocked: {name}")
@@ -191,7 +192,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from gerbil.suite.publish import export_suite
 
-    _setup_logging()
+    setup_logging()
     out = export_suite(args.dir, args.out, org=args.org, dtype=args.dtype)
     for p in out.exports:
         print(f"exported {p}")
@@ -199,13 +200,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"skipped {name}: {why}")
     print(f"table: {out.readme}\nupload: {out.upload_script} (review it, then run it: `hf auth login` first)")
     return 0
-
-
-def _setup_logging() -> None:
-    import logging
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------ standalone

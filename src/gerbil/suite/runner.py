@@ -33,6 +33,7 @@ from typing import Any
 from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
+from gerbil.options import Options, opt, refuse_changes, section
 from gerbil.runs.rundir import RunDir
 from gerbil.suite.spec import CORPORA, RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
@@ -41,19 +42,27 @@ from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunOptions:
-    """How a worker runs (never *what* is trained: that is the suite file's)."""
+@section("this worker (never what is trained: that is the suite file's)")
+class RunOptions(Options):
+    """How a worker runs (never *what* is trained: that is the suite file's); `gerbil suite run`'s flags."""
 
-    device: str = "auto"
-    worker: str | None = None
-    poll: float = 10.0  # seconds between looks while every remaining run waits on another worker
-    heartbeat: float = 15.0  # seconds between claim heartbeats (well under the 120 s takeover)
-    stale_after: float = STALE_AFTER_S
-    log: str | None = None  # mirror metrics to tensorboard / wandb (TrainConfig.log)
-    progress: bool = False
-    retry_failed: bool = False
-    evaluate: bool = True
+    _what = "suite worker option"
+
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N — where this worker trains")
+    worker: str | None = opt(None, "this worker's name in the registry and logs (default: slurm-JOB_TASK, else "
+                                   "HOST-PID)", metavar="NAME")
+    poll: float = opt(10.0, "seconds between looks while the remaining runs wait on other workers",
+                      check="positive", metavar="S")
+    heartbeat: float = opt(15.0, "seconds between claim heartbeats (well under the 120 s takeover)",
+                           check="positive", cli=False)
+    stale_after: float = opt(STALE_AFTER_S, "seconds without a heartbeat after which a claim is taken over",
+                             check="positive", cli=False)
+    log: str | None = opt(None, "also mirror metrics to: tensorboard, wandb (comma-separated; optional extras; "
+                                "WANDB_MODE=offline works without a network)", metavar="LOGGERS")
+    progress: bool = opt(False, "progress bars instead of log lines")
+    retry_failed: bool = opt(False, "try runs recorded as failed once more")
+    evaluate: bool = opt(True, "evaluate each finished run on the suite's tasks (--no-eval: train only; leave "
+                               "the eval columns pending)", flag="--eval")
 
 
 @dataclass
@@ -86,25 +95,16 @@ class SuiteStopped(GerbilError):
 # ------------------------------------------------------------------------------------------ preparing
 def check_changes(sdir: SuiteDir, suite: Suite) -> None:
     """A run already started with other options is refused, naming the first field that differs (never
-    silently mixed); runs new to the file are simply pending."""
+    silently mixed; `gerbil.options.refuse_changes`, the wording of every verb that continues a run);
+    runs new to the file are simply pending."""
     for spec in suite.runs:
         rec = sdir.record(spec.name)
         if not rec or "options" not in rec:
             continue
         mine = dict(spec.train_options(), parent=spec.parent, branch_at=spec.branch_at)
         theirs = dict(rec.get("options") or {}, parent=rec.get("parent"), branch_at=rec.get("branch_at"))
-        for key in mine:
-            if key in theirs and _norm(mine[key]) != _norm(theirs[key]):
-                raise GerbilError(f"run {spec.name} was started with {key} = {theirs[key]!r}, the suite now says "
-                                  f"{mine[key]!r}; restore the suite file, or give the changed run a new name")
-
-
-def _norm(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        return [_norm(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _norm(v) for k, v in x.items()}
-    return x
+        refuse_changes(mine, theirs, action="the suite", where=f"run {spec.name}",
+                       advice="restore the suite file, or give the changed run a new name")
 
 
 def corpus_store(name: str, progress: bool = False, wait_s: float = 3600.0) -> Path:

@@ -35,9 +35,10 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.options import read_yaml_mapping
 from gerbil.plan import CLASSES, make_plan, parse_class
 from gerbil.schedules import BatchSchedule, build_schedule
-from gerbil.train.config import RUNTIME_FIELDS, TrainConfig, read_yaml_mapping
+from gerbil.train.config import TrainConfig
 from gerbil.units import DEFAULT_SEQ_LEN
 
 #: cascade mechanics: the trunk cools down over this share of its own budget; each branch leaves the
@@ -103,7 +104,8 @@ class RunSpec:
         is compared on, field by field."""
         cfg = TrainConfig.from_dict({k: v for k, v in self.options.items()})
         d = cfg.to_dict()
-        return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS and k not in _MANAGED and k != "from_run"}
+        runtime = TrainConfig.runtime_fields()
+        return {k: v for k, v in d.items() if k not in runtime and k not in _MANAGED and k != "from_run"}
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -2,8 +2,8 @@
 settings decided once (resolve) and the loop (loop); the run directory itself is `gerbil.runs`'s.
 
 `gerbil.train.train(config)` and `gerbil.train.TrainConfig` are the documented entry points; they are
-resolved lazily so that torch-free modules (`gerbil.train.config`, `gerbil.train.checkpoint`) do not
-import torch.
+resolved lazily so that torch-free modules (`gerbil.train.config`, `gerbil.train.checkpoint`) and
+`from gerbil.train import TrainConfig` do not import torch.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def __getattr__(name: str) -> Any:  # PEP 562
         from gerbil.train import loop
 
         return getattr(loop, name)
-    if name == "TrainConfig":
-        from gerbil.train import loop
+    if name == "TrainConfig":  # torch-free
+        from gerbil.train import config
 
-        return loop.TrainConfig
+        return config.TrainConfig
     raise AttributeError(f"module 'gerbil.train' has no attribute {name!r}")

@@ -51,7 +51,8 @@ from gerbil.train import checkpoint as ckpt
 from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
 from gerbil.train.distributed import Dist, rank_slice
-from gerbil.train.resolve import resolve, run_name
+from gerbil.train.resolve import Pretraining, resolve, run_name
+from gerbil.train.runplan import Planned, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +152,16 @@ def configure_optimizer(model: torch.nn.Module, weight_decay: float, betas: tupl
     return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=1e-8, **kw)
 
 
-def train_step(model: torch.nn.Module, head: torch.nn.Linear | None, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, micro_batches: list[tuple[torch.Tensor, ...]],
-               lr: float, autocast_dtype: torch.dtype | None, grad_clip: float, vocab_size: int | None,
-               loss_impl: str = "chunked", chunk_tokens: int = 4096, counts: list[float] | None = None,
-               dist: Dist = Dist(), idle_batch: tuple[torch.Tensor, ...] | None = None,
-               loss_fn: Callable[[torch.nn.Module, tuple], torch.Tensor] | None = None) -> dict:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+               micro_batches: list[tuple[torch.Tensor, ...]], lr: float, autocast_dtype: torch.dtype | None,
+               grad_clip: float, loss_fn: Callable[[torch.nn.Module, tuple], torch.Tensor],
+               counts: list[float] | None = None, dist: Dist = Dist(),
+               idle_batch: tuple[torch.Tensor, ...] | None = None) -> dict:
     """One optimizer step over `micro_batches` (already on the model's device); returns step stats.
 
     A micro-batch is a tuple of tensors whose first two are ``(inputs, targets)`` (targets -100 where
-    nothing is scored); `loss_fn(model, micro_batch)` is its mean loss over its scored targets — by
-    default next-token cross-entropy through `head` (`lm_loss` with `vocab_size`, `loss_impl`,
-    `chunk_tokens`, which are unused when a `loss_fn` is given).
+    nothing is scored); `loss_fn(model, micro_batch)` is its mean loss over its scored targets (the
+    workload's `Workload.loss`, e.g. next-token cross-entropy).
 
     Each micro-batch's mean loss is weighted by its share of the step's counted targets — over all ranks
     when data-parallel (`dist`: the counts are all-reduced, and the weight is multiplied by the world size
@@ -180,10 +179,6 @@ def train_step(model: torch.nn.Module, head: torch.nn.Linear | None, optimizer: 
     device = micro_batches[0][0].device
     if counts is None:
         counts = [int((b[1] != -100).sum()) for b in micro_batches]
-    if loss_fn is None:
-        def loss_fn(m: torch.nn.Module, batch: tuple) -> torch.Tensor:
-            return lm_loss(m(batch[0]), head.weight, head.bias, batch[1], vocab_size=vocab_size,
-                           chunk_tokens=chunk_tokens, impl=loss_impl)
     total = dist.sum_floats(float(sum(counts)), device=device)[0] if dist.enabled else float(sum(counts))
     total = max(1.0, total)
     for group in optimizer.param_groups:
@@ -269,7 +264,7 @@ class Workload:
     """What one run trains, on what, and how it is scored: everything `run_workload` does not decide.
 
     The loop owns the rest, the same for every workload: the optimizer, precision and loss scaling, DDP and
-    torch.compile wrapping, the LR schedule and the step budget (`Resolved`), checkpoints and exact
+    torch.compile wrapping, the LR schedule and the step budget (`RunPlan`), checkpoints and exact
     resume, metrics.jsonl, the progress bar and the run lock.
     """
 
@@ -295,15 +290,16 @@ class Workload:
     info: dict = field(default_factory=dict)  # extra RunResult.info
 
 
-def _pretraining(r, dist: Dist) -> Workload:
+def _pretraining(r: Pretraining, dist: Dist) -> Workload:
     """Pretraining: a seeded GPT, the token store's packed sequences (`Loader`), next-token
     cross-entropy, and the fixed validation set's loss."""
-    cfg, device, model_cfg = r.cfg, r.device, r.model_config
+    cfg, plan = r.cfg, r.plan
+    device, model_cfg = plan.device, plan.model_config
     model = GPT(model_cfg)
     model.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
     model.to(device)
     objective = get_objective(cfg.objective, **cfg.objective_options()) if cfg.objective != "plain" else "plain"
-    loader = Loader(r.train_split, cfg.seq_len, r.micro_batch, objective=objective, seed=cfg.seed,
+    loader = Loader(r.train_split, cfg.seq_len, plan.micro_batch, objective=objective, seed=cfg.seed,
                     eot_id=r.store.eot_id)
     # the fixed validation set: the same N·T val tokens for every objective, presented in causal mode
     # (`<causal>` at each document start, never scored) for causal/blender models — loader.eval_batches
@@ -318,22 +314,22 @@ def _pretraining(r, dist: Dist) -> Workload:
                        impl=cfg.loss_impl)
 
     def validate(run_model: torch.nn.Module) -> dict[str, float]:
-        return {"val_loss": evaluate_loss(run_model, head, val, r.eval_micro_batch, device, r.autocast_dtype, vocab,
-                                          chunk, pad_fill=fill if r.compile else None, dist=dist)}
+        return {"val_loss": evaluate_loss(run_model, head, val, plan.eval_micro_batch, device, plan.autocast_dtype,
+                                          vocab, chunk, pad_fill=fill if plan.compile else None, dist=dist)}
 
     def steps(tokens: int) -> StepPrefetcher:
         # the next steps' micro-batches are built in a background thread while this one trains (pinned on
         # CUDA); each arrives with the loader cursor a checkpoint written after it must hold
-        return StepPrefetcher(loader, r.steps.plans(tokens), r.micro_batch, pin_memory=device.type == "cuda",
+        return StepPrefetcher(loader, r.steps.plans(tokens), plan.micro_batch, pin_memory=device.type == "cuda",
                               rank=dist.rank, world_size=dist.world_size)
 
     return Workload(
         model=model, data=loader, steps=steps, loss=loss, validate=validate if val is not None else None,
-        meta={"model": model_cfg.to_dict(), "size": r.size, "class": r.cls, "objective": cfg.objective,
-              "objective_options": cfg.objective_options(), "parent": r.parent_record, "run": r.name,
-              "seq_len": cfg.seq_len, "seed": cfg.seed},
+        meta={"model": model_cfg.to_dict(), "size": plan.size, "class": plan.cls, "objective": cfg.objective,
+              "objective_options": cfg.objective_options(), "parent": plan.parent.record if plan.parent else None,
+              "run": plan.name, "seq_len": cfg.seq_len, "seed": cfg.seed},
         # one shape for the compiled graph: pad short micro-batches with unscored rows
-        pad=(lambda b: pad_batch(*b, r.micro_batch, cfg.seq_len, fill)) if r.compile else None,
+        pad=(lambda b: pad_batch(*b, plan.micro_batch, cfg.seq_len, fill)) if plan.compile else None,
         idle_batch=(torch.full((1, cfg.seq_len), fill, device=device),
                     torch.full((1, cfg.seq_len), -100, device=device)),
         # how validation presented the (objective-independent) scored tokens: loader.eval_batches
@@ -359,30 +355,24 @@ def train(config: TrainConfig | dict) -> RunResult:
     if dist.enabled:
         cfg = dataclasses.replace(cfg, device=device)
     try:
-        return run_locked(RunDir(Path(cfg.runs) / run_name(cfg)), dist, lambda: _resolve(cfg, dist),
-                          lambda r, lock: run_workload(r, _pretraining(r, dist), lock, dist))
+        # resolve validates everything and decides budget, batches, device, precision, paths
+        return run_locked(RunDir(Path(cfg.runs) / run_name(cfg)), dist, lambda: resolve(cfg, dist),
+                          lambda r, lock: run_workload(r.plan, _pretraining(r, dist), lock, dist))
     finally:
         if dist.enabled and owns_group:
             distributed.shutdown()
 
 
-def _resolve(cfg: TrainConfig, dist: Dist):
-    r = resolve(cfg)  # validates everything and decides budget, batches, device, precision, paths
-    if dist.enabled:  # every rank splits steps the same way (rank 0's probe decides)
-        r.micro_batch = r.eval_micro_batch = dist.broadcast_object(r.micro_batch)
-    return r
-
-
-def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Any], body: Callable[[Any, Lock | None], RunResult]
-               ) -> RunResult:
+def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Planned],
+               body: Callable[[Any, Lock | None], RunResult]) -> RunResult:
     """`body(prepare(), lock)` while holding `run`'s lock, inside the run's process state.
 
-    `prepare()` decides everything about the run (a `Resolved`: its `cfg.seed` / `cfg.deterministic`,
-    `device` and `run` are read here) and `body` trains it. One process per run: a second `train` (or
-    `--resume auto` while the first runs) is refused, naming the holder; a dead holder's lock is taken
-    over. The lock is taken before anything is decided, so what `prepare` reads (the latest checkpoint)
-    cannot change under it. In a data-parallel job rank 0 holds it for every rank (the others are not a
-    second process on the run).
+    `prepare()` decides everything about the run (a verb's resolved run; its `plan`'s seed, deterministic,
+    device and run directory are read here) and `body` trains it. One process per run: a second `train` (or
+    `--resume auto` while the first runs) is refused, naming the holder; a dead holder's lock is taken over.
+    The lock is taken before anything is decided, so what `prepare` reads (the latest checkpoint) cannot
+    change under it. In a data-parallel job rank 0 holds it for every rank (the others are not a second
+    process on the run).
     """
     existed = run.path.exists()
     lock, refused = None, None
@@ -398,10 +388,11 @@ def run_locked(run: RunDir, dist: Dist, prepare: Callable[[], Any], body: Callab
         raise GerbilError(refused)
     try:
         r = prepare()
+        plan = r.plan
         if dist.is_main:
-            clean_temporaries(r.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
+            clean_temporaries(plan.run.checkpoints)  # leftovers of killed writers (no live writer: locked)
         dist.barrier()
-        with _process_state(r.device, r.cfg.seed, r.cfg.deterministic):
+        with _process_state(plan.device, plan.seed, plan.deterministic):
             return body(r, lock)
     finally:
         if lock is not None:
@@ -435,7 +426,7 @@ def _process_state(device: torch.device, seed: int, deterministic: bool):
         ckpt.set_rng_state(rng)
 
 
-def _restore(r, state: TrainState, dist: Dist) -> None:
+def _restore(r: RunPlan, state: TrainState, dist: Dist) -> None:
     """Continue from the run's own latest checkpoint (resume), or start from a star continuation's parent
     (its weights, optimizer and data position)."""
     run: RunDir = r.run
@@ -449,14 +440,14 @@ def _restore(r, state: TrainState, dist: Dist) -> None:
             state.recent_losses = [float(m["loss"]) for m in run.read_metrics() if m.get("loss") is not None][-10:]
         log.info("resuming %s from %s (step %d, %d tokens)", r.name, r.resume_from.name, state.step, state.tokens)
     elif r.parent is not None:  # star continuation: weights, optimizer and data position of the parent
-        ckpt.load_weights(state.model, r.parent["path"], device=str(r.device))
-        parent_state = ckpt.load_train_state(r.parent["path"], map_location="cpu")
+        ckpt.load_weights(state.model, r.parent.checkpoint, device=str(r.device))
+        parent_state = ckpt.load_train_state(r.parent.checkpoint, map_location="cpu")
         state.load_state_dict(parent_state, rank=dist.rank)
         state.seconds, state.recent_losses = 0.0, []  # this run's own time and losses start here
-        log.info("continuing %s from %s at %d tokens", r.name, r.parent["path"], state.tokens)
+        log.info("continuing %s from %s at %d tokens", r.name, r.parent.checkpoint, state.tokens)
 
 
-def _wrap(model: torch.nn.Module, r, dist: Dist) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, r: RunPlan, dist: Dist) -> torch.nn.Module:
     """The module the steps run: DDP-wrapped when data-parallel, compiled when asked. Checkpoints still
     save `model` itself (no `module.` / `_orig_mod.` names)."""
     run_model = model
@@ -488,36 +479,33 @@ def _improved(state: TrainState, select: tuple[str, str], metrics: dict) -> bool
     return False
 
 
-def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> RunResult:
-    """Train `work` as the resolved run `r` describes (`gerbil.train.resolve.Resolved`, or fine-tuning's
-    equivalent), from scratch or from the run's latest checkpoint; returns the RunResult, also written
-    to result.json.
+def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> RunResult:
+    """Train `work` as the run plan `r` says (`gerbil.train.runplan.RunPlan`: pretraining's or
+    fine-tuning's), from scratch, from a continuation's parent or from the run's latest checkpoint;
+    returns the RunResult, also written to result.json.
 
-    The run's options are read from `r.cfg` (a `TrainConfig`, or a config with the same run-level fields:
-    seed, deterministic, weight_decay, beta1, beta2, grad_clip, log, log_every, progress); when to write
-    checkpoints and which to keep, from `r.checkpoints` (a `CheckpointPolicy`).
+    When to write checkpoints and which to keep: `r.checkpoints` (a `CheckpointPolicy`: interval, newest
+    kept, log-spaced, requested token counts; a fine-tuning run's keeps the newest and the best).
     """
-    cfg = r.cfg
     run: RunDir = r.run
     device = r.device
     main = dist.is_main
     model = work.model
-    optimizer = configure_optimizer(model, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    optimizer = configure_optimizer(model, r.optimizer.weight_decay, r.optimizer.betas, fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type) if r.use_scaler else None
     state = TrainState(model, optimizer, scaler, work.data)
     _restore(r, state, dist)
     if main:
-        record = r.config_record()
-        record["resolved"]["world_size"] = dist.world_size
+        record = dict(r.record, resolved=dict(r.record["resolved"], world_size=dist.world_size))
         run.write_config(record)
         run.write_env(env_info(device))
         if r.resume_from is None:
             run.start_metrics()
     loggers = []
-    if main and cfg.log:  # optional mirrors of metrics.jsonl (tensorboard, wandb): optional extras
+    if main and r.log:  # optional mirrors of metrics.jsonl (tensorboard, wandb): optional extras
         from gerbil.train.loggers import make_loggers
 
-        loggers = make_loggers(cfg.log, run.path, r.config_record())
+        loggers = make_loggers(r.log, run.path, r.record)
     run_model = _wrap(model, r, dist)
 
     def validate() -> dict[str, float]:
@@ -547,12 +535,12 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
         if main:
             run.append_metrics(first)
 
-    progress = _Progress(r.budget, state.tokens, cfg.progress if main else False, r.name)
-    last_ckpt = r.resume_from or (Path(r.parent["path"]) if r.parent else None)
+    progress = _Progress(r.budget, state.tokens, r.progress if main else False, r.name)
+    last_ckpt = r.resume_from or (r.parent.checkpoint if r.parent else None)
     clock = policy.start(state.tokens)
     next_eval = _next_multiple(state.tokens, r.eval_every)
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
-    run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
+    run_start_tokens = r.parent.tokens if r.parent else 0
     metrics: dict = {}  # the last validation's
     model.train()
     steps = work.steps(state.tokens) if not state.stopped else contextlib.nullcontext(iter(()))
@@ -565,8 +553,8 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
                 cpu_batches = [work.pad(b) for b in cpu_batches]
             micro = [tuple(t.to(device, non_blocking=True) for t in b) for b in cpu_batches]
             lr = lr_at(state.tokens, r.schedule, plan.tokens)
-            stats = train_step(run_model, None, optimizer, scaler, micro, lr, r.autocast_dtype, cfg.grad_clip, None,
-                               counts=prepared.counts, dist=dist, idle_batch=work.idle_batch, loss_fn=work.loss)
+            stats = train_step(run_model, optimizer, scaler, micro, lr, r.autocast_dtype, r.optimizer.grad_clip,
+                               work.loss, counts=prepared.counts, dist=dist, idle_batch=work.idle_batch)
             if not math.isfinite(stats["loss"]):
                 progress.close()
                 where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was written"
@@ -593,7 +581,7 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
                 if work.select and metrics:
                     improved = _improved(state, work.select, metrics)
                     state.stopped = bool(work.patience) and state.since_best >= work.patience and not done
-            if main and (done or state.step % cfg.log_every == 0 or validated):
+            if main and (done or state.step % r.log_every == 0 or validated):
                 run.append_metrics(record)
                 for logger in loggers:
                     logger.log(record)
@@ -616,7 +604,7 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
     return _finish(r, work, state, metrics, last_ckpt, run_start_tokens, dist)
 
 
-def _finish(r, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path | None, run_start_tokens: int,
+def _finish(r: RunPlan, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path | None, run_start_tokens: int,
             dist: Dist) -> RunResult:
     """The RunResult (written to result.json by rank 0). A run that selects its best checkpoint reports
     that checkpoint and its validation metrics; others their last checkpoint and validation."""
@@ -624,7 +612,8 @@ def _finish(r, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path
     checkpoint, val_loss = last_ckpt, metrics.get("val_loss")
     info = {"size": r.size, "class": r.cls, "objective": work.meta.get("objective"), "budget": r.budget,
             "batch": r.batch_label, "device": str(r.device), "precision": r.precision,
-            "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent_record, **work.info}
+            "micro_batch": r.micro_batch, "compile": r.compile, "parent": r.parent.record if r.parent else None,
+            **work.info}
     if work.select:
         if state.best is not None:
             checkpoint = run.checkpoint_path(state.best["checkpoint"])
