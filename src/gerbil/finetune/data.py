@@ -22,7 +22,9 @@ A file's labels are either *strings* (class names) or *integers* (class ids):
   with no fraction (``1.0``: what pandas writes for an int column with gaps) counts as that integer;
 * CSV cells are all strings: a CSV label column is read as integers when every non-empty label cell is
   an integer literal (``-?\\d+``), else as strings;
-* the first valid label decides the file's kind; a row with the other kind is ``mixed_labels``.
+* a file whose labels mix the kinds: string labels that are all integer literals (``"1"`` beside
+  ``1``) are read as those integers; otherwise the kind most rows have decides, and each row of the
+  other kind is ``mixed_labels`` (a warning names both kinds); as many of each is refused (one line).
 
 ``label_names`` given to :func:`read_examples` fixes the mapping instead (read a validation or test file
 with the training file's mapping); a label outside it is ``unknown_label``.
@@ -33,6 +35,9 @@ Bad rows never stop a read: each is skipped and counted once, under the first re
 checked in the order text, label / prompt, completion), in :class:`BadRows`:
 
 * ``invalid_json``  a JSONL line that is not JSON, or not a JSON object;
+* ``invalid_csv``   a CSV record that strict CSV parsing refuses: an unterminated quote, text after a
+                    closing quote. Only its first line is skipped; reading resumes on the next line
+                    (a lenient parser would merge the following rows into it);
 * ``non_utf8``      a used field with bytes that are not UTF-8 (or a JSON lone surrogate ``"\\ud800"``).
                     Unlike ``prepare``, which keeps such documents with U+FFFD, fine-tuning sets are
                     small and curated, so a mangled example is dropped rather than learnt;
@@ -41,7 +46,7 @@ checked in the order text, label / prompt, completion), in :class:`BadRows`:
 * ``empty``         a text / prompt / completion that is empty or whitespace only;
 * ``bad_label``     a label that is neither a string nor an integer: list, dict, bool (ambiguous: a
                     class name or an id?), float with a fraction, negative or huge integer;
-* ``mixed_labels``  an integer label in a file of string labels, or the reverse;
+* ``mixed_labels``  an integer label in a file most of whose labels are strings, or the reverse;
 * ``unknown_label`` a label outside the ``label_names`` given to :func:`read_examples`.
 
 Blank lines of a JSONL file are not rows and are not counted. A file with no usable row, a CSV or
@@ -55,6 +60,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -80,6 +86,7 @@ class BadRows:
     """How many rows of each bad kind were skipped (see the module docstring)."""
 
     invalid_json: int = 0
+    invalid_csv: int = 0
     non_utf8: int = 0
     missing_field: int = 0
     non_string: int = 0
@@ -206,25 +213,48 @@ def _csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     text = data.decode("utf-8", "surrogateescape")
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise GerbilError(f"{path}: not a readable CSV file ({e})") from None
-    if not rows:
+    records = _csv_records(list(io.StringIO(text, newline="")))
+    header = next(records, None)
+    if header is None:
         raise GerbilError(f"{path}: empty CSV file (expected a header row naming {', '.join(wanted)})")
-    header = rows[0]
+    if isinstance(header, csv.Error):
+        raise GerbilError(f"{path}: not a readable CSV file (header: {header})")
     missing = [w for w in wanted if w not in header]
     if missing:
         raise GerbilError(f"{path}: CSV header has no column {', '.join(map(repr, missing))} "
                           f"(columns: {', '.join(map(repr, header))})")
     cols = {w: header.index(w) for w in wanted}
     n = 0
-    for cells in rows[1:]:
+    for cells in records:
+        if isinstance(cells, csv.Error):
+            n += 1
+            bad.invalid_csv += 1
+            continue
         if not cells:  # csv yields [] for a blank line: not a row
             continue
         n += 1
         # A short row lacks its last cells: None, counted as missing_field. An empty cell is "".
         yield n, {w: (cells[i] if i < len(cells) else None) for w, i in cols.items()}
+
+
+def _csv_records(lines: list[str]) -> Iterator[list[str] | csv.Error]:
+    """The records of a CSV file's physical `lines`, parsed strictly; a record strict parsing refuses
+    (an unterminated quote, text after a closing quote) is yielded as its `csv.Error`, and reading
+    resumes on the line after that record's first line — so a stray quote costs one row, instead of
+    swallowing every row up to the next quote as lenient parsing does."""
+    start = 0  # index of the first line the current reader was given
+    while start < len(lines):
+        reader = csv.reader(itertools.islice(lines, start, None), strict=True)
+        while True:
+            first = reader.line_num  # lines consumed before this record
+            try:
+                yield next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield e
+                start += first + 1
+                break
 
 
 def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -360,18 +390,18 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
         rows = list(rows)
         cells = [r[label_field] for _, r in rows if r[label_field] is not None and r[label_field].strip()]
         csv_ints = bool(cells) and all(_INT_LITERAL.fullmatch(c.strip()) for c in cells)
-    raw_labels: list[str | int] = []
-    kind: type | None = None
+    found = []  # (row, text, label) of each row with a usable text and label of either kind
     for n, row in rows:
         text = _check_string(row.get(text_field), bad)
         if text is None:
             continue
         label = _label_value(row.get(label_field), csv_ints, bad)
-        if label is None:
-            continue
-        if kind is None:
-            kind = type(label)
-        elif type(label) is not kind:
+        if label is not None:
+            found.append((n, text, label))
+    kind = _label_kind(found, p, bad)
+    raw_labels: list[str | int] = []
+    for n, text, label in found:
+        if type(label) is not kind:
             bad.mixed_labels += 1
             continue
         ex.texts.append(text)
@@ -408,6 +438,33 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     return _finish(ex, p)
 
 
+def _label_kind(found: list[tuple[int, str, str | int]], p: Path, bad: BadRows) -> type | None:
+    """The label kind of a file (int or str; None without labels). Mixed kinds (the module docstring):
+    integer-literal strings beside integers become those integers (in place in `found`, range-checked
+    as integers are); otherwise the kind most rows have wins, and a tie is a one-line GerbilError."""
+    ints = sum(isinstance(y, int) for _, _, y in found)
+    strs = len(found) - ints
+    if not ints or not strs:
+        return int if ints else str if strs else None
+    if all(isinstance(y, int) or _INT_LITERAL.fullmatch(y.strip()) for _, _, y in found):
+        for i, (n, text, y) in enumerate(found):
+            if isinstance(y, str):
+                value = int(y)
+                if not 0 <= value <= MAX_LABEL_ID:
+                    bad.bad_label += 1
+                    value = None
+                found[i] = (n, text, value)
+        found[:] = [f for f in found if f[2] is not None]
+        return int
+    first = {k: next(n for n, _, y in found if isinstance(y, k)) for k in (int, str)}
+    what = (f"labels mix kinds: {ints} rows with an integer (the first: row {first[int]}), {strs} with a string "
+            f"(the first: row {first[str]})")
+    if ints == strs:
+        raise GerbilError(f"{p}: {what}: give every row the same kind of label (class names or ids)")
+    log.warning("%s: %s: the %s rows are skipped as mixed_labels", p, what, "integer" if strs > ints else "string")
+    return str if strs > ints else int
+
+
 def _finish(ex: Examples, p: Path) -> Examples:
     if not len(ex):
         raise GerbilError(f"{p}: no usable {ex.task} rows ({ex.bad.summary()})")
@@ -416,6 +473,17 @@ def _finish(ex: Examples, p: Path) -> Examples:
     else:
         log.info("%s: %d usable rows", p, len(ex))
     return ex
+
+
+def require_classes(ex: Examples) -> None:
+    """Training a classifier needs examples of two classes at least: a one-class file (say, most rows
+    dropped as bad) would train a model that always answers that class, and validate it at accuracy 1.
+    A one-line GerbilError names the class and the bad rows."""
+    present = sorted(set(ex.labels))
+    if ex.task == "classify" and len(present) < 2:
+        only = f"the label {ex.label_names[present[0]]!r}" if present else "no label"
+        raise GerbilError(f"{ex.path}: all {len(ex)} usable examples have {only} ({ex.bad.summary()}); a "
+                          f"classifier needs examples of at least two classes")
 
 
 # ------------------------------------------------------------------------------------------ splitting

@@ -248,6 +248,7 @@ def _read_data(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, Any, dict]:
     fields = dict(text_field=cfg.text_field, label_field=cfg.label_field, prompt_field=cfg.prompt_field,
                   completion_field=cfg.completion_field)
     train_file = fdata.read_examples(cfg.train, cfg.task, label_names=cfg.label_names, **fields)
+    fdata.require_classes(train_file)
     if cfg.val:
         train, split = train_file, None
         val = fdata.read_examples(cfg.val, cfg.task, label_names=train.label_names or None, **fields)
