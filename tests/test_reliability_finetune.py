@@ -100,3 +100,106 @@ def test_csv_with_a_broken_header_is_one_line(tmp_path):
     path.write_text('"text,label\na,pos\n')
     with pytest.raises(GerbilError, match="not a readable CSV file"):
         read_examples(path, "classify")
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tokenizer) -> Path:
+    """A tiny causal-objective language model (context 256) trained by `gerbil train` (30 steps)."""
+    return trained_run(tmp_path_factory.mktemp("base"), tokenizer, steps=30, objective="causal")
+
+
+@pytest.fixture(scope="module")
+def cls_file(tmp_path_factory) -> Path:
+    return _jsonl(tmp_path_factory.mktemp("cls") / "sentiment.jsonl", _sentiment(60))
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory) -> Path:
+    rows = [{"prompt": f"translate {w}", "completion": f" {f}"} for w, f in
+            {"red": "rouge", "cat": "chat", "dog": "chien", "sun": "soleil", "moon": "lune"}.items()] * 4
+    return _jsonl(tmp_path_factory.mktemp("sft") / "french.jsonl", rows)
+
+
+def _cls(base: Path, train: Path, out: Path, **kw) -> dict:
+    return dict(dict(base=str(base), task="classify", train=str(train), out=str(out), epochs=1, lr=1e-2,
+                     max_len=32, progress=False, patience=0), **kw)
+
+
+@pytest.fixture(scope="module")
+def cls_run(base, cls_file, tmp_path_factory):
+    return finetune(_cls(base, cls_file, tmp_path_factory.mktemp("runs") / "cls"))
+
+
+@pytest.fixture(scope="module")
+def sft_run(base, sft_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "sft"
+    return finetune(dict(base=str(base), task="sft", train=str(sft_file), out=str(out), epochs=1, lr=1e-2,
+                         val_fraction=0.2, progress=False))
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    """`gerbil ARGV` in process: (exit code, the last line of stderr)."""
+    from gerbil.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err[-1] if err else ""
+
+
+# ---------------------------------------------------------------------- predict's output (2), room (7)
+def test_predict_never_replaces_its_input_or_a_foreign_file(cls_run, tmp_path, capsys):
+    inp = _jsonl(tmp_path / "in.jsonl", [{"text": "the great of"}, {"text": "sad to be"}])
+    before = inp.read_bytes()
+    for out in (inp, tmp_path / "link.jsonl", tmp_path / "hard.jsonl"):
+        if out.name == "link.jsonl":
+            out.symlink_to(inp)
+        elif out.name == "hard.jsonl":
+            out.hardlink_to(inp)
+        for extra in ([], ["--overwrite"]):  # --overwrite never makes the input writable
+            rc, err = _cli(["predict", cls_run.run_dir, "--input", inp, "--output", out, *extra], capsys)
+            assert rc == 2 and "is the --input file" in err, err
+    assert inp.read_bytes() == before and (tmp_path / "link.jsonl").is_symlink()
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my,own\nnotes,here\n")
+    rc, err = _cli(["predict", cls_run.run_dir, "--input", inp, "--output", notes], capsys)
+    assert rc == 2 and "exists and is not an earlier prediction file" in err and "--overwrite" in err
+    assert notes.read_text() == "my,own\nnotes,here\n"
+    folder = tmp_path / "dir.jsonl"
+    folder.mkdir()
+    assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", folder], capsys)[1].endswith(
+        "is a folder; name a .jsonl or .csv file")
+    # an earlier prediction file is replaced (a rerun); a foreign one only with --overwrite
+    for name in ("pred.jsonl", "pred.csv"):
+        for _ in range(2):
+            assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", tmp_path / name], capsys)[0] == 0
+    assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", notes, "--overwrite"], capsys)[0] == 0
+    assert notes.read_text().startswith("row,label,probability,")
+
+
+def test_max_new_tokens_never_drops_the_prompt_silently(sft_run, tmp_path, capsys, caplog):
+    inp = _jsonl(tmp_path / "p.jsonl", [{"prompt": "translate cat"}])
+    for n in (256, 300):  # the context is 256: no room for the prompt
+        rc, err = _cli(["predict", sft_run.run_dir, "--input", inp, "--max-new-tokens", n], capsys)
+        assert rc == 2 and f"--max-new-tokens {n} leaves no room for the prompt" in err and "at most 255" in err
+    assert _cli(["predict", sft_run.run_dir, "--input", inp, "--max-new-tokens", 254], capsys)[0] == 0
+    assert "1 of 1 prompts are longer than the 2 tokens" in caplog.text  # cut, and said so
+    from gerbil.finetune.decode import greedy
+
+    with pytest.raises(GerbilError, match="max_new_tokens 256 leaves no room"):
+        greedy(_model(sft_run), [[1, 2, 3]], 256)
+
+
+def _model(run):
+    from gerbil.export import load_model
+
+    return load_model(run.run_dir)[0]
+
+
+def test_finetune_refuses_max_new_tokens_beyond_the_context(base, sft_file, tmp_path):
+    out = tmp_path / "ft"
+    with pytest.raises(GerbilError, match="max_new_tokens 999 leaves no room for the prompt"):
+        finetune(dict(base=str(base), task="sft", train=str(sft_file), out=str(out), max_new_tokens=999,
+                      progress=False))
+    assert not out.exists()

@@ -32,6 +32,7 @@ from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
+from gerbil.finetune.decode import check_room
 from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_changes
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
@@ -186,7 +187,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         val_set = encode_sft(val.prompts, val.completions, tokenizer, prefix, cfg.template, fim, max_len)
         completions = list(val.completions)
         longest = int(max(len(x) - p for x, p in zip(train_set.ids, train_set.prompt_len)))
-        max_new = cfg.max_new_tokens or longest + 8
+        max_new = cfg.max_new_tokens or min(longest + 8, model_cfg.seq_len - 1)
+        check_room(max_new, model_cfg.seq_len, "max_new_tokens")  # validation's greedy completions fit
     for name, s in (("train", train_set), ("validation", val_set)):
         if s.truncated:
             log.warning("%d of %d %s examples are longer than max_len %d and were cut", s.truncated, len(s), name,
