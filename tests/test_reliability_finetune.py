@@ -203,3 +203,51 @@ def test_finetune_refuses_max_new_tokens_beyond_the_context(base, sft_file, tmp_
         finetune(dict(base=str(base), task="sft", train=str(sft_file), out=str(out), max_new_tokens=999,
                       progress=False))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ folders beside an export (4)
+def test_export_never_deletes_a_sibling_folder_it_did_not_leave(tmp_path, capsys, monkeypatch):
+    import gerbil.export as ex
+    from gerbil.export import export, random_model
+    from helpers import tiny_model
+
+    PARTIAL_MARK = getattr(ex, "PARTIAL_MARK", ".gerbil-partial-export")  # (so the test runs on older code)
+
+    model = tiny_model(seed=0, vocab_size=1024)
+    out = tmp_path / "exp"
+    for suffix in (".tmp-export", ".old-export"):
+        mine = tmp_path / f"exp{suffix}"
+        mine.mkdir()
+        (mine / "notes.txt").write_text("mine")
+        with pytest.raises(GerbilError, match=f"exp{suffix} exists and was not left by a gerbil export"):
+            export(model, out, tokenizer=False)
+        assert (mine / "notes.txt").read_text() == "mine" and not out.exists()
+        (mine / PARTIAL_MARK).touch()  # marked, but holding a user's file: still not deleted
+        with pytest.raises(GerbilError, match="was not left by a gerbil export"):
+            export(model, out, tokenizer=False)
+        (mine / "notes.txt").unlink()
+        (mine / PARTIAL_MARK).unlink()
+        mine.rmdir()
+    link = tmp_path / "exp.tmp-export"
+    (tmp_path / "elsewhere").mkdir()
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(GerbilError, match="was not left by a gerbil export"):
+        export(model, out, tokenizer=False)
+    link.unlink()
+    # a crash between the swaps leaves marked folders, which the next export clears
+    export(model, out, tokenizer=False)
+    real = Path.rename
+
+    def crash(self, target):
+        if self.name.endswith(".tmp-export"):
+            raise KeyboardInterrupt  # killed after the earlier export moved to .old-export
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export(model, out, tokenizer=False)
+    monkeypatch.undo()
+    assert (tmp_path / "exp.old-export" / PARTIAL_MARK).is_file() and (tmp_path / "exp.tmp-export").is_dir()
+    assert export(random_model("3.3m", seed=1), out, tokenizer=False) == out.resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "exp"]
+    assert not (out / PARTIAL_MARK).exists()
