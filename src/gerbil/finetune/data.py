@@ -55,22 +55,18 @@ parquet file without a needed column, or an unreadable file is refused with a on
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import gzip
 import hashlib
-import io
-import itertools
-import json
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
+# BadRows and read_texts are this module's API too (they moved to rows.py with the readers)
+from gerbil.finetune.rows import BadRows, check_string, csv_rows, has_surrogates, read_texts, reader_for  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -78,35 +74,6 @@ TASKS = ("classify", "sft")
 #: Largest integer label accepted as a class id: ids index a classifier head of ``max + 1`` rows.
 MAX_LABEL_ID = 65_535
 _INT_LITERAL = re.compile(r"[+-]?\d+")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
-
-
-@dataclass
-class BadRows:
-    """How many rows of each bad kind were skipped (see the module docstring)."""
-
-    invalid_json: int = 0
-    invalid_csv: int = 0
-    non_utf8: int = 0
-    missing_field: int = 0
-    non_string: int = 0
-    empty: int = 0
-    bad_label: int = 0
-    mixed_labels: int = 0
-    unknown_label: int = 0
-
-    @property
-    def total(self) -> int:
-        """Number of skipped rows."""
-        return sum(self.as_dict().values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        """One line, e.g. ``"bad rows: 3 invalid_json, 1 empty"`` or ``"bad rows: none"``."""
-        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v]
-        return "bad rows: " + (", ".join(parts) if parts else "none")
 
 
 @dataclass
@@ -166,152 +133,7 @@ class Examples:
                         pick(self.completions), list(self.label_names), pick(self.source_rows), self.bad)
 
 
-# ------------------------------------------------------------------------------------------ readers
-def _has_surrogates(s: str) -> bool:
-    """True when ``s`` holds lone surrogates: undecodable bytes (read with surrogateescape) or JSON
-    ``\\udXXX`` escapes. Neither can be encoded as UTF-8, which is all the check needs."""
-    try:
-        s.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def _jsonl_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte order mark is not part of the first record
-                if not raw.strip():
-                    continue
-                # surrogateescape keeps invalid bytes as lone surrogates: a line whose bad bytes sit in a
-                # field the task does not use is still usable; the used fields are checked later.
-                line = raw.decode("utf-8", "surrogateescape")
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    if _has_surrogates(line):
-                        bad.non_utf8 += 1
-                    else:
-                        bad.invalid_json += 1
-                    continue
-                if not isinstance(row, dict):
-                    bad.invalid_json += 1
-                    continue
-                yield lineno, row
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise GerbilError(f"cannot read {path}: {e}") from None
-
-
-def _csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GerbilError(f"cannot read {path}: {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    text = data.decode("utf-8", "surrogateescape")
-    records = _csv_records(list(io.StringIO(text, newline="")))
-    header = next(records, None)
-    if header is None:
-        raise GerbilError(f"{path}: empty CSV file (expected a header row naming {', '.join(wanted)})")
-    if isinstance(header, csv.Error):
-        raise GerbilError(f"{path}: not a readable CSV file (header: {header})")
-    missing = [w for w in wanted if w not in header]
-    if missing:
-        raise GerbilError(f"{path}: CSV header has no column {', '.join(map(repr, missing))} "
-                          f"(columns: {', '.join(map(repr, header))})")
-    cols = {w: header.index(w) for w in wanted}
-    n = 0
-    for cells in records:
-        if isinstance(cells, csv.Error):
-            n += 1
-            bad.invalid_csv += 1
-            continue
-        if not cells:  # csv yields [] for a blank line: not a row
-            continue
-        n += 1
-        # A short row lacks its last cells: None, counted as missing_field. An empty cell is "".
-        yield n, {w: (cells[i] if i < len(cells) else None) for w, i in cols.items()}
-
-
-def _csv_records(lines: list[str]) -> Iterator[list[str] | csv.Error]:
-    """The records of a CSV file's physical `lines`, parsed strictly; a record strict parsing refuses
-    (an unterminated quote, text after a closing quote) is yielded as its `csv.Error`, and reading
-    resumes on the line after that record's first line — so a stray quote costs one row, instead of
-    swallowing every row up to the next quote as lenient parsing does."""
-    start = 0  # index of the first line the current reader was given
-    while start < len(lines):
-        reader = csv.reader(itertools.islice(lines, start, None), strict=True)
-        while True:
-            first = reader.line_num  # lines consumed before this record
-            try:
-                yield next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield e
-                start += first + 1
-                break
-
-
-def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a file that is not parquet
-        raise GerbilError(f"cannot read {path} as parquet: {str(e).splitlines()[0] if str(e) else e}") from None
-    names = pf.schema_arrow.names
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        raise GerbilError(f"{path}: parquet file has no column {', '.join(map(repr, missing))} "
-                          f"(columns: {', '.join(map(repr, names))})")
-    n = 0
-    try:
-        for batch in pf.iter_batches(columns=list(wanted)):
-            for row in batch.to_pylist():
-                yield n, row
-                n += 1
-    except (pa.ArrowException, OSError) as e:
-        raise GerbilError(f"cannot read {path} (row {n}): {str(e).splitlines()[0] if str(e) else e}") from None
-
-
-def _reader(path: Path):
-    name = path.name.lower()
-    if name.endswith(_JSONL_SUFFIXES):
-        return _jsonl_rows
-    if name.endswith(".csv"):
-        return _csv_rows
-    if name.endswith(".parquet"):
-        return _parquet_rows
-    raise GerbilError(f"{path}: unknown format (expected .jsonl, .jsonl.gz, .ndjson, .csv or .parquet)")
-
-
 # --------------------------------------------------------------------------------------- validation
-def _check_string(value: Any, bad: BadRows) -> str | None:
-    """A usable text / prompt / completion, or None after counting why not."""
-    if value is None:
-        bad.missing_field += 1
-    elif isinstance(value, bytes):  # a parquet binary column: must be UTF-8 text
-        try:
-            return _check_string(value.decode("utf-8"), bad)
-        except UnicodeDecodeError:
-            bad.non_utf8 += 1
-    elif not isinstance(value, str):
-        bad.non_string += 1
-    elif _has_surrogates(value):
-        bad.non_utf8 += 1
-    elif not value.strip():
-        bad.empty += 1
-    else:
-        return value
-    return None
-
-
 def _label_value(value: Any, csv_ints: bool, bad: BadRows) -> str | int | None:
     """A label as a class name (str) or id (int), or None after counting why not."""
     if isinstance(value, bytes):
@@ -324,7 +146,7 @@ def _label_value(value: Any, csv_ints: bool, bad: BadRows) -> str | int | None:
         bad.missing_field += 1
         return None
     if isinstance(value, str):
-        if _has_surrogates(value):
+        if has_surrogates(value):
             bad.non_utf8 += 1
             return None
         if not value.strip():
@@ -367,17 +189,17 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     if not p.is_file():
         raise GerbilError(f"{p}: no such file")
     wanted = (text_field, label_field) if task == "classify" else (prompt_field, completion_field)
-    reader = _reader(p)
+    reader = reader_for(p)
     bad = BadRows()
     rows = reader(p, bad, wanted)
     ex = Examples(task, str(p), bad=bad)
 
     if task == "sft":
         for n, row in rows:
-            prompt = _check_string(row.get(prompt_field), bad)
+            prompt = check_string(row.get(prompt_field), bad)
             if prompt is None:
                 continue
-            completion = _check_string(row.get(completion_field), bad)
+            completion = check_string(row.get(completion_field), bad)
             if completion is None:
                 continue
             ex.prompts.append(prompt)
@@ -386,13 +208,13 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
         return _finish(ex, p)
 
     csv_ints = False
-    if reader is _csv_rows:
+    if reader is csv_rows:
         rows = list(rows)
         cells = [r[label_field] for _, r in rows if r[label_field] is not None and r[label_field].strip()]
         csv_ints = bool(cells) and all(_INT_LITERAL.fullmatch(c.strip()) for c in cells)
     found = []  # (row, text, label) of each row with a usable text and label of either kind
     for n, row in rows:
-        text = _check_string(row.get(text_field), bad)
+        text = check_string(row.get(text_field), bad)
         if text is None:
             continue
         label = _label_value(row.get(label_field), csv_ints, bad)
@@ -530,24 +352,3 @@ def split_validation(examples: Examples, fraction: float = 0.1, seed: int = 0) -
     val_idx = sorted(val)
     return examples.subset(train_idx), examples.subset(val_idx)
 
-
-def read_texts(path: str | Path, field: str) -> tuple[list[str], list[int], BadRows]:
-    """The ``field`` strings of a JSONL / CSV / parquet file, for inference (``gerbil predict``): the
-    same formats and bad-row rules as :func:`read_examples` (a bad row is counted and skipped), no
-    label or completion needed. Returns ``(texts, source_rows, bad)``; a file with no usable row is a
-    one-line :class:`~gerbil.errors.GerbilError`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise GerbilError(f"{p}: no such file")
-    bad = BadRows()
-    texts, rows = [], []
-    for n, row in _reader(p)(p, bad, (field,)):
-        text = _check_string(row.get(field), bad)
-        if text is not None:
-            texts.append(text)
-            rows.append(n)
-    if not texts:
-        raise GerbilError(f"{p}: no usable rows with a {field!r} field ({bad.summary()})")
-    if bad.total:
-        log.warning("%s: %d usable rows, %s", p, len(texts), bad.summary())
-    return texts, rows, bad

@@ -116,7 +116,7 @@ def predict(source: str | Path, input_path: str | Path, output: str | Path | Non
     in training) with the fine-tuned `source`; write them to `output` (.jsonl or .csv) when given and
     return them. `field`: the input column (default: the one the model was fine-tuned on).
     `overwrite`: replace an `output` that is not an earlier prediction file (never the input)."""
-    from gerbil.finetune.data import read_texts
+    from gerbil.finetune.rows import read_texts
 
     if output is not None:
         check_output(input_path, output, overwrite)
