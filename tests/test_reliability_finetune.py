@@ -251,3 +251,33 @@ def test_export_never_deletes_a_sibling_folder_it_did_not_leave(tmp_path, capsys
     assert export(random_model("3.3m", seed=1), out, tokenizer=False) == out.resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "exp"]
     assert not (out / PARTIAL_MARK).exists()
+
+
+# ----------------------------------------------------------------- a device this machine lacks (20)
+@pytest.mark.parametrize("verb", ["eval", "sample", "predict", "finetune"])
+def test_a_missing_device_is_one_line_for_every_verb(verb, base, cls_run, cls_file, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also on a GPU one
+    argv = {"eval": ["eval", base, "--tasks", "lambada", "--limit", "2", "--no-save"],
+            "sample": ["sample", base, "--prompt", "hello", "--max-new-tokens", "2"],
+            "predict": ["predict", cls_run.run_dir, "--input", cls_file],
+            "finetune": ["finetune", base, "--task", "classify", "--train", cls_file, "--out", tmp_path / "ft"]}[verb]
+    for device, message in (("cuda", "device 'cuda' requested but CUDA is not available"),
+                            ("cuda:3", "device 'cuda:3' requested but CUDA is not available"),
+                            ("meta", "unsupported device 'meta'"), ("gpu9", "unknown device 'gpu9'")):
+        rc, err = _cli([*argv, "--device", device], capsys)
+        assert rc == 2 and err.startswith(f"gerbil {verb}: error: ") and message in err, err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_pick_device_counts_the_gpus(monkeypatch):
+    import torch
+
+    from gerbil.train.device import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1") and pick_device("auto") == torch.device("cuda")
+    with pytest.raises(GerbilError, match=r"'cuda:2' requested but this machine has 2 GPU\(s\) \(cuda:0 to cuda:1\)"):
+        pick_device("cuda:2")

@@ -396,8 +396,10 @@ def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
 
     ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
     """
+    from gerbil.train.device import pick_device
     from gerbil.train.rundir import resolve_source
 
+    device = str(pick_device(device))  # a device this machine lacks: one line, before anything loads
     src = resolve_source(source)
     if src.kind == "export":
         model, meta = load(src.export, device=device)
