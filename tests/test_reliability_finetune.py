@@ -281,3 +281,58 @@ def test_pick_device_counts_the_gpus(monkeypatch):
     assert pick_device("cuda:1") == torch.device("cuda:1") and pick_device("auto") == torch.device("cuda")
     with pytest.raises(GerbilError, match=r"'cuda:2' requested but this machine has 2 GPU\(s\) \(cuda:0 to cuda:1\)"):
         pick_device("cuda:2")
+
+
+# --------------------------------------------------- a run's files without a checkpoint (3, finetune + train)
+def _kill_before_the_first_checkpoint(run_dir: Path) -> dict[str, bytes]:
+    """What a run killed in its first epoch leaves: its files, no checkpoint (and no result)."""
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "result.json").unlink()
+    return {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+
+def test_finetune_never_replaces_a_runs_files_without_resume(base, cls_file, tmp_path, caplog):
+    out = tmp_path / "ft"
+    finetune(_cls(base, cls_file, out))
+    left = _kill_before_the_first_checkpoint(out)
+    with pytest.raises(GerbilError, match=r"holds a run that has no checkpoint yet \(config.yaml, env.json, "
+                                          r"metrics.jsonl; .*pass --resume auto to start it again, or another --out"):
+        finetune(_cls(base, cls_file, out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == left
+    with caplog.at_level("INFO", logger="gerbil.finetune.finetune"):
+        r = finetune(dict(out=str(out), resume=True, progress=False))  # the requeue: as it was configured
+    assert "starting the run again" in caplog.text and r.steps > 0 and RunDir(out).latest_checkpoint()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my: settings\n")
+    (mine / "metrics.jsonl").write_text("{}\n")
+    for resume in (False, True):
+        with pytest.raises(GerbilError):
+            finetune(_cls(base, cls_file, mine, resume=resume))
+    assert (mine / "config.yaml").read_text() == "my: settings\n" and sorted(p.name for p in mine.iterdir()) == [
+        "config.yaml", "metrics.jsonl"]
+
+
+def test_train_never_replaces_a_runs_files_without_resume(tmp_path):
+    from gerbil.train import train
+    from helpers import make_store, tiny_config
+
+    store = make_store(tmp_path / "store")
+    cfg = tiny_config(store, tmp_path / "runs", tokens=128 * 2, checkpoint_every=128 * 2, eval_every=128 * 2)
+    run = train(cfg).run_dir
+    left = _kill_before_the_first_checkpoint(run)
+    with pytest.raises(GerbilError, match="holds a run that has no checkpoint yet .*pass --resume auto to start "
+                                          "it again, or --name for a new run"):
+        train(cfg)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == left
+    assert train(tiny_config(store, tmp_path / "runs", tokens=128 * 2, checkpoint_every=128 * 2,
+                             eval_every=128 * 2, resume=True)).steps == 2
+    mine = tmp_path / "runs" / "mine"
+    mine.mkdir()
+    (mine / "result.json").write_text('{"mine": true}')
+    for resume in (False, True):
+        with pytest.raises(GerbilError, match="holds files that are not a gerbil run's \\(result.json\\)"):
+            train(tiny_config(store, tmp_path / "runs", name="mine", resume=resume))
+    assert (mine / "result.json").read_text() == '{"mine": true}'

@@ -138,21 +138,25 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         if getattr(cfg, key):
             setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     run = RunDir(cfg.out)
-    resume_from, recorded = None, {}
+    resume_from, recorded, restart = None, {}, bool(cfg.resume)
     if cfg.resume:
         resume_from = run.latest_checkpoint() if run.path.is_dir() else None
-        if resume_from is None:
+        recorded = run.read_config() if run.path.is_dir() else {}
+        if resume_from is None and not recorded.get("finetune"):
             raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
-        recorded = run.read_config()
         saved = FinetuneConfig.from_dict(recorded.get("finetune") or {})
         refuse_changes(cfg, saved, run.path)
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k not in ("out", "base", "resume")}
-        cfg = dataclasses.replace(saved, **runtime, resume=True, out=cfg.out)
-    else:
+        cfg = dataclasses.replace(saved, **runtime, resume=resume_from is not None, out=cfg.out)
+        if resume_from is None:  # killed before its first checkpoint: start again as it was configured
+            log.info("no checkpoint in %s yet: starting the run again", run.path)
+            recorded = {}
+    if resume_from is None:
         cfg.require()
         if run.list_checkpoints():
             raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
                               f"another --out")
+        run.check_fresh(restart, "pass --resume auto to start it again, or another --out")
 
     tokenizer = Tokenizer.load()
     if recorded and recorded.get("data", {}).get("tokenizer_sha256") not in (None, tokenizer.sha256):

@@ -335,7 +335,8 @@ class Worker:
     def train_config(self, spec: RunSpec):
         """The TrainConfig this worker trains `spec` with: the suite's options, the run's directory under
         DIR/runs, its store, its parent (a star run: the parent's run directory; a branch: the trunk
-        checkpoint at its branch point), `resume` when it has a checkpoint already."""
+        checkpoint at its branch point), `resume` when its directory exists (a checkpoint is continued; a run
+        killed before its first starts again)."""
         from gerbil.train.config import TrainConfig
 
         opts = dict(spec.options)
@@ -349,7 +350,8 @@ class Worker:
         elif spec.parent is not None:
             opts["from_run"] = spec.parent
         run = self.sdir.run_dir(spec.name)
-        opts["resume"] = run.path.is_dir() and run.latest_checkpoint(check_hash=False) is not None
+        # `resume` also when the run has no checkpoint yet: a run killed before its first starts again
+        opts["resume"] = run.path.is_dir()
         return TrainConfig.from_dict(opts)
 
     def evaluate(self, spec: RunSpec) -> dict:

@@ -126,7 +126,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
     from gerbil.data.store import TokenStore
 
     cfg = dataclasses.replace(cfg)  # never mutate the caller's config; the effective one is `Resolved.cfg`
-    resume_from, saved_data = None, None
+    resume_from, saved_data, restart = None, None, bool(cfg.resume)
     if cfg.resume:  # continue as the run was configured (its config.yaml), only runtime knobs may change
         run = RunDir(Path(cfg.runs) / run_name(cfg))
         resume_from = run.latest_checkpoint() if run.path.is_dir() else None
@@ -234,6 +234,8 @@ def resolve(cfg: TrainConfig) -> Resolved:
     if resume_from is None and run.list_checkpoints():
         raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, "
                           f"or --name for a new run")
+    if resume_from is None:  # never replace a run's files without --resume auto, nor files not a run's
+        run.check_fresh(restart, "pass --resume auto to start it again, or --name for a new run")
     _check_writable(run.path)
 
     # --- device, precision, micro-batch

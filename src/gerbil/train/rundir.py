@@ -167,6 +167,25 @@ class RunDir:
             log.warning("skipping unreadable %s (%s)", c / ckpt.META, e)
             return {}
 
+    def check_fresh(self, restart: bool, hint: str) -> None:
+        """Before a fresh run writes here: a folder holding run files (config.yaml, env.json, metrics.jsonl,
+        result.json) but no checkpoint is refused in one line. A gerbil run's (config.yaml a run record:
+        one killed before its first checkpoint) is started again only with `restart` (``--resume auto``;
+        `hint` says how); files gerbil did not write are never replaced."""
+        found = [n for n in (CONFIG, ENV, METRICS, RESULT) if (self.path / n).exists()]
+        if not found or self.list_checkpoints():
+            return
+        try:
+            ours = "resolved" in self.read_config()
+        except GerbilError:
+            ours = False
+        if not ours:
+            raise GerbilError(f"{self.path} holds files that are not a gerbil run's ({', '.join(found)}); "
+                              f"choose another folder")
+        if not restart:
+            raise GerbilError(f"{self.path} holds a run that has no checkpoint yet ({', '.join(found)}; killed "
+                              f"before its first?): {hint}")
+
     # ------------------------------------------------------------------------------ metrics
     def append_metrics(self, record: dict) -> None:
         """One line of strict JSON (NaN/inf written as null); a full disk is a one-line GerbilError."""
