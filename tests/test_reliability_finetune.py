@@ -336,3 +336,71 @@ def test_train_never_replaces_a_runs_files_without_resume(tmp_path):
         with pytest.raises(GerbilError, match="holds files that are not a gerbil run's \\(result.json\\)"):
             train(tiny_config(store, tmp_path / "runs", name="mine", resume=resume))
     assert (mine / "result.json").read_text() == '{"mine": true}'
+
+
+# ------------------------------------------------------------------ a finished run resumed (15)
+def test_a_finished_run_resumed_keeps_its_result(base, cls_file, tmp_path):
+    from gerbil.train import train
+    from helpers import make_store, tiny_config
+
+    store = make_store(tmp_path / "store")
+    kw = dict(tokens=128 * 2, checkpoint_every=128 * 2, eval_every=128 * 2)
+    first = train(tiny_config(store, tmp_path / "runs", **kw))
+    ft = finetune(_cls(base, cls_file, tmp_path / "ft"))
+    for run_dir, again in ((first.run_dir, lambda: train(tiny_config(store, tmp_path / "runs", resume=True, **kw))),
+                           (ft.run_dir, lambda: finetune(dict(out=str(ft.run_dir), resume=True, progress=False)))):
+        files = {n: (run_dir / n).read_bytes() for n in ("result.json", "env.json", "config.yaml", "metrics.jsonl")}
+        result = json.loads(files["result.json"])
+        assert result["val_loss"] is not None
+        r = again()
+        assert {n: (run_dir / n).read_bytes() for n in files} == files  # nothing rewritten
+        assert r.val_loss == result["val_loss"] and r.info == result["info"] and r.checkpoint == Path(
+            result["checkpoint"])
+        (run_dir / "result.json").unlink()  # killed after its last checkpoint, before result.json
+        r = again()
+        rewritten = json.loads((run_dir / "result.json").read_text())
+        assert rewritten["val_loss"] == result["val_loss"] and r.val_loss == result["val_loss"]
+        assert rewritten["info"].get("last_validation") == result["info"].get("last_validation")
+
+
+# -------------------------------------------------------------------------------------- wording (28)
+def test_a_changed_option_against_a_default_names_no_none():
+    from gerbil.finetune.config import FinetuneConfig, refuse_changes
+    from gerbil.train.config import TrainConfig
+    from gerbil.train.resolve import _refuse_changes
+
+    with pytest.raises(ValueError) as e:
+        refuse_changes(FinetuneConfig(max_len=30), FinetuneConfig(), "runs/ft")
+    assert "--max-len 30 differs from the run's, which was left to its default" in str(e.value)
+    with pytest.raises(GerbilError) as e:
+        _refuse_changes(TrainConfig(lr=0.5), TrainConfig(), "runs/r")
+    assert "--lr 0.5 differs from the run's, which was left to its default" in str(e.value)
+    assert "None" not in str(e.value)
+
+
+def test_a_token_store_is_named_not_called_a_damaged_checkpoint(tmp_path, cls_file, capsys):
+    from helpers import make_store
+
+    store = make_store(tmp_path / "store")
+    for argv in (["finetune", store, "--task", "classify", "--train", cls_file, "--out", tmp_path / "ft"],
+                 ["predict", store, "--input", cls_file], ["sample", store, "--prompt", "x"]):
+        rc, err = _cli(argv, capsys)
+        assert rc == 2 and "a token store (data from gerbil prepare), not a model" in err and "damaged" not in err
+
+
+def test_suite_wording_for_a_run_without_checkpoint_and_for_errors(tmp_path):
+    from gerbil.suite.runner import _reason
+    from gerbil.suite.spec import build_suite
+    from gerbil.suite.state import SuiteDir, run_states
+
+    assert _reason(ValueError("seq_len 4096 exceeds the model's context")) == "seq_len 4096 exceeds the model's context"
+    assert _reason(GerbilError("no space left")) == "no space left"
+    assert _reason(RuntimeError("CUDA error: boom\nmore")) == "RuntimeError: CUDA error: boom"
+    suite = build_suite({"name": "w", "corpus": "shakespeare",
+                         "models": {"m": {"d_model": 32, "n_layer": 2, "n_head": 2, "rotary_dim": 8, "seq_len": 64}},
+                         "seq_len": 32, "batch_tokens": 128, "runs": [{"name": "r1", "size": "m", "tokens": 256}]},
+                        "w.yaml")
+    sdir = SuiteDir(tmp_path / "out")
+    sdir.write_suite(suite)
+    sdir.write_record("r1", {"status": "running"})  # its worker died before the first checkpoint
+    assert run_states(sdir, suite)["r1"].detail == "interrupted (running); starts again (no checkpoint yet)"

@@ -167,5 +167,6 @@ def refuse_changes(given: FinetuneConfig, saved: FinetuneConfig, run_dir: Any) -
         mine, theirs = getattr(given, f.name), getattr(saved, f.name)
         if mine != getattr(fresh, f.name) and mine != theirs:
             flag = (f.metadata.get("flag") or "--" + f.name).replace("_", "-")
+            was = f"the run's {theirs!r}" if theirs is not None else "the run's, which was left to its default"
             raise ValueError(f"--resume continues {run_dir} as it was configured, but {flag} {mine!r} differs "
-                             f"from the run's {theirs!r}; leave it out (or fine-tune into a new --out)")
+                             f"from {was}; leave it out (or fine-tune into a new --out)")

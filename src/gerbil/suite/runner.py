@@ -204,7 +204,11 @@ def _disk_full(e: BaseException) -> bool:
 
 
 def _reason(e: BaseException) -> str:
+    """A failure in one line: a user-facing error (what the CLI prints as one line) by its message alone,
+    anything else (a bug, a library's error) with its type."""
     first = (str(e).strip().splitlines() or [""])[0]
+    if first and isinstance(e, (GerbilError, ValueError, FileNotFoundError, PermissionError)):
+        return first
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
@@ -303,7 +307,8 @@ class Worker:
                 if _disk_full(e):
                     self.event("stopped", spec.name, reason=_reason(e))
                     raise SuiteStopped(f"run {spec.name}: {str(e).splitlines()[0]} — the suite stopped; free space "
-                                       f"and run the same command again (the run resumes from its checkpoint)") from None
+                                       f"and run the same command again (the run resumes from its latest checkpoint, or starts "
+                                       f"again if it has none)") from None
                 rec.update(status="failed", reason=_reason(e), failed=now())
                 self.sdir.write_record(spec.name, rec)
                 self.event("failed", spec.name, reason=rec["reason"])

@@ -207,9 +207,19 @@ def verify_checkpoint(path: str | Path, check_hash: bool = True) -> str | None:
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
-    """A single checkpoint directory: it holds a meta.json or is named step-XXXXXXXX."""
+    """A single checkpoint directory: it holds a meta.json (not a token store's) or is named step-XXXXXXXX."""
     path = Path(path)
-    return path.is_dir() and ((path / META).is_file() or _STEP_RE.match(path.name) is not None)
+    named = _STEP_RE.match(path.name) is not None
+    return path.is_dir() and (named or ((path / META).is_file() and not is_token_store(path)))
+
+
+def is_token_store(path: str | Path) -> bool:
+    """A token store of `gerbil prepare` (its meta.json says so): data, never a model."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("magic") == "gerbil-token-store"  # gerbil.data.store.MAGIC
 
 
 def latest_checkpoint(root: str | Path, check_hash: bool = True) -> Path | None:

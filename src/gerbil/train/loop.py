@@ -506,6 +506,9 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
     checkpoint options (`checkpoints`, `checkpoint_at`, `keep_checkpoints`) are read where the config
     has them; a workload with `select` checkpoints at every validation and keeps the newest and the best.
     """
+    recorded = _recorded_result(r)
+    if recorded is not None:  # a finished run resumed: nothing to train, its result kept as it is
+        return recorded
     cfg = r.cfg
     run: RunDir = r.run
     device = r.device
@@ -566,7 +569,7 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
     marks = sorted(t for t in (getattr(cfg, "checkpoint_at", None) or ()) if t > state.tokens)
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = int(r.parent_record["tokens"]) if r.parent_record else 0
-    metrics: dict = {}  # the last validation's
+    metrics: dict = _checkpoint_validation(r.resume_from)  # the last validation's
     model.train()
     steps = work.steps(state.tokens) if not state.stopped else contextlib.nullcontext(iter(()))
     with steps as prefetch:
@@ -631,6 +634,37 @@ def run_workload(r, work: Workload, lock: Lock | None, dist: Dist = Dist()) -> R
         logger.close()
     progress.close()
     return _finish(r, work, state, metrics, last_ckpt, run_start_tokens, dist)
+
+
+def _recorded_result(r) -> RunResult | None:
+    """The result.json of a run resumed with nothing left to train (its budget reached, or stopped early),
+    its paths in the run's present folder (a moved run); None when there is training left or no readable
+    result (then `_finish` writes it again, from the checkpoint's validation: never nulls)."""
+    if r.resume_from is None:
+        return None
+    meta = ckpt.read_meta(r.resume_from)
+    if int(meta.get("tokens") or 0) < r.budget and not meta.get("stopped"):
+        return None
+    rec = r.run.read_result()
+    try:
+        rec = {f.name: rec[f.name] for f in dataclasses.fields(RunResult)}
+        rec["checkpoint"] = r.run.checkpoints / Path(rec["checkpoint"]).name if rec["checkpoint"] else None
+        result = RunResult(**dict(rec, run_dir=r.run.path, name=r.name))
+    except (TypeError, KeyError):
+        return None
+    log.info("%s is finished (%d tokens); its result is kept as recorded", r.name, int(meta["tokens"]))
+    return result
+
+
+def _checkpoint_validation(path: Path | None) -> dict:
+    """The validation metrics a checkpoint recorded ({} for none): what a resumed run reports until it
+    validates again."""
+    if path is None:
+        return {}
+    meta = ckpt.read_meta(path)
+    if meta.get("val"):
+        return dict(meta["val"])
+    return {"val_loss": meta["val_loss"]} if meta.get("val_loss") is not None else {}
 
 
 def _finish(r, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path | None, run_start_tokens: int,

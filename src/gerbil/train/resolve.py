@@ -283,9 +283,10 @@ def _refuse_changes(given: TrainConfig, saved: TrainConfig, run_dir: Path) -> No
         mine, theirs = getattr(given, f.name), getattr(saved, f.name)
         if mine != getattr(fresh, f.name) and mine != theirs:
             flag = "--" + (f.metadata.get("flag") or f.name).lstrip("-").replace("_", "-")
+            was = f"the run's {theirs!r}" if theirs is not None else "the run's, which was left to its default"
             raise GerbilError(f"--resume continues {run_dir} as it was configured, but {flag} {mine!r} differs "
-                              f"from the run's {theirs!r}; leave it out (or start a new run with --name, or "
-                              f"continue this one with --from)")
+                              f"from {was}; leave it out (or start a new run with --name, or continue this one "
+                              f"with --from)")
 
 
 def _check_same_store(store, recorded: dict, verb: str) -> None:

@@ -376,6 +376,9 @@ def resolve_source(path: str | os.PathLike, require_checkpoint: bool = True, che
         if c is None and require_checkpoint:
             raise GerbilError(f"{p}: no complete checkpoint (train it first, or pass an export folder)")
         return Source("run", p, run=run, checkpoint=c)
+    if ckpt.is_token_store(p):
+        raise GerbilError(f"{p}: a token store (data from gerbil prepare), not a model: pass a run, checkpoint or "
+                          f"export")
     raise GerbilError(f"{p}: not a run, checkpoint or export directory")
 
 
