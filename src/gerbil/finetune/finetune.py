@@ -32,8 +32,8 @@ from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
-from gerbil.finetune.decode import check_room
 from gerbil.finetune.config import RUNTIME_FIELDS, FinetuneConfig, refuse_changes
+from gerbil.finetune.decode import check_room
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
 from gerbil.train.device import choose_precision, peak_flops, pick_device
@@ -138,25 +138,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         if getattr(cfg, key):
             setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     run = RunDir(cfg.out)
-    resume_from, recorded, restart = None, {}, bool(cfg.resume)
-    if cfg.resume:
-        resume_from = run.latest_checkpoint() if run.path.is_dir() else None
-        recorded = run.read_config() if run.path.is_dir() else {}
-        if resume_from is None and not recorded.get("finetune"):
-            raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
-        saved = FinetuneConfig.from_dict(recorded.get("finetune") or {})
-        refuse_changes(cfg, saved, run.path)
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k not in ("out", "base", "resume")}
-        cfg = dataclasses.replace(saved, **runtime, resume=resume_from is not None, out=cfg.out)
-        if resume_from is None:  # killed before its first checkpoint: start again as it was configured
-            log.info("no checkpoint in %s yet: starting the run again", run.path)
-            recorded = {}
-    if resume_from is None:
-        cfg.require()
-        if run.list_checkpoints():
-            raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
-                              f"another --out")
-        run.check_fresh(restart, "pass --resume auto to start it again, or another --out")
+    cfg, resume_from, recorded = _resume_rule(cfg, run)
 
     tokenizer = Tokenizer.load()
     if recorded and recorded.get("data", {}).get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -224,6 +206,34 @@ def resolve_finetune(cfg: FinetuneConfig) -> FinetuneResolved:
         val_completions=completions, epoch_steps=steps, label_names=label_names, prompt_format=prompt_format,
         prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record,
     )
+
+
+def _resume_rule(cfg: FinetuneConfig, run: RunDir) -> tuple[FinetuneConfig, Any, dict]:
+    """(the effective config, the checkpoint to resume or None, the run's recorded config.yaml or {}).
+
+    ``--resume``: continue the latest checkpoint with the recorded options (a changed one refused); a
+    run killed before its first checkpoint starts again as it was configured. A fresh run needs every
+    input, and never replaces a run's checkpoints or files (`RunDir.check_fresh`)."""
+    resume_from, recorded, restart = None, {}, bool(cfg.resume)
+    if cfg.resume:
+        resume_from = run.latest_checkpoint() if run.path.is_dir() else None
+        recorded = run.read_config() if run.path.is_dir() else {}
+        if resume_from is None and not recorded.get("finetune"):
+            raise GerbilError(f"--resume: no complete checkpoint in {run.path}")
+        saved = FinetuneConfig.from_dict(recorded.get("finetune") or {})
+        refuse_changes(cfg, saved, run.path)
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k not in ("out", "base", "resume")}
+        cfg = dataclasses.replace(saved, **runtime, resume=resume_from is not None, out=cfg.out)
+        if resume_from is None:  # killed before its first checkpoint: start again as it was configured
+            log.info("no checkpoint in %s yet: starting the run again", run.path)
+            recorded = {}
+    if resume_from is None:
+        cfg.require()
+        if run.list_checkpoints():
+            raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
+                              f"another --out")
+        run.check_fresh(restart, "pass --resume auto to start it again, or another --out")
+    return cfg, resume_from, recorded
 
 
 def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
