@@ -93,6 +93,11 @@ def test_csv_unterminated_quote_costs_one_counted_row(tmp_path):
     assert ex.texts == ["a", "b", "c"] and ex.bad.invalid_csv == 1
     texts, rows, bad = read_texts(path, "text")  # predict reads the same way
     assert texts == ["a", "b", "c"] and rows == [1, 3, 4] and bad.invalid_csv == 1
+    # a long multi-line cell (an email body) is a row, not a parse error past csv's 128 KiB field limit
+    body = "line, with a comma\n" * 10_000
+    path.write_text(f'text,label\n"{body}",pos\nb,neg\n')
+    ex = read_examples(path, "classify")
+    assert ex.texts == [body, "b"] and ex.bad.total == 0
 
 
 def test_csv_with_a_broken_header_is_one_line(tmp_path):
@@ -175,6 +180,9 @@ def test_predict_never_replaces_its_input_or_a_foreign_file(cls_run, tmp_path, c
         for _ in range(2):
             assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", tmp_path / name], capsys)[0] == 0
     assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", notes, "--overwrite"], capsys)[0] == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # an empty file holds nothing to lose
+    assert _cli(["predict", cls_run.run_dir, "--input", inp, "--output", empty], capsys)[0] == 0
     assert notes.read_text().startswith("row,label,probability,")
 
 

@@ -164,7 +164,7 @@ def check_output(input_path: str | Path, output: str | Path, overwrite: bool = F
     if src.exists() and out.samefile(src):
         raise GerbilError(f"--output {out} is the --input file; predictions never replace their input: "
                           f"choose another --output")
-    if not overwrite and not _is_predictions(out, fmt):
+    if not overwrite and out.stat().st_size and not _is_predictions(out, fmt):  # an empty file holds nothing
         raise GerbilError(f"--output {out} exists and is not an earlier prediction file; choose another "
                           f"--output, or pass --overwrite to replace it")
 

@@ -97,7 +97,7 @@ def csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     text = data.decode("utf-8", "surrogateescape")
-    records = _csv_records(list(io.StringIO(text, newline="")))
+    records = iter(_csv_records(list(io.StringIO(text, newline=""))))
     header = next(records, None)
     if header is None:
         raise GerbilError(f"{path}: empty CSV file (expected a header row naming {', '.join(wanted)})")
@@ -121,11 +121,20 @@ def csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[
         yield n, {w: (cells[i] if i < len(cells) else None) for w, i in cols.items()}
 
 
-def _csv_records(lines: list[str]) -> Iterator[list[str] | csv.Error]:
+def _csv_records(lines: list[str]) -> list[list[str] | csv.Error]:
     """The records of a CSV file's physical `lines`, parsed strictly; a record strict parsing refuses
-    (an unterminated quote, text after a closing quote) is yielded as its `csv.Error`, and reading
-    resumes on the line after that record's first line — so a stray quote costs one row, instead of
-    swallowing every row up to the next quote as lenient parsing does."""
+    (an unterminated quote, text after a closing quote) is its `csv.Error`, and reading resumes on the
+    line after that record's first line — so a stray quote costs one row, instead of swallowing every
+    row up to the next quote as lenient parsing does. A long cell is no error (csv's 128 KiB field limit
+    is lifted while reading: an email body can be longer)."""
+    limit = csv.field_size_limit(2**31 - 1)
+    try:
+        return list(_strict_records(lines))
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _strict_records(lines: list[str]) -> Iterator[list[str] | csv.Error]:
     start = 0  # index of the first line the current reader was given
     while start < len(lines):
         reader = csv.reader(itertools.islice(lines, start, None), strict=True)
