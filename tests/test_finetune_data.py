@@ -219,7 +219,7 @@ BAD_JSONL = [
     _j({"text": "int in a string file", "label": 1}),       # mixed_labels
     _j({"text": " keeps spaces ", "label": "spam"}),
 ]
-BAD_JSONL_COUNTS = {"invalid_json": 2, "non_utf8": 3, "missing_field": 4, "non_string": 2, "empty": 1,
+BAD_JSONL_COUNTS = {"invalid_json": 2, "invalid_csv": 0, "non_utf8": 3, "missing_field": 4, "non_string": 2, "empty": 1,
                     "bad_label": 4, "mixed_labels": 1, "unknown_label": 0}
 
 

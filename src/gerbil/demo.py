@@ -124,7 +124,7 @@ def run_demo(runs: str = "runs", device: str = "auto", evaluate: bool = True,
         result = RunResult(**done)
         log.info("demo run %s already finished; reporting it (delete the folder to retrain)", run.path)
     else:
-        cfg.resume = latest is not None
+        cfg.resume = run.path.is_dir()  # continue a checkpoint, or start again a run killed before its first
         result = train(cfg)
     evals = None
     if evaluate:

@@ -397,6 +397,9 @@ def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
 
     ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
     """
+    from gerbil.train.device import pick_device
+
+    device = str(pick_device(device))  # a device this machine lacks: one line, before anything loads
     src = resolve_source(source)
     if src.kind == "export":
         model, meta = load(src.export, device=device)
@@ -441,13 +444,56 @@ EXPORT_FILES = frozenset({"config.json", "model.safetensors", "generation_config
                           "added_tokens.json", "README.md", "chat_template.jinja"})
 
 
+#: Marks a folder beside an export as gerbil's own: the temporary folder an export is written into
+#: (``OUT.tmp-export``) and the earlier export being swapped out (``OUT.old-export``). Only marked ones
+#: are ever deleted; the mark leaves the export before it is published.
+PARTIAL_MARK = ".gerbil-partial-export"
+
+
 def _is_own_export(path: Path) -> bool:
     """An earlier gerbil export: a gerbil-marked config.json and nothing but export files (no folders)."""
     try:
         marked = isinstance(json.loads((path / "config.json").read_text()).get("gerbil"), dict)
     except (OSError, ValueError, AttributeError):
         return False
-    return marked and all(p.is_file() and p.name in EXPORT_FILES for p in path.iterdir())
+    return marked and all(p.is_file() and p.name in EXPORT_FILES | {PARTIAL_MARK} for p in path.iterdir())
+
+
+def _clear_partial(path: Path) -> None:
+    """Delete `path` (an ``.tmp-export`` / ``.old-export`` sibling) if it is gerbil's own: a folder with
+    the mark holding nothing but export files. Anything else there is refused, never deleted."""
+    import shutil
+
+    if not path.exists() and not path.is_symlink():
+        return
+    own = path.is_dir() and not path.is_symlink() and (path / PARTIAL_MARK).is_file() and all(
+        p.is_file() and p.name in EXPORT_FILES | {PARTIAL_MARK} for p in path.iterdir())
+    if not own:
+        raise GerbilError(f"{path} exists and was not left by a gerbil export; move it away (an export "
+                          f"writes its temporary folders there)")
+    shutil.rmtree(path)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished export `tmp` to `out`, replacing an earlier gerbil export there: swap, then
+    delete, with both sides marked, so a crash at any point leaves nothing a later export may not clear."""
+    import shutil
+
+    if out.exists():
+        # replace only an earlier export of gerbil's own: never delete what gerbil did not write
+        if not out.is_dir() or (any(out.iterdir()) and not _is_own_export(out)):
+            shutil.rmtree(tmp)
+            raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
+                              f"choose another --out or empty it yourself")
+        old = out.with_name(out.name + ".old-export")
+        _clear_partial(old)
+        (out / PARTIAL_MARK).touch()
+        out.rename(old)  # a crash after this leaves the old export in .old-export, marked
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    (out / PARTIAL_MARK).unlink()
 
 
 def export(
@@ -473,10 +519,8 @@ def export(
     dtype: "float32" (default), "bfloat16" or "float16" for the saved weights.
 
     Returns the output directory. Files are written into a temporary sibling directory that is renamed
-    into place when complete, so an interrupted export never looks like a finished one.
+    into place when complete, so an interrupted export never looks like a finished one (`_publish`).
     """
-    import shutil
-
     import torch
     from safetensors.torch import save_file
     from transformers import GenerationConfig
@@ -500,9 +544,10 @@ def export(
         raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
                           f"choose another --out or empty it yourself")
     tmp = out.with_name(out.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    for leftover in (tmp, out.with_name(out.name + ".old-export")):  # an interrupted export's, or refused
+        _clear_partial(leftover)
     tmp.mkdir(parents=True)
+    (tmp / PARTIAL_MARK).touch()
 
     labels = _label_names(model, info)
     state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
@@ -519,21 +564,7 @@ def export(
     (tmp / "README.md").write_text(_model_card(gerbil_meta, extra_card), encoding="utf-8")
     for f in tmp.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
-
-    if out.exists():
-        # replace only an earlier export of gerbil's own: never delete what gerbil did not write
-        if not out.is_dir() or (any(out.iterdir()) and not _is_own_export(out)):
-            shutil.rmtree(tmp)
-            raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
-                              f"choose another --out or empty it yourself")
-        old = out.with_name(out.name + ".old-export")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)  # swap, then delete: a crash in between leaves the old export in .old-export
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
+    _publish(tmp, out)
     log.info("exported %s (%s) to %s", gerbil_meta["name"], objective, out)
     return out
 

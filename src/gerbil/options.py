@@ -237,11 +237,14 @@ def refuse_changes(given: Mapping[str, Any], recorded: Mapping[str, Any], *, whe
     """Refuse the first key of `given` whose value differs from `recorded`'s (keys `recorded` lacks are
     not compared): an `OptionError` in the one wording of every verb that continues a run, e.g.
     "--resume continues runs/x as it was configured, but --lr 0.5 differs from the run's 0.01; leave it
-    out". `spell` turns a key into its name for the user (a flag, or a suite file's key)."""
+    out" (a recorded None: "... from the run's, which was left to its default"). `spell` turns a key into
+    its name for the user (a flag, or a suite file's key)."""
     for key, mine in given.items():
         if key in recorded and _plain(mine) != _plain(recorded[key]):
+            theirs = recorded[key]
+            was = f"the run's {theirs!r}" if theirs is not None else "the run's, which was left to its default"
             raise OptionError(f"{action} continues {where} as it was configured, but {spell(key)} {mine!r} differs "
-                              f"from the run's {recorded[key]!r}; {advice}")
+                              f"from {was}; {advice}")
 
 
 def _plain(x: Any) -> Any:

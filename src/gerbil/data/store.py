@@ -98,6 +98,16 @@ def _refuse(path: Path, why: str) -> GerbilError:
     return GerbilError(f"token store {path}: {why}")
 
 
+def is_token_store(path: str | os.PathLike) -> bool:
+    """Whether `path` is a token store (its meta.json has the store's magic) — data, never a model: a
+    checkpoint also holds a meta.json (`gerbil.runs.rundir.kind` tells them apart with this)."""
+    try:
+        meta = json.loads((Path(path) / _META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("magic") == MAGIC
+
+
 class TokenStore:
     """A token store opened for reading; see the module docstring for the format.
 

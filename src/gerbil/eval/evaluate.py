@@ -197,9 +197,10 @@ def _dtype(name: str | None):
 
 
 def default_device() -> str:
-    import torch
+    """The device ``auto`` means here (`gerbil.train.device.pick_device`'s rule)."""
+    from gerbil.train.device import pick_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(pick_device("auto"))
 
 
 def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: int | None = None,
@@ -283,10 +284,11 @@ def evaluate(path: str | Path, tasks: str | Iterable[str] | None = None, *, limi
     JSONL files per task (checked for count and content); `eval_dir` overrides where records go.
     """
     from gerbil.train import distributed
+    from gerbil.train.device import pick_device
 
     task_list = resolve_tasks(tasks)
     owns_group = not (torch_distributed_initialized())
-    dist, device = distributed.init(device or default_device())
+    dist, device = distributed.init(str(pick_device(device)))  # a device this machine lacks: one line
     try:
         return _evaluate(path, task_list, dist, device, limit=limit, batch_size=batch_size, dtype=dtype,
                          output=output, write=write, progress=progress, prefix=prefix, share_prefix=share_prefix,

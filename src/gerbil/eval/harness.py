@@ -127,7 +127,9 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
 
         if model is None and pretrained is None:
             raise GerbilError("GerbilLM needs model= (a GPT) or pretrained= (a run, checkpoint or export)")
-        self._device = device or ev.default_device()
+        from gerbil.train.device import pick_device
+
+        self._device = str(pick_device(device))  # a device this machine lacks: one line
         if model is None:
             em = ev.load_for_eval(pretrained, prefix)  # type: ignore[arg-type]
             model, encoder = em.model, em.encoder

@@ -77,7 +77,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="rows per forward pass (default 64)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="sft: longest completion (default: the one recorded at fine-tuning)")
+                   help="sft: longest completion (default: the one recorded at fine-tuning); below the "
+                        "model's context")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output that is not an earlier prediction file (never --input)")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -91,7 +94,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise GerbilError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     setup_logging()
     rows = predict(args.run, args.input, args.output, field=args.field, device=args.device,
-                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, overwrite=args.overwrite)
     if args.output:
         print(f"wrote {len(rows):,} predictions to {args.output}", file=sys.stderr)
     else:

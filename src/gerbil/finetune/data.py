@@ -22,7 +22,9 @@ A file's labels are either *strings* (class names) or *integers* (class ids):
   with no fraction (``1.0``: what pandas writes for an int column with gaps) counts as that integer;
 * CSV cells are all strings: a CSV label column is read as integers when every non-empty label cell is
   an integer literal (``-?\\d+``), else as strings;
-* the first valid label decides the file's kind; a row with the other kind is ``mixed_labels``.
+* a file whose labels mix the kinds: string labels that are all integer literals (``"1"`` beside
+  ``1``) are read as those integers; otherwise the kind most rows have decides, and each row of the
+  other kind is ``mixed_labels`` (a warning names both kinds); as many of each is refused (one line).
 
 ``label_names`` given to :func:`read_examples` fixes the mapping instead (read a validation or test file
 with the training file's mapping); a label outside it is ``unknown_label``.
@@ -33,6 +35,9 @@ Bad rows never stop a read: each is skipped and counted once, under the first re
 checked in the order text, label / prompt, completion), in :class:`BadRows`:
 
 * ``invalid_json``  a JSONL line that is not JSON, or not a JSON object;
+* ``invalid_csv``   a CSV record that strict CSV parsing refuses: an unterminated quote, text after a
+                    closing quote. Only its first line is skipped; reading resumes on the next line
+                    (a lenient parser would merge the following rows into it);
 * ``non_utf8``      a used field with bytes that are not UTF-8 (or a JSON lone surrogate ``"\\ud800"``).
                     Unlike ``prepare``, which keeps such documents with U+FFFD, fine-tuning sets are
                     small and curated, so a mangled example is dropped rather than learnt;
@@ -41,7 +46,7 @@ checked in the order text, label / prompt, completion), in :class:`BadRows`:
 * ``empty``         a text / prompt / completion that is empty or whitespace only;
 * ``bad_label``     a label that is neither a string nor an integer: list, dict, bool (ambiguous: a
                     class name or an id?), float with a fraction, negative or huge integer;
-* ``mixed_labels``  an integer label in a file of string labels, or the reverse;
+* ``mixed_labels``  an integer label in a file most of whose labels are strings, or the reverse;
 * ``unknown_label`` a label outside the ``label_names`` given to :func:`read_examples`.
 
 Blank lines of a JSONL file are not rows and are not counted. A file with no usable row, a CSV or
@@ -50,21 +55,18 @@ parquet file without a needed column, or an unreadable file is refused with a on
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import gzip
 import hashlib
-import io
-import json
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
+# BadRows and read_texts are this module's API too (they moved to rows.py with the readers)
+from gerbil.finetune.rows import BadRows, check_string, csv_rows, has_surrogates, read_texts, reader_for  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -72,34 +74,6 @@ TASKS = ("classify", "sft")
 #: Largest integer label accepted as a class id: ids index a classifier head of ``max + 1`` rows.
 MAX_LABEL_ID = 65_535
 _INT_LITERAL = re.compile(r"[+-]?\d+")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
-
-
-@dataclass
-class BadRows:
-    """How many rows of each bad kind were skipped (see the module docstring)."""
-
-    invalid_json: int = 0
-    non_utf8: int = 0
-    missing_field: int = 0
-    non_string: int = 0
-    empty: int = 0
-    bad_label: int = 0
-    mixed_labels: int = 0
-    unknown_label: int = 0
-
-    @property
-    def total(self) -> int:
-        """Number of skipped rows."""
-        return sum(self.as_dict().values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        """One line, e.g. ``"bad rows: 3 invalid_json, 1 empty"`` or ``"bad rows: none"``."""
-        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v]
-        return "bad rows: " + (", ".join(parts) if parts else "none")
 
 
 @dataclass
@@ -159,129 +133,7 @@ class Examples:
                         pick(self.completions), list(self.label_names), pick(self.source_rows), self.bad)
 
 
-# ------------------------------------------------------------------------------------------ readers
-def _has_surrogates(s: str) -> bool:
-    """True when ``s`` holds lone surrogates: undecodable bytes (read with surrogateescape) or JSON
-    ``\\udXXX`` escapes. Neither can be encoded as UTF-8, which is all the check needs."""
-    try:
-        s.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def _jsonl_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte order mark is not part of the first record
-                if not raw.strip():
-                    continue
-                # surrogateescape keeps invalid bytes as lone surrogates: a line whose bad bytes sit in a
-                # field the task does not use is still usable; the used fields are checked later.
-                line = raw.decode("utf-8", "surrogateescape")
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    if _has_surrogates(line):
-                        bad.non_utf8 += 1
-                    else:
-                        bad.invalid_json += 1
-                    continue
-                if not isinstance(row, dict):
-                    bad.invalid_json += 1
-                    continue
-                yield lineno, row
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise GerbilError(f"cannot read {path}: {e}") from None
-
-
-def _csv_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise GerbilError(f"cannot read {path}: {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    text = data.decode("utf-8", "surrogateescape")
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise GerbilError(f"{path}: not a readable CSV file ({e})") from None
-    if not rows:
-        raise GerbilError(f"{path}: empty CSV file (expected a header row naming {', '.join(wanted)})")
-    header = rows[0]
-    missing = [w for w in wanted if w not in header]
-    if missing:
-        raise GerbilError(f"{path}: CSV header has no column {', '.join(map(repr, missing))} "
-                          f"(columns: {', '.join(map(repr, header))})")
-    cols = {w: header.index(w) for w in wanted}
-    n = 0
-    for cells in rows[1:]:
-        if not cells:  # csv yields [] for a blank line: not a row
-            continue
-        n += 1
-        # A short row lacks its last cells: None, counted as missing_field. An empty cell is "".
-        yield n, {w: (cells[i] if i < len(cells) else None) for w, i in cols.items()}
-
-
-def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:  # ArrowInvalid for a file that is not parquet
-        raise GerbilError(f"cannot read {path} as parquet: {str(e).splitlines()[0] if str(e) else e}") from None
-    names = pf.schema_arrow.names
-    missing = [w for w in wanted if w not in names]
-    if missing:
-        raise GerbilError(f"{path}: parquet file has no column {', '.join(map(repr, missing))} "
-                          f"(columns: {', '.join(map(repr, names))})")
-    n = 0
-    try:
-        for batch in pf.iter_batches(columns=list(wanted)):
-            for row in batch.to_pylist():
-                yield n, row
-                n += 1
-    except (pa.ArrowException, OSError) as e:
-        raise GerbilError(f"cannot read {path} (row {n}): {str(e).splitlines()[0] if str(e) else e}") from None
-
-
-def _reader(path: Path):
-    name = path.name.lower()
-    if name.endswith(_JSONL_SUFFIXES):
-        return _jsonl_rows
-    if name.endswith(".csv"):
-        return _csv_rows
-    if name.endswith(".parquet"):
-        return _parquet_rows
-    raise GerbilError(f"{path}: unknown format (expected .jsonl, .jsonl.gz, .ndjson, .csv or .parquet)")
-
-
 # --------------------------------------------------------------------------------------- validation
-def _check_string(value: Any, bad: BadRows) -> str | None:
-    """A usable text / prompt / completion, or None after counting why not."""
-    if value is None:
-        bad.missing_field += 1
-    elif isinstance(value, bytes):  # a parquet binary column: must be UTF-8 text
-        try:
-            return _check_string(value.decode("utf-8"), bad)
-        except UnicodeDecodeError:
-            bad.non_utf8 += 1
-    elif not isinstance(value, str):
-        bad.non_string += 1
-    elif _has_surrogates(value):
-        bad.non_utf8 += 1
-    elif not value.strip():
-        bad.empty += 1
-    else:
-        return value
-    return None
-
-
 def _label_value(value: Any, csv_ints: bool, bad: BadRows) -> str | int | None:
     """A label as a class name (str) or id (int), or None after counting why not."""
     if isinstance(value, bytes):
@@ -294,7 +146,7 @@ def _label_value(value: Any, csv_ints: bool, bad: BadRows) -> str | int | None:
         bad.missing_field += 1
         return None
     if isinstance(value, str):
-        if _has_surrogates(value):
+        if has_surrogates(value):
             bad.non_utf8 += 1
             return None
         if not value.strip():
@@ -337,17 +189,17 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     if not p.is_file():
         raise GerbilError(f"{p}: no such file")
     wanted = (text_field, label_field) if task == "classify" else (prompt_field, completion_field)
-    reader = _reader(p)
+    reader = reader_for(p)
     bad = BadRows()
     rows = reader(p, bad, wanted)
     ex = Examples(task, str(p), bad=bad)
 
     if task == "sft":
         for n, row in rows:
-            prompt = _check_string(row.get(prompt_field), bad)
+            prompt = check_string(row.get(prompt_field), bad)
             if prompt is None:
                 continue
-            completion = _check_string(row.get(completion_field), bad)
+            completion = check_string(row.get(completion_field), bad)
             if completion is None:
                 continue
             ex.prompts.append(prompt)
@@ -356,22 +208,22 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
         return _finish(ex, p)
 
     csv_ints = False
-    if reader is _csv_rows:
+    if reader is csv_rows:
         rows = list(rows)
         cells = [r[label_field] for _, r in rows if r[label_field] is not None and r[label_field].strip()]
         csv_ints = bool(cells) and all(_INT_LITERAL.fullmatch(c.strip()) for c in cells)
-    raw_labels: list[str | int] = []
-    kind: type | None = None
+    found = []  # (row, text, label) of each row with a usable text and label of either kind
     for n, row in rows:
-        text = _check_string(row.get(text_field), bad)
+        text = check_string(row.get(text_field), bad)
         if text is None:
             continue
         label = _label_value(row.get(label_field), csv_ints, bad)
-        if label is None:
-            continue
-        if kind is None:
-            kind = type(label)
-        elif type(label) is not kind:
+        if label is not None:
+            found.append((n, text, label))
+    kind = _label_kind(found, p, bad)
+    raw_labels: list[str | int] = []
+    for n, text, label in found:
+        if type(label) is not kind:
             bad.mixed_labels += 1
             continue
         ex.texts.append(text)
@@ -408,6 +260,33 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     return _finish(ex, p)
 
 
+def _label_kind(found: list[tuple[int, str, str | int]], p: Path, bad: BadRows) -> type | None:
+    """The label kind of a file (int or str; None without labels). Mixed kinds (the module docstring):
+    integer-literal strings beside integers become those integers (in place in `found`, range-checked
+    as integers are); otherwise the kind most rows have wins, and a tie is a one-line GerbilError."""
+    ints = sum(isinstance(y, int) for _, _, y in found)
+    strs = len(found) - ints
+    if not ints or not strs:
+        return int if ints else str if strs else None
+    if all(isinstance(y, int) or _INT_LITERAL.fullmatch(y.strip()) for _, _, y in found):
+        for i, (n, text, y) in enumerate(found):
+            if isinstance(y, str):
+                value = int(y)
+                if not 0 <= value <= MAX_LABEL_ID:
+                    bad.bad_label += 1
+                    value = None
+                found[i] = (n, text, value)
+        found[:] = [f for f in found if f[2] is not None]
+        return int
+    first = {k: next(n for n, _, y in found if isinstance(y, k)) for k in (int, str)}
+    what = (f"labels mix kinds: {ints} rows with an integer (the first: row {first[int]}), {strs} with a string "
+            f"(the first: row {first[str]})")
+    if ints == strs:
+        raise GerbilError(f"{p}: {what}: give every row the same kind of label (class names or ids)")
+    log.warning("%s: %s: the %s rows are skipped as mixed_labels", p, what, "integer" if strs > ints else "string")
+    return str if strs > ints else int
+
+
 def _finish(ex: Examples, p: Path) -> Examples:
     if not len(ex):
         raise GerbilError(f"{p}: no usable {ex.task} rows ({ex.bad.summary()})")
@@ -416,6 +295,17 @@ def _finish(ex: Examples, p: Path) -> Examples:
     else:
         log.info("%s: %d usable rows", p, len(ex))
     return ex
+
+
+def require_classes(ex: Examples) -> None:
+    """Training a classifier needs examples of two classes at least: a one-class file (say, most rows
+    dropped as bad) would train a model that always answers that class, and validate it at accuracy 1.
+    A one-line GerbilError names the class and the bad rows."""
+    present = sorted(set(ex.labels))
+    if ex.task == "classify" and len(present) < 2:
+        only = f"the label {ex.label_names[present[0]]!r}" if present else "no label"
+        raise GerbilError(f"{ex.path}: all {len(ex)} usable examples have {only} ({ex.bad.summary()}); a "
+                          f"classifier needs examples of at least two classes")
 
 
 # ------------------------------------------------------------------------------------------ splitting
@@ -462,24 +352,3 @@ def split_validation(examples: Examples, fraction: float = 0.1, seed: int = 0) -
     val_idx = sorted(val)
     return examples.subset(train_idx), examples.subset(val_idx)
 
-
-def read_texts(path: str | Path, field: str) -> tuple[list[str], list[int], BadRows]:
-    """The ``field`` strings of a JSONL / CSV / parquet file, for inference (``gerbil predict``): the
-    same formats and bad-row rules as :func:`read_examples` (a bad row is counted and skipped), no
-    label or completion needed. Returns ``(texts, source_rows, bad)``; a file with no usable row is a
-    one-line :class:`~gerbil.errors.GerbilError`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise GerbilError(f"{p}: no such file")
-    bad = BadRows()
-    texts, rows = [], []
-    for n, row in _reader(p)(p, bad, (field,)):
-        text = _check_string(row.get(field), bad)
-        if text is not None:
-            texts.append(text)
-            rows.append(n)
-    if not texts:
-        raise GerbilError(f"{p}: no usable rows with a {field!r} field ({bad.summary()})")
-    if bad.total:
-        log.warning("%s: %d usable rows, %s", p, len(texts), bad.summary())
-    return texts, rows, bad

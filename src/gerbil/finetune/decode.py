@@ -19,9 +19,19 @@ from collections.abc import Sequence
 import torch
 
 from gerbil.data.tokenizer import EOT_ID
+from gerbil.errors import GerbilError
 
 #: Rows decoded together (tiny models: the cost is the per-step overhead, not the rows).
 DEFAULT_BATCH = 128
+
+
+def check_room(max_new_tokens: int, seq_len: int, what: str = "max_new_tokens") -> None:
+    """A completion must leave the prompt a place in the context: `max_new_tokens` ≥ `seq_len` would cut
+    every prompt to nothing (and decode past the context the model was trained on). One-line GerbilError;
+    `what` names the option in it."""
+    if int(max_new_tokens) >= int(seq_len):
+        raise GerbilError(f"{what} {max_new_tokens} leaves no room for the prompt in the model's context of "
+                          f"{seq_len} tokens: use at most {int(seq_len) - 1}")
 
 
 @torch.no_grad()
@@ -31,10 +41,12 @@ def greedy(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tok
     """``(new token ids without the stop token, mean log-probability)`` per prompt, in order.
 
     Prompts longer than the model's context minus `max_new_tokens` lose tokens from the left (what
-    `generate_ids` would crop), so no row ever outgrows the context.
+    `generate_ids` would crop), so no row ever outgrows the context; `max_new_tokens` must be below the
+    context (`check_room`).
     """
     device = next(model.parameters()).device
-    room = max(1, int(model.config.seq_len) - int(max_new_tokens))
+    check_room(max_new_tokens, model.config.seq_len)
+    room = int(model.config.seq_len) - int(max_new_tokens)
     prompts = [list(p)[-room:] or [EOT_ID] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths together
     out: list[tuple[list[int], float]] = [([], 0.0)] * len(prompts)

@@ -32,6 +32,7 @@ from gerbil.errors import GerbilError
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
 from gerbil.finetune.config import FinetuneConfig
+from gerbil.finetune.decode import check_room
 from gerbil.finetune.workloads import WORKLOADS, Finetuning
 from gerbil.fsutil import sha256_file
 from gerbil.model.config import ModelConfig
@@ -42,7 +43,7 @@ from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.device import peak_flops
 from gerbil.train.distributed import Dist
 from gerbil.train.loop import run_locked, run_workload
-from gerbil.train.runplan import AdamW, RunPlan, execution, resume_point
+from gerbil.train.runplan import AdamW, RunPlan, execution, fresh_start, resume_point
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,10 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
         if getattr(cfg, key):
             setattr(cfg, key, str(Path(getattr(cfg, key)).expanduser().resolve()))
     run = RunDir(cfg.out)
-    cfg, resume_from, recorded = resume_point(cfg, run, "finetune")
+    cfg, resume_from, recorded, restart = resume_point(cfg, run, "finetune")
     if resume_from is None:
         cfg.require()
-        if run.list_checkpoints():
-            raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
-                              f"another --out")
+        fresh_start(run, restart, "another --out")
 
     tokenizer = Tokenizer.load()
     if recorded and recorded.get("data", {}).get("tokenizer_sha256") not in (None, tokenizer.sha256):
@@ -101,7 +100,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     max_len = cfg.max_len or int(base_info.get("seq_len") or min(model_cfg.seq_len, 1024))
     if max_len > model_cfg.seq_len:
         raise GerbilError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
-    train_set, val_set, completions, max_new = _encode(cfg, tokenizer, train, val, prefix, prompt_format, max_len)
+    train_set, val_set, completions, max_new = _encode(cfg, tokenizer, train, val, prefix, prompt_format, max_len,
+                                                       model_cfg.seq_len)
     data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
 
     # --- steps, budget, schedule
@@ -149,9 +149,10 @@ def _config_record(r: Finetuning) -> dict:
 
 
 def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: list[int], prompt_format: str,
-            max_len: int) -> tuple[Encoded, Encoded, list[str], int]:
-    """(train set, validation set, validation completions, longest completion to generate): the examples as
-    tokens (`batches.encode_classify` / `encode_sft`); examples longer than `max_len` are cut, with a warning."""
+            max_len: int, context: int) -> tuple[Encoded, Encoded, list[str], int]:
+    """(train set, validation set, validation completions, longest completion to generate, below the
+    model's `context`): the examples as tokens (`batches.encode_classify` / `encode_sft`); examples longer
+    than `max_len` are cut, with a warning."""
     if cfg.task == "classify":
         train_set = encode_classify(train.texts, train.labels, tokenizer, prefix, max_len, cfg.truncate)
         val_set = encode_classify(val.texts, val.labels, tokenizer, prefix, max_len, cfg.truncate)
@@ -163,7 +164,8 @@ def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: l
         val_set = encode_sft(val.prompts, val.completions, tokenizer, prefix, cfg.template, fim, max_len)
         completions = list(val.completions)
         longest = int(max(len(x) - p for x, p in zip(train_set.ids, train_set.prompt_len)))
-        max_new = cfg.max_new_tokens or longest + 8
+        max_new = cfg.max_new_tokens or min(longest + 8, context - 1)
+        check_room(max_new, context, "max_new_tokens")  # validation's greedy completions fit
     for name, s in (("train", train_set), ("validation", val_set)):
         if s.truncated:
             log.warning("%d of %d %s examples are longer than max_len %d and were cut", s.truncated, len(s), name,
@@ -198,6 +200,7 @@ def _read_data(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, Any, dict]:
     fields = dict(text_field=cfg.text_field, label_field=cfg.label_field, prompt_field=cfg.prompt_field,
                   completion_field=cfg.completion_field)
     train_file = fdata.read_examples(cfg.train, cfg.task, label_names=cfg.label_names, **fields)
+    fdata.require_classes(train_file)
     if cfg.val:
         train, split = train_file, None
         val = fdata.read_examples(cfg.val, cfg.task, label_names=train.label_names or None, **fields)

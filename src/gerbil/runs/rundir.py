@@ -18,8 +18,8 @@ checkpoint writer, the CLI) asks this module for these paths: the names are spel
 private constants (tests/test_layout.py checks it). Torch-free.
 
 The rule (`kind`): an **export** is a folder with a transformers ``config.json`` (never in a run or a
-checkpoint); a **checkpoint** is a folder with a ``meta.json`` or named ``step-XXXXXXXX``; a **run** is a
-folder with ``checkpoints/``, ``config.yaml`` or ``metrics.jsonl``.
+checkpoint); a **checkpoint** is a folder with a ``meta.json`` (not a token store's) or named
+``step-XXXXXXXX``; a **run** is a folder with ``checkpoints/``, ``config.yaml`` or ``metrics.jsonl``.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gerbil.data.store import is_token_store
 from gerbil.errors import GerbilError
 from gerbil.fsutil import (atomic_write_json, atomic_write_text, disk_error, fsync_dir, fsync_file, json_safe,
                            sha256_file)
@@ -146,6 +147,10 @@ class RunDir:
         if not isinstance(data, dict):
             raise GerbilError(f"{self.config}: not a mapping")
         return data
+
+    def run_files(self) -> list[str]:
+        """Names of the run's own files present here (config.yaml, env.json, metrics.jsonl, result.json)."""
+        return [n for n in (_CONFIG, _ENV, _METRICS, _RESULT) if (self.path / n).exists()]
 
     def write_config(self, resolved: dict) -> None:
         import yaml
@@ -403,9 +408,10 @@ def verify_checkpoint(path: str | Path, check_hash: bool = True) -> str | None:
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
-    """A single checkpoint directory: it holds a meta.json or is named step-XXXXXXXX."""
+    """A single checkpoint directory: it holds a meta.json (not a token store's) or is named step-XXXXXXXX."""
     path = Path(path)
-    return path.is_dir() and (meta_file(path).is_file() or _STEP_RE.match(path.name) is not None)
+    named = _STEP_RE.match(path.name) is not None
+    return path.is_dir() and (named or (meta_file(path).is_file() and not is_token_store(path)))
 
 
 def latest_checkpoint(root: str | Path, check_hash: bool = True) -> Path | None:
@@ -487,4 +493,7 @@ def resolve_source(path: str | os.PathLike, require_checkpoint: bool = True, che
         if c is None and require_checkpoint:
             raise GerbilError(f"{p}: no complete checkpoint (train it first, or pass an export folder)")
         return Source("run", p, run=run, checkpoint=c)
+    if is_token_store(p):
+        raise GerbilError(f"{p}: a token store (data from gerbil prepare), not a model: pass a run, checkpoint or "
+                          f"export")
     raise GerbilError(f"{p}: not a run, checkpoint or export directory")

@@ -205,7 +205,11 @@ def _disk_full(e: BaseException) -> bool:
 
 
 def _reason(e: BaseException) -> str:
+    """A failure in one line: a user-facing error (what the CLI prints as one line) by its message alone,
+    anything else (a bug, a library's error) with its type."""
     first = (str(e).strip().splitlines() or [""])[0]
+    if first and isinstance(e, (GerbilError, ValueError, FileNotFoundError, PermissionError)):
+        return first
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
@@ -304,7 +308,8 @@ class Worker:
                 if _disk_full(e):
                     self.event("stopped", spec.name, reason=_reason(e))
                     raise SuiteStopped(f"run {spec.name}: {str(e).splitlines()[0]} — the suite stopped; free space "
-                                       f"and run the same command again (the run resumes from its checkpoint)") from None
+                                       f"and run the same command again (the run resumes from its latest checkpoint, or starts "
+                                       f"again if it has none)") from None
                 rec.update(status="failed", reason=_reason(e), failed=now())
                 self.sdir.write_record(spec.name, rec)
                 self.event("failed", spec.name, reason=rec["reason"])
@@ -336,7 +341,8 @@ class Worker:
     def train_config(self, spec: RunSpec):
         """The TrainConfig this worker trains `spec` with: the suite's options, the run's directory under
         DIR/runs, its store, its parent (a star run: the parent's run directory; a branch: the trunk
-        checkpoint at its branch point), `resume` when it has a checkpoint already."""
+        checkpoint at its branch point), `resume` when its directory exists (a checkpoint is continued; a run
+        killed before its first starts again)."""
         from gerbil.train.config import TrainConfig
 
         opts = dict(spec.options)
@@ -350,7 +356,8 @@ class Worker:
         elif spec.parent is not None:
             opts["from_run"] = spec.parent
         run = self.sdir.run_dir(spec.name)
-        opts["resume"] = run.path.is_dir() and run.latest_checkpoint(check_hash=False) is not None
+        # `resume` also when the run has no checkpoint yet: a run killed before its first starts again
+        opts["resume"] = run.path.is_dir()
         return TrainConfig.from_dict(opts)
 
     def evaluate(self, spec: RunSpec) -> dict:

@@ -287,7 +287,8 @@ def run_states(sdir: SuiteDir, suite: Suite, stale_after: float = STALE_AFTER_S)
         else:
             st.status = "pending"
             if status in ("running", "evaluating"):
-                st.detail = f"interrupted ({status}); resumes from its checkpoint"
+                st.detail = f"interrupted ({status}); " + ("resumes from its checkpoint" if run.list_checkpoints()
+                                                           else "starts again (no checkpoint yet)")
         states[spec.name] = st
     return {r.name: states[r.name] for r in suite.runs}
 

@@ -12,15 +12,30 @@ from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str | torch.device | None) -> torch.device:
+    """The torch device `name` asks for, checked: ``auto`` (or none) is CUDA when available, else the CPU.
+    Every verb's ``--device`` goes through here (train, finetune, eval, sample, predict, export's loading),
+    so a device this machine lacks is one line, not torch's AssertionError later: CUDA on a CPU-only
+    torch or without a visible GPU, a GPU index past the last one, MPS where it is unavailable, and
+    anything other than cpu / cuda[:N] / mps."""
     if name in ("auto", "", None):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GerbilError(f"device {name!r} requested but CUDA is not available")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise GerbilError(f"device {str(name)!r} requested but CUDA is not available ({why}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GerbilError(f"device {str(name)!r} requested but this machine has {torch.cuda.device_count()} "
+                              f"GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise GerbilError(f"device {str(name)!r} requested but MPS is not available; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {str(name)!r} (cpu, cuda, cuda:N, mps or auto)")
     return dev
 
 

@@ -45,7 +45,7 @@ from gerbil.lock import Lock
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
 from gerbil.runs.env import env_info
-from gerbil.runs.rundir import RunDir, checkpoint_name, clean_temporaries
+from gerbil.runs.rundir import RunDir, checkpoint_name, clean_temporaries, read_meta
 from gerbil.schedules import lr_at
 from gerbil.train import checkpoint as ckpt
 from gerbil.train import distributed
@@ -487,6 +487,9 @@ def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dis
     When to write checkpoints and which to keep: `r.checkpoints` (a `CheckpointPolicy`: interval, newest
     kept, log-spaced, requested token counts; a fine-tuning run's keeps the newest and the best).
     """
+    recorded = _recorded_result(r)
+    if recorded is not None:  # a finished run resumed: nothing to train, its result kept as it is
+        return recorded
     run: RunDir = r.run
     device = r.device
     main = dist.is_main
@@ -541,7 +544,7 @@ def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dis
     next_eval = _next_multiple(state.tokens, r.eval_every)
     # tokens this run trains itself (a continuation's parent's tokens are not its own)
     run_start_tokens = r.parent.tokens if r.parent else 0
-    metrics: dict = {}  # the last validation's
+    metrics: dict = _checkpoint_validation(r.resume_from)  # the last validation's
     model.train()
     steps = work.steps(state.tokens) if not state.stopped else contextlib.nullcontext(iter(()))
     with steps as prefetch:
@@ -602,6 +605,37 @@ def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dis
         logger.close()
     progress.close()
     return _finish(r, work, state, metrics, last_ckpt, run_start_tokens, dist)
+
+
+def _recorded_result(r: RunPlan) -> RunResult | None:
+    """The result.json of a run resumed with nothing left to train (its budget reached, or stopped early),
+    its paths in the run's present folder (a moved run); None when there is training left or no readable
+    result (then `_finish` writes it again, from the checkpoint's validation: never nulls)."""
+    if r.resume_from is None:
+        return None
+    meta = read_meta(r.resume_from)
+    if int(meta.get("tokens") or 0) < r.budget and not meta.get("stopped"):
+        return None
+    rec = r.run.read_result()
+    try:
+        rec = {f.name: rec[f.name] for f in dataclasses.fields(RunResult)}
+        rec["checkpoint"] = r.run.checkpoint_path(Path(rec["checkpoint"]).name) if rec["checkpoint"] else None
+        result = RunResult(**dict(rec, run_dir=r.run.path, name=r.name))
+    except (TypeError, KeyError):
+        return None
+    log.info("%s is finished (%d tokens); its result is kept as recorded", r.name, int(meta["tokens"]))
+    return result
+
+
+def _checkpoint_validation(path: Path | None) -> dict:
+    """The validation metrics a checkpoint recorded ({} for none): what a resumed run reports until it
+    validates again."""
+    if path is None:
+        return {}
+    meta = read_meta(path)
+    if meta.get("val"):
+        return dict(meta["val"])
+    return {"val_loss": meta["val_loss"]} if meta.get("val_loss") is not None else {}
 
 
 def _finish(r: RunPlan, work: Workload, state: TrainState, metrics: dict, last_ckpt: Path | None, run_start_tokens: int,

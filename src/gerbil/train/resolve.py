@@ -27,7 +27,7 @@ from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.config import FRESH_DEFAULTS, TrainConfig
 from gerbil.train.device import auto_micro_batch, peak_flops
 from gerbil.train.distributed import Dist
-from gerbil.train.runplan import AdamW, Execution, Parent, RunPlan, execution, resume_point
+from gerbil.train.runplan import AdamW, Execution, Parent, RunPlan, execution, fresh_start, resume_point
 from gerbil.units import DEFAULT_SEQ_LEN, fmt_batch
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     data-parallel job, whose ranks take rank 0's micro-batch (its probe decides)."""
     cfg = dataclasses.replace(cfg)  # never mutate the caller's config; the effective one is `Pretraining.cfg`
     run = RunDir(Path(cfg.runs) / run_name(cfg))
-    cfg, resume_from, recorded = resume_point(cfg, run, "train")
+    cfg, resume_from, recorded, restart = resume_point(cfg, run, "train")
     saved_data = recorded.get("data") or {}
     if resume_from is not None:
         cfg.name = run.name
@@ -94,9 +94,8 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
 
     name = run_name(cfg)
     run = RunDir(Path(cfg.runs) / name)
-    if resume_from is None and run.list_checkpoints():
-        raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, "
-                          f"or --name for a new run")
+    if resume_from is None:
+        fresh_start(run, restart, "--name for a new run")
     _check_writable(run.path)
 
     ex = execution(cfg)

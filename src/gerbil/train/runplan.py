@@ -21,6 +21,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import torch
 
+from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig
 from gerbil.options import Optimization, Options, Runtime, resumed
 from gerbil.runs.rundir import RunDir
@@ -128,20 +129,60 @@ class Planned(Protocol):
     plan: RunPlan
 
 
-def resume_point(cfg: O, run: RunDir, section: str) -> tuple[O, Path | None, dict]:
-    """`--resume auto`, the same for every verb: (effective options, checkpoint to continue, config.yaml).
+class ResumePoint(NamedTuple):
+    """What `--resume auto` decided for a run (`resume_point`)."""
+
+    options: Options  # the effective options
+    checkpoint: Path | None  # the run's own latest checkpoint, to continue; None: the run starts
+    recorded: dict  # the run's config.yaml when it continues ({} when it starts)
+    restart: bool  # asked to resume, but no checkpoint yet: the run starts (again), over a killed start's files
+
+
+def resume_point(cfg: O, run: RunDir, section: str) -> ResumePoint:
+    """`--resume auto`, the same for every verb.
 
     With `cfg.resume` and a checkpoint in `run`: the run's own options from config.yaml's `section`
     (``train``, ``finetune``), continued with `cfg`'s runtime options, a changed fixed one refused
-    (`gerbil.options.resumed`). Without a checkpoint yet (never started, or killed before its first):
-    `cfg` as given, `resume` off — the run starts, so the same command can be rerun after any
-    interruption. Without `cfg.resume`: `cfg`, None, {}.
+    (`gerbil.options.resumed`). Without a checkpoint yet the run starts, so the same command can be rerun
+    after any interruption: a run killed before its first checkpoint as it was configured (its
+    config.yaml's options, the same rule), one never started as given; `resume` off, `restart` on (its
+    files may be replaced: `fresh_start`). Without `cfg.resume`: `cfg` as given, no checkpoint.
     """
     if not getattr(cfg, "resume", False):
-        return cfg, None, {}
+        return ResumePoint(cfg, None, {}, False)
     latest = run.latest_checkpoint() if run.path.is_dir() else None
-    if latest is None:
+    try:
+        recorded = run.read_config()
+    except GerbilError:  # not a run's config.yaml: `fresh_start` refuses to replace it
+        recorded = {}
+    if latest is not None:
+        return ResumePoint(resumed(cfg, recorded.get(section) or {}, run.path), latest, recorded, False)
+    if recorded.get(section):
+        log.info("no checkpoint in %s yet: starting the run again as it was configured", run.path)
+        cfg = resumed(cfg, recorded[section], run.path)
+    else:
         log.info("no checkpoint in %s yet: starting the run", run.path)
-        return dataclasses.replace(cfg, resume=False), None, {}
-    recorded = run.read_config()
-    return resumed(cfg, recorded.get(section) or {}, run.path), latest, recorded
+    return ResumePoint(dataclasses.replace(cfg, resume=False), None, {}, True)
+
+
+def fresh_start(run: RunDir, restart: bool, alternative: str) -> None:
+    """Before a run starts from nothing in `run`: never over its checkpoints (``--resume auto`` continues
+    them), never over files gerbil did not write, and over the files of a run killed before its first
+    checkpoint only with `restart` (``--resume auto`` asked; `resume_point`). `alternative` says where
+    else to start it (``--name for a new run``, ``another --out``). Each refusal is one line."""
+    if run.list_checkpoints():
+        raise GerbilError(f"run {run.path} already has checkpoints: pass --resume auto to continue it, or "
+                          f"{alternative}")
+    found = run.run_files()
+    if not found:
+        return
+    try:
+        ours = "resolved" in run.read_config()  # config.yaml is a gerbil run record
+    except GerbilError:
+        ours = False
+    if not ours:
+        raise GerbilError(f"{run.path} holds files that are not a gerbil run's ({', '.join(found)}); choose "
+                          f"another folder")
+    if not restart:
+        raise GerbilError(f"{run.path} holds a run that has no checkpoint yet ({', '.join(found)}; killed before "
+                          f"its first?): pass --resume auto to start it again, or {alternative}")
