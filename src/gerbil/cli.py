@@ -124,7 +124,7 @@ def _add_assets(sub: argparse._SubParsersAction) -> None:
                     "print each one's path and hash. Cached assets are never fetched again.")
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="fetch only these (tokenizer, hellaswag, winogrande, lambada_openai, piqa, arc_easy, "
-                        "arc_challenge, openbookqa, sciq, boolq, copa, shakespeare, python)")
+                        "arc_challenge, openbookqa, sciq, boolq, boolq_superglue, copa, shakespeare, python)")
     p.add_argument("--list", action="store_true", help="show what is cached; fetch nothing")
     p.set_defaults(func=_cmd_assets)
 

@@ -54,7 +54,7 @@ def load_docs(task: str | Task, path: str | Path | None = None, verify: bool = T
 
     t = task if isinstance(task, Task) else get_task(task)
     try:
-        p = Path(assets.eval_set(t.name, None if path is None else str(path)))
+        p = Path(assets.eval_set(t.data_set, None if path is None else str(path)))
     except GerbilError:
         raise
     except (FileNotFoundError, ValueError, OSError) as e:

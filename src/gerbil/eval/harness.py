@@ -65,7 +65,7 @@ def task_dir(tasks: Iterable[str] | None = None, out: str | Path | None = None,
     lm_dir = lm_eval_tasks_dir()
     for name in names:
         template = get_task(name).harness_yaml.read_text()
-        data_file = Path((data or {}).get(name) or assets.eval_set(name)).resolve()
+        data_file = Path((data or {}).get(name) or assets.eval_set(get_task(name).data_set)).resolve()
         text = template.replace("@LM_EVAL_TASKS@", str(lm_dir)).replace("@DATA_FILE@", str(data_file))
         (dest / f"{name}.yaml").write_text(text)
     return dest

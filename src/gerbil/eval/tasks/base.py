@@ -65,13 +65,19 @@ class Task:
     note: str | None = None  # a caveat printed with its results and stored in its records
     harness_split: str | None = None  # the harness's split when the offline one differs (see `split`)
     losses: tuple[str, ...] = LOSSES  # task-loss keys in its metrics (lambada adds log_perplexity)
+    asset: str | None = None  # its `gerbil.assets.EVAL_SETS` key, if not its name
+
+    @property
+    def data_set(self) -> str:
+        """The eval set holding its items (`gerbil.assets.eval_set(task.data_set)`)."""
+        return self.asset or self.name
 
     @property
     def split(self) -> str:
         """The split gerbil scores (`gerbil.assets.EVAL_SETS`)."""
         from gerbil.assets import EVAL_SETS
 
-        return EVAL_SETS[self.name].split
+        return EVAL_SETS[self.data_set].split
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
@@ -83,7 +89,7 @@ class Task:
         """The full set's item count (checked when the asset is converted: `gerbil.assets.EVAL_SETS`)."""
         from gerbil.assets import EVAL_SETS
 
-        return EVAL_SETS[self.name].items
+        return EVAL_SETS[self.data_set].items
 
     @property
     def harness_name(self) -> str:

@@ -22,4 +22,5 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores),
     metrics=("acc",),
+    asset="boolq_superglue",  # the `boolq` eval set is google/boolq (no titles), for fine-tuning
 )
