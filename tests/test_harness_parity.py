@@ -3,7 +3,7 @@
 The harness (`lm_eval.simple_evaluate`, model "hf" = `HFLM`, transformers' `GPTJForCausalLM`) runs in
 process on gerbil's export of a tiny trained model, offline, on gerbil's local task YAMLs (the harness's
 own task definitions pointed at the cached JSONL). On the first 100 items of each seed task (the first
-40 of each other task), every request's log-likelihood must match gerbil's native evaluator within 1e-4
+30 of each other task), every request's log-likelihood must match gerbil's native evaluator within 1e-4
 and every is_greedy flag, prediction and accuracy must be identical; the standard errors must match too
 (perplexity's bootstrap draw for draw). No item differs on this model; if one ever does, the assertion
 message names it. The task losses (bpb, nats per token) are recomputed from the harness's own
@@ -23,7 +23,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from helpers import stdlib_prose, trained_run  # noqa: E402
 
 N = 100
-N_MORE = 40  # items of each task beyond the seed's three (boolq's and sciq's contexts are long)
+N_MORE = 30  # items of each task beyond the seed's three (boolq's and sciq's contexts are long)
 TOL = 1e-4
 BOOT = 1000  # bootstrap resamples for perplexity's stderr (the harness's default is 100,000)
 TASKS = ("hellaswag", "lambada_openai", "winogrande")
@@ -44,6 +44,14 @@ def run(tmp_path_factory, tokenizer):
     run_dir = trained_run(tmp_path_factory.mktemp("parity"), tokenizer)
     export(run_dir, run_dir / "export", tokenizer=tokenizer)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def tm(assets_home):
+    """One harness TaskManager for the module (indexing the harness's task folder takes ~15 s)."""
+    from gerbil.eval.harness import task_manager
+
+    return task_manager(TASKS + MORE)
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +122,10 @@ def _compare(task: str, h_results: dict, h_samples: list[dict], rec: dict, who: 
 
 
 @pytest.mark.slow
-def test_native_matches_harness_hf_on_export(run, native):
-    from gerbil.eval.harness import task_manager
-
+def test_native_matches_harness_hf_on_export(run, native, tm):
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={run / 'export'},dtype=float32", device="cpu", batch_size=16,
-        tasks=[harness_name(t) for t in TASKS], task_manager=task_manager(TASKS), limit=N, log_samples=True,
+        tasks=[harness_name(t) for t in TASKS], task_manager=tm, limit=N, log_samples=True,
         bootstrap_iters=BOOT)
     worst = {t: _compare(t, out["results"], out["samples"][harness_name(t)], native[t], "hf") for t in TASKS}
     print("max |Δ loglikelihood| gerbil vs harness HFLM:", worst)
@@ -130,16 +136,15 @@ def test_native_matches_harness_hf_on_export(run, native):
 
 
 @pytest.fixture(scope="module")
-def more_tasks(run):
+def more_tasks(run, tm):
     """The other tasks, native and harness (HFLM on the export), on their first N_MORE items."""
     from gerbil.eval.evaluate import evaluate
-    from gerbil.eval.harness import task_manager
 
     native = evaluate(run / "export", MORE, limit=N_MORE, device="cpu", write=False, progress=False,
                       bootstrap_iters=BOOT)
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={run / 'export'},dtype=float32", device="cpu", batch_size=16,
-        tasks=[harness_name(t) for t in MORE], task_manager=task_manager(MORE), limit=N_MORE,
+        tasks=[harness_name(t) for t in MORE], task_manager=tm, limit=N_MORE,
         log_samples=True, bootstrap_iters=BOOT)
     return native, out
 
@@ -163,13 +168,13 @@ def test_task_matches_harness_hf_on_export(more_tasks, task):
 
 
 @pytest.mark.slow
-def test_in_process_adapter_matches(run, native):
-    from gerbil.eval.harness import GerbilLM, task_manager
+def test_in_process_adapter_matches(run, native, tm):
+    from gerbil.eval.harness import GerbilLM
     from gerbil.export import load_model
 
     model, _ = load_model(run)
     lm = GerbilLM(model=model, device="cpu")
-    out = lm_eval.simple_evaluate(model=lm, tasks=[harness_name(t) for t in TASKS], task_manager=task_manager(TASKS),
+    out = lm_eval.simple_evaluate(model=lm, tasks=[harness_name(t) for t in TASKS], task_manager=tm,
                                   limit=N, log_samples=True, bootstrap_iters=BOOT)
     for t in TASKS:
         _compare(t, out["results"], out["samples"][harness_name(t)], native[t], "GerbilLM")
