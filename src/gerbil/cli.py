@@ -24,7 +24,7 @@ def _add_assets(sub: argparse._SubParsersAction) -> None:
                     "print each one's path and hash. Cached assets are never fetched again.")
     p.add_argument("--only", nargs="+", metavar="NAME",
                    help="fetch only these (tokenizer, hellaswag, winogrande, lambada_openai, piqa, arc_easy, "
-                        "arc_challenge, openbookqa, sciq, boolq, shakespeare, python)")
+                        "arc_challenge, openbookqa, sciq, boolq, boolq_superglue, copa, shakespeare, python)")
     p.add_argument("--list", action="store_true", help="show what is cached; fetch nothing")
     p.set_defaults(func=_cmd_assets)
 
@@ -255,14 +255,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="hellaswag / lambada / winogrande exactly as lm-evaluation-harness")
+    p = sub.add_parser("eval", help="hellaswag, lambada, winogrande, piqa, ARC, ... exactly as lm-evaluation-harness, "
+                                    "with task losses (bits per byte)")
     p.add_argument("path", metavar="RUN_OR_EXPORT",
                    help="a run directory, a checkpoint directory or a transformers GPT-J export folder")
-    from gerbil.eval.tasks import TASKS
+    from gerbil.eval.tasks import GROUPS, TASKS
 
     names = ", ".join(t.name + (f" ({', '.join(t.aliases)})" if t.aliases else "") for t in TASKS.values())
-    p.add_argument("--tasks", default=",".join(TASKS),
-                   help=f"comma-separated: {names} (default: all)")
+    groups = "; ".join(f"{g} = {','.join(v)}" for g, v in GROUPS.items() if g != "all")
+    p.add_argument("--tasks", default="seed",
+                   help=f"comma-separated tasks and groups: {names}; groups {groups}; all "
+                        "(default: seed)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N items of each task (results are marked partial)")
     p.add_argument("--batch-size", type=int, default=None, help="max rows per forward (default: by token budget)")

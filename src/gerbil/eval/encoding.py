@@ -11,6 +11,15 @@ from collections.abc import Callable, Sequence
 from gerbil.data.tokenizer import EOT_ID
 
 
+def move_trailing_space(context: str, continuation: str) -> tuple[str, str]:
+    """`TemplateLM._encode_pair`'s first step: a non-empty context's trailing whitespace moves to the
+    front of the continuation. Returns (context, continuation) as they are then encoded."""
+    n = len(context) - len(context.rstrip())
+    if context and n:
+        return context[:-n], context[-n:] + continuation
+    return context, continuation
+
+
 class RequestEncoder:
     """Tokenizes request strings the way the harness's HFLM does with the model's own tokenizer.
 
@@ -34,9 +43,7 @@ class RequestEncoder:
                 plan.append(("empty", len(texts)))
                 texts.append(cont)
             else:
-                n = len(ctx) - len(ctx.rstrip())
-                if n:
-                    ctx, cont = ctx[:-n], ctx[-n:] + cont
+                ctx, cont = move_trailing_space(ctx, cont)
                 plan.append(("pair", len(texts)))
                 texts += [ctx + cont, ctx]
         # encode each distinct string once: hellaswag's context is the same for its four endings,

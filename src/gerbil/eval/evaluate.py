@@ -32,9 +32,9 @@ from typing import Any
 from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.eval.encoding import RequestEncoder
-from gerbil.eval.metrics import BOOTSTRAP_ITERS
+from gerbil.eval.metrics import BOOTSTRAP_ITERS, gold_losses
 from gerbil.eval.scoring import Scorer
-from gerbil.eval.tasks import TASKS, Task, get_task, resolve_tasks
+from gerbil.eval.tasks import METRIC_KINDS, TASKS, Task, get_task, resolve_tasks
 from gerbil.fsutil import atomic_write_json, sha256_file
 from gerbil.runs.rundir import RunDir, eval_file_name, resolve_source
 from gerbil.train.distributed import Dist, rank_slice
@@ -55,7 +55,7 @@ def load_docs(task: str | Task, path: str | Path | None = None, verify: bool = T
 
     t = task if isinstance(task, Task) else get_task(task)
     try:
-        p = Path(assets.eval_set(t.name, None if path is None else str(path)))
+        p = Path(assets.eval_set(t.data_set, None if path is None else str(path)))
     except GerbilError:
         raise
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -241,6 +241,11 @@ def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: 
         scores = [s for part in parts for s in part]
     elapsed = time.perf_counter() - t0
     metrics, per_item = t.score(items, scores, bootstrap_iters)
+    # the task losses: the gold continuation's tokens as encoded (len of its continuation ids)
+    losses, loss_items = gold_losses(items, scores, [len(g[it.gold][1]) for g, it in zip(groups, items)])
+    metrics.update(losses)
+    for rec, extra in zip(per_item, loss_items):
+        rec.update(extra)
     partial = len(items) < t.n_items
     return {
         "task": task,
@@ -249,6 +254,9 @@ def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: 
         "n_items_full": t.n_items,
         "limit": limit,
         "partial": partial,
+        "split": t.split,
+        "harness_split": t.harness_split or t.split,
+        "note": t.note,
         "n_requests": len(flat),
         "model": dict(em.info),
         "data": {"path": str(data_file), "sha256": sha256_file(data_file), "content_sha256": data_sha},
@@ -331,27 +339,34 @@ def _evaluate(path, task_list, dist, device, *, limit, batch_size, dtype, output
 
 
 def results_summary(records: dict[str, dict]) -> dict:
-    """`{"results": {task: {metric: value, ...}}}` (plus n_items/partial per task)."""
+    """`{"results": {task: {metric: value, ...}}}` (plus n_items, partial, split and, where the task has
+    one, its note per task)."""
     res = {}
     for task, rec in records.items():
         d = dict(rec["metrics"])
         d["n_items"] = rec["n_items"]
         d["partial"] = rec["partial"]
+        d["split"] = rec.get("split")
+        if rec.get("note"):
+            d["note"] = rec["note"]
         res[task] = d
     return {"results": res}
 
 
 def format_results(records: dict[str, dict]) -> str:
-    """A short human-readable summary, one line per metric (harness-style percentages for acc)."""
+    """A short human-readable summary, one line per metric and task loss (harness-style percentages for
+    accuracies, 4 decimals for perplexities and losses)."""
     lines = []
     for task, rec in records.items():
         tag = f" (partial: first {rec['n_items']} of {rec['n_items_full']})" if rec["partial"] else ""
         m = rec["metrics"]
-        for k in TASKS[task].metrics:
+        for k in TASKS[task].metric_keys:
+            if k not in m:  # a record written before the task losses existed
+                continue
             v, se = m[k], m.get(f"{k}_stderr")
-            if k == "perplexity":
-                lines.append(f"{task:15s} {k:10s} {v:14.4f} ± {se:.4f}{tag}")
+            if METRIC_KINDS.get(k) == "pct":
+                lines.append(f"{task:15s} {k:13s} {100 * v:14.2f} ± {100 * se:.2f}{tag}")
             else:
-                lines.append(f"{task:15s} {k:10s} {100 * v:14.2f} ± {100 * se:.2f}{tag}")
-        lines.append(f"{task:15s} {'items/s':10s} {rec['items_per_s']:14.1f}")
+                lines.append(f"{task:15s} {k:13s} {v:14.4f} ± {se:.4f}{tag}")
+        lines.append(f"{task:15s} {'items/s':13s} {rec['items_per_s']:14.1f}")
     return "\n".join(lines)

@@ -19,9 +19,11 @@ Two ways to run the real harness (PyPI `lm-eval`, the `eval` extra) on gerbil mo
        lm_eval --model hf --model_args pretrained=EXPORT,dtype=float32 \\
                --include_path DIR --tasks gerbil_hellaswag,gerbil_lambada_openai,gerbil_winogrande
 
-The task YAMLs (`gerbil_hellaswag`, `gerbil_lambada_openai`, `gerbil_winogrande`, tag `gerbil`)
-`include` the installed harness's own task definitions and only replace where the data comes from:
-``dataset_path: json`` with ``data_files`` = the verified JSONL in the gerbil cache.
+The task YAMLs (`gerbil_<task>` for every task of `gerbil.eval.tasks`: gerbil_hellaswag,
+gerbil_lambada_openai, gerbil_winogrande, gerbil_piqa, gerbil_arc_easy, ...; tag `gerbil`) `include` the
+installed harness's own task definitions and only replace where the data comes from: ``dataset_path:
+json`` with ``data_files`` = the verified JSONL in the gerbil cache (and the split, where the offline one
+differs: sciq).
 """
 from __future__ import annotations
 
@@ -50,20 +52,20 @@ def task_dir(tasks: Iterable[str] | None = None, out: str | Path | None = None,
              data: dict[str, str | Path] | None = None) -> Path:
     """Write the offline task YAMLs (templates filled with real paths) and return their folder.
 
-    tasks: gerbil task names (default: all three). out: folder (default
+    tasks: gerbil task or group names (default: every task). out: folder (default
     `$GERBIL_HOME/harness_tasks`). data: explicit JSONL paths per task (default: the verified
     cached assets, fetched if missing).
     """
     from gerbil import assets
     from gerbil.eval.tasks import get_task, resolve_tasks
 
-    names = resolve_tasks(list(tasks) if tasks is not None else None)
+    names = resolve_tasks(list(tasks) if tasks is not None else "all")
     dest = Path(out) if out is not None else assets.gerbil_home() / "harness_tasks"
     dest.mkdir(parents=True, exist_ok=True)
     lm_dir = lm_eval_tasks_dir()
     for name in names:
         template = get_task(name).harness_yaml.read_text()
-        data_file = Path((data or {}).get(name) or assets.eval_set(name)).resolve()
+        data_file = Path((data or {}).get(name) or assets.eval_set(get_task(name).data_set)).resolve()
         text = template.replace("@LM_EVAL_TASKS@", str(lm_dir)).replace("@DATA_FILE@", str(data_file))
         (dest / f"{name}.yaml").write_text(text)
     return dest

