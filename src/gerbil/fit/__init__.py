@@ -1,6 +1,9 @@
 """Scaling laws that include tiny models: `gerbil fit` and the compute planner built on a fit.
 
-    laws.py      the forms L(N, D) (Chinchilla, Kaplan), the Huber/L-BFGS fit (approach 3), run bootstrap
+    optim.py     the machinery every law shares: summed Huber objective, L-BFGS-B from a grid, convergence
+                 test, run resampling and the bootstrap's process pool
+    forms.py     the forms L(N, D) (Chinchilla, Kaplan): parametrisation, gradients, closed forms
+    laws.py      the approach-3 fit of a form, its run bootstrap, the compute-optimal allocation
     sources.py   points from run directories (gerbil.suite.registry) and CSV files; training curves
     isoflop.py   approach 2 (IsoFLOP parabolas) and `isoflop_grid`, the runs an IsoFLOP study needs
     envelope.py  approach 1 (lower envelope of the training curves)
@@ -17,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "fit_law": "laws", "bootstrap_law": "laws", "allocation": "laws", "get_form": "laws", "FORMS": "laws",
+    "fit_law": "laws", "bootstrap_law": "laws", "allocation": "laws", "get_form": "forms", "FORMS": "forms",
     "LawFit": "laws", "Bootstrap": "laws",
     "load_points": "sources", "read_curves": "sources", "Dataset": "sources", "Point": "sources",
     "Columns": "sources",
