@@ -82,6 +82,7 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
                                 ("--non-embedding-col", "non_embedding_col", "non_embedding_params"),
                                 ("--run-col", "run_col", "run"), ("--name-col", "name_col", "name")):
         cols.add_argument(flag, dest=dest, default=default, metavar="NAME", help=f"default {default}")
+    add_task_law_arguments(p)
     p.set_defaults(func=cmd_fit)
     return p
 
@@ -159,8 +160,74 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Handler of `gerbil fit`."""
     from gerbil.fit.report import run_fit
 
+    if is_task_law(args):
+        return cmd_task_fit(args)
     result = run_fit(args.sources, args.out, fit_options(args))
     print(json.dumps(result, indent=2) if args.json else summarize(result, args.out))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ task scaling law
+# `--task TASK` / `--task-law`: the two-step task law (gerbil.fit.tasklaw, docs/fit.md "Task scaling law")
+# instead of the loss law; its flags are declared, converted and dispatched only here.
+def add_task_law_arguments(p: argparse.ArgumentParser) -> None:
+    """The task-law flags of `gerbil fit`."""
+    t = p.add_argument_group(
+        "task scaling law (two steps: N, D -> task loss -> metric)",
+        "Fits step 1, task loss L(N, D) = E + A/N^alpha + B/D^beta, on each run's final point, and step 2, "
+        "metric = chance + (ceiling - chance) / (1 + exp(-k (L0 - L))), on all points (checkpoints included); "
+        "--loss-col names the task-loss column (CSV) or eval-record key (runs; default: bpb, else the "
+        "log-perplexity, else the per-token NLL).")
+    t.add_argument("--task", metavar="TASK", help="fit the task law of this eval task (e.g. hellaswag): from runs, "
+                   "every checkpoint's eval record; sets the chance level")
+    t.add_argument("--task-law", action="store_true", help="fit the task law (CSV: --loss-col and --metric-col)")
+    t.add_argument("--metric-col", default="acc", metavar="NAME",
+                   help="the metric: a CSV column or the eval-record key (default acc; a fraction in [0, 1])")
+    t.add_argument("--chance", metavar="X", help="metric at chance (default: the task's; 0.25 for four choices)")
+    t.add_argument("--predict", action="append", default=[], metavar="N:D",
+                   help="predict the task loss and metric at N parameters, D tokens (repeatable; e.g. 2.8e9:3e11)")
+
+
+def is_task_law(args: argparse.Namespace) -> bool:
+    """Whether `gerbil fit` fits the task law; task-law flags without it are a one-line error."""
+    on = bool(getattr(args, "task", None) or getattr(args, "task_law", False))
+    if not on:
+        for flag, dest in (("--predict", "predict"), ("--chance", "chance")):
+            if getattr(args, dest, None):
+                raise GerbilError(f"{flag} goes with --task TASK or --task-law")
+    return on
+
+
+def task_law_options(args: argparse.Namespace) -> Any:
+    """TaskLawOptions from parsed `gerbil fit` flags."""
+    from gerbil.fit.report import FitOptions
+    from gerbil.fit.sources import Columns
+    from gerbil.fit.taskreport import TaskLawOptions
+    from gerbil.fit.tasklaw import parse_predict
+
+    d = FitOptions()
+    for flag, dest, default, value in (("--form", "form", "chinchilla", args.form), ("--params", "params", "total", args.params),
+                                       ("--approach", "approach", "auto", args.approach),
+                                       ("--metric", "metric", d.metric, args.metric)):
+        if value != default:
+            raise GerbilError(f"the task law fits the Chinchilla form on total parameters and its own metric: drop {flag}")
+    return TaskLawOptions(
+        task=args.task, chance=_num(args.chance, "--chance") if args.chance is not None else None,
+        columns=Columns(args.params_col, args.tokens_col, args.loss_col, args.flops_col, args.non_embedding_col,
+                        args.run_col, args.name_col),
+        metric_col=args.metric_col, predict=tuple(parse_predict(x) for x in args.predict),
+        bootstrap=_num(args.bootstrap, "--bootstrap", int), seed=_num(args.seed, "--seed", int),
+        workers=_num(args.workers, "--workers", int) if args.workers is not None else None,
+        ci=_num(args.ci, "--ci"), delta=_num(args.delta, "--delta"), top_k=_num(args.top_k, "--top-k", int),
+        plots=args.plots)
+
+
+def cmd_task_fit(args: argparse.Namespace) -> int:
+    """`gerbil fit --task TASK` / `--task-law`."""
+    from gerbil.fit.taskreport import run_task_fit, summarize_task
+
+    result = run_task_fit(args.sources, args.out, task_law_options(args))
+    print(json.dumps(result, indent=2) if args.json else summarize_task(result, args.out))
     return 0
 
 

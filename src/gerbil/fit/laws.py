@@ -56,8 +56,9 @@ class Bootstrap:
         out[self.kept] = self.samples
         return out
 
-    def params(self, form: Form) -> dict[str, np.ndarray]:
-        """The samples as a params dict of arrays (for the vectorised closed forms)."""
+    def params(self, form: Any) -> dict[str, np.ndarray]:
+        """The samples as a params dict of arrays (for the vectorised closed forms); `form` is a Form or
+        anything else naming the samples' columns in `param_names` (the task law's sigmoid)."""
         return {name: self.samples[:, i] for i, name in enumerate(form.param_names)}
 
 
