@@ -39,7 +39,9 @@ examples:
   gerbil fit runs/ --out fits/runs
   gerbil fit src/gerbil/fit/examples/gerbillab_seed.csv --out fits/seed --params both
   gerbil fit published.csv --loss-col final_loss --form both --bootstrap 2000 --out fits/pub
-  gerbil plan --gpu T4 --hours 2 --fit fits/seed/fit.json"""
+  gerbil plan --gpu T4 --hours 2 --fit fits/seed/fit.json
+  gerbil fit suites/ladder --task hellaswag --predict 2.8e9:3e11 --out fits/hellaswag   # task law
+  gerbil fit points.csv --task-law --loss-col bpb --metric-col acc --chance 0.25 --out fits/t"""
 
 
 def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:

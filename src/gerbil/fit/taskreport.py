@@ -17,11 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from gerbil.errors import GerbilError
 from gerbil.fit.optim import HUBER_DELTA
-from gerbil.fit.report import _g, _ivs, _iv, _jsonable
+from gerbil.fit.report import _g, _iv, _ivs, _jsonable, data_and_plots_md, header_md
 from gerbil.fit.sources import Columns
 from gerbil.fit.tasklaw import (TaskLawFit, bootstrap_task_law, fit_task_law, leave_largest_out,
                                 sigmoid_intervals)
@@ -217,23 +215,12 @@ def _llo_md(llo: dict, ci: float) -> list[str]:
 def render_task_markdown(r: dict) -> str:
     """fit.md of a task-law fit, from fit.json's content."""
     t, ci = r["task_law"], r["ci"]
-    lines = ["# Task scaling law (two steps)", "",
-             f"{r['n_points']} points from {r['n_runs']} runs; fitted: {r['metric']}; "
-             f"sources: {', '.join(r['settings']['sources'])}. Status: **{t['status']}**.", ""]
-    if r.get("skipped"):
-        lines += [f"Skipped {len(r['skipped'])} rows/runs/checkpoints with missing values: "
-                  + "; ".join(f"{s.get('name')} ({s['reason']})" for s in r["skipped"][:10]), ""]
-    lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])] + ([""] if r.get("warnings") else [])
+    lines = header_md(r, "Task scaling law (two steps)", f"fitted: {r['metric']}", f" Status: **{t['status']}**.",
+                      "rows/runs/checkpoints")
     lines += _steps_md(t, ci) + _predictions_md(t, ci) + _llo_md(t["leave_largest_out"], ci)
-    lines += ["## Data", "", "| name | params | tokens | task loss | metric | final |", "|---|---|---|---|---|---|"]
-    for p in r["data"][:200]:
-        lines.append(f"| {p['name']} | {_g(p['params'], 3)} | {_g(p['tokens'], 3)} | {p['loss']:.4f} | "
-                     f"{p['metric']:.4f} | {'yes' if p['final'] else ''} |")
-    if len(r["data"]) > 200:
-        lines.append(f"| … {len(r['data']) - 200} more in fit.json | | | | | |")
-    pngs = [f for f in r.get("files", []) if f.endswith(".png")]
-    if pngs:
-        lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in pngs]
+    lines += data_and_plots_md(r, ["name", "params", "tokens", "task loss", "metric", "final"],
+                               lambda p: [p["name"], _g(p["params"], 3), _g(p["tokens"], 3), f"{p['loss']:.4f}",
+                                          f"{p['metric']:.4f}", "yes" if p["final"] else ""])
     lines += ["", "The two steps, their assumptions and when not to trust them: docs/fit.md in the gerbil repository.", ""]
     return "\n".join(lines)
 
