@@ -12,6 +12,14 @@
     planner.py   size, tokens and class minimising predicted loss for a GPU-time budget, and the inverse
     command.py   the argparse wiring for `gerbil fit` and the planner flags of `gerbil plan`
 
+The two-step task law (`gerbil fit --task TASK`: N, D → task loss → metric):
+
+    tasksources.py  points (params, tokens, task loss, metric) from CSV files and every checkpoint's eval record
+    tasklaw.py      step 1 (the Chinchilla fit of laws.py on final points), step 2 (a sigmoid through optim),
+                    the joint run bootstrap, the leave-the-largest-size-out check
+    taskreport.py   `run_task_fit`: fit.json `task_law`, fit.md
+    taskplots.py    its figures
+
 The formulas, counting conventions and caveats are in docs/fit.md. Importing this package imports
 neither torch nor scipy nor matplotlib: they are loaded when a fit or a plot needs them.
 """
@@ -27,6 +35,7 @@ _EXPORTS = {
     "isoflop_fit": "isoflop", "isoflop_grid": "isoflop", "shape_family": "isoflop",
     "envelope_fit": "envelope",
     "run_fit": "report",
+    "run_task_fit": "taskreport", "fit_task_law": "tasklaw", "load_task_points": "tasksources",
     "PUBLISHED_FITS": "planner", "load_fit": "planner", "plan_for_time": "planner",
     "plan_for_loss": "planner",
 }
