@@ -11,6 +11,7 @@
   only teach unigram and short-range statistics, but its log-likelihoods are no longer a random
   network's — which is what the harness-parity tests need (ties and flat distributions would hide
   mistakes in the slicing).
+- `images_ok`: the named PNGs exist and are real images (the fit tests' plots).
 """
 from __future__ import annotations
 
@@ -111,3 +112,14 @@ def trained_run(root: Path, tokenizer, steps: int = 30, objective: str = "plain"
                           runs=str(root / "runs"), name=f"tiny-{objective}", val_tokens=1024, progress=False,
                           seed=seed, checkpoint_every=256 * steps, eval_every=256 * steps))
     return r.run_dir
+
+
+def images_ok(folder: Path, names: list[str]) -> None:
+    """Each of `names` in `folder` is a non-empty RGB(A) image larger than 100×100 pixels."""
+    import matplotlib.image as mpimg
+
+    for name in names:
+        p = folder / name
+        assert p.is_file() and p.stat().st_size > 0, name
+        img = mpimg.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100, name

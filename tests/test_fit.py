@@ -27,6 +27,7 @@ from gerbil.fit.sources import Curve, load_points
 from gerbil.model.config import SIZES, ModelConfig
 from gerbil.options import config_from_args
 from gerbil.plan_command import PlanOptions, planner_answer
+from helpers import images_ok
 
 BESIROGLU = {"E": 1.817, "A": 482.0, "B": 2085.4, "alpha": 0.3478, "beta": 0.3658}
 KAPLAN = {"N_c": 8.8e13, "D_c": 5.4e13, "alpha_N": 0.076, "alpha_D": 0.095}  # Kaplan et al. 2020
@@ -58,16 +59,6 @@ def synthetic_csv(path: Path, noise: float = 0.01, seed: int = 0) -> Path:
     N, Ne, D, L = synthetic(noise=noise, seed=seed)
     return write_csv(path, [{"params": int(n), "non_embedding_params": int(ne), "tokens": int(d), "loss": f"{l:.6f}"}
                             for n, ne, d, l in zip(N, Ne, D, L)])
-
-
-def images_ok(folder: Path, names: list[str]) -> None:
-    import matplotlib.image as mpimg
-
-    for name in names:
-        p = folder / name
-        assert p.is_file() and p.stat().st_size > 0, name
-        img = mpimg.imread(p)
-        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100, name
 
 
 # --------------------------------------------------------------------------------------------- import

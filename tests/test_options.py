@@ -36,7 +36,7 @@ FLAGS = {
                 "--warmup-fraction --weight-decay",
     "fit": "--approach --bootstrap --budgets --ci --curve-metric --delta --flops --flops-col --flops-tol --form "
            "--json --loss-col --metric --name-col --no-plots --non-embedding-col --out --params --params-col "
-           "--run-col --seed --tokens-col --top-k --workers",
+           "--run-col --seed --tokens-col --top-k --workers --task --task-law --metric-col --chance --predict",
     "plan": "--batch --batch-tokens --class --d-model --fit --from --gpu --hours --json --loss --mfu --n-head "
             "--n-layer --ramp-shape --ramp-tokens --ratio --rotary-dim --runs --seq-len --size --tokens",
     "suite run": "--data --device --log --no-eval --out --poll --progress --retry-failed --worker",
@@ -110,7 +110,7 @@ def test_help_is_grouped_by_the_dataclass_sections():
                                   "optimizer and learning-rate schedule", "validation, best checkpoint, early stopping",
                                   "logging and runtime"]
     assert titles("plan") == ["what to plan", "custom model (instead of --size)", "planning from a scaling-law fit"]
-    assert titles("fit") == ["fit", "CSV columns"]
+    assert titles("fit") == ["fit", "CSV columns", "task scaling law (two steps: N, D -> task loss -> metric)"]
     assert titles("suite run")[0] == "the suite"
 
 

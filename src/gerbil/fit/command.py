@@ -44,7 +44,9 @@ examples:
   gerbil fit runs/ --out fits/runs
   gerbil fit src/gerbil/fit/examples/gerbillab_seed.csv --out fits/seed --params both
   gerbil fit published.csv --loss-col final_loss --form both --bootstrap 2000 --out fits/pub
-  gerbil plan --gpu T4 --hours 2 --fit fits/seed/fit.json"""
+  gerbil plan --gpu T4 --hours 2 --fit fits/seed/fit.json
+  gerbil fit suites/ladder --task hellaswag --predict 2.8e9:3e11 --out fits/hellaswag   # task law
+  gerbil fit points.csv --task-law --loss-col bpb --metric-col acc --chance 0.25 --out fits/t"""
 
 
 _D = FitOptions()  # the library's defaults are the flags' defaults
@@ -104,12 +106,54 @@ class _Columns(Options):
     name_col: str = opt(_C.name, "a row's name (optional)", metavar="NAME")
 
 
-# a dataclass takes its fields from the last base first: the fit's own options, then the CSV columns
+@section("task scaling law (two steps: N, D -> task loss -> metric)",
+         "Fits step 1, task loss L(N, D) = E + A/N^alpha + B/D^beta, on each run's final point, and step 2, "
+         "metric = chance + (ceiling - chance) / (1 + exp(-k (L0 - L))), on all points (checkpoints included); "
+         "--loss-col names the task-loss column (CSV) or eval-record key (runs; default: bpb, else the "
+         "log-perplexity, else the per-token NLL). docs/fit.md, \"Task scaling law\".")
+class _TaskLaw(Options):
+    task: str | None = opt(None, "fit the task law of this eval task (e.g. hellaswag): from runs, every "
+                                 "checkpoint's eval record; sets the chance level", metavar="TASK")
+    task_law: bool = opt(False, "fit the task law (CSV: --loss-col and --metric-col)")
+    metric_col: str = opt("acc", "the metric: a CSV column or the eval-record key (a fraction in [0, 1])",
+                          metavar="NAME")
+    chance: float | None = opt(None, "metric at chance (default: the task's; 0.25 for four choices)", metavar="X")
+    predict: list[str] | None = opt(None, "predict the task loss and metric at N parameters, D tokens "
+                                          "(repeatable; e.g. 2.8e9:3e11)", repeat=True, items=str, metavar="N:D")
+
+
+# a dataclass takes its fields from the last base first: the fit's own options, the CSV columns, the task law
 @dataclass
-class FitCommand(_Columns, _Fit):
-    """`gerbil fit`'s flags; `fit_options()` is the library's `FitOptions` they mean."""
+class FitCommand(_TaskLaw, _Columns, _Fit):
+    """`gerbil fit`'s flags; `fit_options()` is the library's `FitOptions` they mean, `task_law_options()`
+    its `TaskLawOptions` (with --task or --task-law)."""
 
     _what = "fit option"
+
+    def is_task_law(self) -> bool:
+        """Whether this fit is the task law; task-law flags without it are a one-line error."""
+        if self.task or self.task_law:
+            return True
+        for flag, value in (("--predict", self.predict), ("--chance", self.chance)):
+            if value:
+                raise GerbilError(f"{flag} goes with --task TASK or --task-law")
+        return False
+
+    def task_law_options(self) -> Any:
+        """`gerbil.fit.taskreport.TaskLawOptions`: the task law fits the Chinchilla form on total
+        parameters and its own metric, so the loss law's choices of those are refused."""
+        from gerbil.fit.taskreport import TaskLawOptions
+        from gerbil.fit.tasklaw import parse_predict
+
+        for flag, value, default in (("--form", self.form, _D.forms[0]), ("--params", self.params, _D.params),
+                                     ("--approach", self.approach, None), ("--metric", self.metric, _D.metric)):
+            if value != default:
+                raise GerbilError(f"the task law fits the Chinchilla form on total parameters and its own metric: "
+                                  f"drop {flag}")
+        return TaskLawOptions(
+            task=self.task, chance=self.chance, columns=self.fit_options().columns, metric_col=self.metric_col,
+            predict=tuple(parse_predict(x) for x in self.predict or ()), bootstrap=self.bootstrap, seed=self.seed,
+            workers=self.workers, ci=self.ci, delta=self.delta, top_k=self.top_k, plots=self.plots)
 
     def fit_options(self) -> FitOptions:
         return FitOptions(
@@ -163,8 +207,19 @@ def summarize(result: dict, out: str) -> str:
 def cmd_fit(args: argparse.Namespace) -> int:
     """Handler of `gerbil fit`."""
     opts = config_from_args(args, FitCommand)
+    if opts.is_task_law():
+        return cmd_task_fit(opts)
     result = run_fit(opts.sources, opts.out, opts.fit_options())
     print(json.dumps(result, indent=2) if opts.json else summarize(result, opts.out))
+    return 0
+
+
+def cmd_task_fit(opts: "FitCommand") -> int:
+    """`gerbil fit --task TASK` / `--task-law`: the two-step task law (gerbil.fit.tasklaw)."""
+    from gerbil.fit.taskreport import run_task_fit, summarize_task
+
+    result = run_task_fit(opts.sources, opts.out, opts.task_law_options())
+    print(json.dumps(result, indent=2) if opts.json else summarize_task(result, opts.out))
     return 0
 
 

@@ -324,20 +324,23 @@ def _ivs(iv: Any) -> str:
     return f"[{_g(iv[0])}, {_g(iv[1])}]" if iv else "–"
 
 
+def header_md(r: dict, title: str, fitted: str, status: str = "", skipped_what: str = "rows/runs") -> list[str]:
+    """fit.md's opening: the title, how many points of which sources gave what, what was skipped, the
+    warnings."""
+    lines = [f"# {title}", "", f"{r['n_points']} points from {r['n_runs']} runs; {fitted}; "
+                               f"sources: {', '.join(r['settings']['sources'])}.{status}", ""]
+    if r.get("skipped"):
+        lines += [f"Skipped {len(r['skipped'])} {skipped_what} with missing values: "
+                  + "; ".join(f"{s.get('name')} ({s['reason']})" for s in r["skipped"][:10]), ""]
+    lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])]
+    return lines + ([""] if r.get("warnings") else [])
+
+
 def render_markdown(r: dict) -> str:
     """fit.md from fit.json's content."""
     from gerbil.plan import fmt_flops, fmt_tokens
 
-    lines = ["# Scaling-law fit", "",
-             f"{r['n_points']} points from {r['n_runs']} runs; fitted quantity: {r['metric']}; "
-             f"sources: {', '.join(r['settings']['sources'])}.", ""]
-    if r.get("skipped"):
-        lines += [f"Skipped {len(r['skipped'])} rows/runs with missing values: "
-                  + "; ".join(f"{s.get('name')} ({s['reason']})" for s in r["skipped"][:10]), ""]
-    for w in r.get("warnings", []):
-        lines.append(f"> **Warning:** {w}")
-    if r.get("warnings"):
-        lines.append("")
+    lines = header_md(r, "Scaling-law fit", f"fitted quantity: {r['metric']}")
     ci = r["settings"]["ci"]
     for f in r.get("fits", []):
         conv = f["convergence"]
@@ -397,15 +400,22 @@ def render_markdown(r: dict) -> str:
             else:
                 lines.append(f"Runs on the envelope: {', '.join(a['runs_on_envelope'])}.")
             lines += [f"Note: {n}" for n in a.get("notes", [])] + [""]
-    lines += ["## Data", "", "| name | params | non-emb params | tokens | loss |", "|---|---|---|---|---|"]
-    for p in r["data"][:200]:
-        ne = p.get("non_embedding_params")
-        lines.append(f"| {p['name']} | {int(p['params']):,} | {f'{int(ne):,}' if ne else '–'} | "
-                     f"{fmt_tokens(int(p['tokens']))} | {p['loss']:.4f} |")
-    if len(r["data"]) > 200:
-        lines.append(f"| … {len(r['data']) - 200} more in fit.json | | | | |")
+    ne = lambda p: f"{int(p['non_embedding_params']):,}" if p.get("non_embedding_params") else "–"  # noqa: E731
+    lines += data_and_plots_md(r, ["name", "params", "non-emb params", "tokens", "loss"],
+                               lambda p: [p["name"], f"{int(p['params']):,}", ne(p), fmt_tokens(int(p["tokens"])),
+                                          f"{p['loss']:.4f}"])
+    lines += ["", "Formulas, counting conventions and caveats: docs/fit.md in the gerbil repository.", ""]
+    return "\n".join(lines)
+
+
+def data_and_plots_md(r: dict, header: list[str], cells: Any, limit: int = 200) -> list[str]:
+    """fit.md's closing sections: the first `limit` points of fit.json's `data` as a table (`cells(point)`
+    gives a row's cells under `header`), then the PNGs written."""
+    lines = ["## Data", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells(p)) + " |" for p in r["data"][:limit]]
+    if len(r["data"]) > limit:
+        lines.append(f"| … {len(r['data']) - limit} more in fit.json |" + " |" * (len(header) - 1))
     pngs = [f for f in r.get("files", []) if f.endswith(".png")]
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in pngs]
-    lines += ["", "Formulas, counting conventions and caveats: docs/fit.md in the gerbil repository.", ""]
-    return "\n".join(lines)
+    return lines

@@ -225,9 +225,9 @@ def _number(text: Any) -> float:
     raise ValueError(s)
 
 
-def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Point], list[dict]]:
-    """(points, skipped rows) of one CSV file; see the module docstring for what is skipped."""
-    cols = columns or Columns()
+def read_table(path: str | Path, required: Sequence[tuple[str, str]] = ()) -> tuple[list[str], list[dict]]:
+    """(header, rows as dicts) of a CSV/TSV file (delimiter sniffed, names stripped); refuses, in one
+    line, an unreadable or empty file, a missing `required` (column, flag naming it) and no rows."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -246,12 +246,20 @@ def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Poi
         raise GerbilError(f"{path}: not a readable CSV file ({e})") from None
     if not header:
         raise GerbilError(f"{path}: empty CSV file")
-    rows = [{(k or "").strip(): v for k, v in r.items()} for r in rows]
-    for need, flag in ((cols.params, "--params-col"), (cols.tokens, "--tokens-col"), (cols.loss, "--loss-col")):
+    for need, flag in required:
         if need not in header:
             raise GerbilError(f"{path}: no column {need!r} (columns: {', '.join(header)}; choose with {flag})")
     if not rows:
         raise GerbilError(f"{path}: no rows")
+    return header, [{(k or "").strip(): v for k, v in r.items()} for r in rows]
+
+
+def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Point], list[dict]]:
+    """(points, skipped rows) of one CSV file; see the module docstring for what is skipped."""
+    cols = columns or Columns()
+    path = Path(path)
+    header, rows = read_table(path, ((cols.params, "--params-col"), (cols.tokens, "--tokens-col"),
+                                     (cols.loss, "--loss-col")))
     points, skipped = [], []
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         label = (row.get(cols.name) or "").strip() or f"{path.name}:{i}"
