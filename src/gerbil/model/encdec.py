@@ -21,6 +21,8 @@ could not cancel.
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def encoder_self_mask(encoder_segments: torch.Tensor | None = None,
@@ -62,4 +64,16 @@ def causal_mask(length: int, device: torch.device | None = None) -> torch.Tensor
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
 
 
-__all__ = ["encoder_self_mask", "decoder_self_mask", "cross_mask", "causal_mask"]
+def cross_attend(x: torch.Tensor, enc: torch.Tensor, q: nn.Linear, kv: nn.Linear, o: nn.Linear, n_head: int,
+                 head_dim: int, mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
+    """Decoder → encoder attention: queries ``q(x)`` (x (B, Td, d)), keys and values the row blocks of
+    ``kv(enc)`` (enc (B, Te, d)), then ``o``; no position information. ``scale`` None = 1/sqrt(head_dim)."""
+    B, T, _ = x.shape
+    inner = n_head * head_dim
+    qh = q(x).view(B, T, n_head, head_dim).transpose(1, 2)  # (B, h, Td, hd)
+    k, v = (t.view(B, enc.shape[1], n_head, head_dim).transpose(1, 2) for t in kv(enc).split(inner, -1))
+    y = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale)  # (B, h, Td, hd)
+    return o(y.transpose(1, 2).reshape(B, T, inner))
+
+
+__all__ = ["encoder_self_mask", "decoder_self_mask", "cross_mask", "causal_mask", "cross_attend"]

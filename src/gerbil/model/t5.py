@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gerbil.model.config import ModelConfig
-from gerbil.model.encdec import causal_mask, cross_mask, decoder_self_mask, encoder_self_mask
+from gerbil.model.encdec import causal_mask, cross_attend, cross_mask, decoder_self_mask, encoder_self_mask
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
@@ -119,13 +119,8 @@ class CrossAttention(nn.Module):
         self.o = nn.Linear(self.inner, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, Td, d) queries; enc (B, Te, d) the encoder output; mask bool or None (module docstring)."""
-        B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.d_kv).transpose(1, 2)
-        k, v = (t.view(B, enc.shape[1], self.n_head, self.d_kv).transpose(1, 2)
-                for t in self.kv(enc).split(self.inner, -1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return self.o(y.transpose(1, 2).reshape(B, T, self.inner))
+        """x (B, Td, d) queries; enc (B, Te, d) the encoder output; mask bool or None (model/encdec.py)."""
+        return cross_attend(x, enc, self.q, self.kv, self.o, self.n_head, self.d_kv, mask, scale=1.0)
 
 
 class FeedForward(nn.Module):

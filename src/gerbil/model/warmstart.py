@@ -35,13 +35,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gerbil.data.objectives import mode_prefix
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig
-from gerbil.model.encdec import cross_mask, decoder_self_mask, encoder_self_mask
+from gerbil.model.encdec import cross_attend, cross_mask, decoder_self_mask, encoder_self_mask
 from gerbil.model.model import GPT, Block, rotary_tables
 
 
@@ -103,12 +102,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """h (B, Td, d) the decoder's normed states; enc (B, Te, d); mask bool (model/encdec.py) or None."""
-        B, T, C = h.shape
-        q = self.q_proj(h).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k, v = (t.view(B, enc.shape[1], self.n_head, self.head_dim).transpose(1, 2)
-                for t in self.kv_proj(enc).split(C, dim=-1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        return cross_attend(h, enc, self.q_proj, self.kv_proj, self.out_proj, self.n_head, self.head_dim, mask)
 
 
 _ALL = torch.ones(1, 1, 1, 1, dtype=torch.bool)  # "attend everywhere": GPT-J's Attention treats None as causal
