@@ -1,5 +1,5 @@
 """Blender for encoder-decoders (data/encdec.py) and its packed loader (data/encdec_loader.py): the three
-formats on the seed's examples (docs/reference.md §12), the split invariant against the decoder-only
+formats on the seed's examples (docs/reference.md §9), the split invariant against the decoder-only
 objectives, loss masks, length bounds, bad input; the loader against an independent per-chunk reference,
 row shapes and fill, exact resume (40 batches → save → rebuild → the next 8), and the validation rows."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gerbil.data.objectives import (CAUSAL, FITM_RESULT, MLM_END, Blender, Causa
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 
-# docs/reference.md §12, one example per format
+# docs/reference.md §9, one example per format
 DOC_LINES = {
     "causal": ("<causal> this is an example text", " for causal language modelling <|endoftext|>"),
     "fim": ("<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle", "<fitm_result> example text <|endoftext|>"),
@@ -109,7 +109,10 @@ def test_row_split_and_chunk_defaults():
     assert default_encoder_len(2048, check_objective("causal")) == 1024
     longest = max_chunk_len(blender, 1408, 640)
     assert max_lengths(blender, longest)[1] <= 640 < max_lengths(blender, longest + 1)[1]
-    assert default_chunk_len(blender, 1408, 640) == longest // 2
+    half = default_chunk_len(blender, 1408, 640)  # two examples always fit one row
+    (e, d), (e1, d1) = max_lengths(blender, half), max_lengths(blender, half + 1)
+    assert 2 * e <= 1408 and 2 * d <= 640 and (2 * e1 > 1408 or 2 * d1 > 640) and half >= longest // 2 - 2
+    assert default_chunk_len(blender, 4, 3) == max_chunk_len(blender, 4, 3) == 1  # a tiny row: one example
     with pytest.raises(GerbilError, match="longer --seq-len"):
         default_chunk_len(blender, 3, 2)
     u = split_uniform(5, np.arange(1000))

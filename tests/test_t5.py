@@ -56,7 +56,7 @@ def _train_steps(model: T5, steps: int = 3) -> None:
 def test_24m_preset_counts_23m_parameters():
     cfg = arch_model_config("t5", "24m")
     n = cfg.n_params()
-    assert n == 22_903_040  # docs/reference.md §12
+    assert n == 22_903_040  # docs/reference.md §9
     assert abs(n / 23.0e6 - 1) < 0.03 and abs(20 * n / 460e6 - 1) < 0.03  # the seed's 460M at ratio 20
     assert cfg.n_params("embedding") == VOCAB_SIZE * 256
     assert cfg.n_params("embedding") + cfg.n_params("non_embedding") == n

@@ -1,4 +1,4 @@
-"""Blender for encoder-decoders: the seed's three formats split at their result token (docs/reference.md §12).
+"""Blender for encoder-decoders: the seed's three formats split at their result token (docs/reference.md §9).
 
 A decoder-only Blender example (objectives.py) is one sequence; for T5Blender each is cut in two — what
 comes up to the task's result token goes to the encoder, the rest (what the model must produce) to the
@@ -177,13 +177,17 @@ def max_chunk_len(objective: Objective, encoder_len: int, decoder_len: int) -> i
 
 
 def default_chunk_len(objective: Objective, encoder_len: int, decoder_len: int) -> int:
-    """Half the longest chunk that fits (`max_chunk_len`), so that two or more examples share a row: with
-    Blender at 2048 tokens a row is then ~90% real tokens instead of ~80% (docs/reference.md §12)."""
+    """The longest chunk two of whose examples always fit one row (half of each side), so that rows hold two
+    or more examples: with Blender at 2048 tokens a row is then ~90% real tokens instead of ~80% with
+    chunks as long as one row allows (docs/reference.md §9). Tiny rows: the longest that fits at all."""
+    half = max_chunk_len(objective, encoder_len // 2, decoder_len // 2)
+    if half >= 1:
+        return half
     longest = max_chunk_len(objective, encoder_len, decoder_len)
     if longest < 1:
         raise GerbilError(f"a row of {encoder_len} encoder + {decoder_len} decoder tokens holds no "
                           f"{objective.name} example; use a longer --seq-len")
-    return max(1, longest // 2)
+    return longest
 
 
 __all__ = ["ENCDEC_OBJECTIVES", "Example", "check_objective", "split_uniform", "example", "max_lengths", "encoder_share",

@@ -7,7 +7,7 @@ the first `rotary_dim` dims of each head, untied embedding and head, head with b
 carries the defaults that depend on size: the seed's global batch, the peak learning rate, and the MFU
 assumed for time estimates (`default_mfu`).
 
-`arch="t5"` is the T5Blender encoder-decoder (model/t5.py, docs/reference.md §12): transformers'
+`arch="t5"` is the T5Blender encoder-decoder (model/t5.py, docs/reference.md §9): transformers'
 `T5ForConditionalGeneration` with gated-GELU feed-forwards and one embedding matrix shared by the encoder,
 the decoder and the head. Its presets are `T5_SIZES`.
 """
@@ -205,7 +205,7 @@ class T5SizeSpec:
         return ModelConfig(**kw)
 
 
-# T5Blender presets (docs/reference.md §12). 24m: the seed's T5Blender rows trained 460M tokens at ratio 20,
+# T5Blender presets (docs/reference.md §9). 24m: the seed's T5Blender rows trained 460M tokens at ratio 20,
 # so ≈ 23.0M counted (total) parameters: d_model 256 (Gerbil-32m's width: a 12.87M tied embedding, 56%
 # of the model), 6 + 6 layers and 4 heads of 64 (t5-small's depth and head width), and the gated-GELU
 # width d_ff = 576 as the one free knob that lands the count at 22,903,040 (0.4% under 23.0M). The seed's

@@ -1,4 +1,4 @@
-"""T5Blender: the T5 encoder-decoder, in one readable file (docs/reference.md §12).
+"""T5Blender: the T5 encoder-decoder, in one readable file (docs/reference.md §9).
 
 transformers' `T5ForConditionalGeneration` is the reference for the exact math (tests/test_t5.py checks
 the logits to 1e-5 in fp32); model/t5_hf.py maps the weights both ways. The choices inside T5's family:

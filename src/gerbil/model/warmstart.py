@@ -1,5 +1,5 @@
 """An encoder-decoder warm-started from a decoder-only Gerbil (GPT-J) checkpoint (Rothe, Narayan and Severyn
-2020, "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks"; docs/reference.md §12).
+2020, "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks"; docs/reference.md §9).
 
     encoder : the base's embedding and blocks with bidirectional attention, then the base's final norm
     decoder : the base's embedding and blocks, each with a new cross-attention branch, the final norm, and
