@@ -75,8 +75,12 @@ def parse_class(cls: str | None, ratio: float | None = None) -> tuple[str, float
 
 
 # ------------------------------------------------------------------------------------------ FLOPs, GPUs
-def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training: bool = True) -> int:
+def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training: bool = True,
+                    encoder_len: int | None = None) -> int:
     """Model FLOPs per token: 6·(N_non_embedding + d·V) + 12·L·T·d for training (docs/reference.md §6).
+
+    An encoder-decoder: the mean over a row of ``encoder_len`` encoder and ``seq_len − encoder_len`` decoder
+    positions (`encdec_flops_per_token`; default split: Blender's, `gerbil.data.encdec.default_encoder_len`).
 
     This is PaLM's MFU convention (Chowdhery et al. 2022, appendix B: 6N + 12·L·H·Q·T):
       - 6 FLOPs per parameter per token (2 forward, 4 backward) for every matmul weight: the blocks
@@ -90,9 +94,44 @@ def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training
     head rows are an implementation detail, not model FLOPs. This formula reproduces the MFU column
     of docs/reference.md §6 (6%, 23%, 37% on an H200 at 989 TFLOP/s). Forward only: a third of it.
     """
+    if getattr(model, "is_encoder_decoder", False):
+        T = int(seq_len)
+        te = encoder_len if encoder_len is not None else _default_encoder_len(T)
+        f_enc, f_dec = encdec_flops_per_token(model, te, T - te, training)
+        return (te * f_enc + (T - te) * f_dec) // T  # the mean over a row's positions
     d, L, V = model.d_model, model.n_layer, model.vocab_size
     train = 6 * (model.n_params("non_embedding") + d * V) + 12 * L * seq_len * d
     return train if training else train // 3
+
+
+def _default_encoder_len(seq_len: int) -> int:
+    from gerbil.data.encdec import check_objective, default_encoder_len
+
+    return default_encoder_len(seq_len, check_objective("blender"))
+
+
+def encdec_flops_per_token(model, encoder_len: int, decoder_len: int, training: bool = True) -> tuple[int, int]:
+    """(FLOPs per encoder token, FLOPs per decoder token) of an encoder-decoder — a T5 `ModelConfig` or a
+    warm-start config (`gerbil.model.warmstart.WarmStartConfig`) — on rows of encoder_len + decoder_len.
+
+    The convention of `flops_per_token` (6 per matmul weight per token, 12·L·keys·width for attention),
+    counting only matmul weights (no norms, biases, position tables):
+      - an encoder token: its stack's weights, plus every decoder layer's cross-attention k/v projections
+        (they read the encoder output once per encoder token), plus self-attention over encoder_len keys;
+      - a decoder token: its stack's weights (self-attention, cross q/o, MLP), the head d·V, and attention
+        over decoder_len (causal, counted whole as PaLM does) + encoder_len keys in every layer.
+    Forward only: a third of it.
+    """
+    d, V = model.d_model, model.vocab_size
+    if getattr(model, "arch", "") == "t5":
+        i, L_e, L_d = model.n_head * model.d_kv, model.n_layer, model.n_decoder_layer
+        block = 4 * d * i + 3 * d * model.d_ff  # q,k,v,o + gated FF (wi_0, wi_1, wo)
+    else:  # GPT-J blocks (a warm start): q,k,v,out 4d² + MLP 8d²
+        i, L_e = d, model.n_layer
+        L_d, block = L_e, 12 * d * d
+    enc = 6 * (L_e * block + L_d * 2 * d * i) + 12 * L_e * encoder_len * i
+    dec = 6 * (L_d * (block + 2 * d * i) + d * V) + 12 * L_d * (decoder_len + encoder_len) * i
+    return (enc, dec) if training else (enc // 3, dec // 3)
 
 
 @dataclass(frozen=True)

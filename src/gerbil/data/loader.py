@@ -168,6 +168,13 @@ class _ChunkRngs:
 
 
 # ------------------------------------------------------------------------------------------ loader
+def epoch_order(seed: int, epoch: int, n: int, shuffle: bool = True, stream: int = 1) -> np.ndarray:
+    """The order of an epoch's n windows (stream 0) or documents (stream 1; also the encoder-decoder
+    loader's): a permutation from a fresh generator per (seed, epoch, stream), independent of everything
+    else in the run, or file order."""
+    return np.random.default_rng([seed, epoch, stream]).permutation(n) if shuffle else np.arange(n)
+
+
 @dataclass
 class _Ahead:
     """Examples built for the chunks after the cursor, not yet in the buffer (not part of the cursor)."""
@@ -253,12 +260,7 @@ class Loader:
         order = self._orders.get(epoch)
         if order is None:
             n = self.n_windows if self.objective is None else int(self.split.n_docs)
-            if self.shuffle:
-                # a fresh generator per (seed, epoch, path): independent of everything else in the run
-                stream = 0 if self.objective is None else 1
-                order = np.random.default_rng([self.seed, epoch, stream]).permutation(n)
-            else:
-                order = np.arange(n)
+            order = epoch_order(self.seed, epoch, n, self.shuffle, stream=0 if self.objective is None else 1)
             self._orders = {e: o for e, o in self._orders.items() if e == epoch - 1}
             self._orders[epoch] = order
         return order
@@ -282,14 +284,15 @@ class Loader:
         return self._tokens[w[:, None] * T + np.arange(T + 1)].astype(np.int64)  # (n, T+1)
 
     # ----------------------------------------------------------------------------- objective path
-    def _plan_chunks(self, min_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _plan_chunks(self, min_tokens: int, start: tuple[int, int, int] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next chunks from the cursor, at least `min_tokens` of them counting one EOT each:
         (flat start, length, cursor after each chunk (k, 3)) — what `_next_chunk` returned one by one in
         0.1.0: each non-empty document of the epoch's order cut into `chunk_tokens` pieces, the cursor
         stepping past a document with its last piece and into the next epoch only when a chunk is asked
         for beyond the end."""
         ct, offsets = self.chunk_tokens, self._offsets
-        epoch, cursor, off = self.epoch, self.cursor, self.doc_offset
+        epoch, cursor, off = start if start is not None else (self.epoch, self.cursor, self.doc_offset)
         mean_doc = max(1.0, len(self._tokens) / max(1, int(self.split.n_docs)))
         starts, lengths, after, have = [], [], [], 0
         while have < min_tokens:
@@ -321,12 +324,15 @@ class Loader:
             cursor, off = cursor + len(docs), 0
         return np.concatenate(starts), np.concatenate(lengths), np.concatenate(after)
 
-    def _build(self, min_tokens: int) -> _Ahead:
-        """Examples of the next chunks after the cursor: at least `min_tokens` tokens if every example is
-        at least its chunk plus the EOT (so for every built-in objective: one build per call)."""
-        starts, lengths, after = self._plan_chunks(min_tokens)
+    def _build(self, min_tokens: int, start: tuple[int, int, int] | None = None,
+               chunk_index: int | None = None) -> _Ahead:
+        """Examples of the next chunks after the cursor (or after `start` = (epoch, cursor, doc_offset) with
+        `chunk_index`): at least `min_tokens` tokens if every example is at least its chunk plus the EOT (so
+        for every built-in objective: one build per call)."""
+        starts, lengths, after = self._plan_chunks(min_tokens, start)
         chunks = self._tokens[concat_ranges(starts, lengths)].astype(np.int64)
-        rngs = _ChunkRngs(self.seed, self.chunk_index, len(lengths), self._shared_rng)
+        first = self.chunk_index if chunk_index is None else chunk_index
+        rngs = _ChunkRngs(self.seed, first, len(lengths), self._shared_rng)
         try:
             tokens, mask, ends = self._pack(self.objective, chunks, lengths, rngs, self.eot_id)
         except ValueError as e:  # a callable objective's bad output: name it
@@ -362,6 +368,14 @@ class Loader:
         return x, y
 
     # ----------------------------------------------------------------------------- public
+    def examples_after(self, epoch: int, cursor: int, doc_offset: int, chunk_index: int,
+                       min_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, loss mask, ends, cursor after each chunk (k, 3)) of the examples, each with its EOT, of
+        the chunks after the given cursor — at least `min_tokens` tokens — without moving this loader:
+        the example source of the encoder-decoder loader (data/encdec_loader.py)."""
+        a = self._build(min_tokens, (epoch, cursor, doc_offset), chunk_index)
+        return a.tokens, a.mask, a.ends, a.after
+
     def next_sequences(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next `n` sequences as (inputs, targets) int64 CPU tensors of shape (n, seq_len)."""
         if n <= 0:  # draws nothing, moves nothing (as 0.1.0)
@@ -672,5 +686,5 @@ def eval_batches(split: Any, seq_len: int, max_tokens: int, objective: str | Non
     return torch.from_numpy(np.ascontiguousarray(win[:, :-1])), torch.from_numpy(np.ascontiguousarray(targets))
 
 
-__all__ = ["Loader", "StepPrefetcher", "PreparedStep", "StepPlanLike", "step_micro_batches", "eval_windows",
+__all__ = ["Loader", "epoch_order", "StepPrefetcher", "PreparedStep", "StepPlanLike", "step_micro_batches", "eval_windows",
            "eval_batches", "resolve_objective", "EOT_ID", "IGNORE_INDEX"]

@@ -247,14 +247,18 @@ class FillInMiddle(Objective):
         i, j = (int(round(c / L * len(doc))) for c in (a, b))
         return doc[:i], doc[i:j], doc[j:]
 
+    def draw(self, doc_tokens, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(prefix, middle, suffix, spm): every draw of one example (also data/encdec.py's)."""
+        prefix, middle, suffix = self.split(doc_tokens, rng)
+        # the order draw comes after the split draw and only when SPM is possible, so spm_rate=0 keeps
+        # the generator stream of a pure-PSM objective
+        return prefix, middle, suffix, bool(self.spm_rate > 0 and rng.random() < self.spm_rate)
+
     def __call__(self, doc_tokens, rng):
         doc = _as_tokens(doc_tokens)
         if len(doc) == 0:
             return doc.copy(), np.zeros(0, dtype=bool)
-        prefix, middle, suffix = self.split(doc, rng)
-        # the order draw comes after the split draw and only when SPM is possible, so spm_rate=0 keeps
-        # the generator stream of a pure-PSM objective
-        spm = self.spm_rate > 0 and rng.random() < self.spm_rate
+        prefix, middle, suffix, spm = self.draw(doc, rng)
         tokens, middle_at = self.format(prefix, middle, suffix, spm=spm)
         return tokens, self._mask(len(tokens), middle_at)
 
@@ -308,12 +312,15 @@ class MaskedLM(Objective):
         token per ``<single_tok_mask>``, in order."""
         return np.concatenate([[MLM_START], _as_tokens(masked_tokens), [MLM_END]]).astype(TOKEN_DTYPE)
 
+    def positions(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The draw of one example: `n_masked(n)` distinct positions in [0, n), unsorted."""
+        return rng.choice(n, size=self.n_masked(n), replace=False)
+
     def __call__(self, doc_tokens, rng):
         doc = _as_tokens(doc_tokens)
         if len(doc) == 0:
             return doc.copy(), np.zeros(0, dtype=bool)
-        positions = rng.choice(len(doc), size=self.n_masked(len(doc)), replace=False)
-        tokens, answers_at = self.format(doc, positions)
+        tokens, answers_at = self.format(doc, self.positions(len(doc), rng))
         return tokens, self._mask(len(tokens), answers_at)
 
     def max_output_len(self, n: int) -> int:

@@ -6,6 +6,10 @@ The ladder is GPT-J shaped (docs/reference.md §1): parallel attention + MLP off
 the first `rotary_dim` dims of each head, untied embedding and head, head with bias. Each rung also
 carries the defaults that depend on size: the seed's global batch, the peak learning rate, and the MFU
 assumed for time estimates (`default_mfu`).
+
+`arch="t5"` is the T5Blender encoder-decoder (model/t5.py, docs/reference.md §9): transformers'
+`T5ForConditionalGeneration` with gated-GELU feed-forwards and one embedding matrix shared by the encoder,
+the decoder and the head. Its presets are `T5_SIZES`.
 """
 from __future__ import annotations
 
@@ -14,11 +18,23 @@ import math
 from dataclasses import dataclass
 
 from gerbil.data.tokenizer import VOCAB_SIZE
+from gerbil.errors import GerbilError
+
+ARCHS = ("gptj", "t5")
+# Fields only an encoder-decoder uses; a GPT-J config's to_dict() leaves them out, so every gptj record
+# (config.yaml, meta.json, exports) stays exactly what it was before T5 existed.
+_T5_FIELDS = ("n_decoder_layer", "d_ff", "d_kv", "rel_buckets", "rel_max_distance")
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of one GPT-J-style model. Serializable primitives only."""
+    """Architecture of one model: GPT-J (``arch="gptj"``) or T5 (``arch="t5"``). Serializable primitives only.
+
+    For T5, ``n_layer`` is the encoder's depth and ``n_decoder_layer`` the decoder's; ``d_kv`` the width of
+    one head (``n_head · d_kv`` the attention width), ``d_ff`` the gated-GELU inner width, ``rel_buckets`` /
+    ``rel_max_distance`` the relative-position buckets; ``rotary_dim`` is 0 and ``init_std`` is transformers'
+    ``initializer_factor`` (T5 scales every init by fan-in, model/t5.py).
+    """
 
     d_model: int = 64
     n_layer: int = 4
@@ -34,21 +50,46 @@ class ModelConfig:
     init_std: float = 0.02
     arch: str = "gptj"
     name: str = ""
+    # encoder-decoder (arch "t5") only; see the class docstring
+    n_decoder_layer: int = 0
+    d_ff: int = 0
+    d_kv: int = 0
+    rel_buckets: int = 32
+    rel_max_distance: int = 128
 
     def __post_init__(self) -> None:
         for f in ("d_model", "n_layer", "n_head", "vocab_size", "seq_len", "pad_vocab_multiple"):
             if int(getattr(self, f)) <= 0:
                 raise ValueError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r} (supported: {', '.join(ARCHS)})")
+        if self.arch == "t5":
+            self._check_t5()
+            return
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if self.rotary_dim % 2 or self.rotary_dim > self.head_dim or self.rotary_dim < 0:
             raise ValueError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim {self.head_dim}")
-        if self.arch != "gptj":
-            raise ValueError(f"unknown arch {self.arch!r} (supported: gptj)")
+
+    def _check_t5(self) -> None:
+        for f in ("n_decoder_layer", "d_ff", "d_kv"):
+            if int(getattr(self, f)) <= 0:
+                raise ValueError(f"ModelConfig.{f} must be positive for arch t5, got {getattr(self, f)}")
+        if self.rotary_dim != 0:
+            raise ValueError(f"rotary_dim must be 0 for arch t5 (T5 has relative position buckets), "
+                             f"got {self.rotary_dim}")
+        # transformers' bucketing: half the buckets per direction in the encoder, half of those exact
+        if self.rel_buckets < 4 or self.rel_buckets % 2 or self.rel_max_distance <= self.rel_buckets // 2:
+            raise ValueError(f"rel_buckets must be even and >= 4 and rel_max_distance > rel_buckets / 2, got "
+                             f"{self.rel_buckets}, {self.rel_max_distance}")
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.arch == "t5"
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.d_kv if self.arch == "t5" else self.d_model // self.n_head
 
     @property
     def padded_vocab_size(self) -> int:
@@ -62,10 +103,13 @@ class ModelConfig:
         embedding and the head weight+bias, the convention of docs/reference.md §1), or "embedding".
         """
         d, L, V = self.d_model, self.n_layer, self.vocab_size
-        # per block: ln (2d) + q,k,v,out (4d², no bias) + fc_in (4d²+4d) + fc_out (4d²+d)
-        block = 2 * d + 4 * d * d + (4 * d * d + 4 * d) + (4 * d * d + d)
-        non_emb = L * block + 2 * d  # + final LayerNorm
-        emb = V * d + (V * d + V)  # wte + lm_head (weight + bias)
+        if self.arch == "t5":
+            non_emb, emb = self._t5_params(), V * d  # one matrix: encoder + decoder embedding and the head
+        else:
+            # per block: ln (2d) + q,k,v,out (4d², no bias) + fc_in (4d²+4d) + fc_out (4d²+d)
+            block = 2 * d + 4 * d * d + (4 * d * d + 4 * d) + (4 * d * d + d)
+            non_emb = L * block + 2 * d  # + final LayerNorm
+            emb = V * d + (V * d + V)  # wte + lm_head (weight + bias)
         if kind == "total":
             return non_emb + emb
         if kind == "non_embedding":
@@ -74,8 +118,20 @@ class ModelConfig:
             return emb
         raise ValueError(f"unknown parameter kind {kind!r} (total, non_embedding, embedding)")
 
+    def _t5_params(self) -> int:
+        """T5 blocks: RMS norms (weight only), bias-free projections, one relative-bias table per stack."""
+        d, inner, ff = self.d_model, self.n_head * self.d_kv, self.d_ff
+        attn, ffn = 4 * d * inner, 3 * d * ff  # q,k,v,o; gated FF wi_0, wi_1, wo
+        enc = self.n_layer * (2 * d + attn + ffn)
+        dec = self.n_decoder_layer * (3 * d + 2 * attn + ffn)  # + cross-attention and its norm
+        return enc + dec + 2 * d + 2 * self.rel_buckets * self.n_head  # + two final norms, two bias tables
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.arch == "gptj":
+            for f in _T5_FIELDS:
+                out.pop(f)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -126,6 +182,59 @@ CUSTOM_LR = 1e-3
 PRESETS: dict[str, ModelConfig] = {name: spec.model_config() for name, spec in SIZES.items()}
 
 
+@dataclass(frozen=True)
+class T5SizeSpec:
+    """One T5Blender preset: the encoder-decoder's shape + its default batch and peak learning rate."""
+
+    name: str
+    d_model: int
+    n_layer: int  # encoder
+    n_decoder_layer: int
+    n_head: int
+    d_kv: int
+    d_ff: int
+    batch_tokens: int
+    lr: float
+    source: str = ""
+
+    def model_config(self, **overrides) -> ModelConfig:
+        kw = dict(arch="t5", d_model=self.d_model, n_layer=self.n_layer, n_decoder_layer=self.n_decoder_layer,
+                  n_head=self.n_head, d_kv=self.d_kv, d_ff=self.d_ff, rotary_dim=0, layer_norm_eps=1e-6,
+                  init_std=1.0, name=self.name)
+        kw.update(overrides)
+        return ModelConfig(**kw)
+
+
+# T5Blender presets (docs/reference.md §9). 24m: the seed's T5Blender rows trained 460M tokens at ratio 20,
+# so ≈ 23.0M counted (total) parameters: d_model 256 (Gerbil-32m's width: a 12.87M tied embedding, 56%
+# of the model), 6 + 6 layers and 4 heads of 64 (t5-small's depth and head width), and the gated-GELU
+# width d_ff = 576 as the one free knob that lands the count at 22,903,040 (0.4% under 23.0M). The seed's
+# batch, 131k; the learning rate is the 15m rung's starting point, not tuned.
+T5_SIZES: dict[str, T5SizeSpec] = {
+    s.name: s for s in [
+        T5SizeSpec("24m", 256, 6, 6, 4, 64, 576, 131_072, 2e-3, "chosen: 20 x params = the seed's 460M"),
+    ]
+}
+
+
+def get_arch_size(arch: str, name: str) -> SizeSpec | T5SizeSpec:
+    """A preset of ``arch``: the GPT-J ladder (`get_size`) or `T5_SIZES`; a size without a preset for that
+    architecture is a one-line GerbilError."""
+    if arch == "gptj":
+        return get_size(name)
+    if arch != "t5":
+        raise GerbilError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+    key = str(name).strip().lower()
+    if key not in T5_SIZES:
+        raise GerbilError(f"size {name!r} has no T5 preset (T5 sizes: {', '.join(T5_SIZES)})")
+    return T5_SIZES[key]
+
+
+def arch_model_config(arch: str, size: str, **overrides) -> ModelConfig:
+    """ModelConfig of a preset of either architecture, with field overrides."""
+    return get_arch_size(arch, size).model_config(**overrides)
+
+
 def get_size(name: str) -> SizeSpec:
     """Look up a ladder size by name ("6.7m", also accepts "6.7M")."""
     key = name.strip().lower()
@@ -139,9 +248,9 @@ def model_config(size: str, **overrides) -> ModelConfig:
     return get_size(size).model_config(**overrides)
 
 
-def default_lr(size: str | None) -> float:
-    """The default peak learning rate of a ladder size (`CUSTOM_LR` for anything else)."""
-    spec = SIZES.get(str(size or "").strip().lower())
+def default_lr(size: str | None, arch: str = "gptj") -> float:
+    """The default peak learning rate of a preset of ``arch`` (`CUSTOM_LR` for anything else)."""
+    spec = (T5_SIZES if arch == "t5" else SIZES).get(str(size or "").strip().lower())
     return spec.lr if spec else CUSTOM_LR
 
 

@@ -106,6 +106,8 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if cfg.arch != "gptj":
+            raise ValueError(f"GPT needs a ModelConfig with arch 'gptj', got {cfg.arch!r} (T5: gerbil.model.t5)")
         self.config = cfg
         V = cfg.padded_vocab_size  # rows past cfg.vocab_size are padding (never predicted, never counted)
         self.wte = nn.Embedding(V, cfg.d_model)
