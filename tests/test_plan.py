@@ -263,9 +263,9 @@ def test_continuation_errors(tmp_path):
     run = _fake_run(tmp_path, tokens=949_000_000, step=7241)
     with pytest.raises(ValueError, match="nothing left"):
         make_plan(None, "A", from_run=run)
-    with pytest.raises(ValueError, match="not 32m"):
+    with pytest.raises(ValueError, match="--size 32m is not the parent.s model"):
         make_plan("32m", "E*", from_run=run)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(GerbilError, match="--from: .*no such run"):
         make_plan(None, "E*", from_run=tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(GerbilError, match="not a run, checkpoint or export"):

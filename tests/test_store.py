@@ -292,18 +292,32 @@ def test_cli_prepare_reports_bad_input(tmp_path, tokenizer, capsys):
     assert "nothing to read" in capsys.readouterr().err
 
 
-def test_cli_prepare_builtin_corpus(tmp_path, shakespeare, tokenizer):
+def test_cli_prepare_builtin_corpus_is_the_demos_and_suites_store(tmp_path, shakespeare, tokenizer, capsys):
+    """`prepare --corpus NAME` builds the built-in store by its one recipe (`gerbil.data.builtin`, what the
+    demo and suites use): into --out, reused when already there; flags that would change it are refused."""
     from gerbil.cli import main
+    from gerbil.data.builtin import BUILTIN, builtin_store
 
     assert main(["prepare", "--corpus", "shakespeare", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert "the built-in shakespeare store" in capsys.readouterr().out
     st = TokenStore.open(tmp_path / "s", tokenizer.sha256)
     st.verify()
-    plays = sorted(shakespeare.glob("*.txt"))
-    assert st.n_docs == len(plays)
-    assert 1_400_000 < st.n_tokens < 1_700_000  # docs/assets.md: 1.57M GPT-2 tokens
-    # 42 plays at 1 %: the hash picks none, so the last play is moved to val (a val loss must exist).
-    assert st.split("val").n_docs == 1
-    assert st.split("val").document(0).tolist() == tokenizer.encode(plays[-1].read_text(encoding="utf-8"))
+    recipe = BUILTIN["shakespeare"]
+    assert st.meta["val_fraction"] == recipe.val_fraction == 0.02
+    assert st.meta["reader"]["txt_mode"] == "paragraph" and st.meta["reader"]["include"] == ["*.txt"]
+    assert st.n_docs > 1000 and 1_400_000 < st.n_tokens < 1_700_000  # one document per speech; 1.57M tokens
+    # the library call the demo and suites make builds the very same store (identity: counts + sampled bytes)
+    other = builtin_store("shakespeare", tmp_path / "b")
+    assert TokenStore.open(other).identity() == st.identity()
+    mtime = (tmp_path / "s" / "meta.json").stat().st_mtime_ns
+    assert main(["prepare", "--corpus", "shakespeare", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    assert (tmp_path / "s" / "meta.json").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert main(["prepare", "--corpus", "shakespeare", "--out", str(tmp_path / "x"), "--txt-mode", "file"]) == 2
+    assert "--txt-mode does not apply" in capsys.readouterr().err
+    # a store of another recipe at --out is not replaced without --overwrite
+    assert main(["prepare", str(shakespeare), "--out", str(tmp_path / "f"), "--no-progress"]) == 0
+    assert main(["prepare", "--corpus", "shakespeare", "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    assert "already a token store" in capsys.readouterr().err
 
 
 @pytest.mark.slow

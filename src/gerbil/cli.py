@@ -8,6 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gerbil.data.builtin import CORPORA, builtin_store
+from gerbil.data.objectives import supports
+from gerbil.data.prepare import prepare
+from gerbil.data.store import TokenStore
+from gerbil.data.tokenizer import Tokenizer
 from gerbil.errors import GerbilError
 from gerbil.model.config import size_names
 from gerbil.options import add_arguments, config_from_args, setup_logging
@@ -70,23 +75,25 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         description="Stream documents from jsonl / jsonl.zst / txt / parquet files or directories, "
                     "tokenize them with GPT-2 BPE and write a token store (train + val split).")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="files or directories to read")
-    p.add_argument("--corpus", choices=("shakespeare", "python"),
-                   help="a built-in corpus instead of INPUTs: Shakespeare's plays, or the running "
-                        "Python's own source trees (code)")
+    p.add_argument("--corpus", choices=CORPORA,
+                   help="a built-in corpus instead of INPUTs: Shakespeare's plays, or the running Python's own "
+                        "source trees (code) — the very store the demo and suites use, built by its recipe into "
+                        "--out, else the shared built-in location (reused when already there)")
     p.add_argument("--out", metavar="STORE", help="token store directory to write")
     p.add_argument("--verify", metavar="STORE",
                    help="instead of preparing: read every byte of an existing store and check its offsets, "
                         "ids and recorded sha256 checksums")
-    p.add_argument("--text-field", default="text", metavar="F",
+    # reader and split settings: None = not given (a built-in corpus has its own recipe)
+    p.add_argument("--text-field", default=None, metavar="F",
                    help="JSON key / parquet column holding the text (default: text)")
-    p.add_argument("--txt-mode", choices=("file", "paragraph"), default="file",
-                   help="plain-text files: one document per file, or split on blank lines")
+    p.add_argument("--txt-mode", choices=("file", "paragraph"), default=None,
+                   help="plain-text files: one document per file (default), or split on blank lines")
     p.add_argument("--include", action="append", metavar="GLOB",
                    help="files to take from directories, e.g. '*.py' (repeatable; default: the data "
                         "formats gerbil reads)")
-    p.add_argument("--val-fraction", type=float, default=0.01, metavar="X",
+    p.add_argument("--val-fraction", type=float, default=None, metavar="X",
                    help="fraction of documents in the validation split (default: 0.01)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the validation split")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the validation split (default 0)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tokenizer threads (default: all usable cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
@@ -96,44 +103,48 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
+#: `gerbil prepare` flags that change what a store holds (a built-in corpus takes its recipe's)
+_RECIPE_FLAGS = {"text_field": "--text-field", "txt_mode": "--txt-mode", "include": "--include",
+                 "val_fraction": "--val-fraction", "seed": "--seed", "vocab": "--vocab", "merges": "--merges"}
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from gerbil.data.prepare import prepare
-    from gerbil.data.tokenizer import Tokenizer
-
     if args.verify:
-        from gerbil.data.store import TokenStore
-
         if args.inputs or args.corpus or args.out:
             raise GerbilError("--verify STORE checks a store; it takes no INPUTs, --corpus or --out")
         for line in TokenStore.open(args.verify, check=False).verify():
             print(line)
         print(f"{args.verify}: ok")
         return 0
-    if not args.out:
-        raise GerbilError("--out STORE is required (the token store directory to write)")
-    include = args.include
     if args.corpus:
         if args.inputs:
             raise GerbilError("give INPUT paths or --corpus, not both")
-        from gerbil.assets import corpus_dir
-
-        found = corpus_dir(args.corpus)
-        inputs = list(found) if isinstance(found, (list, tuple)) else [found]
-        include = include or (["*.py"] if args.corpus == "python" else ["*.txt"])
-    elif args.inputs:
-        inputs = args.inputs
-    else:
+        given = [flag for key, flag in _RECIPE_FLAGS.items() if getattr(args, key) is not None]
+        if given:
+            raise GerbilError(f"--corpus {args.corpus} builds the built-in store by its own recipe (the one the demo "
+                              f"and suites use); {', '.join(given)} does not apply")
+        out = builtin_store(args.corpus, args.out, progress=not args.no_progress, overwrite=args.overwrite,
+                            workers=args.workers)
+        store = TokenStore.open(out, check=False)
+        print(f"{out}: the built-in {args.corpus} store ({_store_counts(store)})")
+        return 0
+    if not args.out:
+        raise GerbilError("--out STORE is required (the token store directory to write)")
+    if not args.inputs:
         raise GerbilError("nothing to read: give INPUT files/directories or --corpus NAME")
     tokenizer = Tokenizer.load(args.vocab, args.merges)
-    r = prepare(inputs, args.out, tokenizer, val_fraction=args.val_fraction, seed=args.seed,
-                text_field=args.text_field, txt_mode=args.txt_mode, include=include,
-                workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
-    tr, va = r.store.split("train"), r.store.split("val")
-    print(f"wrote {args.out}: train {tr.n_tokens:,} tokens / {tr.n_docs:,} docs, "
-          f"val {va.n_tokens:,} tokens / {va.n_docs:,} docs")
+    r = prepare(args.inputs, args.out, tokenizer, val_fraction=0.01 if args.val_fraction is None else args.val_fraction,
+                seed=args.seed or 0, text_field=args.text_field or "text", txt_mode=args.txt_mode or "file",
+                include=args.include, workers=args.workers, progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {_store_counts(r.store)}")
     print(f"{r.tokens_per_s:,.0f} tokens/s ({r.backend}, {r.workers} workers, {r.seconds:.1f} s)")
     print(r.bad_input.summary())
     return 0
+
+
+def _store_counts(store: TokenStore) -> str:
+    tr, va = store.split("train"), store.split("val")
+    return f"train {tr.n_tokens:,} tokens / {tr.n_docs:,} docs, val {va.n_tokens:,} tokens / {va.n_docs:,} docs"
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -373,10 +384,11 @@ def _load_for_generation(args: argparse.Namespace):
     return model, meta, Tokenizer.load()
 
 
-def _warn_mode(meta: dict, wanted: tuple[str, ...], verb: str) -> None:
-    if meta.get("objective") not in wanted:
-        print(f"gerbil {verb}: warning: this model was trained with objective {meta.get('objective')!r}, "
-              f"not {' or '.join(wanted)}: expect noise", file=sys.stderr)
+def _warn_mode(meta: dict, capability: str, verb: str) -> None:
+    """Warn when the model's objective was not trained for `verb` (`gerbil.data.objectives.supports`)."""
+    if not supports(meta.get("objective"), capability):
+        print(f"gerbil {verb}: warning: this model was trained with objective {meta.get('objective')!r}, not to "
+              f"{verb}: expect noise", file=sys.stderr)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -394,7 +406,7 @@ def _cmd_infill(args: argparse.Namespace) -> int:
     from gerbil.generate import infill
 
     model, meta, tok = _load_for_generation(args)
-    _warn_mode(meta, ("fim", "blender"), "infill")
+    _warn_mode(meta, "infills", "infill")
     middle = infill(model, tok, args.prefix, args.suffix, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                     allow_special=args.allow_special, spm=args.spm)
@@ -406,7 +418,7 @@ def _cmd_unmask(args: argparse.Namespace) -> int:
     from gerbil.generate import unmask
 
     model, meta, tok = _load_for_generation(args)
-    _warn_mode(meta, ("mlm", "blender"), "unmask")
+    _warn_mode(meta, "unmasks", "unmask")
     filled, _ = unmask(model, tok, args.text, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                        allow_special=args.allow_special)
     print(filled)

@@ -1,5 +1,8 @@
 """The main job (`gerbil demo`, README command 1): assets → Shakespeare store → a Gerbil-A-6.7m → its row.
 
+The store is the built-in Shakespeare store (`gerbil.data.builtin`), shared with suites and `gerbil
+prepare --corpus shakespeare`.
+
 Offline after the first fetch, no arguments. On a GPU it trains the real Gerbil-A-6.7m budget (20 tokens
 per parameter = 133.7M tokens at the seed's 131k batch and context 2048). On a CPU that would take days,
 so it trains the same model on a reduced budget at a short context, labelled as such wherever it is
@@ -10,9 +13,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+from gerbil.data.builtin import builtin_store
+from gerbil.eval.evaluate import evaluate
+from gerbil.eval.table import COLUMNS, row_for_run
+from gerbil.runs.rundir import RunDir
 from gerbil.train.config import TrainConfig
+from gerbil.train.device import pick_device
 from gerbil.train.loop import RunResult, train
 
 log = logging.getLogger(__name__)
@@ -34,39 +43,12 @@ class DemoResult:
     row: str
 
 
-def shakespeare_store(progress: bool = True) -> Path:
-    """The Shakespeare token store under $GERBIL_HOME/stores (built once, then reused)."""
-    from gerbil.assets import corpus_dir, gerbil_home
-    from gerbil.errors import GerbilError
-    from gerbil.data.prepare import prepare
-    from gerbil.data.store import TokenStore
-    from gerbil.data.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.load()  # fetches + verifies the GPT-2 files on first use
-    out = gerbil_home() / "stores" / "shakespeare"
-    try:
-        TokenStore.open(out, tokenizer_sha256=tokenizer.sha256)
-        return out
-    except GerbilError:
-        pass
-    log.info("preparing the Shakespeare corpus into %s", out)
-    # one document per paragraph (speech): a few thousand documents, so the 2% validation split is
-    # a real sample of held-out text rather than one or two whole plays
-    prepare([corpus_dir("shakespeare")], out, tokenizer, val_fraction=0.02, txt_mode="paragraph",
-            include=["*.txt"], progress=progress, overwrite=True)
-    return out
-
-
 def demo_config(device: str, store: Path, runs: str = "runs") -> tuple[TrainConfig, bool]:
     """(config, reduced): the real Gerbil-A-6.7m on CUDA, the labelled CPU budget otherwise."""
-    from gerbil.train.device import pick_device
-
     dev = pick_device(device)
     if dev.type == "cuda":
         return TrainConfig(size="6.7m", cls="A", data=str(store), runs=runs, device=device,
                            name="demo-Gerbil-A-6.7m"), False
-    from importlib import resources
-
     recipe = resources.files("gerbil").joinpath("recipes", CPU_DEMO_RECIPE)
     return TrainConfig.from_yaml(str(recipe), dict(data=str(store), runs=runs, device=device,
                                                    name="demo-Gerbil-6.7m-cpu")), True
@@ -78,8 +60,6 @@ def evaluate_hook(checkpoint: Path, progress: bool = True) -> dict:
 
     Returns ``{task: {metric: value}}``.
     """
-    from gerbil.eval.evaluate import evaluate
-
     records = evaluate(str(checkpoint), progress=progress)
     return {task: dict(rec["metrics"]) for task, rec in records.items()}
 
@@ -91,8 +71,6 @@ def format_row(result: RunResult, reduced: bool) -> str:
     run's `eval/*.json`, "pending" where missing); a reduced CPU run is relabelled so it can never be
     mistaken for a Gerbil-A result.
     """
-    from gerbil.eval.table import COLUMNS, row_for_run
-
     cells = row_for_run(result.run_dir)
     if reduced:
         cells["Model Name"] = f"{cells['Model Name']} (CPU demo, reduced budget)"
@@ -111,9 +89,7 @@ def run_demo(runs: str = "runs", device: str = "auto", evaluate: bool = True,
     2026-11-26 for the 6.7m on 2 lightly loaded CPU cores: 4 min 8 s (hellaswag 46, lambada 532,
     winogrande 349 items/s).
     """
-    from gerbil.runs.rundir import RunDir
-
-    store = shakespeare_store(progress=progress is not False)
+    store = builtin_store("shakespeare", progress=progress is not False)  # the suites' and `prepare --corpus`'s
     cfg, reduced = demo_config(device, store, runs)
     cfg.progress = progress
     run = RunDir(Path(runs) / cfg.name)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from gerbil.errors import GerbilError
+from gerbil.errors import OptionError
 
 O = TypeVar("O", bound="Options")
 
@@ -40,11 +40,6 @@ RUNTIME = True  # how or where it runs: the given value
 FALLBACK = "fallback"  # where an input is (a store, a base model that moved): the given value, else the recorded
 #: YAML/dict spellings of fields whose names would be Python keywords (`Options._aliases`)
 KEYWORD_KEYS = {"class": "cls", "from": "from_run"}
-
-
-class OptionError(GerbilError, ValueError):
-    """A bad option value, an unknown key, or a changed option on resume: one line naming it. (A
-    ValueError too, for callers that wrap a config's value errors.)"""
 
 
 def opt(default: Any, help: str, *, flag: str | tuple[str, ...] | None = None,

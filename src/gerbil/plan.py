@@ -11,67 +11,32 @@ A plan turns (model, class) into numbers:
     time    = FLOPs / (GPU peak × MFU)              (peaks in `GPUS`; MFU an estimate per size, `default_mfu`)
 
 Star classes (E*, B*) continue an earlier run: `make_plan(..., from_run=RUN)` reads the run's latest
-checkpoint `meta.json` (plain JSON) and plans only the tokens still missing from the class budget.
+checkpoint `meta.json` (plain JSON) and plans only the tokens still missing from the class budget (the
+one continuation rule: `gerbil.continuation`). Class labels and when a budget may claim its class:
+`gerbil.classes`.
 
 Numbers are written and read the seed's way by `gerbil.units`; the batch schedule is
 `gerbil.schedules.BatchSchedule` (the same object the trainer follows).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from gerbil.errors import GerbilError
-from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size
-from gerbil.runs.rundir import meta_file, read_meta, resolve_source
+from gerbil.classes import CLASSES, class_text, claimed_class, parse_class, star
+from gerbil.continuation import ParentPoint, inherit
+from gerbil.data.encdec import check_objective, default_encoder_len
+from gerbil.errors import OptionError
+from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size, ladder_model, nearest_rung
 from gerbil.schedules import BatchSchedule, build_schedule
-from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_tokens, parse_batch,
-                          parse_batch_spec, parse_count)
+from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_table, fmt_tokens,
+                          parse_batch, parse_batch_spec, parse_count)
 
-# Tokens per total parameter (docs/reference.md §3): A is Chinchilla-optimal; B–D are LLaMA's tokens/parameter
-# ratios scaled down to this ladder; E doubles D. A star class ("E*") has the same ratio but continues
-# an earlier checkpoint of the same model (the seed's B*-77m row used 40 instead of 42: pass ratio=40).
-CLASSES: dict[str, int] = {"A": 20, "B": 42, "C": 76, "D": 142, "E": 284}
-
-
-
-def parse_class(cls: str | None, ratio: float | None = None) -> tuple[str, float, bool]:
-    """(label, ratio, star) for a class name ('A', 'e*', 'E-star'), a number ('300', '~300') or None.
-
-    An explicit `ratio` overrides the class's ratio but keeps its label ('B*' with ratio 40 is the
-    seed's B*-77m). With no class and no ratio the class is A.
-    """
-    if ratio is not None:
-        ratio = float(ratio)
-        if not math.isfinite(ratio) or ratio <= 0:
-            raise ValueError(f"ratio must be a positive number of tokens per parameter, got {ratio:g}")
-    if cls is None or not str(cls).strip():
-        if ratio is None:
-            return "A", float(CLASSES["A"]), False
-        return f"{ratio:g}", ratio, False
-    s = str(cls).strip().upper()
-    star = False
-    for suffix in ("*", "-STAR", "STAR"):
-        if s.endswith(suffix):
-            s, star = s[: -len(suffix)], True
-            break
-    if s in CLASSES:
-        base = float(CLASSES[s])
-        label = s + ("*" if star else "")
-    else:
-        try:
-            base = float(s.lstrip("~"))
-        except ValueError:
-            raise ValueError(f"unknown class {cls!r} (A, B, C, D, E, a star class such as E*, "
-                             f"or tokens per parameter such as 300)") from None
-        if not math.isfinite(base) or base <= 0:
-            raise ValueError(f"class ratio must be a positive number of tokens per parameter, got {cls!r}")
-        label = f"{base:g}" + ("*" if star else "")
-    return label, (ratio if ratio is not None else base), star
+__all__ = ["CLASSES", "GPU", "GPUS", "Plan", "budget_of", "encdec_flops_per_token", "flops_per_token", "format_ladder",
+           "format_plan", "get_gpu", "make_ladder", "make_plan", "parse_class"]
 
 
 # ------------------------------------------------------------------------------------------ FLOPs, GPUs
@@ -105,8 +70,6 @@ def flops_per_token(model: ModelConfig, seq_len: int = DEFAULT_SEQ_LEN, training
 
 
 def _default_encoder_len(seq_len: int) -> int:
-    from gerbil.data.encdec import check_objective, default_encoder_len
-
     return default_encoder_len(seq_len, check_objective("blender"))
 
 
@@ -174,34 +137,7 @@ def get_gpu(name: str) -> GPU:
     for g in GPUS.values():
         if re.sub(r"[^a-z0-9]", "", g.name.lower()) == key:
             return g
-    raise ValueError(f"unknown GPU {name!r} (known: {', '.join(GPUS)})")
-
-
-# ---------------------------------------------------------------------------------- run checkpoints
-def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict]:
-    """(checkpoint directory, meta dict) for a run directory or a checkpoint directory — no torch.
-
-    What the path is, and a run's latest intact checkpoint, come from `gerbil.runs.rundir` (it follows
-    the run's `latest` pointer and skips damaged checkpoints, like the trainer does; the sha256 check is
-    skipped here, the size check is kept). The meta must carry `tokens`, `step` and `model`.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such run or checkpoint: {p}")
-    src = resolve_source(p, check_hash=False)
-    if src.checkpoint is None:
-        raise GerbilError(f"{p}: an export folder has no training state to continue; give its run or checkpoint")
-    ckpt = src.checkpoint
-    try:
-        meta = read_meta(ckpt)
-    except (OSError, json.JSONDecodeError) as e:
-        raise GerbilError(f"cannot read {meta_file(ckpt)}: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise GerbilError(f"{meta_file(ckpt)} has no model config")
-    for key in ("tokens", "step"):
-        if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), int) or meta[key] < 0:
-            raise GerbilError(f"{meta_file(ckpt)}: {key!r} must be a non-negative integer")
-    return ckpt, meta
+    raise OptionError(f"unknown GPU {name!r} (known: {', '.join(GPUS)})")
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -211,7 +147,7 @@ class Plan:
 
     size: str  # ladder name ("6.7m") or the custom model's name ("custom")
     model: ModelConfig
-    cls: str  # "A", "E*", "300"
+    cls: str | None  # "A", "E*", "300"; None: a custom budget (`gerbil.classes.claimed_class`)
     ratio: float  # tokens per total parameter
     seq_len: int
     budget_tokens: int  # the class's total budget, counted from the run's very start
@@ -223,11 +159,12 @@ class Plan:
     gpus: tuple[GPU, ...]
     parent: str | None = None  # checkpoint directory continued from
     notes: list[str] = field(default_factory=list)
+    continues: ParentPoint | None = None  # the parent of a continuation
 
     @property
     def name(self) -> str:
-        """Seed-style run name, e.g. 'A-6.7m', 'E*-6.7m'."""
-        return f"{self.cls}-{self.size}"
+        """Seed-style run name, e.g. 'A-6.7m', 'E*-6.7m' ('6.7m' for a custom budget)."""
+        return f"{self.cls}-{self.size}" if self.cls else self.size
 
     @property
     def params_total(self) -> int:
@@ -253,7 +190,12 @@ class Plan:
 
     @property
     def batch(self) -> str:
-        return self.schedule.label()
+        """The batch label: the schedule's; a continuation's starts at its parent's first batch (the seed's
+        "131k-262k" star rows; `ParentPoint.batch_label`)."""
+        own = self.schedule.label()
+        if self.continues is None:
+            return own
+        return self.continues.batch_label(self.schedule.stages[-1].batch_tokens, own)
 
     @property
     def total_flops(self) -> float:
@@ -296,29 +238,42 @@ class Plan:
         }
 
 
-def _default_batch(model: ModelConfig, size: str | None) -> int:
-    """The seed's batch for a ladder size; for a custom model, the rung nearest in total parameters."""
-    if size in SIZES:
-        return SIZES[size].batch_tokens
-    n = math.log(model.n_params())
-    nearest = min(SIZES.values(), key=lambda s: abs(math.log(s.model_config().n_params()) - n))
-    return nearest.batch_tokens
+def budget_of(model: ModelConfig, cls: str | None = None, ratio: float | None = None,
+              tokens: int | str | None = None, continues: bool = False) -> tuple[str | None, float, int]:
+    """(class label, tokens per parameter, budget in tokens) of a run of `model`: ratio × total parameters,
+    or an explicit total `tokens`. The label is the class the budget may claim (`claimed_class`): None for
+    its own token count without a class, or one short of the class's ratio (a custom budget); a
+    continuation's is a star class."""
+    label, r, _ = parse_class(cls, ratio)
+    if continues:
+        label = star(label)
+    n_total = model.n_params("total")
+    if tokens is not None:
+        budget = parse_count(tokens, "token budget")
+        r = budget / n_total
+        if cls is None and ratio is None:
+            return None, r, budget  # its own token count: no class
+    else:
+        budget = int(round(r * n_total))
+    return claimed_class(label, budget / n_total), r, budget
 
 
-def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: int | None = None,
               batch_tokens: int | str | tuple[int, int] | None = None, ratio: float | None = None,
-              from_run: str | Path | None = None, *, tokens: int | str | None = None,
+              from_run: str | Path | ParentPoint | None = None, *, tokens: int | str | None = None,
               ramp_tokens: int | str | None = None, ramp_shape: str = "step", quantum: int | None = None,
               mfu: float | None = None, gpus: Iterable[str] | None = None) -> Plan:
     """Plan one training run.
 
     size:         a ladder name ("6.7m"), a ModelConfig for a custom model, or None with `from_run`.
     cls:          "A".."E", a star class ("E*"), or tokens per parameter ("300"); default A.
+    seq_len:      the training context; default 2048, or the parent's for a continuation.
     batch_tokens: global batch in tokens — an int, "131k", a ramp "131k-262k" or a (start, end) pair;
                   default the seed's batch for the size (rounded to a multiple of seq_len).
     ratio:        tokens per total parameter, overriding the class's.
-    from_run:     a run or checkpoint directory to continue (star class): the budget counts the
-                  tokens it already trained, and steps continue from its step.
+    from_run:     a run or checkpoint directory to continue, or a `ParentPoint` (a star class,
+                  `gerbil.continuation`): the model, context and start are the parent's, the budget counts
+                  the tokens it already trained, and steps continue from its step.
     tokens:       an explicit total budget (e.g. "500M"), overriding class and ratio.
     ramp_tokens:  where a ramp ends, in tokens since the run's very start. Default: the parent's
                   tokens for a continuation (the parent ran at the first batch), otherwise half the
@@ -327,61 +282,69 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
     mfu:          model FLOPs utilization for the time estimate (0 < mfu ≤ 1); default `default_mfu`.
     gpus:         GPU names to estimate; default all of `GPUS`.
     """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    label, r, star = parse_class(cls, ratio)
+    parent = ParentPoint.read(from_run, check_hash=False) if isinstance(from_run, (str, Path)) else from_run
+    model, size_name, seq_len = _plan_model(size, seq_len, parent)
+    label, r, budget = budget_of(model, cls, ratio, tokens, continues=parent is not None)
     notes: list[str] = []
-
-    # --- the model: a ladder size, a custom ModelConfig, or the parent run's model
-    meta, parent = None, None
-    if isinstance(size, ModelConfig):
-        model, size_name = size, size.name or "custom"
-    elif size is not None:
-        spec = get_size(str(size))
-        # the ladder model at this context length (seq_len only bounds rope tables: no parameters)
-        model, size_name = spec.model_config(seq_len=seq_len), spec.name
-    elif from_run is None:
-        raise ValueError("no model: give a size (e.g. 6.7m), a ModelConfig, or a run to continue")
-    if from_run is not None:
-        ckpt, meta = read_checkpoint_meta(from_run)
-        parent = str(ckpt)
-        try:
-            run_model = ModelConfig.from_dict(meta["model"])
-        except (TypeError, ValueError) as e:
-            raise GerbilError(f"{meta_file(ckpt)}: bad model config: {e}") from None
-        run_size = str(meta.get("size") or run_model.name or "custom")
-        if size is None:
-            model, size_name = run_model, run_size
-        elif run_model.n_params() != model.n_params() or run_model.d_model != model.d_model \
-                or run_model.n_layer != model.n_layer:
-            raise ValueError(f"run {from_run} is a {run_size} model, not {size_name}")
-        else:
-            model, size_name = run_model, run_size
-        if not star:
-            label += "*"  # a continued run is a star run by definition (docs/reference.md §3)
-    elif star:
+    if parent is None and parse_class(cls, ratio)[2]:
         notes.append(f"{label} planned from scratch; pass from_run (--from RUN) to continue an earlier run")
-    if seq_len > model.seq_len:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's context of {model.seq_len}")
-
-    # --- the budget: ratio × total parameters (or an explicit total)
-    n_total = model.n_params("total")
-    if tokens is not None:
-        budget = parse_count(tokens, "token budget")
-        r = budget / n_total
-        if cls is None and ratio is None:
-            label = f"{r:.3g}"
+    start = parent.tokens if parent is not None else 0
+    if budget <= start:
+        raise OptionError(f"{_budget_name(label)} has no budget left: the {parent.who} ends at "
+                          f"{fmt_tokens(start)} tokens and the budget is {fmt_tokens(budget)} (nothing left to train)")
+    schedule = _plan_schedule(model, size_name, seq_len, budget, batch_tokens, parent, ramp_tokens, ramp_shape,
+                              quantum, notes)
+    if mfu is None:
+        u, source = default_mfu(model), ("estimate: plain compiled PyTorch GPT-J measured on one H200 "
+                                          "(docs/reference.md §6), not gerbil's own throughput")
     else:
-        budget = int(round(r * n_total))
-    start_tokens = int(meta["tokens"]) if meta else 0
-    start_step = int(meta["step"]) if meta else 0
-    if budget <= start_tokens:
-        raise ValueError(f"run {from_run} already trained {fmt_tokens(start_tokens)} tokens, "
-                         f"class {label} budget is {fmt_tokens(budget)}: nothing left to train")
+        u, source = float(mfu), "given"
+        if not (0 < u <= 1):
+            raise OptionError(f"mfu must be in (0, 1], got {mfu}")
+    gpu_list = tuple(get_gpu(g) for g in gpus) if gpus is not None else tuple(GPUS.values())
+    return Plan(size=size_name, model=model, cls=label, ratio=r, seq_len=seq_len, budget_tokens=budget,
+                start_tokens=start, schedule=schedule, flops_per_token=flops_per_token(model, seq_len), mfu=u,
+                mfu_source=source, gpus=gpu_list, parent=str(parent.checkpoint) if parent and parent.checkpoint
+                else None, notes=notes, continues=parent)
 
-    # --- the batch: explicit, a ramp, or the seed's default for the size
+
+def _budget_name(label: str | None) -> str:
+    """'class E*' or 'the custom budget' — how an error names a run's budget."""
+    return f"class {label}" if label else "the custom budget"
+
+
+def _plan_model(size: str | ModelConfig | None, seq_len: int | None,
+                parent: ParentPoint | None) -> tuple[ModelConfig, str, int]:
+    """(model, size name, seq_len): a ladder size at its context (`ladder_model`), a custom model, or —
+    for a continuation — the parent's model and context (`gerbil.continuation.inherit`)."""
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0):
+        raise OptionError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if parent is not None:
+        given = size if isinstance(size, ModelConfig) else None
+        seq_len = inherit(parent, "--from", size=None if given or size is None else str(size), model=given,
+                          seq_len=seq_len)["seq_len"]
+        model, size_name = parent.model_config(), parent.size
+    elif isinstance(size, ModelConfig):
+        model, size_name, seq_len = size, size.name or "custom", seq_len or DEFAULT_SEQ_LEN
+    elif size is not None:
+        seq_len = seq_len or DEFAULT_SEQ_LEN
+        size_name = get_size(str(size)).name
+        model = ladder_model(size_name, seq_len)
+    else:
+        raise OptionError("no model: give a size (e.g. 6.7m), a ModelConfig, or a run to continue")
+    if seq_len > model.seq_len:
+        raise OptionError(f"seq_len {seq_len} exceeds the model's context of {model.seq_len}")
+    return model, size_name, seq_len
+
+
+def _plan_schedule(model: ModelConfig, size_name: str, seq_len: int, budget: int,
+                   batch_tokens: int | str | tuple[int, int] | None, parent: ParentPoint | None,
+                   ramp_tokens: int | str | None, ramp_shape: str, quantum: int | None,
+                   notes: list[str]) -> BatchSchedule:
+    """The batch schedule from the parent's tokens (or 0) to the budget: an explicit batch or ramp, else the
+    seed's batch for the size (for a custom model, the nearest rung's)."""
     if batch_tokens is None:
-        b = _default_batch(model, size_name if size_name in SIZES else None)
+        b = SIZES[size_name].batch_tokens if size_name in SIZES else nearest_rung(model).batch_tokens
         if b % seq_len:  # the seed's defaults are "about 131k": round to whole sequences
             b = max(seq_len, int(math.floor(b / seq_len + 0.5)) * seq_len)
             notes.append(f"default batch rounded to {b} tokens = {b // seq_len} × {seq_len}")
@@ -389,34 +352,20 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
     elif isinstance(batch_tokens, tuple):
         b0, b1 = (parse_batch(int(x), seq_len) for x in batch_tokens)
         if b1 < b0:
-            raise ValueError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
+            raise OptionError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
     else:
         b0, b1 = parse_batch_spec(batch_tokens, seq_len)
-    if ramp_tokens is not None:
-        span = parse_count(ramp_tokens, "ramp span")
-    else:
-        span = start_tokens if meta else budget // 2
-    schedule = build_schedule(budget - start_tokens, seq_len, b0, b1, ramp_tokens=span,
-                              ramp_shape=ramp_shape, quantum=quantum, start_step=start_step,
-                              start_tokens=start_tokens)
+    start = parent.tokens if parent is not None else 0
+    span = parse_count(ramp_tokens, "ramp span") if ramp_tokens is not None else (start if parent else budget // 2)
+    schedule = build_schedule(budget - start, seq_len, b0, b1, ramp_tokens=span, ramp_shape=ramp_shape,
+                              quantum=quantum, start_step=parent.step if parent else 0, start_tokens=start)
     first = schedule.stages[0].batch_tokens
-    if budget - start_tokens < first:  # less than one step: surely a mistake (e.g. tokens vs params)
-        raise ValueError(f"token budget {budget - start_tokens:,} is smaller than one batch "
-                         f"({first:,} tokens)")
-
-    # --- FLOPs and time
-    if mfu is None:
-        u, source = default_mfu(model), ("estimate: plain compiled PyTorch GPT-J measured on one H200 "
-                                          "(docs/reference.md §6), not gerbil's own throughput")
-    else:
-        u, source = float(mfu), "given"
-        if not (0 < u <= 1):
-            raise ValueError(f"mfu must be in (0, 1], got {mfu}")
-    gpu_list = tuple(get_gpu(g) for g in gpus) if gpus is not None else tuple(GPUS.values())
-    return Plan(size=size_name, model=model, cls=label, ratio=r, seq_len=seq_len, budget_tokens=budget,
-                start_tokens=start_tokens, schedule=schedule,
-                flops_per_token=flops_per_token(model, seq_len), mfu=u, mfu_source=source,
-                gpus=gpu_list, parent=parent, notes=notes)
+    if budget - start < first and parent is not None:
+        raise OptionError(f"{parent.child} trains only {budget - start:,} tokens, less than one batch of {first:,} "
+                          f"(a smaller batch_tokens, or a larger budget)")
+    if budget - start < first:  # less than one step: surely a mistake (e.g. tokens vs params)
+        raise OptionError(f"token budget {budget - start:,} is smaller than one batch ({first:,} tokens)")
+    return schedule
 
 
 def make_ladder(cls: str | None = None, sizes: Sequence[str] | None = None, **kwargs) -> list[Plan]:
@@ -425,14 +374,6 @@ def make_ladder(cls: str | None = None, sizes: Sequence[str] | None = None, **kw
 
 
 # ---------------------------------------------------------------------------------------- rendering
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w)
-                         for c, w, r in zip(cells, widths, right)).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def _ratio_str(r: float) -> str:
     return f"{r:g}" if float(r).is_integer() else f"{r:.3g}"
 
@@ -446,7 +387,7 @@ def format_plan(plan: Plan) -> str:
              f"rotary_dim {m.rotary_dim}, vocab {m.vocab_size}",
              f"  params       {fmt_params(plan.params_total)} = {plan.params_total:,} total, "
              f"{plan.params_non_embedding:,} non-embedding",
-             f"  class        {plan.cls}: {_ratio_str(plan.ratio)} tokens per parameter",
+             f"  class        {class_text(plan.cls)}: {_ratio_str(plan.ratio)} tokens per parameter",
              f"  tokens       {fmt_tokens(plan.budget_tokens)} = {plan.budget_tokens:,}"]
     if plan.start_tokens:
         lines.append(f"  continues    {plan.parent} at step {sched.start_step:,}, "
@@ -464,7 +405,7 @@ def format_plan(plan: Plan) -> str:
               f"  time         at {plan.mfu:.0%} MFU ({plan.mfu_source}):", ""]
     rows = [[g.name, g.precision, f"{g.peak_flops / 1e12:g}", fmt_duration(plan.seconds_on(g))]
             for g in plan.gpus]
-    lines += ["    " + s for s in _table(["GPU", "precision", "peak TFLOP/s", "time"], rows,
+    lines += ["    " + s for s in fmt_table(["GPU", "precision", "peak TFLOP/s", "time"], rows,
                                        [False, False, True, True]).splitlines()]
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)
@@ -477,9 +418,9 @@ def format_ladder(plans: Sequence[Plan]) -> str:
     header += [g.name for g in gpus]
     rows = []
     for p in plans:
-        rows.append([p.size, fmt_params(p.params_total), fmt_params(p.params_non_embedding), p.cls,
+        rows.append([p.size, fmt_params(p.params_total), fmt_params(p.params_non_embedding), class_text(p.cls),
                      _ratio_str(p.ratio), fmt_tokens(p.budget_tokens), p.batch, f"{p.steps:,}",
                      fmt_flops(p.total_flops)] + [fmt_duration(p.seconds_on(g)) for g in gpus])
-    out = _table(header, rows, [False] + [True] * (len(header) - 1))
+    out = fmt_table(header, rows, [False] + [True] * (len(header) - 1))
     mfus = ", ".join(f"{p.size} {p.mfu:.0%}" for p in plans)
     return out + f"\n\ntimes at MFU {mfus} ({plans[0].mfu_source if plans else ''})"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gerbil import plan
 from gerbil.fit.command import Planner, run_planner
-from gerbil.model.config import ModelConfig, size_names
+from gerbil.model.config import ModelConfig, context_len, size_names
 from gerbil.options import KEYWORD_KEYS, OptionError, Options, add_arguments, config_from_args, opt, section
 from gerbil.units import DEFAULT_SEQ_LEN
 
@@ -33,7 +33,8 @@ class _Run(Options):
                                    metavar="TOKENS")
     from_run: str | None = opt(None, "continue this run (star class): plan the tokens its class budget still "
                                      "lacks", flag="--from", metavar="RUN_OR_CHECKPOINT")
-    seq_len: int = opt(DEFAULT_SEQ_LEN, "sequence length", metavar="SEQ_LEN")
+    seq_len: int | None = opt(None, f"sequence length (default {DEFAULT_SEQ_LEN}, or the --from run's)",
+                              check="positive", metavar="SEQ_LEN")
     batch: int | str | None = opt(None, "global batch in tokens: 131072, 131k, or a ramp such as 131k-262k (k = "
                                         "1000, M = 2^20, resolved to whole sequences); default the seed's per "
                                         "size", flag=("--batch-tokens", "--batch"), metavar="BATCH")
@@ -80,7 +81,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
 
 def planner_answer(o: PlanOptions) -> str | None:
     """The scaling-law planner's answer when --hours or --loss is given, else None (a normal plan)."""
-    return run_planner(o, list(o.gpu or []), o.mfu, o.seq_len, o.json, fixed={
+    return run_planner(o, list(o.gpu or []), o.mfu, o.seq_len or DEFAULT_SEQ_LEN, o.json, fixed={
         "--size": o.size, "--class": o.cls, "--tokens": o.tokens, "--from": o.from_run, "--ratio": o.ratio})
 
 
@@ -102,7 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise OptionError("a custom model needs --d-model, --n-layer and --n-head")
         rot = o.rotary_dim if o.rotary_dim is not None else o.d_model // o.n_head
         size = ModelConfig(d_model=o.d_model, n_layer=o.n_layer, n_head=o.n_head, rotary_dim=rot,
-                           seq_len=max(o.seq_len, DEFAULT_SEQ_LEN), name="custom")
+                           seq_len=context_len(o.seq_len), name="custom")
     elif size is None and o.from_run is None:
         size = "6.7m"
     if isinstance(size, str) and size.strip().lower() == "all":

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from gerbil.errors import OptionError
 from gerbil.units import fmt_batch
 
 
@@ -72,7 +73,7 @@ def make_schedule(kind: str, peak: float, total: int, warmup: int, min_ratio: fl
                   cooldown_fraction: float = 0.2, start: int = 0, start_lr: float = 0.0) -> Schedule:
     """A `Schedule` with its kind checked; wsd's cooldown is `cooldown_fraction` of this run's tokens."""
     if kind not in LR_SCHEDULES:
-        raise ValueError(f"unknown schedule {kind!r} ({', '.join(LR_SCHEDULES)})")
+        raise OptionError(f"unknown schedule {kind!r} ({', '.join(LR_SCHEDULES)})")
     cooldown = int(round(cooldown_fraction * (total - start))) if kind == "wsd" else 0
     return Schedule(kind, float(peak), int(total), int(warmup), float(min_ratio), cooldown, int(start),
                     float(start_lr))
@@ -118,7 +119,7 @@ class BatchSchedule:
         object.__setattr__(self, "stages", tuple(self.stages))
         for st in self.stages:
             if st.steps <= 0 or st.batch_tokens <= 0 or st.batch_tokens % self.seq_len:
-                raise ValueError(f"bad batch stage {st} for seq_len {self.seq_len}")
+                raise OptionError(f"bad batch stage {st} for seq_len {self.seq_len}")
 
     @property
     def total_steps(self) -> int:
@@ -205,22 +206,22 @@ def build_schedule(tokens: int, seq_len: int, batch_start: int, batch_end: int |
     is a minimum, and a partial last batch would change the gradient noise of that step).
     """
     if tokens <= 0:
-        raise ValueError(f"token budget must be positive, got {tokens}")
+        raise OptionError(f"token budget must be positive, got {tokens}")
     b0 = int(batch_start)
     b1 = b0 if batch_end is None else int(batch_end)
     for b in (b0, b1):
         if b <= 0 or b % seq_len:
-            raise ValueError(f"batch {b} tokens is not a positive multiple of seq_len {seq_len}")
+            raise OptionError(f"batch {b} tokens is not a positive multiple of seq_len {seq_len}")
     if b1 < b0:
-        raise ValueError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
+        raise OptionError(f"batch ramp {fmt_batch(b0, b1)} shrinks")
     if ramp_shape not in ("step", "linear"):
-        raise ValueError(f"unknown ramp shape {ramp_shape!r} (step, linear)")
+        raise OptionError(f"unknown ramp shape {ramp_shape!r} (step, linear)")
     q = int(quantum or seq_len)
     if q <= 0 or q % seq_len:
-        raise ValueError(f"ramp quantum {q} is not a positive multiple of seq_len {seq_len}")
+        raise OptionError(f"ramp quantum {q} is not a positive multiple of seq_len {seq_len}")
     span = int(ramp_tokens) if ramp_tokens is not None else 0
     if b1 != b0 and span < 0:
-        raise ValueError(f"ramp span must not be negative, got {span}")
+        raise OptionError(f"ramp span must not be negative, got {span}")
 
     def level(t: int) -> tuple[int, int | None]:
         """(batch at tokens t, tokens at which the batch next changes or None)."""

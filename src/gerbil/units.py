@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
+
+from gerbil.errors import OptionError
 
 DEFAULT_SEQ_LEN = 2048  # the ladder's context: batches are whole sequences of it unless told otherwise
 
@@ -105,6 +108,23 @@ def fmt_duration(seconds: float) -> str:
     return f"{s / 86400:.1f} d"
 
 
+def fmt_clock(seconds: float) -> str:
+    """A duration as a clock: 3725 → '1:02:05' (progress lines, ETAs)."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool]) -> str:
+    """A plain-text table: a header, a rule of dashes, one line per row; `right[i]` right-aligns column i
+    (numbers), the others are left-aligned. Trailing spaces are cut."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+
+    def line(cells: Sequence[object]) -> str:
+        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
 # --------------------------------------------------------------------------------------------- parsing
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
 _COUNT_RE = re.compile(rf"^{_NUM}(?:e(\d+))?\s*([kmbgt]?)$", re.IGNORECASE)
@@ -121,14 +141,14 @@ def parse_count(text: str | int, what: str = "count") -> int:
     else:
         raw = str(text).strip().replace("_", "").replace(",", "")
         if raw.startswith("-") and _COUNT_RE.match(raw[1:]):
-            raise ValueError(f"{what} must be positive, got {text!r}")
+            raise OptionError(f"{what} must be positive, got {text!r}")
         m = _COUNT_RE.match(raw)
         if not m:
-            raise ValueError(f"{what} {text!r} is not a number like 134M, 1.5B or 500000000")
+            raise OptionError(f"{what} {text!r} is not a number like 134M, 1.5B or 500000000")
         x = float(m.group(1)) * 10 ** int(m.group(2) or 0) * _COUNT_UNITS[m.group(3).lower()]
         value = round(x)
     if value <= 0:
-        raise ValueError(f"{what} must be positive, got {text!r}")
+        raise OptionError(f"{what} must be positive, got {text!r}")
     return int(value)
 
 
@@ -150,18 +170,18 @@ def parse_batch(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         n = int(text)
         if n <= 0:
-            raise ValueError(f"batch must be positive, got {n}")
+            raise OptionError(f"batch must be positive, got {n}")
         if n % seq_len:
-            raise ValueError(f"batch {n} tokens is not a multiple of seq_len {seq_len}")
+            raise OptionError(f"batch {n} tokens is not a multiple of seq_len {seq_len}")
         return n
     s = str(text).strip().replace("_", "").replace(",", "")
     m = _BATCH_RE.match(s)
     if not m:
-        raise ValueError(f"batch {text!r} is not a size like 131072, 131k or 1M")
+        raise OptionError(f"batch {text!r} is not a size like 131072, 131k or 1M")
     digits, suffix = m.group(1), m.group(2)
     if not suffix:
         if "." in digits:
-            raise ValueError(f"batch {text!r} must be a whole number of tokens")
+            raise OptionError(f"batch {text!r} must be a whole number of tokens")
         return parse_batch(int(digits), seq_len)
     unit = 1_000 if suffix in "kK" else _MEGA_BATCH
     value = float(digits) * unit
@@ -174,7 +194,7 @@ def parse_batch(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> int:
     else:
         n = int(math.floor(value / seq_len + 0.5)) * seq_len
     if n <= 0:
-        raise ValueError(f"batch {text!r} is smaller than one sequence of {seq_len} tokens")
+        raise OptionError(f"batch {text!r} is smaller than one sequence of {seq_len} tokens")
     return n
 
 
@@ -192,10 +212,10 @@ def parse_batch_spec(text: str | int, seq_len: int = DEFAULT_SEQ_LEN) -> tuple[i
         b = parse_batch(parts[0], seq_len)
         return b, b
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"batch ramp {text!r} is malformed (expected START-END, e.g. 131k-262k)")
+        raise OptionError(f"batch ramp {text!r} is malformed (expected START-END, e.g. 131k-262k)")
     b0, b1 = parse_batch(parts[0], seq_len), parse_batch(parts[1], seq_len)
     if b1 < b0:
-        raise ValueError(f"batch ramp {text!r} shrinks; a ramp goes from the smaller to the larger batch")
+        raise OptionError(f"batch ramp {text!r} shrinks; a ramp goes from the smaller to the larger batch")
     return b0, b1
 
 

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
+from gerbil.errors import OptionError
 
 FITM_START = SPECIAL_TOKENS["<fitm_start>"]  # 50257
 MULTIPLE_TOK_MASK = SPECIAL_TOKENS["<multiple_tok_mask>"]  # 50258
@@ -74,7 +75,7 @@ _CHAR_SPLIT_SLACK = 8
 
 def _check_loss_on(loss_on: str) -> str:
     if loss_on not in LOSS_ON:
-        raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
+        raise OptionError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     return loss_on
 
 
@@ -95,6 +96,12 @@ class Objective:
     display = "Gerbil"
     #: tokens that put a model trained with this objective in causal mode for evaluation and sampling
     eval_prefix: tuple[int, ...] = ()
+    #: what a model trained with this objective can do besides continuing text: fill in a middle (`gerbil
+    #: infill`, an sft "fim" prompt), predict masked tokens (`gerbil unmask`); and whether its examples
+    #: hold the Blender special tokens (the model's vocabulary must have room for them). `supports` reads them.
+    infills = False
+    unmasks = False
+    special_ids = True
 
     def __init__(self, loss_on: str = "all"):
         self.loss_on = _check_loss_on(loss_on)
@@ -144,6 +151,7 @@ class Plain(Objective):
     """The document as it is: ordinary causal language modelling (plain Gerbil models)."""
 
     name = "plain"
+    special_ids = False
 
     def __call__(self, doc_tokens, rng):
         tokens = _as_tokens(doc_tokens).copy()
@@ -199,13 +207,14 @@ class FillInMiddle(Objective):
 
     name = "fim"
     display = "GerbilFIM"
+    infills = True
 
     def __init__(self, loss_on: str = "all", char_level: bool = False, tokenizer: Any = None,
                  spm_rate: float = 0.0):
         super().__init__(loss_on)
         spm_rate = float(spm_rate)
         if not 0.0 <= spm_rate <= 1.0:
-            raise ValueError(f"spm_rate must be in [0, 1], got {spm_rate}")
+            raise OptionError(f"spm_rate must be in [0, 1], got {spm_rate}")
         if char_level and tokenizer is None:
             raise ValueError("character-level FIM needs a tokenizer (FillInMiddle(char_level=True, tokenizer=...))")
         self.char_level, self.tokenizer, self.spm_rate = bool(char_level), tokenizer, spm_rate
@@ -282,12 +291,13 @@ class MaskedLM(Objective):
 
     name = "mlm"
     display = "GerbilMLM"
+    unmasks = True
 
     def __init__(self, loss_on: str = "all", mask_rate: float = 0.15):
         super().__init__(loss_on)
         mask_rate = float(mask_rate)
         if not 0.0 < mask_rate < 1.0:  # also rejects NaN
-            raise ValueError(f"mask rate must be in (0, 1), got {mask_rate}")
+            raise OptionError(f"mask rate must be in (0, 1), got {mask_rate}")
         self.mask_rate = mask_rate
 
     def n_masked(self, n: int) -> int:
@@ -335,13 +345,13 @@ BLENDER_TASKS = ("causal", "fim", "mlm")
 
 def _check_weights(weights) -> tuple[float, float, float]:
     if isinstance(weights, (str, bytes)):
-        raise ValueError(f"blender weights must be three numbers (causal, fim, mlm), got {weights!r}")
+        raise OptionError(f"blender weights must be three numbers (causal, fim, mlm), got {weights!r}")
     try:
         w = tuple(float(x) for x in weights)
     except (TypeError, ValueError):
-        raise ValueError(f"blender weights must be three numbers (causal, fim, mlm), got {weights!r}") from None
+        raise OptionError(f"blender weights must be three numbers (causal, fim, mlm), got {weights!r}") from None
     if len(w) != 3 or not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
-        raise ValueError(f"blender weights must be three non-negative numbers (causal, fim, mlm) with a "
+        raise OptionError(f"blender weights must be three non-negative numbers (causal, fim, mlm) with a "
                          f"positive sum, got {weights!r}")
     return w
 
@@ -358,6 +368,7 @@ class Blender(Objective):
     name = "blender"
     display = "GerbilBlender"
     eval_prefix = (CAUSAL,)
+    infills = unmasks = True
 
     def __init__(self, weights=(1.0, 1.0, 1.0), loss_on: str = "all", mask_rate: float = 0.15,
                  char_level: bool = False, tokenizer: Any = None, spm_rate: float = 0.0):
@@ -402,27 +413,40 @@ OBJECTIVES: dict[str, type[Objective]] = {
 def get_objective(name: str, **options: Any) -> Objective:
     """The objective called ``name`` (plain, causal, fim, mlm, blender) built with ``options``.
 
-    Unknown names and options an objective does not take raise a one-line ValueError.
+    Unknown names and options an objective does not take raise a one-line OptionError.
     ``get_objective(**obj.to_dict())`` rebuilds ``obj`` (pass ``tokenizer=`` again for char-level FIM).
     """
     key = str(name).strip().lower()
     if key not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+        raise OptionError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
     cls = OBJECTIVES[key]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"objective {key!r} takes no option {unknown[0]!r} "
+        raise OptionError(f"objective {key!r} takes no option {unknown[0]!r} "
                          f"(options: {', '.join(sorted(accepted)) or 'none'})")
     return cls(**options)
 
 
 def objective_class(objective: str | None) -> type[Objective]:
-    """The Objective class called ``objective`` (``plain`` when absent); unknown names raise ValueError."""
+    """The Objective class called ``objective`` (``plain`` when absent); an unknown name is an OptionError."""
     key = str(objective or "plain").strip().lower()
     if key not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
+        raise OptionError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
     return OBJECTIVES[key]
+
+
+#: the capabilities `supports` answers for (class attributes of every `Objective`)
+CAPABILITIES = ("infills", "unmasks", "special_ids")
+
+
+def supports(objective: str | None, capability: str) -> bool:
+    """Whether a model trained with ``objective`` (a name; ``plain`` when absent) `capability`: "infills",
+    "unmasks" or "special_ids" (see `Objective`). An unknown objective (a foreign export) supports none."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r} ({', '.join(CAPABILITIES)})")
+    key = str(objective or "plain").strip().lower()
+    return bool(getattr(OBJECTIVES[key], capability)) if key in OBJECTIVES else False
 
 
 def mode_prefix(objective: str | None) -> list[int]:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from gerbil.assets import read_merges, read_vocab
 from gerbil.errors import GerbilError
+from gerbil.units import DEFAULT_SEQ_LEN
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import gerbil.data.tokenizer` must stay cheap
     import numpy as np
@@ -366,7 +367,7 @@ class Tokenizer:
         """
         return _tiktoken_from_files(str(self.vocab_path))
 
-    def to_transformers(self, model_max_length: int = 2048) -> PreTrainedTokenizerFast:
+    def to_transformers(self, model_max_length: int = DEFAULT_SEQ_LEN) -> PreTrainedTokenizerFast:
         """A transformers ``PreTrainedTokenizerFast`` wrapping :attr:`backend` (50,264 ids).
 
         Built from the tokenizers object, not ``GPT2TokenizerFast(vocab_file=...)``: with transformers

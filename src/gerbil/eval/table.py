@@ -23,10 +23,10 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.eval.tasks import TASKS, table_columns
-from gerbil.model.config import SIZES
-from gerbil.plan import CLASSES
+from gerbil.classes import claimed_class
+from gerbil.model.config import size_label
 from gerbil.runs.registry import RunRecord, read_run, scan
-from gerbil.units import fmt_params, fmt_tokens
+from gerbil.units import fmt_tokens
 
 #: (column, task, metric, kind) of the eval columns, from each task's record (gerbil.eval.tasks)
 EVAL_COLUMNS: tuple[tuple[str, str, str, str], ...] = tuple(
@@ -86,20 +86,13 @@ def fmt_ppl(v: float) -> str:
 
 
 def _size_label(r: RunRecord) -> str:
-    if r.size and str(r.size).lower() in SIZES:
-        return str(r.size).lower()
-    if r.params:
-        return fmt_params(r.params)
-    return str(r.size or "—")
+    return size_label(r.size, params=r.params)  # the ladder's name, else the count ("12m")
 
 
 def _class(r: RunRecord) -> str | None:
     """The run's class, or None when its tokens fall short of the class's ratio (a `--tokens` budget,
-    e.g. the CPU demo): such a run must not be named or shown as a class model."""
-    nominal = CLASSES.get((r.cls or "").rstrip("*").upper())
-    if nominal and r.ratio is not None and r.ratio < 0.9 * nominal:
-        return None
-    return r.cls
+    e.g. the CPU demo): such a run must not be named or shown as a class model (`gerbil.classes`)."""
+    return claimed_class(r.cls, r.ratio)
 
 
 def _values(r: RunRecord) -> dict[str, Any]:

@@ -26,17 +26,18 @@ from typing import Any
 import numpy as np
 
 from gerbil import plan as planlib
-from gerbil.data.objectives import mode_prefix
+from gerbil.data.objectives import mode_prefix, supports
 from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
-from gerbil.errors import GerbilError
+from gerbil.errors import GerbilError, OptionError
+from gerbil.export import load_model
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
 from gerbil.finetune.config import FinetuneConfig
 from gerbil.finetune.decode import check_room
 from gerbil.finetune.workloads import WORKLOADS, Finetuning
 from gerbil.fsutil import sha256_file
-from gerbil.model.config import ModelConfig
-from gerbil.options import OptionError
+from gerbil.model.classifier import Classifier
+from gerbil.model.config import ModelConfig, size_label
 from gerbil.runs.rundir import RunDir, resolve_source
 from gerbil.schedules import make_schedule
 from gerbil.train.checkpoint import CheckpointPolicy
@@ -92,6 +93,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     prompt_format = cfg.prompt_format
     if prompt_format == "auto":
         prompt_format = "causal" if mode_prefix(objective) else "plain"
+    if prompt_format == "fim" and not supports(objective, "infills"):
+        log.warning("prompt_format fim: the base model (objective %s) was not trained to fill in the middle", objective)
     prefix = [SPECIAL_TOKENS["<causal>"]] if prompt_format == "causal" else []
     needed = max(prefix + ([SPECIAL_TOKENS["<fitm_result>"]] if prompt_format == "fim" else []), default=-1)
     if needed >= model_cfg.vocab_size:
@@ -114,7 +117,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     ex = execution(cfg)
     run.path.mkdir(parents=True, exist_ok=True)
     plan = RunPlan(
-        name=run.name, run=run, model_config=model_cfg, size=base_info.get("size") or _size_name(model_cfg),
+        name=run.name, run=run, model_config=model_cfg, size=base_info.get("size") or size_label(model=model_cfg),
         cls=None, budget=budget, batch_label=f"{cfg.batch_size} examples", schedule=schedule,
         optimizer=AdamW.of(cfg), eval_every=every, checkpoints=CheckpointPolicy(every, best=True),
         seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(), micro_batch=micro, eval_micro_batch=micro,
@@ -178,9 +181,6 @@ def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
     resumed one needs only its recorded shape (the checkpoint holds the weights; the base may have moved)."""
     if recorded:
         return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
-    from gerbil.export import load_model  # (export reads fine-tuned models too: imported when used)
-    from gerbil.model.classifier import Classifier
-
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
     model, meta = load_model(cfg.base)
     if isinstance(model, Classifier):
@@ -242,9 +242,3 @@ def _class_weights(cfg: FinetuneConfig, train: Any) -> np.ndarray | None:
     if len(spec) != K:
         raise OptionError(f"class_weights: {len(spec)} weights for {K} labels ({', '.join(train.label_names)})")
     return np.asarray(spec, dtype=np.float64)
-
-
-def _size_name(cfg: ModelConfig) -> str:
-    from gerbil.export import _size_name as name
-
-    return name(cfg)

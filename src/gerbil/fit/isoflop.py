@@ -26,6 +26,7 @@ import numpy as np
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.units import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def shape_family(per_gap: int = 2, sizes: Sequence[str] | None = None) -> list[M
 
 
 def isoflop_grid(budgets: Sequence[float], sizes: Sequence[str | ModelConfig] | None = None, *,
-                 per_budget: int = 7, seq_len: int = 2048, ratio_range: tuple[float, float] = (2.0, 1000.0),
+                 per_budget: int = 7, seq_len: int = DEFAULT_SEQ_LEN, ratio_range: tuple[float, float] = (2.0, 1000.0),
                  per_gap: int = 2) -> list[dict]:
     """Runs for an IsoFLOP study: for each FLOP budget, up to `per_budget` model shapes (evenly spread
     in log N among those training between `ratio_range` tokens per parameter) and the token count

@@ -29,6 +29,7 @@ from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
 from gerbil.runs.registry import scan
 from gerbil.runs.rundir import RunDir
+from gerbil.units import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def measured_throughput(runs: Sequence[str | Path], gpu_name: str) -> tuple[dict
 
 
 def throughput(model: ModelConfig, gpu: Any, measured: dict | None = None, mfu: float | None = None,
-               seq_len: int = 2048) -> tuple[float, str]:
+               seq_len: int = DEFAULT_SEQ_LEN) -> tuple[float, str]:
     """(training tokens/s of `model` on `gpu`, where the number comes from)."""
     from gerbil.model.config import default_mfu
     from gerbil.plan import flops_per_token
@@ -223,7 +224,7 @@ def _time_row(name: str, m: ModelConfig, fit: FitSpec, gpu: Any, seconds: float,
 
 
 def plan_for_time(gpu: str, hours: float, fit: FitSpec | None = None, runs: Sequence[str | Path] = (),
-                  mfu: float | None = None, seq_len: int = 2048) -> TimePlan:
+                  mfu: float | None = None, seq_len: int = DEFAULT_SEQ_LEN) -> TimePlan:
     """The ladder size, tokens and class with the lowest predicted loss after `hours` on one `gpu`."""
     from gerbil.fit.isoflop import shape_family
     from gerbil.plan import get_gpu
@@ -270,7 +271,7 @@ class LossPlan:
 
 
 def plan_for_loss(loss: float, fit: FitSpec | None = None, gpu: str | None = None,
-                  runs: Sequence[str | Path] = (), mfu: float | None = None, seq_len: int = 2048) -> LossPlan:
+                  runs: Sequence[str | Path] = (), mfu: float | None = None, seq_len: int = DEFAULT_SEQ_LEN) -> LossPlan:
     """The cheapest (N, D) whose predicted loss is `loss`: continuous under C = 6·N·D, and per ladder size."""
     import numpy as np
 

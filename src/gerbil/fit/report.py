@@ -22,6 +22,7 @@ import numpy as np
 from gerbil.errors import GerbilError
 from gerbil.fit.laws import HUBER_DELTA, LawFit, allocation, bootstrap_law, fit_law, get_form
 from gerbil.fit.sources import Columns, Dataset, load_points, read_curves
+from gerbil.units import DEFAULT_SEQ_LEN
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def _jsonable(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- frontier, exact FLOPs
-def exact_frontier(fit: LawFit, count: str, n_budgets: int = 25, seq_len: int = 2048) -> dict:
+def exact_frontier(fit: LawFit, count: str, n_budgets: int = 25, seq_len: int = DEFAULT_SEQ_LEN) -> dict:
     """The compute-optimal shape per budget when compute is the exact per-token count
     (`gerbil.plan.flops_per_token`: non-embedding + head + attention), over the ladder and the shapes
     between its rungs — where 6·N·D and the real cost of a tiny model disagree most (the embedding

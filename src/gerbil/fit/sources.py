@@ -25,6 +25,7 @@ import numpy as np
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import SIZES, ModelConfig
+from gerbil.model.config import rung_by_params as ladder_match  # the ladder's one rule (model/config.py)
 from gerbil.runs.registry import scan
 from gerbil.runs.rundir import RunDir
 from gerbil.units import DEFAULT_SEQ_LEN
@@ -78,17 +79,6 @@ class Curve:
 
 
 # ------------------------------------------------------------------------------------------- ladder
-def ladder_match(params: float | None = None, non_embedding: float | None = None) -> ModelConfig | None:
-    """The ladder model whose total (or non-embedding) count is exactly `params` (`non_embedding`)."""
-    for spec in SIZES.values():
-        m = spec.model_config()
-        if params is not None and int(round(params)) == m.n_params("total"):
-            return m
-        if non_embedding is not None and int(round(non_embedding)) == m.n_params("non_embedding"):
-            return m
-    return None
-
-
 def _model_of(p: Point) -> ModelConfig | None:
     if p.model:
         try:

@@ -18,7 +18,8 @@ import math
 from dataclasses import dataclass
 
 from gerbil.data.tokenizer import VOCAB_SIZE
-from gerbil.errors import GerbilError
+from gerbil.errors import GerbilError, OptionError
+from gerbil.units import DEFAULT_SEQ_LEN, fmt_params
 
 ARCHS = ("gptj", "t5")
 # Fields only an encoder-decoder uses; a GPT-J config's to_dict() leaves them out, so every gptj record
@@ -42,7 +43,7 @@ class ModelConfig:
     rotary_dim: int = 8
     vocab_size: int = VOCAB_SIZE
     # Maximum context; rotary has no learned positions, so this only bounds the rope cache and exports.
-    seq_len: int = 2048
+    seq_len: int = DEFAULT_SEQ_LEN
     # Pad the embedding/head rows to a multiple of this for tensor-core friendly shapes (1 = no padding).
     # Padded rows are never counted as parameters and their logits are masked to -inf.
     pad_vocab_multiple: int = 1
@@ -60,27 +61,27 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for f in ("d_model", "n_layer", "n_head", "vocab_size", "seq_len", "pad_vocab_multiple"):
             if int(getattr(self, f)) <= 0:
-                raise ValueError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
+                raise OptionError(f"ModelConfig.{f} must be positive, got {getattr(self, f)}")
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r} (supported: {', '.join(ARCHS)})")
+            raise OptionError(f"unknown arch {self.arch!r} (supported: {', '.join(ARCHS)})")
         if self.arch == "t5":
             self._check_t5()
             return
         if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+            raise OptionError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if self.rotary_dim % 2 or self.rotary_dim > self.head_dim or self.rotary_dim < 0:
-            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim {self.head_dim}")
+            raise OptionError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim {self.head_dim}")
 
     def _check_t5(self) -> None:
         for f in ("n_decoder_layer", "d_ff", "d_kv"):
             if int(getattr(self, f)) <= 0:
-                raise ValueError(f"ModelConfig.{f} must be positive for arch t5, got {getattr(self, f)}")
+                raise OptionError(f"ModelConfig.{f} must be positive for arch t5, got {getattr(self, f)}")
         if self.rotary_dim != 0:
-            raise ValueError(f"rotary_dim must be 0 for arch t5 (T5 has relative position buckets), "
+            raise OptionError(f"rotary_dim must be 0 for arch t5 (T5 has relative position buckets), "
                              f"got {self.rotary_dim}")
         # transformers' bucketing: half the buckets per direction in the encoder, half of those exact
         if self.rel_buckets < 4 or self.rel_buckets % 2 or self.rel_max_distance <= self.rel_buckets // 2:
-            raise ValueError(f"rel_buckets must be even and >= 4 and rel_max_distance > rel_buckets / 2, got "
+            raise OptionError(f"rel_buckets must be even and >= 4 and rel_max_distance > rel_buckets / 2, got "
                              f"{self.rel_buckets}, {self.rel_max_distance}")
 
     @property
@@ -90,6 +91,13 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_kv if self.arch == "t5" else self.d_model // self.n_head
+
+    @property
+    def shape(self) -> tuple:
+        """What makes two configs the same model (a rung, a continuation's parent): the architecture and
+        its dimensions — not the name, the context (`seq_len` only bounds rope tables), padding or init."""
+        t5 = (self.n_decoder_layer, self.d_ff, self.d_kv) if self.arch == "t5" else ()
+        return (self.arch, self.d_model, self.n_layer, self.n_head, self.rotary_dim, self.vocab_size) + t5
 
     @property
     def padded_vocab_size(self) -> int:
@@ -116,7 +124,7 @@ class ModelConfig:
             return non_emb
         if kind == "embedding":
             return emb
-        raise ValueError(f"unknown parameter kind {kind!r} (total, non_embedding, embedding)")
+        raise OptionError(f"unknown parameter kind {kind!r} (total, non_embedding, embedding)")
 
     def _t5_params(self) -> int:
         """T5 blocks: RMS norms (weight only), bias-free projections, one relative-bias table per stack."""
@@ -138,7 +146,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+            raise OptionError(f"unknown ModelConfig fields: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -239,7 +247,7 @@ def get_size(name: str) -> SizeSpec:
     """Look up a ladder size by name ("6.7m", also accepts "6.7M")."""
     key = name.strip().lower()
     if key not in SIZES:
-        raise ValueError(f"unknown size {name!r} (known: {', '.join(SIZES)})")
+        raise OptionError(f"unknown size {name!r} (known: {', '.join(SIZES)})")
     return SIZES[key]
 
 
@@ -282,3 +290,60 @@ def default_mfu(model: ModelConfig) -> float:
         if x <= x1:
             return u0 + (u1 - u0) * (x - x0) / (x1 - x0)
     return pts[-1][1]
+
+
+# ---------------------------------------------------------------------------- context, rung, shape
+def context_len(seq_len: int | None = None) -> int:
+    """The context of a preset model trained at `seq_len`: the ladder's `DEFAULT_SEQ_LEN`, or `seq_len`
+    when longer (rotary has no learned positions: the context only bounds rope tables and exports, so a
+    shorter training context keeps the ladder's model)."""
+    return max(DEFAULT_SEQ_LEN, int(seq_len or DEFAULT_SEQ_LEN))
+
+
+def ladder_model(size: str, seq_len: int | None = None, arch: str = "gptj") -> ModelConfig:
+    """A preset's model (the GPT-J ladder's, or a T5 preset with ``arch="t5"``) at the context for
+    `seq_len` (`context_len`): the one rule of train, plan, suites and `gerbil plan`'s custom model."""
+    return arch_model_config(arch, size, seq_len=context_len(seq_len))
+
+
+def rung(model: ModelConfig) -> str | None:
+    """The preset a model is — the ladder's (or, for a T5 model, `T5_SIZES`') rung of the same
+    architecture and dimensions (`ModelConfig.shape`, at any vocabulary) — else None (a custom shape)."""
+    presets = T5_SIZES if model.arch == "t5" else SIZES
+    mine = model.shape[:5] + model.shape[6:]  # the vocabulary left out: a rung at a test vocabulary is that rung
+    for name, spec in presets.items():
+        theirs = spec.model_config().shape
+        if theirs[:5] + theirs[6:] == mine:
+            return name
+    return None
+
+
+def rung_by_params(params: float | None = None, non_embedding: float | None = None) -> ModelConfig | None:
+    """The ladder model whose total (or non-embedding) parameter count is exactly `params`
+    (`non_embedding`) — for sources that record counts, not shapes (a CSV of runs)."""
+    for spec in SIZES.values():
+        m = spec.model_config()
+        if params is not None and int(round(params)) == m.n_params("total"):
+            return m
+        if non_embedding is not None and int(round(non_embedding)) == m.n_params("non_embedding"):
+            return m
+    return None
+
+
+def nearest_rung(model: ModelConfig) -> SizeSpec:
+    """The ladder rung nearest in total parameters (log scale): a custom model's default batch."""
+    n = math.log(model.n_params())
+    return min(SIZES.values(), key=lambda s: abs(math.log(s.model_config().n_params()) - n))
+
+
+def size_label(size: str | None = None, model: ModelConfig | None = None, params: int | None = None) -> str:
+    """The ladder name of a model — a recorded one, else the rung its shape is (`rung`) — or, for a custom
+    shape, its parameter count the seed's way ("12m"); the recorded name, else "—", when nothing is known."""
+    if size and str(size).strip().lower() in SIZES:
+        return str(size).strip().lower()
+    found = rung(model) if model is not None else None
+    if found:
+        return found
+    if params is None and model is not None:
+        params = model.n_params("total")
+    return fmt_params(params) if params else str(size or "—")

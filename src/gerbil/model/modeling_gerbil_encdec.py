@@ -27,6 +27,8 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 
 class GerbilEncDecConfig(PretrainedConfig):
+    # the literals below (vocabulary 50264, context 2048, <|endoftext|> 50256) restate gerbil's
+    # (data/tokenizer.py, units.DEFAULT_SEQ_LEN): this file is copied into exports and imports nothing of gerbil
     model_type = "gerbil-encdec"
 
     def __init__(self, vocab_size: int = 50264, d_model: int = 64, n_layer: int = 4, n_head: int = 4,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig
+from gerbil.units import DEFAULT_SEQ_LEN
 
 if TYPE_CHECKING:
     import torch
@@ -206,7 +207,7 @@ def config_from_hf(hf: dict, pad_vocab_multiple: int = 1) -> ModelConfig:
         rel_buckets=int(hf.get("relative_attention_num_buckets", 32)),
         rel_max_distance=int(hf.get("relative_attention_max_distance", 128)),
         layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)), init_std=float(hf.get("initializer_factor", 1.0)),
-        seq_len=int(saved.get("seq_len", 2048)), pad_vocab_multiple=int(saved.get("pad_vocab_multiple", pad_vocab_multiple)),
+        seq_len=int(saved.get("seq_len", DEFAULT_SEQ_LEN)), pad_vocab_multiple=int(saved.get("pad_vocab_multiple", pad_vocab_multiple)),
         name=str(saved.get("name", "")),
     )
 

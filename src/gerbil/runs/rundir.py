@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
+from gerbil.classes import name_part
+from gerbil.data.objectives import objective_class
 from gerbil.data.store import is_token_store
 from gerbil.errors import GerbilError
 from gerbil.fsutil import (atomic_write_json, atomic_write_text, disk_error, fsync_dir, fsync_file, json_safe,
@@ -64,12 +68,9 @@ _PARTIAL = ".partial"  # eval/TASK.partial.json: a --limit result
 def model_name(objective: str | None, cls: str | None, size: str | None) -> str:
     """The seed's naming, for every objective: ``Gerbil-A-6.7m``, ``GerbilBlender-E-star-6.7m``,
     ``GerbilFIM-A-3.3m``; no class for a custom token budget (``Gerbil-6.7m``). A run's default name,
-    hence its table row and its export, are this name."""
-    from gerbil.data.objectives import objective_class
-
+    hence its table row and its export, are this name (the class spelled by `gerbil.classes.name_part`)."""
     family = objective_class(objective).display
-    cls_part = str(cls).replace("*", "-star") if cls else None
-    return "-".join(p for p in (family, cls_part, size or "custom") if p)
+    return "-".join(p for p in (family, name_part(cls), size or "custom") if p)
 
 
 def eval_file_name(task: str, partial: bool = False) -> str:
@@ -138,8 +139,6 @@ class RunDir:
         """config.yaml as a dict ({} when absent); a damaged file is a one-line GerbilError."""
         if not self.config.is_file():
             return {}
-        import yaml
-
         try:
             data = yaml.safe_load(self.config.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
@@ -153,8 +152,6 @@ class RunDir:
         return [n for n in (_CONFIG, _ENV, _METRICS, _RESULT) if (self.path / n).exists()]
 
     def write_config(self, resolved: dict) -> None:
-        import yaml
-
         atomic_write_text(self.config, yaml.safe_dump(json_safe(resolved), sort_keys=False))
 
     def write_env(self, info: dict) -> None:

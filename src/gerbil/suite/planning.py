@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from gerbil.classes import class_ratio
 from gerbil.plan import GPU, GPUS, get_gpu
-from gerbil.suite.spec import BRANCH_COOLDOWN, RunSpec, Suite
-from gerbil.units import fmt_duration, fmt_flops, fmt_tokens
+from gerbil.suite.records import BRANCH_COOLDOWN, RunSpec, Suite
+from gerbil.units import fmt_duration, fmt_flops, fmt_table, fmt_tokens
 
 
 @dataclass
@@ -58,14 +59,8 @@ class CascadeSavings:
 def nominal_cascade(classes: Sequence[str]) -> tuple[float, float]:
     """(cascade, independent) tokens per parameter for a set of classes: the largest class's ratio plus
     `BRANCH_COOLDOWN` × each smaller one's, against the sum of all — (340, 564) for A–E."""
-    ratios = sorted(_ratio(c) for c in classes)
+    ratios = sorted(class_ratio(c) for c in classes)
     return ratios[-1] + BRANCH_COOLDOWN * sum(ratios[:-1]), float(sum(ratios))
-
-
-def _ratio(label: str) -> float:
-    from gerbil.suite.spec import class_ratio
-
-    return class_ratio(label)
 
 
 def cascade_savings(suite: Suite) -> list[CascadeSavings]:
@@ -79,7 +74,7 @@ def cascade_savings(suite: Suite) -> list[CascadeSavings]:
         flops = sum(r.flops for r in members)
         indep_flops = sum(float(r.flops_per_token) * r.budget for r in members)
         nom, nom_ind = nominal_cascade(classes)
-        out.append(CascadeSavings(trunk_name, trunk.size, sorted(classes, key=_ratio), trunk.params, tokens, indep,
+        out.append(CascadeSavings(trunk_name, trunk.size, sorted(classes, key=class_ratio), trunk.params, tokens, indep,
                                   flops, indep_flops, nom, nom_ind))
     return out
 
@@ -125,15 +120,6 @@ def plan_suite(suite: Suite, gpus: Iterable[str] | None = None) -> SuitePlan:
     return SuitePlan(suite, gpu_list, cascade_savings(suite))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def format_suite_plan(plan: SuitePlan) -> str:
     """The readable dry run (what `gerbil suite plan` prints)."""
     s = plan.suite
@@ -141,13 +127,13 @@ def format_suite_plan(plan: SuitePlan) -> str:
     rows = []
     for r in s.runs:
         role = {"run": "", "star": "star", "trunk": "trunk", "branch": f"branch@{fmt_tokens(r.start)}"}[r.role]
-        cls = r.cls_label + (" (scaled)" if r.scaled else "")
+        cls = r.class_text()
         rows.append([r.name, role, r.parent or "", r.size, cls, fmt_tokens(r.budget), fmt_tokens(r.tokens), r.batch,
                      fmt_flops(r.flops)] + [fmt_duration(plan.seconds(r, g)) for g in plan.gpus])
     rows.append(["total", "", "", "", "", "", fmt_tokens(plan.total_tokens), "", fmt_flops(plan.total_flops)]
                 + [fmt_duration(plan.total_seconds(g)) for g in plan.gpus])
     out = [f"suite {s.name}: {len(s.runs)} runs" + (f" — {s.description}" if s.description else ""), "",
-           _table(header, rows, [False] * 5 + [True] * (len(header) - 5))]
+           fmt_table(header, rows, [False] * 5 + [True] * (len(header) - 5))]
     for c in plan.cascades:
         t_c = sum(plan.seconds(r, plan.gpus[0]) for r in s.runs if r.cascade == c.trunk) if plan.gpus else 0.0
         ind = c.independent_flops / c.flops * t_c if c.flops else 0.0
@@ -165,8 +151,8 @@ def format_suite_plan(plan: SuitePlan) -> str:
             f"times: FLOPs / (peak x MFU), MFU an estimate per size ({', '.join(dict.fromkeys(f'{r.size} {r.mfu:.0%}' for r in sorted(s.runs, key=lambda r: r.params)))}; "
             "docs/reference.md §6)"]
     if any(r.scaled for r in s.runs):
-        out.append(f"budgets scaled by {s.budget_scale:g} (budget_scale): a proxy of the classes, labelled "
-                   f"'custom budget' in the table")
+        out.append(f"budgets scaled by {s.budget_scale:g} (budget_scale): a proxy of the classes, a custom budget "
+                   f"(as in the table, the export and its card)")
     return "\n".join(out)
 
 

@@ -9,8 +9,9 @@ the hub's upload command (nothing is uploaded; no network needed).
     OUT/upload.sh     one `hf upload ORG/<run> OUT/<run> .` per model (review, then run it after
                       `hf auth login`; `huggingface-cli upload` takes the same arguments)
 
-The card's class says what the model is: a cascade branch stands for its class (cooled down from the
-trunk; docs/suites.md), a budget scaled below its class's (`budget_scale`) is a custom budget.
+The card's class says what the model is, by the results table's rule (`gerbil.classes.claimed_class`): a
+cascade branch stands for its class (cooled down from the trunk; docs/suites.md); its own token count, or a
+budget scaled below its class's (`budget_scale`), is a custom budget (config.json's ``gerbil.class`` null).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gerbil.fsutil import atomic_write_text, mkdir
-from gerbil.suite.spec import RunSpec, Suite
+from gerbil.suite.records import RunSpec, Suite
 from gerbil.suite.state import README, TABLE_CSV, TABLE_MD, SuiteDir
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,9 @@ def _card(spec: RunSpec, suite: Suite, row: dict[str, str], record) -> str:
 
 
 def _class_text(spec: RunSpec, suite: Suite) -> str:
-    if spec.scaled:
-        return f"custom budget (class {spec.cls_label} scaled by {suite.budget_scale:g})"
-    if spec.cls_label == "custom":
-        return "custom budget (its own token count, not a class)"
-    if spec.role == "branch":
-        return f"{spec.cls_label} (cascade branch)"
-    return spec.cls_label
+    """The card's class: the table's rule (`RunSpec.class_text`), a branch marked as one."""
+    text = spec.class_text(suite.budget_scale)
+    return f"{text} (cascade branch)" if spec.role == "branch" else text
 
 
 def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", dtype: str = "float32",
@@ -102,7 +99,7 @@ def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", 
             continue
         record = by_name.get(spec.name) or read_run(run.path)
         row = row_for_record(record)
-        meta = {"name": spec.name, "class": _class_text(spec, suite)}
+        meta = {"name": spec.name, "class": spec.claimed_class}  # config.json's gerbil.class: a label or null
         path = export(run.path, dest / spec.name, tokenizer=tokenizer, meta=meta, dtype=dtype,
                       extra_card=_card(spec, suite, row, record))
         res.exports.append(path)

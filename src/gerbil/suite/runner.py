@@ -35,7 +35,8 @@ from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.options import Options, opt, refuse_changes, section
 from gerbil.runs.rundir import RunDir
-from gerbil.suite.spec import CORPORA, RunSpec, Suite
+from gerbil.data.builtin import CORPORA, builtin_store
+from gerbil.suite.records import RunSpec, Suite
 from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
                                 now, parent_ready, run_states)
 
@@ -107,53 +108,6 @@ def check_changes(sdir: SuiteDir, suite: Suite) -> None:
                        advice="restore the suite file, or give the changed run a new name")
 
 
-def corpus_store(name: str, progress: bool = False, wait_s: float = 3600.0) -> Path:
-    """The token store of a built-in corpus in `$GERBIL_HOME/stores/NAME`, prepared once (several
-    workers starting together wait for the one that prepares it)."""
-    from gerbil.assets import corpus_dir, gerbil_home
-    from gerbil.data.store import TokenStore
-    from gerbil.data.tokenizer import Tokenizer
-
-    if name not in CORPORA:
-        raise GerbilError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
-    out = gerbil_home() / "stores" / name
-    tokenizer = Tokenizer.load()
-    lock = Lock(out.with_name(f".{name}.prepare.lock"), f"preparing the {name} store")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            TokenStore.open(out, tokenizer_sha256=tokenizer.sha256)
-            return out
-        except GerbilError:
-            pass
-        try:
-            lock.acquire()
-            break
-        except GerbilError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
-    try:
-        try:
-            TokenStore.open(out, tokenizer_sha256=tokenizer.sha256)
-            return out  # another worker finished it meanwhile
-        except GerbilError:
-            pass
-        if name == "shakespeare":
-            from gerbil.demo import shakespeare_store  # the demo's store: one Shakespeare store per home
-
-            return shakespeare_store(progress=progress)
-        from gerbil.data.prepare import prepare
-
-        log.info("preparing the built-in %s corpus into %s (once)", name, out)
-        roots = corpus_dir(name)
-        prepare(list(roots) if isinstance(roots, (list, tuple)) else [roots], out, tokenizer, val_fraction=0.01,
-                include=["*.py"], progress=progress, overwrite=True)
-        return out
-    finally:
-        lock.release()
-
-
 def resolve_data(suite: Suite, progress: bool = False) -> dict[str, str]:
     """Each run's token store: its `data`, or its built-in `corpus` (prepared once); a run with neither is
     a one-line error before anything trains."""
@@ -167,7 +121,7 @@ def resolve_data(suite: Suite, progress: bool = False) -> dict[str, str]:
             stores[spec.name] = str(p.resolve())
         elif spec.corpus is not None:
             if spec.corpus not in corpora:
-                corpora[spec.corpus] = str(corpus_store(spec.corpus, progress))
+                corpora[spec.corpus] = str(builtin_store(spec.corpus, progress=progress))
             stores[spec.name] = corpora[spec.corpus]
         else:
             raise GerbilError(f"run {spec.name} has no data: pass --data STORE (a store from `gerbil prepare`), "

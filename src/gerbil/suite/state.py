@@ -35,7 +35,7 @@ from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.runs.rundir import RunDir, read_meta, verify_checkpoint
-from gerbil.suite.spec import RunSpec, Suite
+from gerbil.suite.records import RunSpec, Suite
 
 log = logging.getLogger(__name__)
 

@@ -16,19 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from gerbil import plan as planlib
+from gerbil.classes import parse_class, star
+from gerbil.continuation import ParentPoint, inherit
 from gerbil.data.loader import resolve_objective
+from gerbil.data.objectives import objective_class
 from gerbil.data.store import Split, TokenStore
 from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from gerbil.errors import GerbilError
-from gerbil.model.config import ModelConfig, default_lr, get_size
-from gerbil.runs.rundir import RunDir, model_name, read_meta, resolve_source
+from gerbil.model.config import ModelConfig, default_lr, get_size, ladder_model
+from gerbil.runs.rundir import RunDir, model_name, read_meta
 from gerbil.schedules import Schedule, StepSchedule, make_schedule
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.config import FRESH_DEFAULTS, TrainConfig
 from gerbil.train.device import auto_micro_batch, peak_flops
 from gerbil.train.distributed import Dist
 from gerbil.train.runplan import AdamW, Execution, Parent, RunPlan, execution, fresh_start, resume_point
-from gerbil.units import DEFAULT_SEQ_LEN, fmt_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,9 @@ def run_name(cfg: TrainConfig) -> str:
     if cfg.cls is None and cfg.tokens is not None:
         cls = None  # a custom token budget: no class in the name
     else:
-        cls, _, star = planlib.parse_class(cfg.cls)
-        if cfg.from_run and not star:
-            cls += "*"  # a continuation is a star class (plan.make_plan labels it the same way)
+        cls = parse_class(cfg.cls)[0]
+        if cfg.from_run:
+            cls = star(cls)  # a continuation is a star class (gerbil.continuation)
     if cfg.model is not None:
         size = cfg.model.get("name") or "custom"
     else:
@@ -76,20 +78,20 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     resolve_objective(cfg.objective)  # unknown objective → one-line error, before anything else
     cfg.objective_options()  # an option the objective does not take → one-line error
 
-    parent, parent_run = None, None
+    parent, point = None, None
     if cfg.from_run and resume_from is None:
-        parent, parent_run, parent_data = _continuation(cfg)
-        saved_data = parent_data
+        point = ParentPoint.read(cfg.from_run, runs=cfg.runs)
+        parent, saved_data = _continuation(cfg, point)
     elif resume_from is not None:
         parent = Parent.from_record(read_meta(resume_from).get("parent"))
+        point = ParentPoint.read(parent.checkpoint, check_hash=False) if parent else None
     for key, value in FRESH_DEFAULTS.items():
         if getattr(cfg, key) is None and not (key == "size" and cfg.model is not None):
             setattr(cfg, key, value)
 
     size, model_cfg = _model(cfg)
     p = planlib.make_plan(model_cfg if cfg.model is not None else size, cfg.cls, seq_len=cfg.seq_len,
-                          batch_tokens=cfg.batch_tokens, from_run=parent.checkpoint if parent else None,
-                          tokens=cfg.tokens)
+                          batch_tokens=cfg.batch_tokens, from_run=point, tokens=cfg.tokens)
     store, train_split, val_split = _data(cfg, model_cfg, saved_data)
 
     name = run_name(cfg)
@@ -103,12 +105,8 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     budget = p.budget_tokens
     steps = StepSchedule(p.schedule, budget, cfg.seq_len)
     every = max(cfg.seq_len, budget // 10)
-    fresh_star = parent is not None and resume_from is None  # a star run's label: its parent's batch first
-    batch_label = (fmt_batch(_parent_batch(parent_run), p.schedule.stages[-1].batch_tokens) if fresh_star
-                   else p.schedule.label())
     plan = RunPlan(
-        name=name, run=run, model_config=model_cfg, size=size, budget=budget, batch_label=batch_label,
-        cls=None if (cfg.cls is None and cfg.tokens is not None) else p.cls,
+        name=name, run=run, model_config=model_cfg, size=size, budget=budget, batch_label=p.batch, cls=p.cls,
         schedule=_lr_schedule(cfg, size, p, parent), optimizer=AdamW.of(cfg), eval_every=int(cfg.eval_every or every),
         checkpoints=_checkpoint_policy(cfg, every), seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(),
         micro_batch=micro, eval_micro_batch=micro, log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
@@ -131,7 +129,7 @@ def _model(cfg: TrainConfig) -> tuple[str, ModelConfig]:
         size = model_cfg.name or "custom"
     else:
         size = get_size(cfg.size).name
-        model_cfg = get_size(size).model_config(seq_len=max(DEFAULT_SEQ_LEN, cfg.seq_len))
+        model_cfg = ladder_model(size, cfg.seq_len)
     if cfg.seq_len > model_cfg.seq_len:
         raise GerbilError(f"seq_len {cfg.seq_len} exceeds the model's context of {model_cfg.seq_len}")
     return size, model_cfg
@@ -182,47 +180,20 @@ def _config_record(plan: RunPlan, cfg: TrainConfig, store: TokenStore, train_spl
     }
 
 
-def _continuation(cfg: TrainConfig) -> tuple[Parent, RunDir | None, dict]:
-    """A star continuation (`--from`): its parent (the latest intact checkpoint of the run, or the
-    checkpoint given), the parent's run and the data record the continuation must read. The
-    continuation is the parent's model on the parent's data stream: same model, seq_len and seed (the
-    loader cursor is only meaningful for those), set on `cfg`; a different given one is refused."""
-    src = Path(cfg.from_run)
-    if not src.exists() and (Path(cfg.runs) / cfg.from_run).exists():
-        src = Path(cfg.runs) / cfg.from_run
-    try:
-        source = resolve_source(src)
-    except GerbilError:
-        source = None
-    if source is None or source.checkpoint is None:
-        raise GerbilError(f"--from: no complete checkpoint in {src}")
-    pc = source.checkpoint
-    pmeta = read_meta(pc)
-    inherited = {"seq_len": int(pmeta.get("seq_len", FRESH_DEFAULTS["seq_len"])),
-                 "seed": int(pmeta.get("seed", FRESH_DEFAULTS["seed"]))}
-    for key, value in inherited.items():
-        if getattr(cfg, key) is not None and getattr(cfg, key) != value:
-            raise GerbilError(f"--from: {key} {getattr(cfg, key)} differs from the parent run's {value} (a "
-                              f"continuation keeps its parent's {key}; leave it out)")
-    parent_model = ModelConfig.from_dict(dict(pmeta["model"]))
-    given_model = (ModelConfig.from_dict(dict(cfg.model)) if cfg.model is not None
-                   else get_size(cfg.size).model_config() if cfg.size is not None else None)
-    if given_model is not None and _shape(given_model) != _shape(parent_model):
-        what = f"--size {cfg.size}" if cfg.model is None else "the given model"
-        raise GerbilError(f"--from: {what} is not the parent's model ({pmeta.get('size') or 'custom'}: "
-                          f"d_model {parent_model.d_model}, n_layer {parent_model.n_layer}); leave it out")
-    if pmeta.get("objective") and pmeta["objective"] != cfg.objective:
-        raise GerbilError(f"--from run used objective {pmeta['objective']!r}, not {cfg.objective!r}")
-    cfg.model = dict(pmeta["model"])
-    cfg.seq_len, cfg.seed = inherited["seq_len"], inherited["seed"]
-    record = {"run": pmeta.get("run"), "checkpoint": str(pc), "tokens": pmeta["tokens"], "step": pmeta["step"],
-              "class": pmeta.get("class"), "lr": _final_lr(pmeta, source.run)}
-    data: dict = {}
-    if source.run is not None:
-        data = source.run.read_config().get("data") or {}
-        if cfg.data is None:
-            cfg.data = data.get("path")
-    return Parent(pc, record), source.run, data
+def _continuation(cfg: TrainConfig, point: ParentPoint) -> tuple[Parent, dict]:
+    """A star continuation (`--from`, `gerbil.continuation`): the parent (the latest intact checkpoint of the
+    run, or the checkpoint given) and the data record the continuation must read. Its model, seq_len and
+    seed are the parent's (set on `cfg`); a different given one is refused."""
+    given = ModelConfig.from_dict(dict(cfg.model)) if cfg.model is not None else None
+    inherited = inherit(point, "--from", size=cfg.size if given is None else None, model=given,
+                        seq_len=cfg.seq_len, seed=cfg.seed, objective=cfg.objective)
+    cfg.model, cfg.seq_len, cfg.seed = inherited["model"], inherited["seq_len"], inherited["seed"]
+    record = {"run": point.meta.get("run"), "checkpoint": str(point.checkpoint), "tokens": point.tokens,
+              "step": point.step, "class": point.meta.get("class"), "lr": point.final_lr()}
+    data = point.data_record()
+    if cfg.data is None:
+        cfg.data = data.get("path")
+    return Parent(point.checkpoint, record), data
 
 
 def _data(cfg: TrainConfig, model_cfg: ModelConfig, recorded: dict) -> tuple[TokenStore, Split, Split | None]:
@@ -236,7 +207,7 @@ def _data(cfg: TrainConfig, model_cfg: ModelConfig, recorded: dict) -> tuple[Tok
         _check_same_store(store, recorded, "--resume" if cfg.resume else "--from")
     if store.vocab_size > model_cfg.vocab_size:
         raise GerbilError(f"store vocabulary {store.vocab_size} exceeds the model's {model_cfg.vocab_size}")
-    if cfg.objective != "plain" and model_cfg.vocab_size <= max(SPECIAL_TOKENS.values()):
+    if objective_class(cfg.objective).special_ids and model_cfg.vocab_size <= max(SPECIAL_TOKENS.values()):
         raise GerbilError(f"objective {cfg.objective!r} writes the Blender special tokens (ids up to "
                           f"{max(SPECIAL_TOKENS.values())}); the model's vocabulary has {model_cfg.vocab_size} ids")
     train_split, val_split = store.split("train"), store.split("val")
@@ -256,10 +227,6 @@ def _check_writable(run_dir: Path) -> None:
         raise GerbilError(f"cannot write run directory {run_dir}: {e.strerror or e}") from None
 
 
-def _shape(m: ModelConfig) -> tuple:
-    return (m.d_model, m.n_layer, m.n_head, m.rotary_dim, m.vocab_size)
-
-
 def _check_same_store(store: TokenStore, recorded: dict, verb: str) -> None:
     """Refuse a store whose identity differs from the one recorded in a run's config.yaml (`data`)."""
     ident = recorded.get("identity")
@@ -275,24 +242,3 @@ def _check_same_store(store: TokenStore, recorded: dict, verb: str) -> None:
         raise GerbilError(f"{verb}: the token store at {store.path} is not the one this run trained on "
                           f"(recorded {recorded.get('path')}: its tokenizer, sizes or content differ); pass "
                           f"--data with the original store")
-
-
-def _final_lr(meta: dict, run: RunDir | None) -> float | None:
-    """The LR of a checkpoint's last step: recorded in its meta.json since 0.2; for older checkpoints the
-    metrics.jsonl line of that step."""
-    if meta.get("lr") is not None:
-        return float(meta["lr"])
-    if run is not None:
-        for rec in run.read_metrics():
-            if rec.get("step") == meta.get("step") and rec.get("lr") is not None:
-                return float(rec["lr"])
-    return None
-
-
-def _parent_batch(run: RunDir | None) -> int:
-    """The parent's first batch (for the seed-style label '131k-262k' of a star run)."""
-    try:
-        conf = run.read_config() if run is not None else {}
-        return int(conf["resolved"]["batch_schedule"]["stages"][0]["batch_tokens"])
-    except (GerbilError, KeyError, TypeError, ValueError):
-        return 0
