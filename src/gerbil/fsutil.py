@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -110,16 +111,27 @@ def atomic_write_json(dest: str | Path, obj: Any, indent: int | None = 1) -> Non
     atomic_write_text(dest, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
 
 
-def json_safe(x: Any) -> Any:
-    """`x` with non-finite floats as None and Paths/tuples as str/lists (strict JSON)."""
-    import math
+def read_json_object(path: str | Path) -> dict | None:
+    """A JSON file holding an object (a record gerbil wrote); None when it is absent, unreadable, torn or
+    not an object — the caller decides what a missing record means."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
+
+def json_safe(x: Any) -> Any:
+    """`x` as strict JSON: non-finite floats as None, Paths as str, tuples as lists, numpy arrays and scalars
+    as Python lists and numbers (recognised by their module: numpy is not imported here)."""
     if isinstance(x, dict):
         return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
     if isinstance(x, Path):
         return str(x)
+    if type(x).__module__ == "numpy" and hasattr(x, "tolist"):
+        return json_safe(x.tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x

@@ -17,7 +17,6 @@ from typing import Iterable
 from gerbil.errors import GerbilError
 from gerbil.eval.evaluate import evaluate
 from gerbil.eval.tasks import TASKS, resolve_tasks
-from gerbil.runs.evals import read_record
 from gerbil.runs.rundir import RunDir, resolve_source, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -26,8 +25,7 @@ log = logging.getLogger(__name__)
 def _have(run: RunDir, checkpoint: Path, task: str, limit: int | None) -> bool:
     """A result for `task` at `checkpoint` that covers `limit` is on disk (`EvalRecord.covers`)."""
     for partial in (False, True):
-        path = run.eval_path(task, partial, checkpoint)
-        e = read_record(path, task, partial) if path.is_file() else None
+        e = run.read_eval(task, partial, checkpoint)
         if e is not None and e.covers(limit):
             return True
     return False

@@ -6,25 +6,18 @@ names the extra to install, not a traceback.
 """
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-from gerbil.errors import GerbilError
+from gerbil import extras
 
 EXTRA = "pip install 'gerbil-lab[fit]'"
 
 
 def require(module: str) -> ModuleType:
     """Import `module` (e.g. "scipy.optimize") or raise a GerbilError naming the `fit` extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        top = module.split(".")[0]
-        raise GerbilError(f"gerbil fit needs {top}, which is not installed ({EXTRA})") from None
+    return extras.require(module, "gerbil fit", extra="fit")
 
 
 def pyplot() -> ModuleType:
     """matplotlib.pyplot on the headless Agg backend (fit runs on servers without a display)."""
-    mpl = require("matplotlib")
-    mpl.use("Agg")
-    return require("matplotlib.pyplot")
+    return extras.pyplot("gerbil fit", extra="fit")

@@ -9,7 +9,6 @@ apply. The primary fit is the first form asked for at the first count asked for 
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from gerbil.errors import GerbilError
+from gerbil.fsutil import atomic_write_json, atomic_write_text
+from gerbil.fsutil import json_safe as _jsonable  # strict JSON, numpy included (the one helper)
 from gerbil.fit.laws import HUBER_DELTA, LawFit, allocation, bootstrap_law, fit_law, get_form
 from gerbil.fit.sources import Columns, Dataset, load_points, read_curves
 from gerbil.units import DEFAULT_SEQ_LEN
@@ -86,21 +87,6 @@ def _fit_record(fit: LawFit, count: str, budgets: Sequence[float], ci: float) ->
         "compute_optimal": _jsonable(allocation(fit, budgets, ci)),
         "warnings": list(fit.warnings),
     }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [_jsonable(v) for v in x.tolist()]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 # ----------------------------------------------------------------------------- frontier, exact FLOPs
@@ -274,8 +260,8 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
         seconds=time.perf_counter() - t0,
     )
     result = _jsonable(result)
-    (out / "fit.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "fit.md").write_text(render_markdown(result))
+    atomic_write_json(out / "fit.json", result, indent=2)  # atomic: a reader never sees half a fit
+    atomic_write_text(out / "fit.md", render_markdown(result))
     return result
 
 

@@ -10,7 +10,6 @@ predicted metric when step 2 is flat or did not converge — and `status` says w
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 
 from gerbil.errors import GerbilError
 from gerbil.fit.optim import HUBER_DELTA
+from gerbil.fsutil import atomic_write_json, atomic_write_text
 from gerbil.fit.report import _g, _iv, _ivs, _jsonable, data_and_plots_md, header_md
 from gerbil.fit.sources import Columns
 from gerbil.fit.tasklaw import (TaskLawFit, bootstrap_task_law, fit_task_law, leave_largest_out,
@@ -141,8 +141,8 @@ def run_task_fit(sources: Sequence[str | Path], out: str | Path, options: TaskLa
         data=pts.records(), skipped=pts.skipped, files=["fit.json", "fit.md"] + files,
         seconds=time.perf_counter() - t0)
     result = _jsonable(result)
-    (out / "fit.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "fit.md").write_text(render_task_markdown(result))
+    atomic_write_json(out / "fit.json", result, indent=2)  # atomic: a reader never sees half a fit
+    atomic_write_text(out / "fit.md", render_task_markdown(result))
     return result
 
 

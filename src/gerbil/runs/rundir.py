@@ -13,9 +13,8 @@ files, run names, and the rule that tells a run, a checkpoint and an export apar
       tensorboard/       event files of `--log tensorboard`; wandb/: W&B's files of `--log wandb`
       .lock              the training process that owns the run (pid, host), while it runs
 
-Every reader and writer (registry, evaluation, export, generation, plan, fit, suites, the loggers, the
-checkpoint writer, the CLI) asks this module for these paths: the names are spelled here only, in
-private constants (tests/test_layout.py checks it). Torch-free.
+Every reader and writer (registry, eval, export, plan, fit, suites, loggers, checkpoints, the CLI) asks this
+module for these paths: the names are spelled here only, in private constants (tests/test_layout.py). No torch.
 
 The rule (`kind`): an **export** is a folder with a transformers ``config.json`` (never in a run or a
 checkpoint); a **checkpoint** is a folder with a ``meta.json`` (not a token store's) or named
@@ -39,7 +38,7 @@ from gerbil.data.objectives import objective_class
 from gerbil.data.store import is_token_store
 from gerbil.errors import GerbilError
 from gerbil.fsutil import (atomic_write_json, atomic_write_text, disk_error, fsync_dir, fsync_file, json_safe,
-                           sha256_file)
+                           read_json_object, sha256_file)
 from gerbil.runs.evals import EvalRecord, read_record
 
 log = logging.getLogger(__name__)
@@ -159,11 +158,7 @@ class RunDir:
 
     def read_env(self) -> dict:
         """env.json ({} when absent or unreadable: a run from before it was written, or a torn copy)."""
-        try:
-            data = json.loads(self.env.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_object(self.env) or {}
 
     def model_config(self) -> tuple[dict | None, int | None]:
         """(ModelConfig fields, seq_len) of the run as recorded: its latest checkpoint's meta.json, else
@@ -267,20 +262,22 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
 
     def start_metrics(self) -> None:
-        atomic_write_text(self.metrics, "")
+        atomic_write_text(self.metrics, "")  # an empty metrics.jsonl: a fresh run's
 
     # ------------------------------------------------------------------------------ result
     def write_result(self, result: dict) -> None:
         atomic_write_json(self.result, result, indent=2)
 
     def read_result(self) -> dict | None:
-        try:
-            data = json.loads(self.result.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        """result.json (None when absent or unreadable: the run has not finished)."""
+        return read_json_object(self.result)
 
     # ------------------------------------------------------------------------------ eval results
+    def read_eval(self, task: str, partial: bool = False, checkpoint: str | Path | None = None) -> EvalRecord | None:
+        """One stored result (the file `eval_path` names), or None when it is absent or unreadable."""
+        path = self.eval_path(task, partial, checkpoint)
+        return read_record(path, task, partial) if path.is_file() else None
+
     def read_evals(self, latest_step: int | None = None) -> dict[str, EvalRecord]:
         """The run's current result per task (``eval/``): the full-set one when it is readable, else the
         partial one — never mixed; flagged `stale` when computed at another step than `latest_step`."""

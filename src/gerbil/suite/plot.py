@@ -14,35 +14,25 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+from gerbil.eval.table import EVAL_COLUMNS
+from gerbil.eval.tasks import TASKS
+from gerbil.extras import pyplot
+from gerbil.fsutil import mkdir
+from gerbil.runs.registry import read_run
 from gerbil.suite.state import SuiteDir
 
 log = logging.getLogger(__name__)
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        from gerbil.errors import GerbilError
-
-        raise GerbilError("gerbil suite plot needs matplotlib: pip install matplotlib (or gerbil-lab[plot])") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_suite(suite_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write the PNGs (see the module docstring) into `out` (default DIR/plots); returns their paths."""
-    from gerbil.fsutil import mkdir
-
     sdir = SuiteDir(suite_dir)
     suite = sdir.read_suite()
     dest = mkdir(Path(out) if out else sdir.plots)
-    plt = _pyplot()
+    plt = pyplot("gerbil suite plot")
     written = [_loss(sdir, suite, dest, plt)]
     e = _evals(sdir, suite, dest, plt)
     if e is not None:
@@ -57,8 +47,6 @@ def plot_suite(suite_dir: str | Path, out: str | Path | None = None) -> list[Pat
 
 def _save(fig, path: Path) -> Path:
     """Into a temporary name, then renamed: a reader never sees a half-written PNG."""
-    import os
-
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
@@ -96,9 +84,6 @@ def _loss(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
 
 def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
     """evals.png, or None (nothing written) when no run has an evaluation result yet."""
-    from gerbil.runs.registry import read_run
-    from gerbil.eval.table import EVAL_COLUMNS
-
     cols = list(EVAL_COLUMNS)
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 4), squeeze=False)
     drawn = 0
@@ -166,8 +151,6 @@ def _cascade(sdir: SuiteDir, trunk: str, members, dest: Path, plt) -> Path:
 
 
 def _curves(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
-    from gerbil.eval.tasks import TASKS
-
     series: dict[str, dict[str, list]] = {}
     for spec in suite.runs:
         pts = sdir.run_dir(spec.name).eval_history()

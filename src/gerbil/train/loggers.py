@@ -17,13 +17,16 @@ one-line error before training starts). Every numeric field of a record is logge
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from gerbil.errors import GerbilError
+from gerbil.errors import OptionError
+from gerbil.extras import require
+from gerbil.fsutil import json_safe
 from gerbil.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -58,13 +61,9 @@ class TensorBoardLogger(Logger):
     name = "tensorboard"
 
     def __init__(self, run_dir: Path, config: dict):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise GerbilError("--log tensorboard needs the tensorboard package: pip install tensorboard "
-                              "(or gerbil-lab[tensorboard])") from None
+        writer = require("torch.utils.tensorboard", "--log tensorboard", "tensorboard", "tensorboard").SummaryWriter
         self.dir = RunDir(run_dir).tensorboard_dir
-        self.writer = SummaryWriter(log_dir=str(self.dir))
+        self.writer = writer(log_dir=str(self.dir))
         name = config.get("name") or Path(run_dir).name
         self.writer.add_text("config", f"run {name}\n\n```\n{_short_config(config)}\n```", 0)
 
@@ -82,17 +81,13 @@ class WandbLogger(Logger):
     name = "wandb"
 
     def __init__(self, run_dir: Path, config: dict):
-        try:
-            import wandb
-        except ImportError:
-            raise GerbilError("--log wandb needs the wandb package: pip install wandb (or gerbil-lab[wandb]); "
-                              "WANDB_MODE=offline logs without a network") from None
+        wandb = require("wandb", "--log wandb", extra="wandb", hint="; WANDB_MODE=offline logs without a network")
         run_dir = Path(run_dir)
         name = config.get("name") or run_dir.name
         # one W&B run per run directory: a resumed run continues it instead of starting another
         run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "gerbil"), name=name, id=run_id,
-                              resume="allow", dir=str(run_dir), config=_jsonable(config), reinit="create_new"
+                              resume="allow", dir=str(run_dir), config=json_safe(config), reinit="create_new"
                               if _wandb_supports_create_new(wandb) else True)
         # wandb.init(dir=RUN) writes into RUN/wandb (`RunDir.wandb_dir`); the run reports where exactly
         self.dir = Path(self.run.dir).parent if getattr(self.run, "dir", None) else RunDir(run_dir).wandb_dir
@@ -112,27 +107,19 @@ def _wandb_supports_create_new(wandb: Any) -> bool:
     return (major, minor) >= (0, 19)
 
 
-def _jsonable(x: Any) -> Any:
-    from gerbil.fsutil import json_safe
-
-    return json_safe(x)
-
-
 def _short_config(config: dict) -> str:
-    import json
-
-    return json.dumps(_jsonable(config), indent=1, default=str)[:20000]
+    return json.dumps(json_safe(config), indent=1, default=str)[:20000]
 
 
 _CLASSES = {"tensorboard": TensorBoardLogger, "wandb": WandbLogger}
 
 
 def check_spec(spec: str | None) -> list[str]:
-    """The logger names of a spec ("tensorboard,wandb"); an unknown one is a one-line ValueError."""
+    """The logger names of a spec ("tensorboard,wandb"); an unknown one is a one-line OptionError."""
     names = [s.strip().lower() for s in (spec or "").split(",") if s.strip()]
     for n in names:
         if n not in KNOWN:
-            raise ValueError(f"log: unknown logger {n!r} (known: {', '.join(KNOWN)})")
+            raise OptionError(f"log: unknown logger {n!r} (known: {', '.join(KNOWN)})")
     return list(dict.fromkeys(names))
 
 

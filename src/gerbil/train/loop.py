@@ -51,8 +51,10 @@ from gerbil.train import checkpoint as ckpt
 from gerbil.train import distributed
 from gerbil.train.config import TrainConfig
 from gerbil.train.distributed import Dist, rank_slice
+from gerbil.train.loggers import close_all, make_loggers
 from gerbil.train.resolve import Pretraining, resolve, run_name
 from gerbil.train.runplan import Planned, RunPlan
+from gerbil.units import fmt_clock
 
 log = logging.getLogger(__name__)
 
@@ -506,8 +508,6 @@ def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dis
             run.start_metrics()
     loggers = []
     if main and r.log:  # optional mirrors of metrics.jsonl (tensorboard, wandb): optional extras
-        from gerbil.train.loggers import make_loggers
-
         loggers = make_loggers(r.log, run.path, r.record)
     run_model = _wrap(model, r, dist)
 
@@ -601,8 +601,7 @@ def run_workload(r: RunPlan, work: Workload, lock: Lock | None, dist: Dist = Dis
                          state.best["step"])
                 break
             t_last = time.perf_counter()  # validation and checkpoint time is not training throughput
-    for logger in loggers:
-        logger.close()
+    close_all(loggers)  # a logger failing to close is logged, never raised: the run is already recorded
     progress.close()
     return _finish(r, work, state, metrics, last_ckpt, run_start_tokens, dist)
 
@@ -718,14 +717,9 @@ class _Progress:
             eta = (self.total - self.done) / max(rate, 1e-9)
             log.info("%s: %d/%d tokens (%.1f%%), loss %.4f%s, %.0f tok/s, ETA %s", self.name, self.done,
                      self.total, 100 * self.done / self.total, loss,
-                     f", val {val_loss:.4f}" if val_loss is not None else "", rate, _hms(eta))
+                     f", val {val_loss:.4f}" if val_loss is not None else "", rate, fmt_clock(eta))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _hms(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

