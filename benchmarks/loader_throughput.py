@@ -18,7 +18,7 @@ A measurement is ``--steps`` calls of ``next_sequences(B)`` after one warm-up ca
 B·T input tokens per call. ``--repeats`` runs alternate before/after; medians are reported.
 
 Then the prefetcher: a consumer that "trains" each step by sleeping ``--gpu-ms`` (the ~60 ms GPU step of
-the 6.7m model at 64 × 2048) takes its steps from `gerbil.data.loader.StepPrefetcher`; the time each
+the 6.7m model at 64 × 2048) takes its steps from `gerbil.data.steps.StepPrefetcher`; the time each
 ``next()`` blocks is the time a step waits on the loader (the first step, which nothing can hide, is
 reported apart).
 """
@@ -118,7 +118,8 @@ def wait_per_step(split, objective: str, B: int, T: int, steps: int, gpu_s: floa
     GIL for `python_s` (half just before next(), while the producer idles with a full queue; half just after,
     while it builds the next step), the rest asleep (a GPU step releases the GIL). Returns the waits in
     next() (the first step apart) and the two halves' medians: the GIL contention the producer causes."""
-    from gerbil.data.loader import Loader, StepPrefetcher
+    from gerbil.data.loader import Loader
+    from gerbil.data.steps import StepPrefetcher
 
     class Plan:  # the StepPlanLike the prefetcher takes
         def __init__(self, full: int, last: int):

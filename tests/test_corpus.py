@@ -167,7 +167,7 @@ def test_paragraph_mode_matches_reference_at_any_block_size(tmp_path, monkeypatc
     for trial in range(150):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         p.write_text(text, encoding="utf-8", newline="")
-        monkeypatch.setattr(corpus_mod, "_BLOCK", rng.choice([1, 2, 3, 7, 64, 1 << 20]))
+        monkeypatch.setattr(corpus_mod, "BLOCK", rng.choice([1, 2, 3, 7, 64, 1 << 20]))
         c = Corpus([p], txt_mode="paragraph", max_piece_chars=rng.choice([4, 9, 1000]))
         got = list(c.documents())
         assert got == _reference_paragraphs(text), (trial, text)

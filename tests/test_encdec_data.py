@@ -17,8 +17,8 @@ from gerbil.data.encdec import (check_objective, default_chunk_len, default_enco
                                 max_lengths, split_uniform)
 from gerbil.data.encdec_loader import EncDecLoader, eval_rows, rows_to_batch
 from gerbil.data.loader import epoch_order
-from gerbil.data.objectives import (CAUSAL, FITM_RESULT, MLM_END, Blender, Causal, FillInMiddle, MaskedLM,
-                                    from_display, get_objective, to_display)
+from gerbil.data.display import from_display, to_display
+from gerbil.data.objectives import CAUSAL, FITM_RESULT, MLM_END, Blender, Causal, FillInMiddle, MaskedLM, get_objective
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 

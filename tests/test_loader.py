@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gerbil.data.loader import EOT_ID, IGNORE_INDEX, Loader, eval_batches, eval_windows
+from gerbil.data.loader import EOT_ID, IGNORE_INDEX, Loader
+from gerbil.data.validation import eval_batches, eval_windows
 
 
 @dataclass
@@ -480,7 +481,7 @@ def _same_batches(a, b) -> bool:
 
 @pytest.mark.parametrize("objective", ["plain", "blender"])
 def test_step_micro_batches_is_the_training_loop_rule(objective):
-    from gerbil.data.loader import step_micro_batches
+    from gerbil.data.steps import step_micro_batches
 
     split = fake_split()
     a, b = Loader(split, 16, 4, objective=objective, seed=1), Loader(split, 16, 4, objective=objective, seed=1)
@@ -495,7 +496,7 @@ def test_step_micro_batches_is_the_training_loop_rule(objective):
 def test_prefetcher_gives_the_synchronous_steps_and_their_cursors(objective):
     """Same tensors, counts and per-step cursor as the synchronous path, though the producer runs ahead;
     a loader restored from a step's loader_state continues with the next step."""
-    from gerbil.data.loader import StepPrefetcher, step_micro_batches
+    from gerbil.data.steps import StepPrefetcher, step_micro_batches
 
     split = fake_split()
     sync = Loader(split, 16, 4, objective=objective, seed=2)
@@ -516,7 +517,7 @@ def test_prefetcher_gives_the_synchronous_steps_and_their_cursors(objective):
 def test_data_parallel_ranks_split_each_step():
     """With W ranks every rank draws the whole step (same cursor); rank r keeps sequences
     [r·n//W, (r+1)·n//W), the last rank the shortened one; together, in rank order, the single-process step."""
-    from gerbil.data.loader import StepPrefetcher
+    from gerbil.data.steps import StepPrefetcher
 
     split = fake_split()
     plans = [Plan(5), Plan(7), Plan(2), Plan(3, last_len=9), Plan(0, last_len=5)]
@@ -549,7 +550,7 @@ def test_data_parallel_ranks_split_each_step():
 
 
 def test_prefetcher_raises_producer_errors_in_the_consumer():
-    from gerbil.data.loader import StepPrefetcher
+    from gerbil.data.steps import StepPrefetcher
 
     class Fragile(Loader):
         calls = 0
@@ -573,7 +574,7 @@ def test_prefetcher_close_stops_the_thread_promptly():
     import itertools
     import time
 
-    from gerbil.data.loader import StepPrefetcher
+    from gerbil.data.steps import StepPrefetcher
 
     endless = (Plan(8) for _ in itertools.count())
     pf = StepPrefetcher(Loader(fake_split(), 16, 4, objective="causal"), endless, micro_batch=4, depth=1)
@@ -594,7 +595,7 @@ def test_prefetcher_close_stops_the_thread_promptly():
 
 
 def test_prefetcher_bad_arguments():
-    from gerbil.data.loader import StepPrefetcher, step_micro_batches
+    from gerbil.data.steps import StepPrefetcher, step_micro_batches
 
     ld = Loader(fake_split(), 16, 4)
     for kw in (dict(rank=2, world_size=2), dict(rank=-1, world_size=2), dict(world_size=0), dict(depth=0)):
@@ -606,7 +607,7 @@ def test_prefetcher_bad_arguments():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
 def test_prefetcher_pins_memory_when_asked():
-    from gerbil.data.loader import StepPrefetcher
+    from gerbil.data.steps import StepPrefetcher
 
     with StepPrefetcher(Loader(fake_split(), 16, 4), iter([Plan(5, last_len=3)]), micro_batch=4, pin_memory=True) as pf:
         step = next(pf)

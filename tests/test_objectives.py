@@ -9,8 +9,9 @@ import pytest
 
 from gerbil.data.objectives import (
     CAUSAL, FITM_RESULT, FITM_START, MLM_END, MLM_START, MULTIPLE_TOK_MASK, SINGLE_TOK_MASK,
-    Blender, Causal, FillInMiddle, MaskedLM, Plain, from_display, get_objective, mode_prefix, to_display,
+    Blender, Causal, FillInMiddle, MaskedLM, Plain, get_objective, mode_prefix,
 )
+from gerbil.data.display import from_display, to_display
 from gerbil.data.tokenizer import EOT_ID
 
 SEED_FIM = "<fitm_start> this is an <multiple_tok_mask> for fill-in-the-middle <fitm_result> example text <|endoftext|>"
@@ -326,7 +327,7 @@ def _pack_cases(tokenizer=None):
 def test_pack_examples_equals_one_call_per_chunk(name, request):
     """The batched route gives exactly `objective(chunk, rng)` + EOT per chunk, from the same generators,
     on chunks of every length (empty, one token, the 2048-sequence chunk, short tails)."""
-    from gerbil.data.objectives import pack_examples
+    from gerbil.data.packing import pack_examples
 
     tokenizer = request.getfixturevalue("tokenizer") if name.endswith("-char") else None
     obj = _pack_cases(tokenizer)[name]
@@ -354,7 +355,7 @@ def test_pack_examples_equals_one_call_per_chunk(name, request):
 
 
 def test_concat_ranges():
-    from gerbil.data.objectives import concat_ranges
+    from gerbil.data.packing import concat_ranges
 
     assert concat_ranges([5, 0, 9, 2], [3, 0, 1, 2]).tolist() == [5, 6, 7, 9, 2, 3]
     assert concat_ranges([], []).tolist() == [] and concat_ranges([4], [0]).tolist() == []

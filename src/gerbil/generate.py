@@ -11,7 +11,7 @@ the model's ``seq_len`` from the left. ``temperature=0`` is greedy decoding; oth
 optionally restricted to the ``top_k`` most likely tokens, sampled with a generator seeded by ``seed``
 (no global RNG is touched).
 
-Text and spaces follow the reading documented in `gerbil.data.objectives`: a GPT-2 word carries its leading
+Text and spaces follow the reading documented in `gerbil.data.display`: a GPT-2 word carries its leading
 space, so one space just before a special token is a separator, not a token (``"an <single_tok_mask>"``
 masks the token `` example`` of ``"an example"``), and trailing spaces of an infill prefix move into
 the middle (``"this is an "`` + `` example``), as lm-evaluation-harness moves a context's trailing
@@ -25,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from gerbil.data.objectives import FillInMiddle, MaskedLM, from_display, mode_prefix
+from gerbil.data.display import from_display
+from gerbil.data.objectives import FillInMiddle, MaskedLM, mode_prefix
 from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)

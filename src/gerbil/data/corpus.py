@@ -47,7 +47,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import fnmatch
-import io
 import json
 import logging
 import os
@@ -57,17 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gerbil.data.text import (BLOCK, MAX_PIECE_CHARS, PieceBuffer, decode_utf8, fix_surrogates, is_jsonl, is_lossy,
+                              open_binary, split_text)
 from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
 
-#: Largest piece handed to the tokenizer in one call (characters). ~250k GPT-2 tokens of English.
-MAX_PIECE_CHARS = 1 << 20
-#: Block size for streaming text files and decompressors (bytes).
-_BLOCK = 1 << 20
-#: The UTF-8 encoding of U+FFFD: a file may contain the replacement character legitimately, so a
-#: decode is "lossy" only when it produced more U+FFFD than the raw bytes spelled out.
-_FFFD_BYTES = "\ufffd".encode()
 
 TXT_MODES = ("file", "paragraph")
 #: Files picked from a directory when no ``include`` glob is given: the formats gerbil can parse.
@@ -107,104 +101,6 @@ class BadInputCounts:
         if self.split_documents:
             line += f" ({self.split_documents} long documents tokenized in pieces)"
         return line
-
-
-# ------------------------------------------------------------------------------------------ decoding
-def _lossy(raw: bytes, text: str) -> bool:
-    """True when decoding ``raw`` with errors='replace' had to replace something."""
-    n = text.count("\ufffd")
-    return n > 0 and n > raw.count(_FFFD_BYTES)
-
-
-def _decode(raw: bytes) -> tuple[str, bool]:
-    """UTF-8 text of ``raw`` and whether invalid bytes were replaced by U+FFFD."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace"), True
-
-
-def _fix_surrogates(text: str) -> tuple[str, bool]:
-    """JSON may spell lone surrogates (``"\\ud800"``); Rust tokenizers cannot take them. Replace each
-    with U+FFFD (via their 3 invalid UTF-8 bytes each) and report whether any were found."""
-    try:
-        text.encode("utf-8")
-        return text, False
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace"), True
-
-
-# ------------------------------------------------------------------------------------------ cutting
-def _cut_point(text: str, limit: int) -> int:
-    """Index in ``(limit // 2, limit]`` where ``text`` may be cut without changing its GPT-2 pre-tokens
-    (see the module docstring), or ``limit`` when there is none."""
-    lo = limit // 2
-    # After "\n": text[j] == "\n", text[j-1] and text[j+1] non-space → cut at j+1.
-    hi = limit
-    for _ in range(256):  # bounded search: pathological "\n\n\n..." falls through to the space rule
-        j = text.rfind("\n", lo, hi)
-        if j < 1:
-            break
-        if j + 1 < len(text) and not text[j + 1].isspace() and not text[j - 1].isspace():
-            return j + 1
-        hi = j
-    # Before " ": text[j] == " ", text[j-1] and text[j+1] non-space → cut at j.
-    hi = limit
-    for _ in range(256):
-        j = text.rfind(" ", lo, hi)
-        if j < 1:
-            break
-        if j + 1 < len(text) and not text[j + 1].isspace() and not text[j - 1].isspace():
-            return j
-        hi = j
-    return limit
-
-
-def split_text(text: str, max_chars: int = MAX_PIECE_CHARS) -> list[str]:
-    """Cut ``text`` into pieces of at most ``max_chars`` characters at pre-token-safe points.
-
-    ``"".join(split_text(t)) == t`` always; a text that fits is returned as ``[text]``.
-    """
-    if max_chars < 2:
-        raise ValueError(f"max_chars must be at least 2, got {max_chars}")
-    pieces = []
-    start = 0
-    while len(text) - start > max_chars:
-        # Work on a window so a 50 MB text is not rescanned from the start for each piece.
-        window = text[start:start + max_chars + 1]
-        cut = _cut_point(window, max_chars)
-        pieces.append(window[:cut])
-        start += cut
-    pieces.append(text[start:])
-    return pieces
-
-
-class _PieceBuffer:
-    """Accumulates the text of one document that arrives in blocks and releases bounded pieces."""
-
-    def __init__(self, max_chars: int):
-        self.max_chars = max_chars
-        self.parts: list[str] = []
-        self.n = 0
-        self.emitted = False  # at least one piece of this document already went out
-
-    def add(self, s: str) -> Iterator[str]:
-        self.parts.append(s)
-        self.n += len(s)
-        if self.n > self.max_chars:
-            text = "".join(self.parts)
-            pieces = split_text(text, self.max_chars)
-            # keep the tail: more text of this document may follow and join it
-            for p in pieces[:-1]:
-                self.emitted = True
-                yield p
-            self.parts = [pieces[-1]]
-            self.n = len(pieces[-1])
-
-    def finish(self) -> str:
-        text = "".join(self.parts)
-        self.parts, self.n = [], 0
-        return text
 
 
 # ------------------------------------------------------------------------------------------ the reader
@@ -303,7 +199,7 @@ class Corpus:
         name = path.name.lower()
         if name.endswith(".parquet"):
             reader = self._parquet(path)
-        elif _is_jsonl(name):
+        elif is_jsonl(name):
             reader = self._jsonl(path)
         elif self.txt_mode == "paragraph":
             reader = self._text_paragraphs(path)
@@ -361,11 +257,11 @@ class Corpus:
         return _MISSING
 
     def _jsonl(self, path: Path) -> Iterator[tuple[str, bool]]:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             for raw in f:
                 if not raw.strip():
                     continue  # blank lines (a trailing newline) are not records
-                line, lossy = _decode(raw)
+                line, lossy = decode_utf8(raw)
                 try:
                     obj = json.loads(line)
                 except ValueError:
@@ -383,7 +279,7 @@ class Corpus:
                     continue
                 # Only lines that spell a \u escape can hold a lone surrogate: skip the check otherwise.
                 if b"\\ud" in raw or b"\\uD" in raw:
-                    text, bad = _fix_surrogates(text)
+                    text, bad = fix_surrogates(text)
                     lossy = lossy or bad
                 if lossy:
                     self.counts.non_utf8 += 1
@@ -424,7 +320,7 @@ class Corpus:
                     self.counts.missing_field += 1
                     continue
                 if isinstance(v, bytes):
-                    v, lossy = _decode(v)
+                    v, lossy = decode_utf8(v)
                     if lossy:
                         self.counts.non_utf8 += 1
                 yield from self._emit(v)
@@ -437,7 +333,7 @@ class Corpus:
         with open(path, "rb") as f:
             first = True
             while True:
-                raw = f.read(_BLOCK)
+                raw = f.read(BLOCK)
                 if first and b"\x00" in raw:
                     self.counts.binary_files += 1
                     log.warning("%s: NUL bytes, looks binary; skipped", path)
@@ -449,13 +345,13 @@ class Corpus:
 
     def _text_file(self, path: Path) -> Iterator[tuple[str, bool]]:
         """One document per file, read in blocks: memory stays bounded for any file size."""
-        buf = _PieceBuffer(self.max_piece_chars)
+        buf = PieceBuffer(self.max_piece_chars)
         lossy = False
         nonblank = False
         seen = False
         for raw, text in self._decoded_blocks(path):
             seen = True
-            lossy = lossy or _lossy(raw, text)
+            lossy = lossy or is_lossy(raw, text)
             nonblank = nonblank or (bool(text) and not text.isspace())
             for p in buf.add(text):
                 yield p, False
@@ -491,7 +387,7 @@ class Corpus:
         for raw, text in self._decoded_blocks(path):
             seen = True
             final = not raw
-            lossy_file = lossy_file or _lossy(raw, text)
+            lossy_file = lossy_file or is_lossy(raw, text)
             pending += text
             # Separators are whitespace, so any ending before the last non-space are complete.
             limit = len(pending) if final else len(pending.rstrip())
@@ -560,88 +456,17 @@ _NOT_OBJECT = _Sentinel("NOT_OBJECT")
 _BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 
-def _is_jsonl(name: str) -> bool:
-    for ext in (".jsonl", ".ndjson"):
-        for comp in ("", ".zst", ".zstd", ".gz"):
-            if name.endswith(ext + comp):
-                return True
-    return False
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
-    """A binary line-iterable stream of ``path``, decompressing ``.zst``/``.zstd``/``.gz`` on the fly."""
-    name = path.name.lower()
-    if name.endswith((".zst", ".zstd")):
-        return io.BufferedReader(_IterRaw(_zstd_blocks(path)), buffer_size=_BLOCK)
-    if name.endswith(".gz"):
-        import gzip
-
-        return gzip.open(path, "rb")
-    return open(path, "rb", buffering=_BLOCK)
+_MISSING = _Sentinel("MISSING")
+_NOT_OBJECT = _Sentinel("NOT_OBJECT")
 
 
-def _zstd_blocks(path: Path) -> Iterator[bytes]:
-    """Decompressed blocks of a (possibly multi-frame) .zst file.
-
-    zstandard's ``stream_reader`` reports a file cut off inside a frame as a clean end of stream; a
-    half-downloaded Pile shard must instead count as unreadable, so frames are decoded one by one and an
-    unfinished last frame raises ``EOFError``.
-    """
-    import zstandard
-
-    # The Pile's shards were written with long windows; allow up to 2 GiB so they decode.
-    dctx = zstandard.ZstdDecompressor(max_window_size=2**31)
-    dobj = dctx.decompressobj()
-    in_frame = False
-    with open(path, "rb") as fh:
-        while True:
-            # 128 KiB of input at a time: text expands ~4-10x, so each output block stays ~1 MiB.
-            data = fh.read(1 << 17)
-            if not data:
-                break
-            while data:
-                in_frame = True
-                out = dobj.decompress(data)
-                if out:
-                    yield out
-                if dobj.eof:  # frame finished; the rest of ``data`` belongs to the next frame
-                    data = dobj.unused_data
-                    dobj = dctx.decompressobj()
-                    in_frame = False
-                else:
-                    data = b""
-    if in_frame:
-        raise EOFError("zstd data ends inside a frame (truncated file?)")
-
-
-class _IterRaw(io.RawIOBase):
-    """A readable raw stream over an iterator of byte blocks (so ``io.BufferedReader`` yields lines)."""
-
-    def __init__(self, blocks: Iterator[bytes]):
-        self._blocks = blocks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not len(self._buf):
-            block = next(self._blocks, None)
-            if block is None:
-                return 0
-            self._buf = memoryview(block)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        close = getattr(self._blocks, "close", None)
-        if close is not None:
-            close()  # closes the file inside the generator
-        super().close()
-
-
-def iter_documents(inputs: Iterable[str | os.PathLike], **kwargs: Any) -> Iterator[str]:
-    """Whole documents of ``inputs`` (see :class:`Corpus` for the keyword arguments)."""
-    yield from Corpus(inputs, **kwargs).documents()
+#: A line break followed by one or more blank (whitespace-only) lines: a paragraph separator.
+_BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")

@@ -8,7 +8,7 @@ the token budget count, padding included.
 Examples are the decoder-only loader's (`loader.Loader.examples_after`: the documents in its seeded order,
 cut into chunks of ``chunk_tokens`` — `encdec.default_chunk_len`, half the longest chunk whose every example
 fits an empty row —, chunk k drawn from ``default_rng([seed, k, 2])``, a whole batch of chunks built at
-once by `objectives.pack_examples`), each split at its result token (`<fitm_result>`, `<mlm_end>`; a causal
+once by `packing.pack_examples`), each split at its result token (`<fitm_result>`, `<mlm_end>`; a causal
 example at ``1 + ⌊u·n⌋`` with ``u = encdec.split_uniform(seed, k)``): exactly `encdec.example` of the chunk,
 built in bulk (tests/test_encdec_data.py compares the two). They are packed **first fit** into up to ``open_rows`` open rows: an
 example goes into the oldest open row with room on both sides; if none has room and all are open, the

@@ -20,32 +20,28 @@ change its micro-batch or batch size between checkpoints (star continuations wit
 Speed. The sequences are those of gerbil 0.1.0 bit for bit (tests/fixtures/loader_reference.json), but
 built in bulk: chunk positions for a whole batch of chunks from the document offsets at once, each
 chunk's generator seeded without constructing a `SeedSequence` (`_ChunkRngs`), the examples of all the
-batch's chunks made together (`gerbil.data.objectives.pack_examples`), and the packing buffer a numpy
+batch's chunks made together (`gerbil.data.packing.pack_examples`), and the packing buffer a numpy
 array cut into sequences by reshaping. Chunks made beyond what the requested sequences need wait in a
 look-ahead that is not part of the cursor, so `state_dict()` is exactly what the one-chunk-at-a-time
 loader had. `benchmarks/loader_throughput.py` measures it: at 64 × 2048 on the 2-core dev box, 49-81M
 tokens/s for causal/FIM/MLM/Blender against 10-13M before; at 8 × 256 15-56M, where MLM and Blender are
 held back by what must stay per chunk (setting the generator, ~2 µs; MLM's ``rng.choice``, ~5 µs).
 
-Off the critical path. `StepPrefetcher` builds the next steps' micro-batches (`step_micro_batches`: the
-rule that splits a step into micro-batches, and a step across data-parallel ranks) in a background
-thread while the current step trains, and hands each step over with the cursor a checkpoint written
-after it must save.
+Steps and validation live beside it: `gerbil.data.steps` splits steps into micro-batches and prefetches
+them (`StepPrefetcher`), `gerbil.data.validation` is the fixed validation set (`eval_batches`).
 """
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from gerbil.data.objectives import _batched, concat_ranges, get_objective, mode_prefix, pack_examples
+from gerbil.data.objectives import get_objective
+from gerbil.data.packing import concat_ranges, is_batched, pack_examples
 from gerbil.data.tokenizer import EOT_ID, IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -242,7 +238,7 @@ class Loader:
             self._pack = pack_examples
             self._offsets = np.asarray(split.offsets, dtype=np.int64)
             # one Generator re-seated per chunk for the built-in objectives, which never keep it (_ChunkRngs)
-            self._shared_rng = np.random.default_rng(0) if _batched(self.objective) else None
+            self._shared_rng = np.random.default_rng(0) if is_batched(self.objective) else None
             self._min_build = min(self.MIN_BUILD_TOKENS, 256 * self.seq_len)
         # cursor (see state_dict)
         self.epoch = 0
@@ -419,272 +415,4 @@ class Loader:
         self._ahead = None  # built for the old cursor
 
 
-# ------------------------------------------------------------------------------------------ steps
-class StepPlanLike(Protocol):
-    """One optimizer step (`gerbil.train.resolve.StepPlan`): `full_sequences` of seq_len tokens plus, on
-    the final step only, one shortened sequence of `last_len` tokens (0: none); `tokens` in all."""
-
-    full_sequences: int
-    last_len: int
-    tokens: int
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-
-
-def step_micro_batches(loader: Loader, plan: StepPlanLike, micro_batch: int, rank: int = 0,
-                       world_size: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One step's sequences for one rank, as micro-batches of at most `micro_batch` sequences.
-
-    Every rank draws the whole step — the `plan.full_sequences` full sequences, then the shortened one
-    (the first `plan.last_len` positions of the next sequence) if any — so the cursor is global and the
-    same on every rank. Of the n full sequences rank r keeps [r·n//W, (r+1)·n//W), in order, cut into
-    micro-batches of `micro_batch`; the shortened sequence goes to the last rank, alone in its own final
-    micro-batch. A rank may get no micro-batch (n < W). With one rank this is the rule of
-    `_micro_batches` in train/loop.py (the same tensors; the cursor counts sequences, not calls).
-    """
-    _check_rank(rank, world_size)
-    if micro_batch <= 0:
-        raise ValueError(f"micro_batch must be positive, got {micro_batch}")
-    n, out = int(plan.full_sequences), []
-    if n > 0:
-        x, y = loader.next_sequences(n)  # (n, T) for all ranks
-        lo, hi = rank * n // world_size, (rank + 1) * n // world_size
-        out = [(x[a: min(a + micro_batch, hi)], y[a: min(a + micro_batch, hi)]) for a in range(lo, hi, micro_batch)]
-    if plan.last_len:  # exact budget: a last sequence of fewer than seq_len tokens
-        x, y = loader.next_sequences(1)
-        if rank == world_size - 1:
-            out.append((x[:, : plan.last_len], y[:, : plan.last_len]))
-    return out
-
-
-@dataclass
-class PreparedStep:
-    """One step ready to train on this rank."""
-
-    plan: Any  # the StepPlanLike it was built for
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) CPU int64, pinned if asked
-    counts: list[int]  # scored targets (≠ -100) per micro-batch, counted on the CPU
-    loader_state: dict = field(repr=False)  # the loader's state_dict() after this step's sequences
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-_END = object()
-
-
-class StepPrefetcher:
-    """Builds the next steps' micro-batches in a background thread (pinned memory on CUDA).
-
-    ``for step in prefetcher`` (or ``next(prefetcher)``) yields a `PreparedStep` per plan, in order,
-    built with `step_micro_batches(loader, plan, micro_batch, rank, world_size)` — the same tensors as
-    the synchronous path — while the consumer trains on the previous ones; at most `depth` finished
-    steps wait. ``step.loader_state`` is what a checkpoint written after training that step must save:
-    the cursor right after *its* sequences, not the loader's live position, which the producer has
-    already moved on. The loader belongs to the producer thread until `close()`; after it, the loader's
-    position is wherever the producer stopped (load a `loader_state` to continue from a step).
-
-    `plans` is the trainer's finite, deterministic step schedule. An exception in the producer is
-    raised again by the `__next__` that reaches it (after the steps built before it). `close()` (also
-    on leaving a ``with`` block, exception or not) stops the producer within one step's build time.
-    ``pin_memory=True`` pins the batches (needs CUDA: used when training on a GPU, never on the CPU),
-    so ``.to(device, non_blocking=True)`` copies asynchronously.
-
-    Pacing. The producer shares the GIL with the training loop: numpy releases it in the bulk work, but
-    a step's build still holds it for a millisecond or two of Python (the per-chunk draws, numpy call
-    overhead). Built right when a step is taken, that lands on the loop's kernel launches, the moment
-    the GPU waits for them (measured on the 2-core dev box with a 60 ms step holding the GIL for 10 ms:
-    next() itself then took up to 12-17 ms at p95, `benchmarks/loader_throughput.py`). So while at least
-    one step is ready, the producer starts the next build half a consumer step after the last
-    ``next()`` — typically while the loop waits on the GPU with the GIL released; with none ready it
-    builds at once. The steps and their order do not depend on the timing.
-    """
-
-    #: Where in the consumer's step (a fraction of the time between two next() calls) builds start
-    #: while a step is ready.
-    PACE = 0.5
-
-    def __init__(self, loader: Loader, plans: Iterable[StepPlanLike], micro_batch: int,
-                 pin_memory: bool = False, depth: int = 2, rank: int = 0, world_size: int = 1):
-        _check_rank(rank, world_size)
-        if depth < 1 or micro_batch < 1:
-            raise ValueError(f"depth and micro_batch must be positive, got {depth}, {micro_batch}")
-        self.loader, self.micro_batch, self.pin_memory = loader, int(micro_batch), bool(pin_memory)
-        self.rank, self.world_size, self.depth = int(rank), int(world_size), int(depth)
-        self._ready: deque[Any] = deque()  # PreparedStep, then _END or a _Failed
-        self._cv = threading.Condition()
-        self._stop = False
-        self._finished = False
-        self._last_get: float | None = None  # perf_counter of the last next()
-        self._period: float | None = None  # the consumer's step time (moving average)
-        self._thread = threading.Thread(target=self._produce, args=(iter(plans),), name="gerbil-step-prefetch",
-                                        daemon=True)
-        self._thread.start()
-
-    def _prepare(self, plan: StepPlanLike) -> PreparedStep:
-        batches = step_micro_batches(self.loader, plan, self.micro_batch, self.rank, self.world_size)
-        counts = [int(np.count_nonzero(y.numpy() != IGNORE_INDEX)) for _, y in batches]
-        if self.pin_memory:
-            batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
-        return PreparedStep(plan, batches, counts, self.loader.state_dict())
-
-    def _wait_turn(self) -> bool:
-        """Wait (under the lock) for room and, while a step is ready, for the paced start; False: stop."""
-        while not self._stop:
-            if len(self._ready) >= self.depth:
-                self._cv.wait(0.5)
-                continue
-            if self._ready and self._last_get is not None and self._period is not None:
-                delay = self._last_get + self.PACE * self._period - time.perf_counter()
-                if delay > 0:
-                    self._cv.wait(min(delay, 0.5))  # woken early by next() or close()
-                    continue
-            return True
-        return False
-
-    def _produce(self, plans: Iterator[StepPlanLike]) -> None:
-        try:
-            for plan in plans:
-                with self._cv:
-                    if not self._wait_turn():
-                        return
-                step = self._prepare(plan)
-                with self._cv:
-                    self._ready.append(step)
-                    self._cv.notify_all()
-            item: Any = _END
-        except BaseException as e:  # noqa: BLE001 — handed to the consumer, raised there
-            item = _Failed(e)
-        with self._cv:
-            self._ready.append(item)
-            self._cv.notify_all()
-
-    def __iter__(self) -> StepPrefetcher:
-        return self
-
-    def __next__(self) -> PreparedStep:
-        with self._cv:
-            while not self._finished and not self._ready:
-                if not self._thread.is_alive():  # stopped by close()
-                    self._finished = True
-                    break
-                self._cv.wait(0.5)  # returns as soon as a step is ready
-            if self._finished:
-                raise StopIteration
-            item = self._ready.popleft()
-            now = time.perf_counter()
-            if self._last_get is not None:
-                gap = now - self._last_get
-                # a moving average that a long step (validation, a checkpoint) does not raise: pacing
-                # errs towards building early
-                self._period = gap if self._period is None else min(gap, 0.8 * self._period + 0.2 * gap)
-            self._last_get = now
-            self._cv.notify_all()
-        if item is _END:
-            self._finished = True
-            raise StopIteration
-        if isinstance(item, _Failed):
-            self.close()
-            raise item.error
-        return item
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the producer and wait for it (at most `timeout` s); idempotent."""
-        with self._cv:
-            self._stop = self._finished = True
-            self._ready.clear()  # drop prepared steps (pinned memory) now
-            self._cv.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("step prefetcher thread still running %.0f s after close()", timeout)
-
-    def __enter__(self) -> StepPrefetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def eval_windows(split: Any, seq_len: int, max_tokens: int) -> torch.Tensor:
-    """The first ``max_tokens // seq_len`` contiguous windows of a split, shape (N, seq_len + 1).
-
-    The raw validation windows (plain causal LM on the documents as stored): window ``w`` is
-    ``tokens[w·T : w·T + T + 1]``, so N·T targets, raw positions 1 … N·T. `eval_batches` builds on it.
-    """
-    n = _n_eval_windows(split, seq_len, max_tokens)
-    flat = np.asarray(split.tokens[: n * seq_len + 1], dtype=np.int64)
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (N, T+1)
-    return torch.from_numpy(flat[idx])
-
-
-def _n_eval_windows(split: Any, seq_len: int, max_tokens: int) -> int:
-    n = min(max(1, int(max_tokens) // seq_len), (len(split.tokens) - 1) // seq_len)
-    if n < 1:
-        raise ValueError(f"validation split has {len(split.tokens)} tokens: fewer than one sequence of {seq_len} + 1")
-    return n
-
-
-def eval_batches(split: Any, seq_len: int, max_tokens: int, objective: str | None = "plain",
-                 eot_id: int = EOT_ID) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed validation set as ``(inputs, targets)``, int64 (N', seq_len); targets -100 = not scored.
-
-    What is scored is the same for every objective, so validation losses compare across runs and
-    objectives: the **N·T raw tokens at positions 1 … N·T of the validation split** (N =
-    ``min(max_tokens // seq_len, (len - 1) // seq_len)``, at least 1), i.e. exactly the targets of the
-    raw windows of `eval_windows`. The loss is their mean, each token counted once.
-
-    How they are presented depends on the objective's mode (`gerbil.data.objectives.mode_prefix`):
-
-    * ``plain`` (and ``fim``/``mlm``, which have no causal mode token): the raw windows, N' = N.
-    * ``causal`` / ``blender``: the model is evaluated in causal mode, as UL2-style mode switching (and
-      `gerbil.eval.evaluate` for Blender models) expects — ``<causal>`` is inserted at the start of every
-      document of that stretch (before raw position 0, and after every ``<|endoftext|>`` that is followed
-      by a scored token). The stretch, now N·T + 1 + k tokens long (k insertions), is cut into T+1
-      windows the loader's way (window ``w`` = stream ``[w·T, w·T + T]``), the last one padded with
-      EOT inputs whose targets are -100; N' = ceil((N·T + k) / T). The inserted ``<causal>`` positions
-      are never targets (a mode token is not predictable text), and raw position 0 is not scored either,
-      though it now follows ``<causal>``, so the scored set stays exactly the plain one. Window
-      boundaries shift by the insertions, so a token's in-window context can differ slightly from the
-      plain windows'; the tokens and their count do not.
-    """
-    T = int(seq_len)
-    windows = eval_windows(split, T, max_tokens)
-    n = len(windows)
-    name = objective if isinstance(objective, str) or objective is None else getattr(objective, "name", "")
-    prefix: list[int] = []
-    if str(name or "plain").strip().lower() != "plain":
-        prefix = [int(t) for t in mode_prefix(name)]
-    if not prefix:
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-
-    raw = np.asarray(split.tokens[: n * T + 1], dtype=np.int64)
-    p = len(prefix)
-    # raw positions that begin a document: 0, and each position right after an EOT (an EOT at the very
-    # last raw position N·T is followed by nothing scored, so it gets no insertion)
-    starts = np.concatenate([[0], np.flatnonzero(raw[:-1] == eot_id) + 1])
-    stream = np.insert(raw, np.repeat(starts, p), np.tile(np.asarray(prefix, dtype=np.int64), len(starts)))
-    scored = np.ones(len(stream), dtype=bool)
-    # the j-th document start moves to stream position starts[j] + j·p; its p mode tokens sit there
-    ins = (starts + np.arange(len(starts)) * p)[:, None] + np.arange(p)[None, :]
-    scored[ins.reshape(-1)] = False
-    scored[p] = False  # raw position 0: an input only in the plain windows, so not scored here either
-    n_win = -(-(len(stream) - 1) // T)  # ceil
-    pad = n_win * T + 1 - len(stream)
-    stream = np.concatenate([stream, np.full(pad, eot_id, dtype=np.int64)])
-    scored = np.concatenate([scored, np.zeros(pad, dtype=bool)])
-    idx = np.arange(n_win)[:, None] * T + np.arange(T + 1)[None, :]
-    win, keep = stream[idx], scored[idx]
-    targets = np.where(keep[:, 1:], win[:, 1:], IGNORE_INDEX)
-    n_scored = int((targets != IGNORE_INDEX).sum())
-    assert n_scored == n * T, (n_scored, n * T)  # the invariant the docstring promises
-    return torch.from_numpy(np.ascontiguousarray(win[:, :-1])), torch.from_numpy(np.ascontiguousarray(targets))
-
-
-__all__ = ["Loader", "epoch_order", "StepPrefetcher", "PreparedStep", "StepPlanLike", "step_micro_batches", "eval_windows",
-           "eval_batches", "resolve_objective", "EOT_ID", "IGNORE_INDEX"]
+__all__ = ["Loader", "epoch_order", "resolve_objective", "EOT_ID", "IGNORE_INDEX"]

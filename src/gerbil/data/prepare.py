@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from gerbil.data.store import StoreWriter, TokenStore
+from gerbil.data.store import TokenStore
+from gerbil.data.store_writer import StoreWriter
 from gerbil.data.tokenizer import EOT_ID, documents_array
 from gerbil.errors import GerbilError
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gerbil.data.loader import PreparedStep, StepPrefetcher
+from gerbil.data.steps import PreparedStep, StepPrefetcher
 from gerbil.data.objectives import FillInMiddle
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError

@@ -38,7 +38,9 @@ from typing import Any, ContextManager
 
 import torch
 
-from gerbil.data.loader import Loader, PreparedStep, StepPrefetcher, eval_batches
+from gerbil.data.loader import Loader
+from gerbil.data.steps import PreparedStep, StepPrefetcher
+from gerbil.data.validation import eval_batches
 from gerbil.data.objectives import get_objective, mode_prefix
 from gerbil.errors import GerbilError
 from gerbil.lock import Lock
