@@ -22,7 +22,7 @@ from gerbil.errors import GerbilError
 
 def arrow_rows(data: bytes) -> Iterator[dict[str, Any]]:
     """Rows of an Arrow IPC *stream* (what HF ``save_to_disk`` writes), as plain Python dicts."""
-    import pyarrow.ipc
+    import pyarrow.ipc  # lazy: pyarrow: only parquet / Arrow inputs need it
 
     reader = pyarrow.ipc.open_stream(io.BytesIO(data))
     for batch in reader:

@@ -28,6 +28,7 @@ import torch
 from gerbil.data.display import from_display
 from gerbil.data.objectives import FillInMiddle, MaskedLM, mode_prefix
 from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
+from gerbil.errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,11 @@ _SPECIAL_IDS = sorted(SPECIAL_TOKENS.values())
 # -------------------------------------------------------------------------------------- core loop
 def _check_options(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
     if int(max_new_tokens) < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise OptionError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if not float(temperature) >= 0:  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise OptionError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and int(top_k) < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise OptionError(f"top_k must be >= 1, got {top_k}")
 
 
 @torch.no_grad()
@@ -109,7 +110,7 @@ def _check_special(text: str, what: str, allow_special: bool, allowed: tuple[str
         if name in allowed:
             continue
         if name in text:
-            raise ValueError(f"{what} contains the special token {name}; pass allow_special=True "
+            raise OptionError(f"{what} contains the special token {name}; pass allow_special=True "
                              f"(--allow-special) to use special tokens in it")
 
 
@@ -191,7 +192,7 @@ def unmask(
     """
     _check_special(text_with_masks, "text", allow_special, allowed=(SINGLE_TOK_MASK,))
     if SINGLE_TOK_MASK not in text_with_masks:
-        raise ValueError(f"text has no {SINGLE_TOK_MASK} to fill")
+        raise OptionError(f"text has no {SINGLE_TOK_MASK} to fill")
     # after the check above the only special token left is the mask (unless allowed): the seed's display
     # convention applies (`from_display`: the space before a special token is a separator)
     masked = from_display(text_with_masks, tokenizer)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+import yaml
+
 from gerbil.errors import OptionError
 
 O = TypeVar("O", bound="Options")
@@ -148,8 +150,6 @@ class Options:
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """A YAML file that must hold a mapping; a missing file, a syntax error or another shape is one line."""
-    import yaml  # not needed by a verb without a recipe
-
     p = Path(path)
     try:
         text = p.read_text()

@@ -287,7 +287,7 @@ class Corpus:
 
     # -------------------------------------------------------------------------------------- parquet
     def _parquet(self, path: Path) -> Iterator[tuple[str, bool]]:
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: pyarrow: only parquet / Arrow inputs need it
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)

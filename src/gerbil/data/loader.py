@@ -43,6 +43,7 @@ import torch
 from gerbil.data.objectives import get_objective
 from gerbil.data.packing import concat_ranges, is_batched, pack_examples
 from gerbil.data.tokenizer import EOT_ID, IGNORE_INDEX
+from gerbil.errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class Loader:
         eot_id: int = EOT_ID,
     ):
         if seq_len <= 0 or micro_batch <= 0:
-            raise ValueError(f"seq_len and micro_batch must be positive, got {seq_len}, {micro_batch}")
+            raise OptionError(f"seq_len and micro_batch must be positive, got {seq_len}, {micro_batch}")
         self.split, self.seq_len, self.micro_batch = split, int(seq_len), int(micro_batch)
         self.seed, self.shuffle, self.eot_id = int(seed), bool(shuffle), int(eot_id)
         self.objective_name, self.objective = resolve_objective(objective)
@@ -225,15 +226,15 @@ class Loader:
             chunk_tokens = chunk_len(self.seq_len) if callable(chunk_len) else self.seq_len
         self.chunk_tokens = int(chunk_tokens)
         if self.chunk_tokens <= 0:
-            raise ValueError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
+            raise OptionError(f"chunk_tokens must be positive, got {self.chunk_tokens}")
         n_tokens = len(split.tokens)
         self._tokens = np.asarray(split.tokens)  # a plain ndarray view: fancy-indexing the memmap costs more
         if self.objective is None:
             self.n_windows = (n_tokens - 1) // self.seq_len
             if self.n_windows < 1:
-                raise ValueError(f"split has {n_tokens} tokens: fewer than one sequence of {self.seq_len} + 1")
+                raise OptionError(f"split has {n_tokens} tokens: fewer than one sequence of {self.seq_len} + 1")
         elif int(split.n_docs) < 1 or n_tokens <= int(split.n_docs):
-            raise ValueError("split has no non-empty documents")
+            raise OptionError("split has no non-empty documents")
         else:
             self._pack = pack_examples
             self._offsets = np.asarray(split.offsets, dtype=np.int64)

@@ -440,6 +440,6 @@ def mode_prefix(objective: str | None) -> list[int]:
 
 
 __all__ = [
-    "Objective", "Plain", "Causal", "FillInMiddle", "MaskedLM", "Blender", "OBJECTIVES", "BLENDER_TASKS", "CAPABILITIES",
-    "get_objective", "objective_class", "mode_prefix", "supports", "LOSS_ON",
+    "Objective", "Plain", "Causal", "FillInMiddle", "MaskedLM", "Blender", "OBJECTIVES", "BLENDER_TASKS",
+    "CAPABILITIES", "get_objective", "objective_class", "mode_prefix", "supports", "LOSS_ON",
 ]

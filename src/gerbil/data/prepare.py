@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from gerbil.data.corpus import MAX_PIECE_CHARS, Corpus
 from gerbil.data.store import TokenStore
 from gerbil.data.store_writer import StoreWriter
 from gerbil.data.tokenizer import EOT_ID, documents_array
@@ -104,8 +105,6 @@ def prepare(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, tokeniz
 
     Bad input is counted, logged and stored in meta.json under ``bad_input``; it never stops the run.
     """
-    from gerbil.data.corpus import MAX_PIECE_CHARS, Corpus
-
     corpus = Corpus(inputs, text_field=text_field, txt_mode=txt_mode, include=include,
                     max_piece_chars=max_piece_chars or MAX_PIECE_CHARS)
     workers = _default_workers() if workers is None else workers
@@ -116,7 +115,7 @@ def prepare(inputs: Iterable[str | os.PathLike], out: str | os.PathLike, tokeniz
     vocab_size = int(getattr(tokenizer, "vocab_size", None) or len(tokenizer))
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: progress bars only
 
         bar = tqdm(unit="tok", unit_scale=True, desc="prepare", smoothing=0.1, dynamic_ncols=True)
     t0 = time.perf_counter()

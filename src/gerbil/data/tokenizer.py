@@ -42,13 +42,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gerbil.assets import read_merges, read_vocab
+import numpy as np
+
+from gerbil.assets import read_merges, read_vocab, tokenizer_files
 from gerbil.errors import GerbilError
 from gerbil.units import DEFAULT_SEQ_LEN
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `import gerbil.data.tokenizer` must stay cheap
-    import numpy as np
-    import tiktoken
+    import tiktoken  # lazy: the tokenizer engines load only when text is encoded
     import tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -163,6 +164,7 @@ class Tokenizer:
     """
 
     def __init__(self, vocab_path: str | Path, merges_path: str | Path, engine: str = "tiktoken"):
+        # lazy: the tokenizer engines load only when text is encoded
         from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
         if engine not in ENGINES:
@@ -208,8 +210,6 @@ class Tokenizer:
         ``vocab.bpe``/``gpt2_merges.txt``; they are verified against the official contents too.
         ``engine`` picks the encoder (see :data:`ENGINES`); the ids are the same either way.
         """
-        from gerbil.assets import tokenizer_files
-
         vocab_path, merges_path = tokenizer_files(
             None if vocab is None else str(vocab), None if merges is None else str(merges))
         return cls(vocab_path, merges_path, engine=engine)
@@ -283,8 +283,6 @@ class Tokenizer:
         panic, a BaseException), takes the general `encode_batch` path, which cuts such text at safe
         points and sends what cannot be cut to HF tokenizers.
         """
-        import numpy as np
-
         if self.engine == "tiktoken" and texts and not any(EOT in t for t in texts):
             try:
                 ids = self._tik.encode_to_numpy(EOT.join(texts) + EOT, allowed_special={EOT}, disallowed_special=())
@@ -375,7 +373,7 @@ class Tokenizer:
         ``<|endoftext|>`` as in GPT-2; the Blender tokens are additional special tokens. Note that
         transformers, like ``backend``, always matches special-token strings in text.
         """
-        from transformers import PreTrainedTokenizerFast
+        from transformers import PreTrainedTokenizerFast  # lazy: transformers takes seconds to import
 
         tok = PreTrainedTokenizerFast(
             tokenizer_object=self.backend,
@@ -409,7 +407,7 @@ class Tokenizer:
 def _tiktoken_from_files(vocab_path: str) -> tiktoken.Encoding:
     """Built once per vocab file per process (parsing the 50k-entry vocab takes ~1 s); the Encoding is
     immutable and thread-safe, so every Tokenizer of the same files shares it."""
-    import tiktoken
+    import tiktoken  # lazy: the tokenizer engines load only when text is encoded
 
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     ranks: dict[bytes, int] = {}
@@ -427,8 +425,6 @@ def _tiktoken_from_files(vocab_path: str) -> tiktoken.Encoding:
 def documents_array(docs: Sequence[Sequence[int]], eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray]:
     """(ids, lens) in the token store's layout from per-document id lists: each document followed by
     one EOT, concatenated as uint16, and each document's length with its EOT."""
-    import numpy as np
-
     arrays = [np.asarray(d, dtype=np.uint32) for d in docs]
     eot = np.array([eot_id], dtype=np.uint32)
     parts = [x for a in arrays for x in (a, eot)]

@@ -9,6 +9,7 @@ import torch
 
 from gerbil.data.objectives import mode_prefix
 from gerbil.data.tokenizer import EOT_ID, IGNORE_INDEX
+from gerbil.errors import OptionError
 
 
 def eval_windows(split: Any, seq_len: int, max_tokens: int) -> torch.Tensor:
@@ -26,7 +27,7 @@ def eval_windows(split: Any, seq_len: int, max_tokens: int) -> torch.Tensor:
 def _n_eval_windows(split: Any, seq_len: int, max_tokens: int) -> int:
     n = min(max(1, int(max_tokens) // seq_len), (len(split.tokens) - 1) // seq_len)
     if n < 1:
-        raise ValueError(f"validation split has {len(split.tokens)} tokens: fewer than one sequence of {seq_len} + 1")
+        raise OptionError(f"validation split has {len(split.tokens)} tokens: fewer than one sequence of {seq_len} + 1")
     return n
 
 

@@ -83,7 +83,7 @@ def load(
     """
     import torch  # lazy: torch only when a model is loaded
 
-    from gerbil.model.model import GPT, rotary_tables
+    from gerbil.model.model import GPT, rotary_tables  # lazy: torch
 
     folder = Path(export_dir)
     cfg_path = folder / "config.json"
@@ -140,7 +140,7 @@ def random_model(size: str, seed: int = 0, **overrides) -> GPT:
     (no global RNG is touched)."""
     import torch  # lazy: torch only when a model is made
 
-    from gerbil.model.model import GPT, rotary_tables
+    from gerbil.model.model import GPT, rotary_tables  # lazy: torch
 
     cfg = model_config(size, **overrides)
     with torch.device("meta"):

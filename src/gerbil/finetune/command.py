@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gerbil.errors import GerbilError
 from gerbil.finetune.config import FinetuneConfig
 from gerbil.options import add_arguments, config_from_args, setup_logging
 
@@ -30,7 +31,7 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from gerbil.finetune.finetune import finetune  # torch: imported when the verb runs
+    from gerbil.finetune.finetune import finetune  # lazy: torch
 
     cfg = config_from_args(args, FinetuneConfig, args.config)  # validated before anything is read
     setup_logging()
@@ -85,8 +86,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from gerbil.errors import GerbilError
-    from gerbil.finetune.predict import format_rows, predict
+    from gerbil.finetune.predict import format_rows, predict  # lazy: torch
 
     if args.batch_size < 1:
         raise GerbilError(f"--batch-size must be at least 1, got {args.batch_size}")

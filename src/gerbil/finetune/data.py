@@ -197,14 +197,11 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     if task == "sft":
         for n, row in rows:
             prompt = check_string(row.get(prompt_field), bad)
-            if prompt is None:
-                continue
-            completion = check_string(row.get(completion_field), bad)
-            if completion is None:
-                continue
-            ex.prompts.append(prompt)
-            ex.completions.append(completion)
-            ex.source_rows.append(n)
+            completion = check_string(row.get(completion_field), bad) if prompt is not None else None
+            if completion is not None:
+                ex.prompts.append(prompt)
+                ex.completions.append(completion)
+                ex.source_rows.append(n)
         return _finish(ex, p)
 
     csv_ints = False
@@ -230,6 +227,14 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
         raw_labels.append(label)
         ex.source_rows.append(n)
 
+    _set_labels(ex, raw_labels, kind, label_names, p, bad)
+    return _finish(ex, p)
+
+
+def _set_labels(ex: Examples, raw_labels: list[str | int], kind: type | None, label_names: Sequence[str] | None,
+                p: Path, bad: BadRows) -> None:
+    """`ex.labels` / `ex.label_names` from the raw labels: through the given mapping (ids out of it, or names
+    not in it, counted as `unknown_label` and dropped), else ids 0..max for integers, sorted names for strings."""
     if label_names is not None:
         ex.label_names = [str(x) for x in label_names]
         if len(set(ex.label_names)) != len(ex.label_names):
@@ -257,7 +262,6 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
         ex.label_names = sorted({str(y) for y in raw_labels})
         index = ex.label2id
         ex.labels = [index[y] for y in raw_labels]  # type: ignore[index]
-    return _finish(ex, p)
 
 
 def _label_kind(found: list[tuple[int, str, str | int]], p: Path, bad: BadRows) -> type | None:

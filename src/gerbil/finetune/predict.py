@@ -32,8 +32,12 @@ from typing import Any
 
 import torch
 
+from gerbil.data.tokenizer import Tokenizer
 from gerbil.errors import GerbilError
+from gerbil.export import load_model
 from gerbil.finetune.batches import encode_classify, prompt_ids
+from gerbil.finetune.decode import check_room, greedy
+from gerbil.finetune.rows import read_texts
 from gerbil.fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,6 @@ class Predictor:
 
     @classmethod
     def load(cls, source: str | Path, device: str = "cpu", batch_size: int = 64) -> "Predictor":
-        from gerbil.data.tokenizer import Tokenizer
-        from gerbil.export import load_model
-
         model, meta = load_model(source, device=device)
         if not (meta.get("finetune") or {}).get("task"):
             raise GerbilError(f"{source} is not a fine-tuned model (no fine-tuning record): use gerbil sample "
@@ -78,7 +79,7 @@ class Predictor:
 
     def classify(self, texts: list[str]) -> list[dict]:
         """Label and probabilities per text."""
-        from gerbil.finetune.workloads import classify_scores
+        from gerbil.finetune.workloads import classify_scores  # lazy: torch
 
         rec = self.record
         names = list(rec["label_names"])
@@ -91,8 +92,6 @@ class Predictor:
 
     def complete(self, prompts: list[str], max_new_tokens: int | None = None) -> list[dict]:
         """Greedy completion and its mean token log-probability per prompt."""
-        from gerbil.finetune.decode import check_room, greedy
-
         rec = self.record
         fim = rec.get("prompt_format") == "fim"
         ids = [prompt_ids(p, self.tokenizer, list(rec.get("prefix") or []), rec.get("template") or "{prompt}",
@@ -116,8 +115,6 @@ def predict(source: str | Path, input_path: str | Path, output: str | Path | Non
     in training) with the fine-tuned `source`; write them to `output` (.jsonl or .csv) when given and
     return them. `field`: the input column (default: the one the model was fine-tuned on).
     `overwrite`: replace an `output` that is not an earlier prediction file (never the input)."""
-    from gerbil.finetune.rows import read_texts
-
     if output is not None:
         check_output(input_path, output, overwrite)
     predictor = Predictor.load(source, device=device, batch_size=batch_size)

@@ -151,7 +151,7 @@ def _strict_records(lines: list[str]) -> Iterator[list[str] | csv.Error]:
 
 
 def _parquet_rows(path: Path, bad: BadRows, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow: only parquet / Arrow inputs need it
     import pyarrow.parquet as pq
 
     try:

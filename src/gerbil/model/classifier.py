@@ -20,7 +20,7 @@ import torch.nn as nn
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
-from gerbil.model.model import GPT
+from gerbil.model.model import GPT, rotary_tables
 
 
 class Classifier(GPT):
@@ -61,7 +61,6 @@ class Classifier(GPT):
         score.normal_(0.0, gpt.config.init_std, generator=torch.Generator().manual_seed(int(seed)))
         body["score.weight"] = score
         model.load_state_dict({k: v.detach().clone().float() for k, v in body.items()}, strict=True, assign=True)
-        from gerbil.model.model import rotary_tables
 
         model.rope_cos, model.rope_sin = rotary_tables(gpt.config.seq_len, gpt.config.rotary_dim)
         return model.to(next(gpt.parameters()).device)

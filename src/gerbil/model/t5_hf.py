@@ -22,13 +22,14 @@ id 0, is ``!`` here.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gerbil.data.tokenizer import EOT_ID
-from gerbil.errors import GerbilError
+from gerbil.errors import GerbilError, OptionError
 from gerbil.model.config import ModelConfig
 from gerbil.units import DEFAULT_SEQ_LEN
 
@@ -93,7 +94,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
     """`T5ForConditionalGeneration` weights → a state dict for ``T5(cfg)`` (fused, the embedding zero-padded to
     ``cfg.padded_vocab_size`` rows). Missing ``shared.weight`` is taken from a tied copy; an untied
     ``lm_head.weight`` that differs from it is refused (T5Blender's head is the embedding)."""
-    import torch
+    import torch  # lazy: torch, safetensors and transformers only when a model is converted or saved
 
     sd = dict(state)
     shared = sd.pop("shared.weight", None)
@@ -128,6 +129,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict
 
 def hf_config(cfg: ModelConfig, gerbil_meta: dict | None = None, dtype: str = "float32") -> Any:
     """The `transformers.T5Config` equivalent to ``cfg`` (real vocabulary, gated-GELU, tied head, no dropout)."""
+    # lazy: transformers / safetensors: seconds to import, only when a model is converted
     from transformers import T5Config
 
     if cfg.arch != "t5":
@@ -145,7 +147,7 @@ def hf_config(cfg: ModelConfig, gerbil_meta: dict | None = None, dtype: str = "f
 
 def to_hf(model: T5, gerbil_meta: dict | None = None) -> Any:
     """An in-memory `T5ForConditionalGeneration` with ``model``'s weights (fp32, eval mode)."""
-    import torch
+    import torch  # lazy: torch, safetensors and transformers only when a model is converted or saved
     from transformers import T5ForConditionalGeneration
 
     model = getattr(model, "_orig_mod", model)
@@ -166,14 +168,14 @@ def save_t5_folder(model: T5, folder: str | Path, gerbil_meta: dict | None = Non
     """Write config.json, model.safetensors and generation_config.json of a native T5 folder into ``folder``
     (created if needed; the caller — `gerbil export` — adds the tokenizer and the card and renames the
     folder into place). ``AutoModelForSeq2SeqLM.from_pretrained(folder)`` loads it without custom code."""
-    import torch
+    import torch  # lazy: torch, safetensors and transformers only when a model is converted or saved
     from safetensors.torch import save_file
     from transformers import GenerationConfig
     from transformers.utils import SAFE_WEIGHTS_NAME  # the folder's files are transformers' (model.safetensors)
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        raise OptionError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
     model = getattr(model, "_orig_mod", model)
     if model.config.n_layer != model.config.n_decoder_layer:
         # transformers 5.24 sizes generate()'s key/value cache by the encoder's depth (num_layers)
@@ -214,9 +216,7 @@ def config_from_hf(hf: dict, pad_vocab_multiple: int = 1) -> ModelConfig:
 
 def load_t5_folder(folder: str | Path, device: str = "cpu") -> tuple[T5, dict]:
     """(T5 in eval mode, the config's ``gerbil`` field) from a native T5 folder written by `save_t5_folder`."""
-    import json
-
-    import torch
+    import torch  # lazy: torch, safetensors and transformers only when a model is converted or saved
     from safetensors.torch import load_file
     from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 

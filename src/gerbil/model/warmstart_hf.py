@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gerbil.data.tokenizer import EOT_ID
-from gerbil.errors import GerbilError
+from gerbil.errors import GerbilError, OptionError
 
 if TYPE_CHECKING:
     import torch
@@ -52,13 +52,13 @@ def save_warmstart_folder(model: WarmStartEncDec, folder: str | Path, gerbil_met
                           dtype: str = "float32") -> Path:
     """Write config.json, model.safetensors, generation_config.json and the modeling file into ``folder``
     (the caller adds the tokenizer and the card, as for a GPT-J export)."""
-    import torch
+    import torch  # lazy: torch
     from safetensors.torch import save_file
     from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_NAME  # transformers' files
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise ValueError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
+        raise OptionError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
     model = getattr(model, "_orig_mod", model)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,11 +75,11 @@ def save_warmstart_folder(model: WarmStartEncDec, folder: str | Path, gerbil_met
 
 def load_warmstart_folder(folder: str | Path, device: str = "cpu") -> tuple[WarmStartEncDec, dict]:
     """(WarmStartEncDec in eval mode, the ``gerbil`` record) from a folder written by `save_warmstart_folder`."""
-    import torch
+    import torch  # lazy: torch
     from safetensors.torch import load_file
     from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
-    from gerbil.model.warmstart import WarmStartConfig, empty_model
+    from gerbil.model.warmstart import WarmStartConfig, empty_model  # lazy: torch
 
     folder = Path(folder)
     try:
@@ -99,6 +99,7 @@ def load_warmstart_folder(folder: str | Path, device: str = "cpu") -> tuple[Warm
 
 def to_hf(model: WarmStartEncDec) -> Any:
     """An in-memory `GerbilEncDecForConditionalGeneration` (imported from gerbil's copy of the file)."""
+    # lazy: torch and transformers
     from gerbil.model.modeling_gerbil_encdec import GerbilEncDecConfig, GerbilEncDecForConditionalGeneration
 
     conf = hf_config_dict(model)

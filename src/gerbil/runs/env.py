@@ -7,14 +7,13 @@ import platform
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 
 def env_info(device: Any = "cpu") -> dict:
     """Code version, library versions and hardware: what a result needs to be reproduced."""
-    from importlib import metadata
-
     def version(pkg: str) -> str | None:
         try:
             return metadata.version(pkg)
@@ -39,7 +38,7 @@ def env_info(device: Any = "cpu") -> dict:
         "device": str(device), "cpu_count": os.cpu_count(),
     }
     try:
-        import torch
+        import torch  # lazy: torch
 
         info.update(torch_threads=torch.get_num_threads(), cuda=torch.version.cuda)
         if str(device).startswith("cuda"):

@@ -427,10 +427,10 @@ def latest_checkpoint(root: str | Path, check_hash: bool = True) -> Path | None:
 
 
 def check_checkpoint(path: str | Path, check_hash: bool = True) -> Path:
-    """`path` itself if it is an intact checkpoint directory, else a one-line ValueError."""
+    """`path` itself if it is an intact checkpoint directory, else a one-line GerbilError."""
     reason = verify_checkpoint(path, check_hash)
     if reason:
-        raise ValueError(f"checkpoint {path} is damaged: {reason}")
+        raise GerbilError(f"checkpoint {path} is damaged: {reason}")
     return Path(path)
 
 

@@ -82,7 +82,8 @@ def _name(info: list[dict[str, Any]]) -> None:
                 p = known[e["parent"]]
                 size = (p["model"] or {}).get("name") or p["size"] or None
             if size:
-                e["name"] = model_name(e["opts"].get("objective", "plain"), e["label"], size) + e["extra"].get("suffix", "")
+                suffix = e["extra"].get("suffix", "")
+                e["name"] = model_name(e["opts"].get("objective", "plain"), e["label"], size) + suffix
     seen: dict[str, str] = {}
     for e in info:
         if e["name"] is None:
@@ -90,7 +91,8 @@ def _name(info: list[dict[str, Any]]) -> None:
         if not isinstance(e["name"], str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", e["name"]):
             raise fail(e["where"], f"name: {e['name']!r} is not a usable directory name")
         if e["name"] in seen:
-            raise fail(e["where"], f"two runs are named {e['name']!r} (the other: {seen[e['name']]}); give one a `name`")
+            raise fail(e["where"], f"two runs are named {e['name']!r} (the other: {seen[e['name']]}); give one a "
+                                   f"`name`")
         seen[e["name"]] = e["where"]
 
 
@@ -146,7 +148,8 @@ def _build(name: str, by_name: dict[str, dict], specs: dict[str, RunSpec], plans
         first = None if role == "branch" else plans[parent].schedule.stages[0].batch_tokens
         point = ParentPoint(model=ps.model, size=ps.size, seq_len=ps.seq_len, seed=ps.options["seed"],
                             objective=ps.options.get("objective", "plain"), tokens=start, first_batch=first,
-                            who=f"parent {parent}", child="the cooldown branch" if role == "branch" else "the continuation")
+                            who=f"parent {parent}",
+                            child="the cooldown branch" if role == "branch" else "the continuation")
     try:
         plan = make_plan(None if point else (mc if model is not None else size_label), opts.get("cls"),
                          seq_len=seq_len, batch_tokens=opts.get("batch_tokens"), tokens=tokens, from_run=point)

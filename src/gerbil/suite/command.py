@@ -12,9 +12,16 @@ import sys
 from dataclasses import dataclass
 
 from gerbil.errors import GerbilError
+from gerbil.eval.table import render
 from gerbil.options import Options, add_arguments, config_from_args, opt, section, setup_logging
-from gerbil.suite.runner import RunOptions
+from gerbil.suite.planning import format_suite_plan, plan_suite
+from gerbil.suite.plot import plot_suite
+from gerbil.suite.publish import export_suite
+from gerbil.suite.runner import RunOptions, run_suite, suite_records
 from gerbil.suite.spec import load_suite, shipped_suites
+from gerbil.suite.state import SuiteDir, format_states, run_states
+from gerbil.train.loggers import check_spec
+from gerbil.units import fmt_duration
 
 _EPILOG = "Suite files, the cascade and Slurm arrays: docs/suites.md."
 
@@ -115,22 +122,15 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 # ------------------------------------------------------------------------------------------ verbs
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from gerbil.suite.planning import format_suite_plan, plan_suite
-
     plan = plan_suite(load_suite(args.suite), gpus=args.gpu)
     print(json.dumps(plan.to_dict(), indent=1) if args.json else format_suite_plan(plan))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gerbil.suite.runner import run_suite
-    from gerbil.units import fmt_duration
-
     opts = config_from_args(args, SuiteRun)
     setup_logging()
     if opts.log:
-        from gerbil.train.loggers import check_spec
-
         check_spec(opts.log)
     suite = load_suite(opts.suite, data=opts.data)
     out = run_suite(suite, opts.out, opts)
@@ -140,8 +140,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"suite {suite.name}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
           + f" ({fmt_duration(out.seconds)})")
     for name in out.failed:
-        from gerbil.suite.state import SuiteDir
-
         rec = SuiteDir(opts.out).record(name) or {}
         print(f"  failed: {name}: {rec.get('reason')}")
     for name in out.blocked:
@@ -159,8 +157,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gerbil.suite.state import SuiteDir, format_states, run_states
-
     sdir = SuiteDir(args.dir)
     states = run_states(sdir, sdir.read_suite())
     if args.json:
@@ -171,10 +167,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from gerbil.suite.runner import suite_records
-    from gerbil.suite.state import SuiteDir
-    from gerbil.eval.table import render
-
     sdir = SuiteDir(args.dir)
     records, marks = suite_records(sdir, sdir.read_suite())
     print(render(records, fmt=args.format, reference=args.reference, marks=marks), end="")
@@ -182,16 +174,12 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from gerbil.suite.plot import plot_suite
-
     for p in plot_suite(args.dir, args.out):
         print(p)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gerbil.suite.publish import export_suite
-
     setup_logging()
     out = export_suite(args.dir, args.out, org=args.org, dtype=args.dtype)
     for p in out.exports:

@@ -20,9 +20,14 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gerbil.data.tokenizer import Tokenizer
+from gerbil.eval.table import COLUMNS, render, row_for_record
+from gerbil.export import export
 from gerbil.fsutil import atomic_write_text, mkdir
+from gerbil.runs.registry import read_run
 from gerbil.suite.records import RunSpec, Suite
-from gerbil.suite.state import README, TABLE_CSV, TABLE_MD, SuiteDir
+from gerbil.suite.runner import suite_records
+from gerbil.suite.state import README, TABLE_CSV, TABLE_MD, SuiteDir, is_trained
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,6 @@ class SuiteExport:
 
 def _card(spec: RunSpec, suite: Suite, row: dict[str, str], record) -> str:
     """The model card's gerbil section: the run's row of the suite's table and how it was trained."""
-    from gerbil.eval.table import COLUMNS
-
     lines = ["## Training", "", "| field | value |", "|---|---|",
              f"| suite | {suite.name} |",
              f"| class | {_class_text(spec, suite)} |",
@@ -76,19 +79,11 @@ def _class_text(spec: RunSpec, suite: Suite) -> str:
 def export_suite(suite_dir: str | Path, out: str | Path, org: str = "YOUR-ORG", dtype: str = "float32",
                  tokenizer=None) -> SuiteExport:
     """Export every trained run of the suite in `suite_dir` into `out` (see the module docstring)."""
-    from gerbil.export import export
-    from gerbil.runs.registry import read_run
-    from gerbil.suite.runner import suite_records
-    from gerbil.suite.state import is_trained
-    from gerbil.eval.table import render, row_for_record
-
     sdir = SuiteDir(suite_dir)
     suite = sdir.read_suite()
     dest = mkdir(out)
     res = SuiteExport()
     if tokenizer is None:
-        from gerbil.data.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.load()
     records, marks = suite_records(sdir, suite)
     by_name = {r.name: r for r in records}

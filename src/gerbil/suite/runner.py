@@ -30,15 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gerbil.data.builtin import CORPORA, builtin_store
 from gerbil.errors import GerbilError
+from gerbil.eval.table import render
 from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.options import Options, opt, refuse_changes, section
+from gerbil.runs.registry import read_run
 from gerbil.runs.rundir import RunDir
-from gerbil.data.builtin import CORPORA, builtin_store
+from gerbil.suite.planning import cascade_savings
 from gerbil.suite.records import RunSpec, Suite
-from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
-                                now, parent_ready, run_states)
+from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id,
+                                evals_missing, is_trained, now, parent_ready, run_states)
+from gerbil.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +257,7 @@ class Worker:
             try:
                 cfg = self.train_config(spec)
                 self.event("train", spec.name, resume=cfg.resume, from_run=cfg.from_run)
-                from gerbil.train.loop import train
+                from gerbil.train.loop import train  # lazy: torch
 
                 result = train(cfg)
             except KeyboardInterrupt:
@@ -297,8 +301,6 @@ class Worker:
         DIR/runs, its store, its parent (a star run: the parent's run directory; a branch: the trunk
         checkpoint at its branch point), `resume` when its directory exists (a checkpoint is continued; a run
         killed before its first starts again)."""
-        from gerbil.train.config import TrainConfig
-
         opts = dict(spec.options)
         opts.update(name=spec.name, runs=str(self.sdir.runs.resolve()), data=self.stores[spec.name],
                     device=self.opt.device, progress=self.opt.progress, log=self.opt.log)
@@ -320,7 +322,7 @@ class Worker:
         run = self.sdir.run_dir(spec.name)
         missing = evals_missing(self.sdir, spec, self.suite.eval_tasks, self.suite.eval_limit)
         if missing:
-            from gerbil.eval.evaluate import evaluate
+            from gerbil.eval.evaluate import evaluate  # lazy: torch
 
             self.event("evaluate", spec.name, tasks=missing, limit=self.suite.eval_limit)
             device = None if self.opt.device == "auto" else self.opt.device
@@ -385,8 +387,6 @@ def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[s
     """Registry records of the suite's runs that have a checkpoint, in the suite's order, and the
     table marks: a cascade branch shows the class it stands for, marked ‡ (its trunk is the largest
     class's own model, with its own cooldown: no mark)."""
-    from gerbil.runs.registry import read_run
-
     records, marks = [], {}
     for spec in suite.runs:
         run = sdir.run_dir(spec.name)
@@ -402,8 +402,6 @@ def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[s
 
 
 def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
-    from gerbil.eval.table import render
-
     records, marks = suite_records(sdir, suite)
     md = sdir.path / TABLE_MD
     csv = sdir.path / TABLE_CSV
@@ -415,8 +413,6 @@ def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
 def cascade_report(sdir: SuiteDir, suite: Suite) -> list[dict]:
     """For each cascade: tokens and training seconds its runs took (result.json) against independent runs
     of every class — tokens: every class budget; seconds: those tokens at the trunk's measured rate."""
-    from gerbil.suite.planning import cascade_savings
-
     out = []
     for c in cascade_savings(suite):
         members = [r for r in suite.runs if r.cascade == c.trunk]

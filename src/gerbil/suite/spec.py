@@ -93,7 +93,8 @@ def build_suite(raw: dict, source: str = "<suite>", default_name: str = "suite",
             raise fail(where, f"{key}: expected a string, got {top[key]!r}")
     check_corpus(where, top.get("corpus"))
     scale = top.get("budget_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale <= 1) or not math.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale <= 1) \
+            or not math.isfinite(scale):
         raise fail(where, f"budget_scale: expected a number in (0, 1], got {scale!r}")
     models = _models(where, top.get("models"))
     tasks, limit = _eval(where, top.get("eval", {}))

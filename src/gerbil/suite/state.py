@@ -36,6 +36,7 @@ from gerbil.fsutil import atomic_write_json, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.runs.rundir import RunDir, read_meta, verify_checkpoint
 from gerbil.suite.records import RunSpec, Suite
+from gerbil.units import fmt_duration, fmt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +316,6 @@ def _parent_blocks(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState
 
 def format_states(states: dict[str, RunState]) -> str:
     """One line per run (what `gerbil suite status` prints)."""
-    from gerbil.units import fmt_duration, fmt_tokens
-
     rows = []
     for s in states.values():
         where = s.worker or s.detail or (s.reason or "")

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gerbil.errors import GerbilError
 from gerbil.fsutil import disk_error, fsync_dir, fsync_file, sha256_file
+from gerbil.model.config import ModelConfig
 from gerbil.runs.rundir import (checkpoint_name, list_checkpoints, meta_file, payload_files, read_meta, set_latest,
                                 state_file, temporary_checkpoint, weights_file)
 
@@ -46,8 +49,7 @@ FORMAT_VERSION = 1
 # ------------------------------------------------------------------------------------ RNG states
 def rng_state() -> dict:
     """Every RNG a run may touch: torch CPU, each CUDA device, numpy's and Python's global ones."""
-    import numpy as np
-    import torch
+    import torch  # lazy: torch
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -61,8 +63,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
+    import torch  # lazy: torch
 
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -86,7 +87,7 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
     A full disk or another write error is a one-line GerbilError; the half-written temporary directory
     is removed and the previous checkpoint (and `latest`) stay as they were.
     """
-    import torch
+    import torch  # lazy: torch
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -215,13 +216,14 @@ class CheckpointClock:
 # ------------------------------------------------------------------------------------ reading
 def load_train_state(path: str | Path, map_location: str = "cpu") -> dict:
     """state.pt of a checkpoint directory (optimizer, scaler, step, tokens, RNG, loader cursor)."""
-    import torch
+    import torch  # lazy: torch
 
     return torch.load(state_file(path), map_location=map_location, weights_only=True)
 
 
 def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
     """Load a checkpoint's safetensors weights into `model` (strict: same names and shapes)."""
+    # lazy: transformers / safetensors: seconds to import, only when a model is converted
     from safetensors.torch import load_file
 
     module = getattr(model, "_orig_mod", model)
@@ -230,8 +232,7 @@ def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
 
 def load_checkpoint(ckpt: str | Path, device: str = "cpu"):
     """(GPT, meta) from one checkpoint directory; `meta["path"]` is the directory."""
-    from gerbil.model.config import ModelConfig
-    from gerbil.model.model import GPT
+    from gerbil.model.model import GPT  # lazy: torch (this module is torch-free until a checkpoint is touched)
 
     meta = read_meta(ckpt)
     model = GPT(ModelConfig.from_dict(meta["model"]))

@@ -40,7 +40,7 @@ def _parse_model(text: str) -> dict:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep:
-            raise ValueError(f"model: expected KEY=VALUE pairs, got {part!r}")
+            raise OptionError(f"model: expected KEY=VALUE pairs, got {part!r}")
         try:
             out[key.strip()] = int(value)
         except ValueError:

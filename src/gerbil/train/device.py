@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 
 from gerbil import plan as planlib
-from gerbil.errors import GerbilError
+from gerbil.errors import GerbilError, OptionError
 from gerbil.model.config import ModelConfig
+from gerbil.model.loss import lm_loss
+from gerbil.model.model import GPT
 
 
 def pick_device(name: str | torch.device | None) -> torch.device:
@@ -23,7 +25,7 @@ def pick_device(name: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
+        raise OptionError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps or auto)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
@@ -35,7 +37,7 @@ def pick_device(name: str | torch.device | None) -> torch.device:
         if not torch.backends.mps.is_available():
             raise GerbilError(f"device {str(name)!r} requested but MPS is not available; use --device cpu")
     elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {str(name)!r} (cpu, cuda, cuda:N, mps or auto)")
+        raise OptionError(f"unsupported device {str(name)!r} (cpu, cuda, cuda:N, mps or auto)")
     return dev
 
 
@@ -47,7 +49,7 @@ def choose_precision(device: torch.device, requested: str = "auto") -> tuple[str
     GradScaler) run when asked: slow, but the same code paths as on a GPU — what the tests emulate.
     """
     if requested not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {requested!r} (auto, fp32, bf16, fp16)")
+        raise OptionError(f"unknown precision {requested!r} (auto, fp32, bf16, fp16)")
     if requested == "auto":
         if device.type != "cuda":
             requested = "fp32"
@@ -104,8 +106,6 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
         top *= 2
     if device.type != "cuda":
         return max(1, min(top, 8192 // seq_len))
-    from gerbil.model.loss import lm_loss
-    from gerbil.model.model import GPT
 
     model = GPT(model_cfg).to(device)
     run = torch.compile(model) if compile else model

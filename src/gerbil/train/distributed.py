@@ -17,8 +17,10 @@ loop has one code path.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -126,12 +128,9 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise GerbilError("torchrun is not available (it comes with PyTorch)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "gerbil", *argv]
-    import subprocess
 
     return subprocess.call(cmd)
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None

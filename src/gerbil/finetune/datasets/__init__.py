@@ -7,9 +7,9 @@
 * :func:`fuzzy_pairs` / :func:`write_fuzzy_splits` — free-form dates → ISO dates, answered by
   ``dateutil.parser.parse`` (a "fuzzy wrapper": the model learns to imitate a real function).
 
-The package: `spam` (SpamAssassin), `boolq`, `fuzzy` (the dates). Converted files are cached under ``$GERBIL_HOME/finetune/`` and appear under their final name only
-when complete (temporary file + rename), like every other asset (``gerbil.assets``). Sources, licences,
-hashes and counts: ``docs/finetune-data.md``.
+The package: `spam` (SpamAssassin), `boolq`, `fuzzy` (the dates). Converted files are cached under
+``$GERBIL_HOME/finetune/`` and appear under their final name only when complete (temporary file + rename),
+like every other asset (``gerbil.assets``). Sources, licences, hashes and counts: ``docs/finetune-data.md``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from gerbil.finetune.datasets.spam import (SPAM_EMPTY, SPAM_FILE, SPAM_GROUPS, S
                                            SPAM_SHA256, SPAM_TARBALL, SPAM_VERSION, html_to_text, mail_body,
                                            spam_assassin, spam_tarball)
 
-__all__ = ["BOOLQ_ITEMS", "BOOLQ_NO", "BOOLQ_YES", "DATE_DEFAULT", "DATE_FUNCTION", "DATE_MAX", "DATE_MIN", "SPAM_EMPTY",
-           "SPAM_FILE", "SPAM_GROUPS", "SPAM_INTEGRITY", "SPAM_PACKAGE", "SPAM_SHA256", "SPAM_TARBALL", "SPAM_VERSION",
+__all__ = ["BOOLQ_ITEMS", "BOOLQ_NO", "BOOLQ_YES", "DATE_DEFAULT", "DATE_FUNCTION", "DATE_MAX", "DATE_MIN",
+           "SPAM_EMPTY", "SPAM_FILE", "SPAM_GROUPS", "SPAM_INTEGRITY", "SPAM_PACKAGE", "SPAM_SHA256", "SPAM_TARBALL", "SPAM_VERSION",
            "TWO_DIGIT_YEARS", "boolq", "boolq_text", "date_answer", "fuzzy", "fuzzy_pairs", "html_to_text",
            "mail_body", "spam", "spam_assassin", "spam_tarball", "write_fuzzy_splits"]

@@ -158,8 +158,8 @@ def write_fuzzy_splits(out_dir: str | Path, n: int = 20_000, seed: int = 0,
     paths = {k: out / f"{k}.jsonl" for k in names}
     for k in names:
         atomic_write_lines(paths[k], splits[k])
-    meta = {"function": DATE_FUNCTION, "dateutil": require("dateutil", "the fuzzy-wrapper dataset",
-                                                           "python-dateutil").__version__, "default": DATE_DEFAULT.isoformat(),
+    dateutil = require("dateutil", "the fuzzy-wrapper dataset", "python-dateutil")
+    meta = {"function": DATE_FUNCTION, "dateutil": dateutil.__version__, "default": DATE_DEFAULT.isoformat(),
             "seed": seed, "n": n, "rejected_inputs": dropped, "fractions": list(fractions),
             "pairs": {k: len(v) for k, v in splits.items()}}
     paths["meta"] = out / "meta.json"
