@@ -131,9 +131,6 @@ class RunDir:
         return base / eval_file_name(task, partial)
 
     # ------------------------------------------------------------------------------ config, env
-    def is_run(self) -> bool:
-        return kind(self.path) == "run"
-
     def read_config(self) -> dict:
         """config.yaml as a dict ({} when absent); a damaged file is a one-line GerbilError."""
         if not self.config.is_file():

@@ -17,7 +17,8 @@ from gerbil.options import Options, add_arguments, config_from_args, opt, sectio
 from gerbil.suite.planning import format_suite_plan, plan_suite
 from gerbil.suite.plot import plot_suite
 from gerbil.suite.publish import export_suite
-from gerbil.suite.runner import RunOptions, run_suite, suite_records
+from gerbil.suite.results import suite_records
+from gerbil.suite.runner import RunOptions, run_suite
 from gerbil.suite.spec import load_suite, shipped_suites
 from gerbil.suite.state import SuiteDir, format_states, run_states
 from gerbil.train.loggers import check_spec

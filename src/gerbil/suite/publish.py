@@ -26,7 +26,7 @@ from gerbil.export import export
 from gerbil.fsutil import atomic_write_text, mkdir
 from gerbil.runs.registry import read_run
 from gerbil.suite.records import RunSpec, Suite
-from gerbil.suite.runner import suite_records
+from gerbil.suite.results import suite_records
 from gerbil.suite.state import README, TABLE_CSV, TABLE_MD, SuiteDir, is_trained
 
 log = logging.getLogger(__name__)

@@ -32,16 +32,14 @@ from typing import Any
 
 from gerbil.data.builtin import CORPORA, builtin_store
 from gerbil.errors import GerbilError
-from gerbil.eval.table import render
-from gerbil.fsutil import atomic_write_json, atomic_write_text, mkdir
+from gerbil.fsutil import atomic_write_json, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.options import Options, opt, refuse_changes, section
-from gerbil.runs.registry import read_run
 from gerbil.runs.rundir import RunDir
-from gerbil.suite.planning import cascade_savings
 from gerbil.suite.records import RunSpec, Suite
-from gerbil.suite.state import (TABLE_CSV, TABLE_MD, TERMINAL, SuiteDir, branch_checkpoint, default_worker_id,
-                                evals_missing, is_trained, now, parent_ready, run_states)
+from gerbil.suite.results import cascade_report, write_tables
+from gerbil.suite.state import (TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
+                                now, parent_ready, run_states)
 from gerbil.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -381,50 +379,3 @@ def finish(sdir: SuiteDir, suite: Suite) -> SuiteOutcome:
     if cascades:
         atomic_write_json(sdir.path / "cascade.json", cascades, indent=1)
     return SuiteOutcome({n: s.status for n, s in states.items()}, md, csv, cascades)
-
-
-def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[str, str]]]:
-    """Registry records of the suite's runs that have a checkpoint, in the suite's order, and the
-    table marks: a cascade branch shows the class it stands for, marked ‡ (its trunk is the largest
-    class's own model, with its own cooldown: no mark)."""
-    records, marks = [], {}
-    for spec in suite.runs:
-        run = sdir.run_dir(spec.name)
-        if not run.path.is_dir() or run.latest_checkpoint(check_hash=False) is None:
-            continue
-        r = read_run(run.path)
-        if spec.role == "branch":
-            r.cls = spec.cls_label  # a branch stands for its class (its checkpoints say "A*": continued)
-            marks[spec.name] = ("‡", f"cascade branch: cooled down from the constant-LR trunk {spec.parent} at "
-                                     f"{spec.start:,} tokens (docs/suites.md)")
-        records.append(r)
-    return records, marks
-
-
-def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
-    records, marks = suite_records(sdir, suite)
-    md = sdir.path / TABLE_MD
-    csv = sdir.path / TABLE_CSV
-    atomic_write_text(md, f"# suite {suite.name}\n\n" + render(records, "md", reference=True, marks=marks))
-    atomic_write_text(csv, render(records, "csv", reference=True, marks=marks))
-    return md, csv
-
-
-def cascade_report(sdir: SuiteDir, suite: Suite) -> list[dict]:
-    """For each cascade: tokens and training seconds its runs took (result.json) against independent runs
-    of every class — tokens: every class budget; seconds: those tokens at the trunk's measured rate."""
-    out = []
-    for c in cascade_savings(suite):
-        members = [r for r in suite.runs if r.cascade == c.trunk]
-        results = {r.name: sdir.run_dir(r.name).read_result() for r in members}
-        done = all(results.values())
-        trunk = results.get(c.trunk) or {}
-        seconds = sum(float((results[r.name] or {}).get("seconds") or 0) for r in members)
-        rate = float(trunk.get("tokens_per_second") or 0)
-        d = c.to_dict()
-        d.update(complete=done, seconds=seconds if done else None, trunk_tokens_per_second=rate or None,
-                 independent_seconds_estimate=(c.independent_tokens / rate) if rate else None)
-        if done and rate:
-            d["seconds_ratio"] = seconds / (c.independent_tokens / rate)
-        out.append(d)
-    return out
