@@ -45,7 +45,6 @@ end and stored in the token store's meta.json):
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import fnmatch
 import json
 import logging
@@ -56,8 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gerbil.data.text import (BLOCK, MAX_PIECE_CHARS, PieceBuffer, decode_utf8, fix_surrogates, is_jsonl, is_lossy,
-                              open_binary, split_text)
+from gerbil.data.text import (BLOCK, MAX_PIECE_CHARS, PieceBuffer, Tally, decode_utf8, fix_surrogates, is_jsonl,
+                              is_lossy, open_binary, split_text)
 from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
@@ -69,8 +68,10 @@ DEFAULT_INCLUDE = ("*.jsonl", "*.jsonl.zst", "*.jsonl.zstd", "*.jsonl.gz", "*.nd
 
 
 @dataclass
-class BadInputCounts:
+class BadInputCounts(Tally):
     """How many records of each bad kind were skipped or repaired (see the module docstring)."""
+
+    INFORMATIONAL = ("split_documents",)
 
     invalid_json: int = 0
     missing_field: int = 0
@@ -81,23 +82,9 @@ class BadInputCounts:
     binary_files: int = 0
     split_documents: int = 0  # informational: documents longer than one piece
 
-    @property
-    def total(self) -> int:
-        """Number of bad records (``split_documents`` excluded: long documents are not bad)."""
-        return sum(v for k, v in self.as_dict().items() if k != "split_documents")
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def add(self, other: BadInputCounts) -> None:
-        """Accumulate ``other`` into ``self`` (e.g. counts from several corpora)."""
-        for k, v in other.as_dict().items():
-            setattr(self, k, getattr(self, k) + v)
-
     def summary(self) -> str:
         """One line, e.g. ``"bad input: 3 invalid_json, 1 empty"`` or ``"bad input: none"``."""
-        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v and k != "split_documents"]
-        line = "bad input: " + (", ".join(parts) if parts else "none")
+        line = super().summary()
         if self.split_documents:
             line += f" ({self.split_documents} long documents tokenized in pieces)"
         return line
@@ -438,22 +425,6 @@ class Corpus:
             n += end
             yield piece, end
         return n
-
-
-class _Sentinel:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-_MISSING = _Sentinel("MISSING")
-_NOT_OBJECT = _Sentinel("NOT_OBJECT")
-
-
-#: A line break followed by one or more blank (whitespace-only) lines: a paragraph separator.
-_BLANK_RUN = re.compile(r"\n(?:[^\S\n]*\n)+")
 
 
 class _Sentinel:

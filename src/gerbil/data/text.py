@@ -3,11 +3,12 @@ streamed line by line (.zst, .gz), and long texts cut into pieces at points that
 pre-tokens unchanged (`split_text`; why those points: `gerbil.data.corpus`). Used by `gerbil.data.corpus`."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 #: Largest piece handed to the tokenizer in one call (characters). ~250k GPT-2 tokens of English.
 MAX_PIECE_CHARS = 1 << 20
@@ -16,6 +17,34 @@ BLOCK = 1 << 20
 #: The UTF-8 encoding of U+FFFD: a file may contain the replacement character legitimately, so a
 #: decode is "lossy" only when it produced more U+FFFD than the raw bytes spelled out.
 _FFFD_BYTES = "\ufffd".encode()
+
+
+@dataclasses.dataclass
+class Tally:
+    """Counts of input records by the reason they were skipped or repaired — a reader's bad-input
+    accounting (`gerbil.data.corpus.BadInputCounts`, `gerbil.finetune.rows.BadRows`): each subclass's
+    fields are its reasons; `WHAT` names them in `summary`; `INFORMATIONAL` fields are not bad records."""
+
+    WHAT: ClassVar[str] = "bad input"
+    INFORMATIONAL: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def total(self) -> int:
+        """Number of bad records (the informational counts excluded)."""
+        return sum(v for k, v in self.as_dict().items() if k not in self.INFORMATIONAL)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def add(self, other: "Tally") -> None:
+        """Accumulate ``other`` into ``self`` (e.g. the counts of several files)."""
+        for k, v in other.as_dict().items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def summary(self) -> str:
+        """One line, e.g. ``"bad input: 3 invalid_json, 1 empty"`` or ``"bad input: none"``."""
+        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v and k not in self.INFORMATIONAL]
+        return f"{self.WHAT}: " + (", ".join(parts) if parts else "none")
 
 
 # ------------------------------------------------------------------------------------------ decoding

@@ -5,7 +5,6 @@ field. What makes a row bad, and the formats, are documented in `gerbil.finetune
 from __future__ import annotations
 
 import csv
-import dataclasses
 import gzip
 import io
 import itertools
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gerbil.data.text import Tally
 from gerbil.errors import GerbilError
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,10 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 
 
 @dataclass
-class BadRows:
+class BadRows(Tally):
     """How many rows of each bad kind were skipped (see `gerbil.finetune.data`'s docstring)."""
+
+    WHAT = "bad rows"
 
     invalid_json: int = 0
     invalid_csv: int = 0
@@ -36,19 +38,6 @@ class BadRows:
     bad_label: int = 0
     mixed_labels: int = 0
     unknown_label: int = 0
-
-    @property
-    def total(self) -> int:
-        """Number of skipped rows."""
-        return sum(self.as_dict().values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        """One line, e.g. ``"bad rows: 3 invalid_json, 1 empty"`` or ``"bad rows: none"``."""
-        parts = [f"{v} {k}" for k, v in self.as_dict().items() if v]
-        return "bad rows: " + (", ".join(parts) if parts else "none")
 
 
 def has_surrogates(s: str) -> bool:
