@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError, OptionError
-from gerbil.model.config import ModelConfig, get_size
+from gerbil.model.config import ModelConfig, arch_model_config
 from gerbil.runs.rundir import RunDir, meta_file, read_meta, resolve_source
 from gerbil.units import DEFAULT_SEQ_LEN, fmt_batch
 
@@ -97,8 +97,8 @@ def inherit(parent: ParentPoint, where: str, *, size: str | None = None, model: 
     """The settings a continuation takes from `parent` — ``model`` (dict), ``size``, ``seq_len``, ``seed`` —
     after refusing a given one that differs (a size or model of another shape, another seq_len, seed or
     objective), one line starting with `where` ("--from", a suite run's place)."""
-    mine = model if model is not None else (get_size(size).model_config() if size is not None else None)
-    theirs = parent.model_config()
+    theirs = parent.model_config()  # a size names a preset of the parent's architecture (GPT-J ladder, T5)
+    mine = model if model is not None else (arch_model_config(theirs.arch, size) if size is not None else None)
     if mine is not None and mine.shape != theirs.shape:
         what = ("--size " if where.startswith("--") else "size ") + str(size) if model is None else "the given model"
         raise OptionError(f"{where}: {what} is not the parent's model ({parent.size}: d_model {theirs.d_model}, "
