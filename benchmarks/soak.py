@@ -186,70 +186,280 @@ def prepare_episodes(n: int, rng: random.Random, root: Path) -> tuple[int, int]:
     return kills, bad
 
 
-def full_disk(root: Path) -> str:
-    """A full disk during a checkpoint: one line, previous checkpoint kept, resumable."""
+# ------------------------------------------------------------------------------------ a full disk
+def _mount_tmpfs(mnt: Path, size: str) -> bool:
+    mnt.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                          capture_output=True).returncode == 0
+
+
+class _FillAtStateWrite:
+    """Fills the disk right after the `at`-th checkpoint's weights are written, leaving `leave` bytes:
+    the optimizer state's write (state.pt) runs out of space half-way. On a tmpfs the filler is a real
+    file; without one (not root) the state file's writes raise ENOSPC past `leave` bytes (the OSError
+    Python's write raises, under torch's own writer)."""
+
+    def __init__(self, mnt: Path, leave: int, at: int, real_disk: bool):
+        import safetensors.torch as st
+
+        from gerbil.train import checkpoint as C
+
+        self.mnt, self.leave, self.at, self.real_disk = mnt, leave, at, real_disk
+        self.C, self.st, self.real_save, self.calls, self.filled = C, st, st.save_file, 0, False
+
+    def __enter__(self) -> "_FillAtStateWrite":
+        def save_file(*a, **k):
+            self.real_save(*a, **k)
+            self.calls += 1
+            if self.calls == self.at:
+                self.fill()
+
+        self.st.save_file = save_file
+        return self
+
+    def fill(self) -> None:
+        self.filled = True
+        if self.real_disk:
+            free = shutil.disk_usage(self.mnt).free
+            with open(self.mnt / "filler", "wb") as f:
+                f.write(b"\0" * max(0, free - self.leave))
+            return
+        import builtins
+        import errno
+
+        leave = self.leave
+
+        class Quota:
+            def __init__(self, f):
+                self.f, self.n = f, 0
+
+            def write(self, b):
+                self.n += len(b)
+                if self.n > leave:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return self.f.write(b)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+        self.C.open = lambda path, mode="r", *a, **k: (Quota(builtins.open(path, mode, *a, **k))
+                                                        if str(path).endswith("state.pt") else
+                                                        builtins.open(path, mode, *a, **k))
+
+    def __exit__(self, *exc) -> None:
+        self.st.save_file = self.real_save
+        self.C.__dict__.pop("open", None)
+        (self.mnt / "filler").unlink(missing_ok=True)
+
+
+def _state_bytes(run_dir: Path) -> int:
+    from gerbil.runs.rundir import RunDir
+
+    return (RunDir(run_dir).latest_checkpoint() / "state.pt").stat().st_size
+
+
+def _disk_outcome(run_dir: Path, msg: str) -> tuple[bool, str]:
+    from gerbil.runs.rundir import RunDir
+
+    run = RunDir(run_dir)
+    kept = [c.name for c in run.list_checkpoints()]
+    temps = [p.name for p in run.checkpoints.iterdir() if p.name.startswith(".tmp")]
+    ok = "no space left" in msg and "\n" not in msg and bool(kept) and not temps and run.latest_checkpoint() is not None
+    return ok, f"one-line error {msg!r}; checkpoints kept {kept}; temporaries left {temps}"
+
+
+def full_disk(root: Path) -> list[str]:
+    """A full disk during a checkpoint — while the weights are written (a 1.2 MB tmpfs fills up) and
+    half-way through the optimizer state (state.pt) of `gerbil train` and of a suite: one line, the
+    previous checkpoint kept, no temporaries; once space is back the run resumes to the same weights (the
+    suite: the same command, the run not recorded failed)."""
     from helpers import make_store, tiny_config
 
     from gerbil.errors import GerbilError
     from gerbil.train import train
-    from gerbil.runs.rundir import RunDir
 
     store = make_store(root / "disk-store")
+    lines = []
     mnt = root / "tmpfs"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
-                             capture_output=True).returncode == 0
+    real = _mount_tmpfs(mnt, "1200k")
     cfg = tiny_config(store, mnt, tokens=128 * 12, checkpoint_every=128 * 3, keep_checkpoints=0)
+    how = "a 1.2 MB tmpfs" if real else "no tmpfs (not root): skipped"
     try:
-        if mounted:
-            how = "a 1.2 MB tmpfs"
+        if real:
             try:
                 train(cfg)
-                return f"full disk ({how}): NOT reached — the run fit"
+                lines.append(f"full disk ({how}) during the weights: NOT reached — the run fit")
             except GerbilError as e:
-                msg = str(e)
-        else:
-            import errno
-
-            import torch
-
-            how = "quota emulation (torch.save raises ENOSPC past 600 kB written)"
-            real, written = torch.save, [0]
-
-            def quota(obj, f, *a, **k):
-                real(obj, f, *a, **k)
-                written[0] += Path(f).stat().st_size
-                if written[0] > 600_000:
-                    Path(f).unlink()
-                    raise OSError(errno.ENOSPC, "No space left on device")
-
-            torch.save = quota
-            try:
-                train(cfg)
-                return f"full disk ({how}): NOT reached"
-            except GerbilError as e:
-                msg = str(e)
-            finally:
-                torch.save = real
-        run = RunDir(mnt / "tiny")
-        kept = [c.name for c in run.list_checkpoints()]
-        temps = [p.name for p in run.checkpoints.iterdir() if p.name.startswith(".tmp")]
-        ok = "no space left" in msg and "\n" not in msg and kept and not temps and run.latest_checkpoint()
-        result = (f"full disk ({how}): one-line error {msg!r}; checkpoints kept {kept}; temporaries left "
-                  f"{temps}; {'ok' if ok else 'FAILED'}")
-        return result
+                ok, text = _disk_outcome(mnt / "tiny", str(e))
+                lines.append(f"full disk ({how}): {text}; {'ok' if ok else 'FAILED'}")
     finally:
-        if mounted:
+        if real:
             subprocess.run(["umount", str(mnt)], capture_output=True)
+    ref = train(tiny_config(store, root / "disk-ref", tokens=128 * 12, checkpoint_every=128 * 3))
+    leave = _state_bytes(ref.run_dir) // 2
+    mnt = root / "tmpfs2"
+    real = _mount_tmpfs(mnt, "16m")
+    how = "a 16 MB tmpfs filled" if real else "ENOSPC emulated"
+    try:
+        cfg = tiny_config(store, mnt, tokens=128 * 12, checkpoint_every=128 * 3)
+        with _FillAtStateWrite(mnt, leave, at=2, real_disk=real):
+            try:
+                train(cfg)
+                msg = "NOT reached"
+            except GerbilError as e:
+                msg = str(e)
+        ok, text = _disk_outcome(mnt / "tiny", msg)
+        train(tiny_config(store, mnt, tokens=128 * 12, checkpoint_every=128 * 3, resume=True))
+        same = _fingerprint(mnt / "tiny") == _fingerprint(ref.run_dir)
+        ok = ok and same
+        lines.append(f"full disk during the optimizer state ({how}, {leave:,} of {2 * leave:,} bytes fit): {text}; "
+                     f"resumed: {'bitwise identical' if same else 'DIFFERENT'}; {'ok' if ok else 'FAILED'}")
+        lines.append(_suite_full_disk(root, store, mnt, leave, real))
+    finally:
+        if real:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+    return lines
+
+
+# ------------------------------------------------------------------------------------ suites
+def _suite_file(root: Path, store: Path) -> Path:
+    """A two-run suite of the tiny model on the test store: `a` (12 steps), its star continuation `b` (+4)."""
+    import yaml
+    from helpers import TEST_SHA, TINY
+
+    d = {"name": "soak", "data": str(store), "models": {"t": {**TINY, "n_head": 2, "vocab_size": 1024, "seq_len": 64}},
+         "seq_len": 32, "batch_tokens": 128, "micro_batch": 2, "lr": 3e-3, "checkpoint_every": 384,
+         "eval_every": 100000, "val_tokens": 256, "tokenizer_sha256": TEST_SHA, "eval": {"tasks": []},
+         "runs": [{"name": "a", "size": "t", "tokens": 128 * 12}, {"name": "b", "parent": "a", "tokens": 128 * 16}]}
+    path = root / "soak-suite.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def _suite_weights(out: Path) -> dict:
+    from gerbil.suite.state import SuiteDir
+
+    sdir = SuiteDir(out)
+    return {n: _fingerprint(sdir.run_dir(n).path) for n in ("a", "b")}
+
+
+def _suite_ref(root: Path, store: Path) -> dict:
+    from gerbil.suite.runner import RunOptions, run_suite
+    from gerbil.suite.spec import load_suite
+
+    ref = root / "suite-ref"
+    if not ref.is_dir():
+        assert run_suite(load_suite(_suite_file(root, store)), ref, RunOptions(device="cpu", poll=0.1)).ok
+    return _suite_weights(ref)
+
+
+def _suite_full_disk(root: Path, store: Path, mnt: Path, leave: int, real: bool) -> str:
+    """`gerbil suite run` with the disk full half-way through a state.pt: the worker stops (the run stays
+    `running`, not `failed`), and the same command, once space is back, finishes every run."""
+    from gerbil.suite.runner import RunOptions, SuiteStopped, run_suite
+    from gerbil.suite.spec import load_suite
+    from gerbil.suite.state import SuiteDir
+
+    want = _suite_ref(root, store)
+    suite, out = load_suite(_suite_file(root, store)), mnt / "suite"
+    with _FillAtStateWrite(mnt, leave, at=2, real_disk=real):
+        try:
+            run_suite(suite, out, RunOptions(device="cpu", poll=0.1))
+            msg = "NOT reached"
+        except SuiteStopped as e:
+            msg = str(e)
+    status = (SuiteDir(out).record("a") or {}).get("status")
+    outcome = run_suite(suite, out, RunOptions(device="cpu", poll=0.1))
+    same = outcome.ok and _suite_weights(out) == want
+    ok = "no space left" in msg and "\n" not in msg and status == "running" and same
+    return (f"suite, full disk during the optimizer state: {msg!r}; run recorded {status!r}; the same command "
+            f"again: {', '.join(f'{k} {v}' for k, v in outcome.statuses.items())}, "
+            f"{'bitwise identical' if same else 'DIFFERENT'}; {'ok' if ok else 'FAILED'}")
+
+
+SUITE_DRIVER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    import torch
+    torch.set_num_threads(1)
+    import gerbil.train.loop as T
+    from gerbil.suite.runner import RunOptions, run_suite
+    from gerbil.suite.spec import load_suite
+    suite_file, out, mode, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if mode == "kill":  # a crash at the k-th training step of the suite
+        calls, real = [0], T.train_step
+        def step(*a, **kw):
+            calls[0] += 1
+            if calls[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **kw)
+        T.train_step = step
+    else:  # requeued: the dead worker's claim and run lock name a process that is alive now
+        for path in json.loads(sys.argv[5]):
+            info = json.load(open(path))
+            if mode == "own-pid":  # the requeued worker got the dead one's pid (a container's pid 1 again)
+                info["pid"] = os.getpid()
+            elif mode == "pid-1":  # pid wrap-around: the pid is now another live process's
+                info["pid"] = 1
+            else:  # "no-identity": an older gerbil's lock (or no /proc): pid alive, only the heartbeat says
+                info = {"pid": 1, "host": info["host"], "since": info["since"]}
+            json.dump(info, open(path, "w"))
+            old = time.time() - 300  # its last heartbeat: when it died
+            os.utime(path, (old, old))
+    outcome = run_suite(load_suite(suite_file), out, RunOptions(device="cpu", poll=0.1))
+    print(json.dumps(outcome.statuses))
+""")
+
+
+def requeue_episodes(n: int, rng: random.Random, root: Path) -> tuple[int, int, int]:
+    """A suite worker killed -9 at a random training step, then requeued where its claim and run lock name
+    a live pid: its own (a container restarted: pid 1 again), pid 1 (pid wrap-around), or a live pid with
+    no identity and a stale heartbeat (an older lock file). The requeued worker must take both over at
+    once, finish every run, and end bitwise identical to an uninterrupted suite. Returns (episodes,
+    finished, identical)."""
+    from helpers import make_store
+
+    store = make_store(root / "suite-store")
+    want, suite_file = _suite_ref(root, store), _suite_file(root, store)
+    done = identical = 0
+    for i in range(n):
+        out, mode, k = root / f"requeue{i}", ("own-pid", "pid-1", "no-identity")[i % 3], rng.randint(1, 16)
+        p = subprocess.run([sys.executable, "-c", SUITE_DRIVER, str(suite_file), str(out), "kill", str(k)], env=_env(),
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != -signal.SIGKILL:
+            raise RuntimeError(f"requeue episode {i}: the kill at step {k} did not happen: {p.stderr[-1500:]}")
+        locks = [str(q) for q in [*(out / "claims").glob("*.lock"), *(out / "runs").glob("*/.lock")]]
+        t0 = time.time()
+        try:
+            p = subprocess.run([sys.executable, "-c", SUITE_DRIVER, str(suite_file), str(out), mode, "0",
+                                json.dumps(locks)], env=_env(), capture_output=True, text=True, timeout=240)
+            statuses = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
+        except subprocess.TimeoutExpired:
+            statuses = {"requeued worker": "HUNG (waited 240 s on a dead holder)"}
+        finished = statuses == {"a": "done", "b": "done"}
+        same = finished and _suite_weights(out) == want
+        done += finished
+        identical += same
+        print(f"requeue episode {i}: killed at step {k}, {len(locks)} locks left, requeued ({mode}): "
+              f"{statuses or p.stderr[-500:]} in {time.time() - t0:.0f} s, "
+              f"{'bitwise identical' if same else 'DIFFERENT'}", flush=True)
+    return n, done, identical
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20, help="training episodes with a kill -9 (default 20)")
     ap.add_argument("--prepare-kills", type=int, default=5, help="prepare episodes (default 5)")
+    ap.add_argument("--requeues", type=int, default=3,
+                    help="suite episodes: a worker killed -9, requeued where its locks name a live pid (default 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="work folder (default: a temporary one, removed)")
-    ap.add_argument("--no-disk", action="store_true", help="skip the full-disk check")
+    ap.add_argument("--no-disk", action="store_true", help="skip the full-disk checks")
     ap.add_argument("--no-prepare", action="store_true", help="skip the prepare episodes")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -265,10 +475,20 @@ def main() -> int:
         if not args.no_prepare:
             pk, pbad = prepare_episodes(args.prepare_kills, rng, root)
             lines.append(f"prepare: {pk} kills during --overwrite, {pbad} stores damaged or different")
+        rn = rdone = rsame = 0
+        if args.requeues:
+            t1 = time.time()
+            rn, rdone, rsame = requeue_episodes(args.requeues, rng, root)
+            lines.append(f"suite: {rn} workers killed and requeued with a reused pid, {rdone} finished, {rsame} "
+                         f"bitwise identical ({time.time() - t1:.0f} s)")
+        disk_ok = True
         if not args.no_disk:
-            lines.append(full_disk(root))
+            disk = full_disk(root)
+            disk_ok = not any("FAILED" in d or "NOT reached" in d for d in disk)
+            lines += disk
         print("\n".join(lines))
-        return 0 if lost == 0 and identical == args.kills and pbad == 0 else 1
+        ok = lost == 0 and identical == args.kills and pbad == 0 and rsame == rn and disk_ok
+        return 0 if ok else 1
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ import sys
 
 from gerbil.errors import GerbilError
 from gerbil.model.config import size_names
-from gerbil.options import add_arguments, config_from_args, setup_logging
+from gerbil.options import add_arguments, check_range, config_from_args, setup_logging
 from gerbil.plan_command import add_plan_parser
 from gerbil.train.config import TrainConfig
 
@@ -160,6 +160,7 @@ def _relaunch(args: argparse.Namespace) -> int | None:
     machine, without --nproc; None when there is nothing to relaunch."""
     import os
 
+    check_range("--nproc", args.nproc, "positive")
     if not args.nproc or args.nproc <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
     from gerbil.train.distributed import launch
@@ -288,6 +289,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gerbil.eval.tasks import TASKS
     from gerbil.train.distributed import from_env
 
+    check_range("--batch-size", args.batch_size, "positive")
     if (rc := _relaunch(args)) is not None:
         return rc
     if args.all_checkpoints:

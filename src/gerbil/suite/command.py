@@ -123,6 +123,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from gerbil.suite.planning import cascade_line
     from gerbil.suite.runner import run_suite
     from gerbil.units import fmt_duration
 
@@ -147,9 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name in out.blocked:
         print(f"  blocked: {name}")
     for c in out.cascades:
-        line = (f"cascade {c['trunk']}: {c['tokens']:,} tokens vs {c['independent_tokens']:,} for independent runs "
-                f"({c['ratio']:.3f}x; {c['nominal_per_param']:g} vs {c['nominal_independent_per_param']:g} tokens per "
-                f"parameter)")
+        line = cascade_line(c, suite.budget_scale)
         if c.get("seconds_ratio") is not None:
             line += (f"; training time {fmt_duration(c['seconds'])} vs ~{fmt_duration(c['independent_seconds_estimate'])}"
                      f" ({c['seconds_ratio']:.2f}x, independent runs at the trunk's measured rate)")

@@ -695,6 +695,7 @@ class _Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.total, self.done, self.name = total, initial, name
         self.t0, self.t_log, self.start = time.perf_counter(), 0.0, initial
+        self.train_s = 0.0  # this session's training time: tok/s is training only, as in the summary and tok_s
         self.bar = None
         if self.enabled:
             from tqdm.auto import tqdm
@@ -704,6 +705,7 @@ class _Progress:
 
     def update(self, n: int, loss: float, tok_s: float, val_loss: float | None) -> None:
         self.done += n
+        self.train_s += n / max(tok_s, 1e-9)
         if self.bar is not None:
             post = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
             if val_loss is not None:
@@ -714,8 +716,9 @@ class _Progress:
         now = time.perf_counter()
         if now - self.t_log >= 30 or self.done >= self.total or val_loss is not None:
             self.t_log = now
-            rate = (self.done - self.start) / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
+            rate = (self.done - self.start) / max(self.train_s, 1e-9)
+            wall = (self.done - self.start) / max(now - self.t0, 1e-9)  # the ETA counts validations too
+            eta = (self.total - self.done) / max(wall, 1e-9)
             log.info("%s: %d/%d tokens (%.1f%%), loss %.4f%s, %.0f tok/s, ETA %s", self.name, self.done,
                      self.total, 100 * self.done / self.total, loss,
                      f", val {val_loss:.4f}" if val_loss is not None else "", rate, _hms(eta))
