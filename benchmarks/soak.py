@@ -1,5 +1,6 @@
 """Soak: kill -9 a training run (and `prepare`) at random moments, resume, and compare with an
-uninterrupted run; then fill the disk during a checkpoint. Prints the figure the README quotes:
+uninterrupted run; requeue a killed suite worker whose locks name a live pid; fill the disk during a
+checkpoint's weights and its optimizer state. Prints the figure the README quotes:
 
     N kills, N resumes, N bitwise identical, 0 data lost
 
@@ -13,12 +14,22 @@ episodes whose final state differs, whose checkpoints fail verification, or that
 Prepare episodes kill `prepare --overwrite` of an existing store mid-way: the old store must still
 open and verify, and the next `prepare` must produce the reference store's bytes.
 
-Full disk: a tmpfs of a few MB where the machine allows mounting one (root, Linux), else a quota
-emulation (the checkpoint writer's `torch.save` raises ENOSPC past a byte budget); the run must stop
-with a one-line error, keep its previous checkpoint and resume once space is back.
+Suite requeues (`soak_suite.py`): a `gerbil suite run` worker killed -9 at a random training step, then
+requeued where the dead worker's claim and run lock name a live pid — the requeued worker's own (a
+crashed container's worker is pid 1 again), pid 1 (pid wrap-around), or a live pid without a process
+identity whose heartbeat stopped (an older gerbil's lock, no /proc). It must take both over at once (a
+hang is reported after 240 s), finish every run and end bitwise identical to an uninterrupted suite.
+
+Full disk: during the weights (a 1.2 MB tmpfs the run fills up), then half-way through the optimizer
+state (state.pt: the disk is filled right after the weights are written, leaving half the state's size)
+for `gerbil train` and for a suite. Without a tmpfs (not root, not Linux) the first is skipped and the
+others emulate ENOSPC in the state file's writes. Each must stop with a one-line "no space left" error,
+keep the previous checkpoint and no temporaries, and — once space is back — resume to the reference
+weights (the suite: the same command, the run never recorded failed).
 
     python benchmarks/soak.py --kills 20            # the README's figure (a few minutes on 2 cores)
-    python benchmarks/soak.py --kills 3 --no-disk   # the CI smoke (tests/test_reliability.py)
+    python benchmarks/soak.py --kills 3 --no-disk --no-prepare --requeues 0   # the CI smoke
+    python benchmarks/soak.py --kills 0 --no-prepare --requeues 3             # requeues and full disks only
 """
 from __future__ import annotations
 
@@ -39,7 +50,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-DRIVER = textwrap.dedent("""
+#: Driver code (run with `python -c`): `kill_at_step(k)` SIGKILLs this process at its k-th training step.
+KILL_AT_STEP = textwrap.dedent("""
+    def kill_at_step(k):
+        import os, signal
+        import gerbil.train.loop as T
+        calls, real = [0], T.train_step
+        def step(*a, **kw):
+            calls[0] += 1
+            if calls[0] == k:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **kw)
+        T.train_step = step
+""")
+
+DRIVER = KILL_AT_STEP + textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
@@ -48,13 +73,7 @@ DRIVER = textwrap.dedent("""
     cfg, mode, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     calls = [0]
     if mode == "step":
-        real = T.train_step
-        def step(*a, **kw):
-            calls[0] += 1
-            if calls[0] == k:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*a, **kw)
-        T.train_step = step
+        kill_at_step(k)
     elif mode == "ckpt":  # inside the k-th checkpoint write: weights on disk, meta.json not yet
         real_fsync = C.fsync_file
         def fsync(path):
@@ -193,7 +212,7 @@ def _mount_tmpfs(mnt: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-class _FillAtStateWrite:
+class FillAtStateWrite:
     """Fills the disk right after the `at`-th checkpoint's weights are written, leaving `leave` bytes:
     the optimizer state's write (state.pt) runs out of space half-way. On a tmpfs the filler is a real
     file; without one (not root) the state file's writes raise ENOSPC past `leave` bytes (the OSError
@@ -205,9 +224,9 @@ class _FillAtStateWrite:
         from gerbil.train import checkpoint as C
 
         self.mnt, self.leave, self.at, self.real_disk = mnt, leave, at, real_disk
-        self.C, self.st, self.real_save, self.calls, self.filled = C, st, st.save_file, 0, False
+        self.C, self.st, self.real_save, self.calls = C, st, st.save_file, 0
 
-    def __enter__(self) -> "_FillAtStateWrite":
+    def __enter__(self) -> "FillAtStateWrite":
         def save_file(*a, **k):
             self.real_save(*a, **k)
             self.calls += 1
@@ -218,39 +237,14 @@ class _FillAtStateWrite:
         return self
 
     def fill(self) -> None:
-        self.filled = True
         if self.real_disk:
             free = shutil.disk_usage(self.mnt).free
             with open(self.mnt / "filler", "wb") as f:
                 f.write(b"\0" * max(0, free - self.leave))
             return
-        import builtins
-        import errno
+        from helpers import full_disk_open
 
-        leave = self.leave
-
-        class Quota:
-            def __init__(self, f):
-                self.f, self.n = f, 0
-
-            def write(self, b):
-                self.n += len(b)
-                if self.n > leave:
-                    raise OSError(errno.ENOSPC, "No space left on device")
-                return self.f.write(b)
-
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self.f.close()
-
-        self.C.open = lambda path, mode="r", *a, **k: (Quota(builtins.open(path, mode, *a, **k))
-                                                        if str(path).endswith("state.pt") else
-                                                        builtins.open(path, mode, *a, **k))
+        self.C.open = full_disk_open(self.leave, suffix="state.pt")
 
     def __exit__(self, *exc) -> None:
         self.st.save_file = self.real_save
@@ -300,7 +294,7 @@ def full_disk(root: Path) -> list[str]:
                 lines.append(f"full disk ({how}): {text}; {'ok' if ok else 'FAILED'}")
     finally:
         if real:
-            subprocess.run(["umount", str(mnt)], capture_output=True)
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     ref = train(tiny_config(store, root / "disk-ref", tokens=128 * 12, checkpoint_every=128 * 3))
     leave = _state_bytes(ref.run_dir) // 2
     mnt = root / "tmpfs2"
@@ -308,7 +302,7 @@ def full_disk(root: Path) -> list[str]:
     how = "a 16 MB tmpfs filled" if real else "ENOSPC emulated"
     try:
         cfg = tiny_config(store, mnt, tokens=128 * 12, checkpoint_every=128 * 3)
-        with _FillAtStateWrite(mnt, leave, at=2, real_disk=real):
+        with FillAtStateWrite(mnt, leave, at=2, real_disk=real):
             try:
                 train(cfg)
                 msg = "NOT reached"
@@ -320,139 +314,17 @@ def full_disk(root: Path) -> list[str]:
         ok = ok and same
         lines.append(f"full disk during the optimizer state ({how}, {leave:,} of {2 * leave:,} bytes fit): {text}; "
                      f"resumed: {'bitwise identical' if same else 'DIFFERENT'}; {'ok' if ok else 'FAILED'}")
-        lines.append(_suite_full_disk(root, store, mnt, leave, real))
+        from soak_suite import suite_full_disk
+
+        lines.append(suite_full_disk(root, store, mnt, leave, real))
     finally:
         if real:
-            subprocess.run(["umount", str(mnt)], capture_output=True)
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     return lines
 
 
-# ------------------------------------------------------------------------------------ suites
-def _suite_file(root: Path, store: Path) -> Path:
-    """A two-run suite of the tiny model on the test store: `a` (12 steps), its star continuation `b` (+4)."""
-    import yaml
-    from helpers import TEST_SHA, TINY
-
-    d = {"name": "soak", "data": str(store), "models": {"t": {**TINY, "n_head": 2, "vocab_size": 1024, "seq_len": 64}},
-         "seq_len": 32, "batch_tokens": 128, "micro_batch": 2, "lr": 3e-3, "checkpoint_every": 384,
-         "eval_every": 100000, "val_tokens": 256, "tokenizer_sha256": TEST_SHA, "eval": {"tasks": []},
-         "runs": [{"name": "a", "size": "t", "tokens": 128 * 12}, {"name": "b", "parent": "a", "tokens": 128 * 16}]}
-    path = root / "soak-suite.yaml"
-    path.write_text(yaml.safe_dump(d, sort_keys=False))
-    return path
-
-
-def _suite_weights(out: Path) -> dict:
-    from gerbil.suite.state import SuiteDir
-
-    sdir = SuiteDir(out)
-    return {n: _fingerprint(sdir.run_dir(n).path) for n in ("a", "b")}
-
-
-def _suite_ref(root: Path, store: Path) -> dict:
-    from gerbil.suite.runner import RunOptions, run_suite
-    from gerbil.suite.spec import load_suite
-
-    ref = root / "suite-ref"
-    if not ref.is_dir():
-        assert run_suite(load_suite(_suite_file(root, store)), ref, RunOptions(device="cpu", poll=0.1)).ok
-    return _suite_weights(ref)
-
-
-def _suite_full_disk(root: Path, store: Path, mnt: Path, leave: int, real: bool) -> str:
-    """`gerbil suite run` with the disk full half-way through a state.pt: the worker stops (the run stays
-    `running`, not `failed`), and the same command, once space is back, finishes every run."""
-    from gerbil.suite.runner import RunOptions, SuiteStopped, run_suite
-    from gerbil.suite.spec import load_suite
-    from gerbil.suite.state import SuiteDir
-
-    want = _suite_ref(root, store)
-    suite, out = load_suite(_suite_file(root, store)), mnt / "suite"
-    with _FillAtStateWrite(mnt, leave, at=2, real_disk=real):
-        try:
-            run_suite(suite, out, RunOptions(device="cpu", poll=0.1))
-            msg = "NOT reached"
-        except SuiteStopped as e:
-            msg = str(e)
-    status = (SuiteDir(out).record("a") or {}).get("status")
-    outcome = run_suite(suite, out, RunOptions(device="cpu", poll=0.1))
-    same = outcome.ok and _suite_weights(out) == want
-    ok = "no space left" in msg and "\n" not in msg and status == "running" and same
-    return (f"suite, full disk during the optimizer state: {msg!r}; run recorded {status!r}; the same command "
-            f"again: {', '.join(f'{k} {v}' for k, v in outcome.statuses.items())}, "
-            f"{'bitwise identical' if same else 'DIFFERENT'}; {'ok' if ok else 'FAILED'}")
-
-
-SUITE_DRIVER = textwrap.dedent("""
-    import json, os, signal, sys, time
-    import torch
-    torch.set_num_threads(1)
-    import gerbil.train.loop as T
-    from gerbil.suite.runner import RunOptions, run_suite
-    from gerbil.suite.spec import load_suite
-    suite_file, out, mode, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    if mode == "kill":  # a crash at the k-th training step of the suite
-        calls, real = [0], T.train_step
-        def step(*a, **kw):
-            calls[0] += 1
-            if calls[0] == k:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return real(*a, **kw)
-        T.train_step = step
-    else:  # requeued: the dead worker's claim and run lock name a process that is alive now
-        for path in json.loads(sys.argv[5]):
-            info = json.load(open(path))
-            if mode == "own-pid":  # the requeued worker got the dead one's pid (a container's pid 1 again)
-                info["pid"] = os.getpid()
-            elif mode == "pid-1":  # pid wrap-around: the pid is now another live process's
-                info["pid"] = 1
-            else:  # "no-identity": an older gerbil's lock (or no /proc): pid alive, only the heartbeat says
-                info = {"pid": 1, "host": info["host"], "since": info["since"]}
-            json.dump(info, open(path, "w"))
-            old = time.time() - 300  # its last heartbeat: when it died
-            os.utime(path, (old, old))
-    outcome = run_suite(load_suite(suite_file), out, RunOptions(device="cpu", poll=0.1))
-    print(json.dumps(outcome.statuses))
-""")
-
-
-def requeue_episodes(n: int, rng: random.Random, root: Path) -> tuple[int, int, int]:
-    """A suite worker killed -9 at a random training step, then requeued where its claim and run lock name
-    a live pid: its own (a container restarted: pid 1 again), pid 1 (pid wrap-around), or a live pid with
-    no identity and a stale heartbeat (an older lock file). The requeued worker must take both over at
-    once, finish every run, and end bitwise identical to an uninterrupted suite. Returns (episodes,
-    finished, identical)."""
-    from helpers import make_store
-
-    store = make_store(root / "suite-store")
-    want, suite_file = _suite_ref(root, store), _suite_file(root, store)
-    done = identical = 0
-    for i in range(n):
-        out, mode, k = root / f"requeue{i}", ("own-pid", "pid-1", "no-identity")[i % 3], rng.randint(1, 16)
-        p = subprocess.run([sys.executable, "-c", SUITE_DRIVER, str(suite_file), str(out), "kill", str(k)], env=_env(),
-                           capture_output=True, text=True, timeout=600)
-        if p.returncode != -signal.SIGKILL:
-            raise RuntimeError(f"requeue episode {i}: the kill at step {k} did not happen: {p.stderr[-1500:]}")
-        locks = [str(q) for q in [*(out / "claims").glob("*.lock"), *(out / "runs").glob("*/.lock")]]
-        t0 = time.time()
-        try:
-            p = subprocess.run([sys.executable, "-c", SUITE_DRIVER, str(suite_file), str(out), mode, "0",
-                                json.dumps(locks)], env=_env(), capture_output=True, text=True, timeout=240)
-            statuses = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {}
-        except subprocess.TimeoutExpired:
-            statuses = {"requeued worker": "HUNG (waited 240 s on a dead holder)"}
-        finished = statuses == {"a": "done", "b": "done"}
-        same = finished and _suite_weights(out) == want
-        done += finished
-        identical += same
-        print(f"requeue episode {i}: killed at step {k}, {len(locks)} locks left, requeued ({mode}): "
-              f"{statuses or p.stderr[-500:]} in {time.time() - t0:.0f} s, "
-              f"{'bitwise identical' if same else 'DIFFERENT'}", flush=True)
-    return n, done, identical
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--kills", type=int, default=20, help="training episodes with a kill -9 (default 20)")
     ap.add_argument("--prepare-kills", type=int, default=5, help="prepare episodes (default 5)")
     ap.add_argument("--requeues", type=int, default=3,
@@ -478,6 +350,8 @@ def main() -> int:
         rn = rdone = rsame = 0
         if args.requeues:
             t1 = time.time()
+            from soak_suite import requeue_episodes
+
             rn, rdone, rsame = requeue_episodes(args.requeues, rng, root)
             lines.append(f"suite: {rn} workers killed and requeued with a reused pid, {rdone} finished, {rsame} "
                          f"bitwise identical ({time.time() - t1:.0f} s)")

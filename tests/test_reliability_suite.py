@@ -26,7 +26,7 @@ from gerbil.lock import Lock
 from gerbil.suite.runner import RunOptions, run_suite
 from gerbil.suite.spec import build_suite, load_suite
 from gerbil.suite.state import SuiteDir, format_states, run_states
-from helpers import TEST_SHA, TINY, make_store, tiny_config
+from helpers import TEST_SHA, TINY, full_disk_open, make_store, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HAS_PROC = Path("/proc/self/stat").is_file() and Path("/proc/sys/kernel/random/boot_id").is_file()
@@ -267,33 +267,11 @@ def test_a_full_disk_inside_the_optimizer_state_is_said_plainly(tmp_path, monkey
     """torch writes state.pt from C++ and reports ENOSPC as "[enforce fail at inline_container.cc] ...
     unexpected pos"; the checkpoint writer must say "no space left" (what the suite stops on, instead of
     recording the run failed). The disk is emulated: Python's write raises ENOSPC past 4 kB."""
-    import builtins
-    import errno
-
     import torch
 
     from gerbil.train import checkpoint as C
 
-    class Full:
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            self.n += len(b)
-            if self.n > 4096:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.f.write(b)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(C, "open", lambda p, mode="r", *a, **k: Full(builtins.open(p, mode, *a, **k)), raising=False)
+    monkeypatch.setattr(C, "open", full_disk_open(4096), raising=False)
     model = torch.nn.Linear(64, 64)
     with pytest.raises(GerbilError, match=r"^no space left on the device while writing checkpoint .*step-00000003$"):
         C.save_checkpoint(tmp_path, 3, model, {"optimizer": {"m": torch.zeros(50_000)}}, {"tokens": 1})
@@ -315,7 +293,7 @@ def test_a_full_tmpfs_inside_the_optimizer_state(tmp_path):
             save_checkpoint(mnt, 1, torch.nn.Linear(64, 64), {"m": torch.zeros(100_000)}, {"tokens": 1})
         assert list(mnt.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ------------------------------------------------------------------- counts, recipes, flags (18, 19, 28)
