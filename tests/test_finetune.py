@@ -321,7 +321,7 @@ def test_bad_rows_are_counted_and_skipped(base, tmp_path):
     (["--task", "classify", "--train", "T.jsonl", "--out", "o"], "fine-tuning needs RUN_OR_EXPORT"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--epochs", "0"], "epochs: must be > 0"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--lr", "fast"], "lr: expected a number"),
-    (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--class-weights", "1,x"], "class_weights:"),
+    (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--class-weights", "1,x"], "--class-weights:"),
     (["BASE", "--task", "sft", "--train", "T.jsonl", "--out", "o", "--select", "macro_f1"], "select: 'macro_f1' is not"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--template", "no placeholder"], "template:"),
     (["nowhere", "--task", "classify", "--train", "T.jsonl", "--out", "o"], "no such run, checkpoint or export"),

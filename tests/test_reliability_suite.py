@@ -351,7 +351,7 @@ def test_duplicated_and_non_utf8_keys_name_the_file(tmp_path):
     (["train", "--size", "6.7m", "--nproc", "0"], "gerbil train: error: --nproc: must be > 0, got 0"),
     (["eval", "no-such-run", "--nproc", "0"], "gerbil eval: error: --nproc: must be > 0, got 0"),
     (["eval", "no-such-run", "--batch-size", "0"], "gerbil eval: error: --batch-size: must be > 0, got 0"),
-    (["suite", "run", "x.yaml", "--out", "d", "--poll", "-5"], "poll: must be > 0, got -5.0"),
+    (["suite", "run", "x.yaml", "--out", "d", "--poll", "-5"], "gerbil suite: error: --poll: must be > 0, got -5.0"),
 ])
 def test_out_of_range_flags_are_one_line(argv, message, capsys):
     from gerbil.cli import main

@@ -435,9 +435,15 @@ def config_from_args(args: argparse.Namespace, cls: type[O], recipe: str | None 
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             given[f.name] = True if f.metadata.get("const") else _from_cli(f, value)
-    if recipe:
-        return cls.from_yaml(recipe, given)
-    return cls.from_dict(given)
+    try:
+        return cls.from_yaml(recipe, given) if recipe else cls.from_dict(given)
+    except OptionError as e:  # a flag's value out of range: name the flag the user typed (--poll, not poll)
+        text = str(e)
+        for name in given:
+            key = cls.key_of(name)
+            if text.startswith(key + ":") and cls.flag_of(name).startswith("-"):
+                raise OptionError(cls.flag_of(name) + text[len(key):]) from None
+        raise
 
 
 def _from_cli(f: dataclasses.Field, value: Any) -> Any:

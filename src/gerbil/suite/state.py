@@ -53,6 +53,7 @@ _RECORD_FIELDS = {"status": str, "role": str, "parent": str, "branch_at": int, "
                   "attempts": int, "worker": dict, "started": str, "result": dict, "trained": bool, "eval": dict,
                   "failed": str, "finished": str}
 _KIND_NAMES = {str: "a string", int: "an integer", dict: "a mapping", bool: "true/false"}
+_WARNED: set[tuple[str, str, str]] = set()
 
 
 def now() -> str:
@@ -166,8 +167,10 @@ class SuiteDir:
         for key, kind in _RECORD_FIELDS.items():
             value = data.get(key)
             if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
-                log.warning("registry record %s: %r should be %s, not %r; ignoring it", p, key,
-                            _KIND_NAMES[kind], value)
+                if (str(p), key, repr(value)) not in _WARNED:  # once, not at every look of a waiting worker
+                    _WARNED.add((str(p), key, repr(value)))
+                    log.warning("registry record %s: %r should be %s, not %r; ignoring it", p, key,
+                                _KIND_NAMES[kind], value)
                 del data[key]
         return data
 
