@@ -46,15 +46,18 @@ and one hidden direction, the same exposure as plain autocast with loss scaling 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from gerbil.model.fused_loss import TritonBlocks
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-IMPLS = ("chunked", "compiled", "eager", "full")
+IMPLS = ("chunked", "compiled", "eager", "full", "triton")
 
 # Compiled per-chunk functions, created lazily; dynamo keys what it compiled by shape/dtype/device (its
 # guards), so nothing here depends on which model or call came first. Device types whose compile failed
@@ -80,9 +83,11 @@ def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     loss = ((lse - tgt) * w).sum()
     p = torch.exp(logits - lse[:, None])  # (n, V)
     onehot = torch.arange(logits.shape[1], device=y.device)[None, :] == y[:, None]  # (n, V) bool, fused
-    g = torch.where(onehot, p - 1.0, p) * w[:, None]  # (n, V) fp32 in [−1, 1]
-    g_bias = g.sum(0)  # (V,) fp32
-    g = g.to(h.dtype)
+    g = (torch.where(onehot, p - 1.0, p) * w[:, None]).to(h.dtype)  # (n, V) in [−1, 1], the compute dtype
+    # The bias gradient sums the compute-dtype g that the two matmuls read anyway (fp32 accumulation):
+    # summing the fp32 g instead made inductor write and re-read an (n, V) fp32 softmax buffer, 8 of the
+    # ~22 bytes of traffic per logit (read from inductor's generated code on CPU, bf16).
+    g_bias = g.sum(0, dtype=torch.float32)  # (V,) fp32
     return loss, torch.mm(g, weight), torch.mm(g.t(), h), g_bias
 
 
@@ -246,13 +251,16 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         g_hidden, g_weight, g_bias, denom = ctx.saved_tensors
-        # fp32: grad_out may be the GradScaler's 65,536 (inf in fp16); the product is cast only at the end
-        k = grad_out.float() / denom
-        h_dt, w_dt, b_dt = ctx.dtypes
-        gh = (g_hidden * k).to(h_dt) if g_hidden is not None else None
-        gw = (g_weight * k).to(w_dt) if g_weight is not None else None
-        gb = (g_bias * k).to(b_dt) if g_bias is not None else None
-        return gh, gw, gb, None, None, None, None, None
+        return (*scaled_gradients((g_hidden, g_weight, g_bias), ctx.dtypes, grad_out, denom),
+                None, None, None, None, None)
+
+
+def scaled_gradients(grads, dtypes, grad_out: torch.Tensor, denom: torch.Tensor) -> list:
+    """The backward of a loss that computed its gradients in forward: each stored fp32 gradient (or None)
+    times grad_out / denom, in fp32 — grad_out may be the GradScaler's 65,536 (inf in fp16) — and cast
+    to its caller's dtype only then."""
+    k = grad_out.float() / denom
+    return [(g * k).to(dt) if g is not None else None for g, dt in zip(grads, dtypes)]
 
 
 def _compiled_grad_chunks(hidden, W, b, targets, weights, chunk_tokens, compute_dtype, g_hidden, g_weight,
@@ -320,6 +328,7 @@ def lm_loss(
     vocab_size: int | None = None,
     chunk_tokens: int = 4096,
     impl: str = "chunked",
+    triton_blocks: TritonBlocks | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over positions with mask 1 and target != -100.
 
@@ -327,7 +336,9 @@ def lm_loss(
     vocab_size: only the first `vocab_size` rows of the head are real — padded rows never get a logit,
     so they can neither win nor receive gradient.
     impl: "chunked" (default: compiled per chunk on CUDA, eager on CPU), "compiled", "eager", "full"
-    (see the module docstring). Under autocast the head runs in the autocast dtype with fp32 softmax math.
+    (see the module docstring), "triton" (gerbil/model/fused_loss.py: CUDA + the triton package, or CPU
+    under TRITON_INTERPRET=1; anything else raises a one-line GerbilError, never a silent fallback).
+    triton_blocks: the triton kernels' block sizes (default: chosen by width; tests use small ones). Under autocast the head runs in the autocast dtype with fp32 softmax math.
     When no gradient is needed (``torch.no_grad()``, or nothing requires grad) the chunked paths compute
     the loss only: no gradient buffers, no gradient matmuls.
     """
@@ -356,6 +367,10 @@ def lm_loss(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     with torch.autocast(dev.type, enabled=False):
+        if impl == "triton":
+            from gerbil.model.fused_loss import triton_lm_loss
+
+            return triton_lm_loss(h, weight, bias, y, w, compute_dtype, needs_grad, triton_blocks)
         if not needs_grad:
             with torch.no_grad():
                 return _forward_only(h, weight, bias, y, w, chunk_tokens, compute_dtype, use_compile)
