@@ -38,15 +38,13 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
     rows64 = rows.to(tl.int64)
     ka = tl.arange(0, DA)
     h_a = tl.load(H + rows64[:, None] * stride_h + ka[None, :], mask=rmask[:, None] & (ka[None, :] < D), other=0.0)
-    if UPCAST:
-        h_a = h_a.to(tl.float32)
+    h_a = h_a.to(tl.float32) if UPCAST else h_a
     if DB > 0:
         kb = DA + tl.arange(0, DB)
         h_b = tl.load(H + rows64[:, None] * stride_h + kb[None, :], mask=rmask[:, None] & (kb[None, :] < D),
                       other=0.0)
-        if UPCAST:
-            h_b = h_b.to(tl.float32)
-    y = tl.load(Y + rows, mask=rmask, other=0)
+        h_b = h_b.to(tl.float32) if UPCAST else h_b
+    y = tl.load(Y + rows, mask=rmask, other=0).to(tl.int32)  # < V < 2**31: 32-bit compares per logit
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)  # running max
     s_i = tl.zeros([BLOCK_N], tl.float32)  # running Σ exp(logit − max)
     t_i = tl.zeros([BLOCK_N], tl.float32)  # the target's logit
@@ -56,14 +54,12 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
         cols64 = cols.to(tl.int64)
         w_a = tl.load(W + cols64[:, None] * stride_w + ka[None, :], mask=cmask[:, None] & (ka[None, :] < D),
                       other=0.0)
-        if UPCAST:
-            w_a = w_a.to(tl.float32)
+        w_a = w_a.to(tl.float32) if UPCAST else w_a
         logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_V) fp32
         if DB > 0:
             w_b = tl.load(W + cols64[:, None] * stride_w + kb[None, :], mask=cmask[:, None] & (kb[None, :] < D),
                           other=0.0)
-            if UPCAST:
-                w_b = w_b.to(tl.float32)
+            w_b = w_b.to(tl.float32) if UPCAST else w_b
             logits = tl.dot(h_b, tl.trans(w_b), logits, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             logits += tl.load(Bias + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -86,14 +82,12 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
             cols64 = cols.to(tl.int64)
             w_a = tl.load(W + cols64[:, None] * stride_w + ka[None, :], mask=cmask[:, None] & (ka[None, :] < D),
                           other=0.0)
-            if UPCAST:
-                w_a = w_a.to(tl.float32)
+            w_a = w_a.to(tl.float32) if UPCAST else w_a
             logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)
             if DB > 0:
                 w_b = tl.load(W + cols64[:, None] * stride_w + kb[None, :],
                               mask=cmask[:, None] & (kb[None, :] < D), other=0.0)
-                if UPCAST:
-                    w_b = w_b.to(tl.float32)
+                w_b = w_b.to(tl.float32) if UPCAST else w_b
                 logits = tl.dot(h_b, tl.trans(w_b), logits, input_precision=DOT_PRECISION)
             if HAS_BIAS:
                 logits += tl.load(Bias + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -101,8 +95,7 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
             g = tl.where(cols[None, :] == y[:, None], p - 1.0, p) * wr[:, None]
             g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)  # padding rows/columns: exactly 0
             g_low = g.to(W.dtype.element_ty)  # the dot operand: [−1, 1], safe in fp16/bf16
-            if UPCAST:
-                g_low = g_low.to(tl.float32)
+            g_low = g_low.to(tl.float32) if UPCAST else g_low
             acc_a = tl.dot(g_low, w_a, acc_a, input_precision=DOT_PRECISION)
             if DB > 0:
                 acc_b = tl.dot(g_low, w_b, acc_b, input_precision=DOT_PRECISION)
@@ -126,15 +119,13 @@ def _vocab_pass(H, W, Bias, Y, RowW, LSE, DW, DBias, N, V, D, rows_per_split, st
     cols64 = cols.to(tl.int64)
     ka = tl.arange(0, DA)
     w_a = tl.load(W + cols64[:, None] * stride_w + ka[None, :], mask=cmask[:, None] & (ka[None, :] < D), other=0.0)
-    if UPCAST:
-        w_a = w_a.to(tl.float32)
+    w_a = w_a.to(tl.float32) if UPCAST else w_a
     acc_a = tl.zeros([BLOCK_V, DA], tl.float32)
     if DB > 0:
         kb = DA + tl.arange(0, DB)
         w_b = tl.load(W + cols64[:, None] * stride_w + kb[None, :], mask=cmask[:, None] & (kb[None, :] < D),
                       other=0.0)
-        if UPCAST:
-            w_b = w_b.to(tl.float32)
+        w_b = w_b.to(tl.float32) if UPCAST else w_b
         acc_b = tl.zeros([BLOCK_V, DB], tl.float32)
     if HAS_BIAS:
         bias = tl.load(Bias + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -147,18 +138,16 @@ def _vocab_pass(H, W, Bias, Y, RowW, LSE, DW, DBias, N, V, D, rows_per_split, st
         rows64 = rows.to(tl.int64)
         h_a = tl.load(H + rows64[:, None] * stride_h + ka[None, :], mask=rmask[:, None] & (ka[None, :] < D),
                       other=0.0)
-        if UPCAST:
-            h_a = h_a.to(tl.float32)
+        h_a = h_a.to(tl.float32) if UPCAST else h_a
         logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_V) fp32
         if DB > 0:
             h_b = tl.load(H + rows64[:, None] * stride_h + kb[None, :], mask=rmask[:, None] & (kb[None, :] < D),
                           other=0.0)
-            if UPCAST:
-                h_b = h_b.to(tl.float32)
+            h_b = h_b.to(tl.float32) if UPCAST else h_b
             logits = tl.dot(h_b, tl.trans(w_b), logits, input_precision=DOT_PRECISION)
         if HAS_BIAS:
             logits += bias[None, :]
-        y = tl.load(Y + rows, mask=rmask, other=0)
+        y = tl.load(Y + rows, mask=rmask, other=0).to(tl.int32)  # < V < 2**31: 32-bit compares per logit
         lse = tl.load(LSE + rows, mask=rmask, other=0.0)
         wr = tl.load(RowW + rows, mask=rmask, other=0.0)
         p = tl.exp(logits - lse[:, None])
@@ -166,8 +155,7 @@ def _vocab_pass(H, W, Bias, Y, RowW, LSE, DW, DBias, N, V, D, rows_per_split, st
         g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)  # (BLOCK_N, BLOCK_V) fp32
         acc_bias += tl.sum(g, axis=0)  # the bias gradient never leaves registers before the final store
         g_t = tl.trans(g.to(W.dtype.element_ty))  # (BLOCK_V, BLOCK_N) dot operand
-        if UPCAST:
-            g_t = g_t.to(tl.float32)
+        g_t = g_t.to(tl.float32) if UPCAST else g_t
         acc_a = tl.dot(g_t, h_a, acc_a, input_precision=DOT_PRECISION)
         if DB > 0:
             acc_b = tl.dot(g_t, h_b, acc_b, input_precision=DOT_PRECISION)

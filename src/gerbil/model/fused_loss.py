@@ -29,6 +29,7 @@ no block configuration fits — raises a one-line `GerbilError`; `impl="triton"`
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +111,8 @@ def interpreting() -> bool:
     """True when Triton would run kernels on the CPU now (TRITON_INTERPRET=1, read as Triton reads it)."""
     try:
         from triton import knobs
-    except ImportError:
-        return False
+    except ImportError:  # no triton, or one older than its knobs module: read the variable as it did
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
     return bool(knobs.runtime.interpret)
 
 
@@ -265,11 +266,17 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from gerbil.model.loss import scaled_gradients  # the chunked loss's backward, shared
-
         g_hidden, g_weight, g_bias, denom = ctx.saved_tensors
         return (*scaled_gradients((g_hidden, g_weight, g_bias), ctx.dtypes, grad_out, denom),
                 None, None, None, None)
+
+
+def scaled_gradients(grads, dtypes, grad_out: torch.Tensor, denom: torch.Tensor) -> list:
+    """The backward of a loss that computed its gradients in forward (this one and the chunked loss in
+    gerbil/model/loss.py): each stored fp32 gradient (or None) times grad_out / denom, in fp32 — grad_out
+    may be the GradScaler's 65,536 (inf in fp16) — and cast to its caller's dtype only then."""
+    k = grad_out.float() / denom
+    return [(g * k).to(dt) if g is not None else None for g, dt in zip(grads, dtypes)]
 
 
 def _operands(hidden, weight, bias, compute_dtype):

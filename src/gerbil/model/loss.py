@@ -28,6 +28,10 @@ Implementations (`impl`):
   the small (n, d) side of the gradient matmuls instead of the (n, V) logits.
 - ``"full"``: the plain ``F.cross_entropy(hidden @ W.T + b)``, all logits at once (a reference; what
   torch.compile of the whole model fuses when memory allows).
+- ``"triton"``: the head and cross-entropy fused in two Triton kernels that never write a logit to memory
+  (gerbil/model/fused_loss.py; same contract, gradients also computed in forward and scaled in backward).
+  CUDA with triton, or CPU tensors under ``TRITON_INTERPRET=1``; anything else raises a one-line
+  GerbilError — it never falls back silently.
 
 Why eager on CPU: measured on a 2-core Xeon (benchmarks/loss_throughput.py, 6.7m shapes: d 64, vocab 50,264,
 8,192 tokens, chunks of 1,024, fp32, forward + backward), eager 2.2× the tokens/s of the previous chunked
@@ -35,7 +39,8 @@ loss and a third of its peak memory, compiled only 1.1× — inductor allocates 
 and the page faults of those buffers cost as much as the kernels — and a cold compile takes 10–20 s.
 On CUDA the caching allocator makes buffers free and the fused kernels cut the passes over the logits from
 about ten to about four (write the logits, read them for the log-sum-exp, read them and write the
-gradient, read it for the bias sum) besides the two gradient matmuls. No GPU was available when this was
+gradient in the compute dtype, read it for the bias sum) besides the two gradient matmuls: 14 bytes per
+logit in bf16 (docs/performance.md). No GPU was available when this was
 written: the CUDA choice is argued, not measured — check with benchmarks/loss_throughput.py --device cuda
 and force ``impl="eager"`` if it loses.
 
@@ -46,13 +51,12 @@ and one hidden direction, the same exposure as plain autocast with loss scaling 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from gerbil.model.fused_loss import TritonBlocks
+from gerbil.model.fused_loss import TritonBlocks, scaled_gradients, triton_lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +259,6 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-def scaled_gradients(grads, dtypes, grad_out: torch.Tensor, denom: torch.Tensor) -> list:
-    """The backward of a loss that computed its gradients in forward: each stored fp32 gradient (or None)
-    times grad_out / denom, in fp32 — grad_out may be the GradScaler's 65,536 (inf in fp16) — and cast
-    to its caller's dtype only then."""
-    k = grad_out.float() / denom
-    return [(g * k).to(dt) if g is not None else None for g, dt in zip(grads, dtypes)]
 
 
 def _compiled_grad_chunks(hidden, W, b, targets, weights, chunk_tokens, compute_dtype, g_hidden, g_weight,
@@ -368,8 +366,6 @@ def lm_loss(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     with torch.autocast(dev.type, enabled=False):
         if impl == "triton":
-            from gerbil.model.fused_loss import triton_lm_loss
-
             return triton_lm_loss(h, weight, bias, y, w, compute_dtype, needs_grad, triton_blocks)
         if not needs_grad:
             with torch.no_grad():
