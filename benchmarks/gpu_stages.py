@@ -294,9 +294,9 @@ def _synthetic_store(work: Path, tokens: int, vocab: int) -> Path:
 def _run_records(run: Path) -> dict:
     """What a finished run recorded about how it ran: result.json's `info` and env.json. Expected keys
     (written by the training loop where it has the feature; "n/a" where it does not yet):
-    loss_impl (the implementation used, e.g. chosen by `loss_impl: auto`), loss_impl_timings (auto's
-    timings), sdpa_backend (the pinned attention backend), compile_fallback (why compiling fell back to
-    eager; absent or null when it did not)."""
+    loss_impl (the implementation used, e.g. chosen by `loss_impl: auto`; without it, config.yaml's
+    `loss_impl` marked "(configured)"), loss_impl_timings (auto's timings), sdpa_backend (the pinned
+    attention backend), compile_fallback (why compiling fell back to eager; null when it did not)."""
     out: dict = {}
     for name in ("env.json", "result.json"):
         try:
@@ -306,7 +306,18 @@ def _run_records(run: Path) -> dict:
         out.update(data.get("info") or {} if name == "result.json" else data)
     keys = ("loss_impl", "loss_impl_timings", "sdpa_backend", "compile_fallback", "precision", "micro_batch",
             "compile")
-    return {k: out.get(k, NA) for k in keys}
+    rec = {k: out.get(k, NA) for k in keys}
+    if rec["loss_impl"] == NA:  # no recorded choice: the configured implementation is what ran
+        try:
+            import yaml
+
+            cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+            configured = next((sec.get("loss_impl") for sec in (cfg.get("resolved"), cfg.get("train"), cfg)
+                               if isinstance(sec, dict) and sec.get("loss_impl")), None)
+            rec["loss_impl"] = f"{configured} (configured)" if configured else NA
+        except (OSError, ValueError, ImportError):
+            pass
+    return rec
 
 
 def _gerbil_loop(size: str, mb: int, seq: int, precision: str, steps: int, work: Path, out: Path,
