@@ -28,6 +28,7 @@ no block configuration fits — raises a one-line `GerbilError`; `impl="triton"`
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -183,6 +184,20 @@ def _dot_precision(compute_dtype: torch.dtype, device: torch.device) -> str:
     return "tf32" if device.type == "cuda" else "ieee"
 
 
+@contextlib.contextmanager
+def _resources(blocks: TritonBlocks):
+    """A kernel that does not fit this GPU (shared memory, registers) is a one-line error, not a traceback:
+    the default blocks are sized for an H100/H200 (a T4 has 64 KB of shared memory per SM, not 227)."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        yield
+    except OutOfResources as e:
+        raise GerbilError(f"loss impl 'triton': blocks {blocks.token_rows}x{blocks.token_cols}/{blocks.vocab_rows}x"
+                          f"{blocks.vocab_cols} need more {e.name} than this GPU has ({e.required} > {e.limit}); "
+                          "pass smaller triton_blocks or use impl 'chunked'") from None
+
+
 def _launch_token_pass(h, W, b, y, w, blocks: TritonBlocks, dh: torch.Tensor | None):
     """lse (N,) and the unweighted per-row loss (N,), fp32; fills dh (N, d) fp32 when given."""
     N, d = h.shape
@@ -193,12 +208,13 @@ def _launch_token_pass(h, W, b, y, w, blocks: TritonBlocks, dh: torch.Tensor | N
         return lse, row_loss
     token_pass, _ = _kernels(interpreting())
     da, db = width_blocks(d)
-    k = token_pass[(cdiv(N, blocks.token_rows),)](
-        h, W, b if b is not None else lse, y, w, lse, row_loss, dh if dh is not None else lse,
-        N, V, d, h.stride(0), W.stride(0), dh.stride(0) if dh is not None else 0,
-        HAS_BIAS=b is not None, COMPUTE_DH=dh is not None, BLOCK_N=blocks.token_rows, BLOCK_V=blocks.token_cols,
-        DA=da, DB=db, UPCAST=interpreting(), DOT_PRECISION=_dot_precision(h.dtype, h.device),
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    with _resources(blocks):
+        k = token_pass[(cdiv(N, blocks.token_rows),)](
+            h, W, b if b is not None else lse, y, w, lse, row_loss, dh if dh is not None else lse,
+            N, V, d, h.stride(0), W.stride(0), dh.stride(0) if dh is not None else 0,
+            HAS_BIAS=b is not None, COMPUTE_DH=dh is not None, BLOCK_N=blocks.token_rows, BLOCK_V=blocks.token_cols,
+            DA=da, DB=db, UPCAST=interpreting(), DOT_PRECISION=_dot_precision(h.dtype, h.device),
+            num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     _remember("token_pass", k)
     return lse, row_loss
 
@@ -229,12 +245,13 @@ def _launch_vocab_pass(h, W, b, y, w, lse, blocks: TritonBlocks):
     db = torch.empty((splits, V), dtype=torch.float32, device=h.device) if b is not None else None
     _, vocab_pass = _kernels(interpreting())
     da, dbk = width_blocks(d)
-    k = vocab_pass[(cdiv(V, blocks.vocab_rows), splits)](
-        h, W, b if b is not None else lse, y, w, lse, dW, db if db is not None else lse,
-        N, V, d, rows_per_split, h.stride(0), W.stride(0),
-        HAS_BIAS=b is not None, BLOCK_V=blocks.vocab_rows, BLOCK_N=blocks.vocab_cols, DA=da, DB=dbk,
-        UPCAST=interpreting(), DOT_PRECISION=_dot_precision(h.dtype, h.device),
-        num_warps=blocks.num_warps, num_stages=blocks.num_stages)
+    with _resources(blocks):
+        k = vocab_pass[(cdiv(V, blocks.vocab_rows), splits)](
+            h, W, b if b is not None else lse, y, w, lse, dW, db if db is not None else lse,
+            N, V, d, rows_per_split, h.stride(0), W.stride(0),
+            HAS_BIAS=b is not None, BLOCK_V=blocks.vocab_rows, BLOCK_N=blocks.vocab_cols, DA=da, DB=dbk,
+            UPCAST=interpreting(), DOT_PRECISION=_dot_precision(h.dtype, h.device),
+            num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     _remember("vocab_pass", k)
     if splits == 1:
         return dW[0], (db[0] if db is not None else None)
