@@ -48,34 +48,13 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)  # running max
     s_i = tl.zeros([BLOCK_N], tl.float32)  # running Σ exp(logit − max)
     t_i = tl.zeros([BLOCK_N], tl.float32)  # the target's logit
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        cmask = cols < V
-        cols64 = cols.to(tl.int64)
-        w_a = tl.load(W + cols64[:, None] * stride_w + ka[None, :], mask=cmask[:, None] & (ka[None, :] < D),
-                      other=0.0)
-        w_a = w_a.to(tl.float32) if UPCAST else w_a
-        logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_V) fp32
-        if DB > 0:
-            w_b = tl.load(W + cols64[:, None] * stride_w + kb[None, :], mask=cmask[:, None] & (kb[None, :] < D),
-                          other=0.0)
-            w_b = w_b.to(tl.float32) if UPCAST else w_b
-            logits = tl.dot(h_b, tl.trans(w_b), logits, input_precision=DOT_PRECISION)
-        if HAS_BIAS:
-            logits += tl.load(Bias + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        logits = tl.where(cmask[None, :], logits, float("-inf"))
-        t_i += tl.sum(tl.where(cols[None, :] == y[:, None], logits, 0.0), axis=1)
-        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
-        s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
-        m_i = m_new
-    lse = m_i + tl.log(s_i)
-    tl.store(LSE + rows, lse, mask=rmask)
-    tl.store(RowLoss + rows, lse - t_i, mask=rmask)
-    if COMPUTE_DH:
-        wr = tl.load(RowW + rows, mask=rmask, other=0.0)
-        acc_a = tl.zeros([BLOCK_N, DA], tl.float32)
-        if DB > 0:
-            acc_b = tl.zeros([BLOCK_N, DB], tl.float32)
+    for sweep in tl.static_range(2 if COMPUTE_DH else 1):  # unrolled: one copy of the logit code
+        if sweep == 1:
+            lse = m_i + tl.log(s_i)
+            wr = tl.load(RowW + rows, mask=rmask, other=0.0)
+            acc_a = tl.zeros([BLOCK_N, DA], tl.float32)  # dh
+            if DB > 0:
+                acc_b = tl.zeros([BLOCK_N, DB], tl.float32)
         for v0 in range(0, V, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             cmask = cols < V
@@ -83,7 +62,7 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
             w_a = tl.load(W + cols64[:, None] * stride_w + ka[None, :], mask=cmask[:, None] & (ka[None, :] < D),
                           other=0.0)
             w_a = w_a.to(tl.float32) if UPCAST else w_a
-            logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)
+            logits = tl.dot(h_a, tl.trans(w_a), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_V) fp32
             if DB > 0:
                 w_b = tl.load(W + cols64[:, None] * stride_w + kb[None, :],
                               mask=cmask[:, None] & (kb[None, :] < D), other=0.0)
@@ -91,14 +70,25 @@ def _token_pass(H, W, Bias, Y, RowW, LSE, RowLoss, DH, N, V, D, stride_h, stride
                 logits = tl.dot(h_b, tl.trans(w_b), logits, input_precision=DOT_PRECISION)
             if HAS_BIAS:
                 logits += tl.load(Bias + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-            p = tl.exp(logits - lse[:, None])  # softmax, fp32, ≤ 1 for real rows
-            g = tl.where(cols[None, :] == y[:, None], p - 1.0, p) * wr[:, None]
-            g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)  # padding rows/columns: exactly 0
-            g_low = g.to(W.dtype.element_ty)  # the dot operand: [−1, 1], safe in fp16/bf16
-            g_low = g_low.to(tl.float32) if UPCAST else g_low
-            acc_a = tl.dot(g_low, w_a, acc_a, input_precision=DOT_PRECISION)
-            if DB > 0:
-                acc_b = tl.dot(g_low, w_b, acc_b, input_precision=DOT_PRECISION)
+            if sweep == 0:  # pass 1: online log-sum-exp, the target's logit
+                logits = tl.where(cmask[None, :], logits, float("-inf"))
+                t_i += tl.sum(tl.where(cols[None, :] == y[:, None], logits, 0.0), axis=1)
+                m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+                s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
+                m_i = m_new
+            else:  # pass 2: dh += w·(softmax − one_hot) · W
+                p = tl.exp(logits - lse[:, None])  # softmax, fp32, ≤ 1 for real rows
+                g = tl.where(cols[None, :] == y[:, None], p - 1.0, p) * wr[:, None]
+                g = tl.where(rmask[:, None] & cmask[None, :], g, 0.0)  # padding rows/columns: exactly 0
+                g_low = g.to(W.dtype.element_ty)  # the dot operand: [−1, 1], safe in fp16/bf16
+                g_low = g_low.to(tl.float32) if UPCAST else g_low
+                acc_a = tl.dot(g_low, w_a, acc_a, input_precision=DOT_PRECISION)
+                if DB > 0:
+                    acc_b = tl.dot(g_low, w_b, acc_b, input_precision=DOT_PRECISION)
+    lse = m_i + tl.log(s_i)
+    tl.store(LSE + rows, lse, mask=rmask)
+    tl.store(RowLoss + rows, lse - t_i, mask=rmask)
+    if COMPUTE_DH:
         tl.store(DH + rows64[:, None] * stride_dh + ka[None, :], acc_a, mask=rmask[:, None] & (ka[None, :] < D))
         if DB > 0:
             tl.store(DH + rows64[:, None] * stride_dh + kb[None, :], acc_b, mask=rmask[:, None] & (kb[None, :] < D))

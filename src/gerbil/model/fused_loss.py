@@ -78,20 +78,19 @@ def width_blocks(d: int) -> tuple[int, int]:
 # Default blocks by the columns the kernels cover (DA + DB ≥ d), bf16/fp16 operands, 8 warps, 2 stages:
 # (token_rows, token_cols, vocab_rows, vocab_cols). Chosen from benchmarks/triton_compile_check.py --sweep
 # (Triton 3.9 compiling for sm_90a, ptxas 13.4, no GPU needed): among the configurations with no register
-# spills and fewer than 255 registers (one at the cap is a ptxas heuristic away from spilling), the most
-# held rows — each streamed block is reused by that many rows, and the streamed operand is re-read from L2
+# spills (and, in the sweep, fewer than 255 registers), the most held rows — each streamed block is reused by that many rows, and the streamed operand is re-read from L2
 # once per held block: L2 bytes per token ≈ V·d·2·(2/token_rows + 1/vocab_rows) — then the most streamed
 # rows. Registers, not shared memory (≤ 132 KB here of 227), are what limits every width: the fp32
 # accumulator (held × d), the held operand and the fp32 logit tile all live in registers. Widths up to 128
 # get 128-row blocks and Hopper's wgmma; from 256 on only 16–32-row blocks fit and the dots fall back to
 # mma.sync (the fused loss is then likely slower than the compiled chunks: the device check measures it).
-_TABLE = {  # cols: (token_rows, token_cols, vocab_rows, vocab_cols)   registers token / vocab
-    32: (128, 128, 128, 32),  # 200 / 153
-    64: (128, 128, 128, 32),  # 214 / 178
-    128: (128, 64, 64, 32),  # 249 / 178
+_TABLE = {  # cols: (token_rows, token_cols, vocab_rows, vocab_cols)   registers token / vocab, final code
+    32: (128, 128, 128, 32),  # 231 / 142
+    64: (128, 128, 128, 32),  # 239 / 204
+    128: (128, 64, 64, 32),  # 247 / 176
     256: (32, 32, 32, 32),  # 223 / 182
-    512: (32, 32, 32, 16),  # 250 / 177
-    640: (16, 32, 16, 32),  # 189 / 189
+    512: (32, 32, 32, 16),  # 255 / 177
+    640: (16, 32, 16, 32),  # 206 / 204
 }
 
 
