@@ -172,6 +172,8 @@ def _loss_variants(d: int, smoke: bool):
     if smoke:
         return [("triton", "triton", TritonBlocks(128, 256, 256, 128))] + out[1:]
     base = default_blocks(d, torch.bfloat16)
+    if d > 128:  # wider heads: only the default (other blocks spill there; see triton_compile_check.py)
+        return out
     for held, streamed, warps in ((64, 64, 8), (64, 128, 8), (128, 64, 8), (32, 64, 4)):
         b = TritonBlocks(held, streamed, held, streamed, num_warps=warps)
         if base is not None and (held, streamed, warps) != (base.token_rows, base.token_cols, base.num_warps):

@@ -16,18 +16,8 @@ import torch
 import torch.nn.functional as F
 
 CUDA = torch.cuda.is_available()
-if not CUDA and "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
-    # The interpreter needs triton's own jit'd helpers (tl.zeros, tl.sum, …) interpreted too, and triton
-    # wraps those once, at its first import: so the variable is set around that import. It is unset again
-    # at once (nothing else in the test session runs Triton kernels on a CPU); the fixture below sets it
-    # for each test here, when the fused loss wraps its kernels and launches them.
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pass
-    finally:
-        del os.environ["TRITON_INTERPRET"]
+# Without CUDA the kernels run under Triton's interpreter, which needs triton's own helpers wrapped for it
+# when triton is first imported: tests/conftest.py does that import, before collection.
 pytest.importorskip("triton")
 
 from gerbil.errors import GerbilError  # noqa: E402
@@ -37,7 +27,8 @@ from gerbil.model.loss import IGNORE_INDEX, lm_loss  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(not CUDA and not fused_loss._stdlib_interpreted(),
-                                 reason="triton was imported before TRITON_INTERPRET=1 could be set")]
+                                 reason="triton was imported before TRITON_INTERPRET=1 could be set "
+                                        "(tests/conftest.py)")]
 
 DEV = torch.device("cuda" if CUDA else "cpu")
 LADDER = (32, 64, 128, 256, 512, 640)
