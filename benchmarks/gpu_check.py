@@ -10,7 +10,8 @@ measured record, so a timeout or a kill loses nothing already measured), logs/ST
 whole output), runs/ (the records of the real training runs), triton/ (the fused loss kernels' PTX and
 TTGIR, registers, spills, shared memory). Each measured model is also printed at once as one JSON line.
 
-Stages, in order of value, each in its own process (benchmarks/gpu_stages.py) with the time left before
+Stages, in order of value, each in its own process (benchmarks/gpu_stages.py; training in
+benchmarks/gpu_stage_train.py) with the time left before
 the deadline (a stage that would start with too little time left is recorded as skipped):
 1. device — GPU, memory, SMs, torch / triton / CUDA / cuDNN versions, SDPA backends enabled;
 2. loss kernels at 6.7m (131,072 tokens × 50,264) and 77m widths — each implementation's time, peak
