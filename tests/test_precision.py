@@ -48,7 +48,7 @@ def test_mixed_precision_on_cpu_tracks_fp32(store, tmp_path, fp32, precision, re
 
 
 def test_an_injected_fp16_overflow_is_skipped_and_counted(store, tmp_path, monkeypatch):
-    import gerbil.train.loop as L
+    import gerbil.train.pretraining as L  # the pretraining workload calls lm_loss
 
     real, calls = L.lm_loss, [0]
 
@@ -116,7 +116,7 @@ def test_compiled_bf16_run_on_cpu_keeps_two_graphs(store, tmp_path, fp32):
 
 def test_pad_batch_changes_nothing_but_the_shape():
     from gerbil.model.loss import lm_loss
-    from gerbil.train.loop import pad_batch
+    from gerbil.train.step import pad_batch
     from helpers import tiny_model
 
     m = tiny_model(vocab_size=1024, seq_len=64)
