@@ -24,9 +24,9 @@ the deadline (a stage that would start with too little time left is recorded as 
    pytest).
 
 Recorded per model: tokens/s, MFU, peak memory, and which loss implementation and SDPA backend it used and
-whether its compile fell back — for gerbil's loop read from the run's result.json `info` / env.json
-(keys loss_impl, loss_impl_timings, sdpa_backend, compile_fallback; "n/a" where the loop does not record
-them). Without CUDA (and without --cpu-smoke) it stops within seconds: one line saying why, and a JSON
+whether its compile fell back — for gerbil's loop read from the run's env.json / result.json `info`
+(keys loss_impl, loss_impl_chosen, loss_impl_timings, sdpa_backend, sdpa_chosen, sdpa_timings,
+compile_fallback: what `loss_impl: auto` and `sdpa_backend: auto` timed and chose on the device). Without CUDA (and without --cpu-smoke) it stops within seconds: one line saying why, and a JSON
 whose top level has "skipped": REASON. It needs nothing beyond `pip install -e .` except what it says it
 skips, and never downloads (the training data is a synthetic token store written on the spot).
 

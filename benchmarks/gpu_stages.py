@@ -303,6 +303,10 @@ def stage_sdpa(args, budget: Budget) -> None:
         for backend in [None, *backends]:
             rec = {"model": f"sdpa {label} {backend.name.lower() if backend else 'default'}", "B": B, "heads": H,
                    "T": T, "head_dim": hd}
+            if backend is None:  # which kernel PyTorch's own dispatch runs for this shape
+                from gerbil.train.sdpa import dispatched
+
+                rec["dispatches"] = dispatched(dev, dtype, H, T, hd)
             if budget.left() < 5:
                 emit({**rec, "error": "skipped: deadline"})
                 continue

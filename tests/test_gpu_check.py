@@ -68,3 +68,20 @@ def test_cpu_smoke_streams_records_into_the_folder(tmp_path):
     assert [m["model"] for m in printed] == [m["model"] for m in data["models"]]
     assert (tmp_path / "logs" / "loss-kernels.log").read_text().count('{"record"') == len(
         data["stages"]["loss kernels"]["records"])
+
+
+def test_the_training_stage_reads_what_the_loop_records(tmp_path):
+    """gerbil's own loop in the training stage (3.3m, 2 sequences of 128, CPU): its record carries the
+    loss implementation, the attention backend and the compile fallback the run wrote (env.json,
+    result.json), not "n/a"."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_stages.py"), "train", "--smoke", "--size", "3.3m",
+                        "--micro-batches", "2", "--precision", "fp32", "--only", "gerbil", "--steps", "1", "--out",
+                        str(tmp_path), "--budget", "240"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (rec,) = [json.loads(ln)["record"] for ln in p.stdout.splitlines() if ln.startswith('{"record"')]
+    assert "error" not in rec and rec["tok_s"] > 0, rec
+    assert rec["loss_impl"] == "eager" and rec["loss_impl_chosen"] == "default" and rec["loss_impl_timings"] == {}
+    assert rec["sdpa_backend"] == "default (flash)" and rec["compile_fallback"] is None and rec["compile"] is False
+    assert (tmp_path / "runs" / "3.3m-mb2-fp32" / "env.json").is_file()  # the run's records are kept
