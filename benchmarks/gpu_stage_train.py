@@ -34,9 +34,10 @@ def _synthetic_store(work: Path, tokens: int, vocab: int) -> Path:
 def _run_records(run: Path) -> dict:
     """What a finished run recorded about how it ran: env.json, then result.json's `info` (the training
     loop writes these keys, `gerbil.train.autotune` / `gerbil.train.loop`): loss_impl (the implementation
-    used), loss_impl_chosen (timed | recorded | given | default) and loss_impl_timings (auto's median ms
-    per candidate, or why one was left out), sdpa_backend (the pinned attention backend, or "default
-    (KERNEL)": PyTorch's dispatch), sdpa_chosen and sdpa_timings, compile_fallback (why compiling fell
+    used), loss_impl_chosen (timed | recorded | given | default), loss_impl_timings (auto's median ms
+    per candidate, or why one was left out) and loss_impl_agreement (each one's largest relative error
+    against the eager loss), sdpa_backend (the pinned attention backend, or "default
+    (KERNEL)": PyTorch's dispatch), sdpa_chosen, sdpa_timings and sdpa_agreement, compile_fallback (why compiling fell
     back to eager; null when it did not). A run from before these records: "n/a", and config.yaml's
     `loss_impl` marked "(configured)"."""
     out: dict = {}
@@ -46,8 +47,8 @@ def _run_records(run: Path) -> dict:
         except (OSError, ValueError):
             continue
         out.update(data.get("info") or {} if name == "result.json" else data)
-    keys = ("loss_impl", "loss_impl_chosen", "loss_impl_timings", "sdpa_backend", "sdpa_chosen", "sdpa_timings",
-            "compile_fallback", "precision", "micro_batch", "compile")
+    keys = ("loss_impl", "loss_impl_chosen", "loss_impl_timings", "loss_impl_agreement", "sdpa_backend", "sdpa_chosen",
+            "sdpa_timings", "sdpa_agreement", "compile_fallback", "precision", "micro_batch", "compile")
     rec = {k: out.get(k, NA) for k in keys}
     if rec["loss_impl"] == NA:  # no recorded choice: the configured implementation is what ran
         try:

@@ -64,6 +64,7 @@ def test_the_hook_times_what_exists_records_it_and_a_resume_keeps_it(store, tmp_
     timings = info["loss_impl_timings"]
     assert info["loss_impl_chosen"] == "timed" and info["loss_impl"] in ("eager", "full")
     assert timings["eager"] > 0 and timings["full"] > 0  # milliseconds per forward + backward
+    assert info["loss_impl_agreement"]["eager"] == 0 and 0 < info["loss_impl_agreement"]["full"] < 1e-4
     assert timings["triton"].startswith("failed: GerbilError: loss impl 'triton' runs on CUDA")
     assert info["loss_impl"] == min(("eager", "full"), key=timings.get)
     assert info["sdpa_backend"] in ("flash", "math") and info["sdpa_timings"]["flash"] > 0
@@ -119,13 +120,14 @@ def test_a_candidate_that_fails_or_disagrees_is_left_out_with_its_reason():
     def broken():
         raise RuntimeError("no kernel")
 
-    best, timings = time_candidates({"fast but wrong": lambda: [torch.full((4,), 1.5)], "broken": broken,
+    best, timings, agreement = time_candidates({"fast but wrong": lambda: [torch.full((4,), 1.5)], "broken": broken,
                                      "reference": lambda: ref, "close": lambda: [torch.ones(4) * 1.001]},
                                     torch.device("cpu"), "reference", tol=0.01)
     assert best in ("reference", "close")
     assert timings["fast but wrong"].startswith("disagrees: 5.00e-01")
     assert timings["broken"] == "failed: RuntimeError: no kernel"
     assert isinstance(timings["reference"], float) and isinstance(timings["close"], float)
+    assert agreement == {"fast but wrong": 0.5, "reference": 0.0, "close": 0.001}
 
 
 def test_the_design_estimate_only_orders_the_candidates():

@@ -53,11 +53,13 @@ FULL_LOGIT_BYTES = 16  # full: bf16 logits, their fp32 copy, log-softmax and its
 @dataclass(frozen=True)
 class Choice:
     """What runs, and how it was chosen: `how` is timed | recorded (a resume) | given | default; `timings`
-    maps each candidate to its median milliseconds, or to why it was left out (empty when not timed)."""
+    maps each candidate to its median milliseconds, or to why it was left out (empty when not timed);
+    `agreement` each timed candidate's largest relative error against the reference's outputs."""
 
     name: str
     how: str
     timings: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
 
 
 def _time_here(device: torch.device) -> bool:
@@ -96,10 +98,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def time_candidates(candidates: dict[str, Callable[[], list[torch.Tensor]]], device: torch.device,
-                    reference: str | None, tol: float) -> tuple[str | None, dict]:
-    """(fastest candidate that runs and agrees, timings). Each candidate is a callable doing one timed
-    unit of work and returning its outputs; `reference`'s outputs (or, without it, the first candidate's
-    that runs) are what the others must agree with, within relative norm `tol` for every output."""
+                    reference: str | None, tol: float) -> tuple[str | None, dict, dict]:
+    """(fastest candidate that runs and agrees, timings, agreement). Each candidate is a callable doing one
+    timed unit of work and returning its outputs; `reference`'s outputs (or, without it, the first
+    candidate's that runs) are what the others must agree with, within relative norm `tol` for every
+    output; `agreement` holds each one's largest relative error."""
     timings: dict = {}
     outputs: dict[str, list[torch.Tensor]] = {}
     for name, fn in candidates.items():
@@ -120,15 +123,17 @@ def time_candidates(candidates: dict[str, Callable[[], list[torch.Tensor]]], dev
             continue
         outputs[name] = [t.detach().clone() if t is not None else None for t in out]
         timings[name] = round(statistics.median(times) * 1e3, 3)
-    ref = outputs.get(reference) if reference in outputs else next(iter(outputs.values()), None)
+    ref_name = reference if reference in outputs else next(iter(outputs), None)
+    agreement: dict = {}
     for name, out in list(outputs.items()):
-        errors = [_rel(a, b) for a, b in zip(out, ref) if a is not None and b is not None]
-        if errors and max(errors) > tol:
-            timings[name] = f"disagrees: {max(errors):.2e} relative to {reference or 'the first'} (ran in {timings[name]} ms)"
+        errors = [_rel(a, b) for a, b in zip(out, outputs[ref_name]) if a is not None and b is not None]
+        agreement[name] = float(f"{max(errors, default=0.0):.3g}")
+        if agreement[name] > tol:
+            timings[name] = f"disagrees: {agreement[name]:.2e} relative to {ref_name} (ran in {timings[name]} ms)"
             del outputs[name]
     timed = [n for n in candidates if n in outputs]  # candidate order breaks ties
     best = min(timed, key=lambda n: timings[n]) if timed else None
-    return best, timings
+    return best, timings, agreement
 
 
 def _tolerance(dtype: torch.dtype | None) -> float:
@@ -158,19 +163,20 @@ def choose_loss_impl(requested: str, model_cfg: ModelConfig, device: torch.devic
         return Choice("eager", "default")
 
     def choose() -> Choice:
-        name, timings = _time_losses(model_cfg, device, micro_batch * seq_len, autocast_dtype, chunk_tokens)
+        name, timings, agreement = _time_losses(model_cfg, device, micro_batch * seq_len, autocast_dtype,
+                                                chunk_tokens)
         if name is None:
             log.warning("loss_impl auto: no implementation could be timed (%s); using eager", timings)
-            return Choice("eager", "default", timings)
+            return Choice("eager", "default", timings, agreement)
         log.info("loss_impl auto: %s (ms per forward + backward of %d tokens: %s)", name, micro_batch * seq_len,
                  timings)
-        return Choice(name, "timed", timings)
+        return Choice(name, "timed", timings, agreement)
 
     return _on_rank0(dist, choose)
 
 
 def _time_losses(model_cfg: ModelConfig, device: torch.device, tokens: int, autocast_dtype: torch.dtype | None,
-                 chunk_tokens: int) -> tuple[str | None, dict]:
+                 chunk_tokens: int) -> tuple[str | None, dict, dict]:
     from gerbil.model import loss as losslib
 
     V, d = model_cfg.vocab_size, model_cfg.d_model
@@ -200,11 +206,11 @@ def _time_losses(model_cfg: ModelConfig, device: torch.device, tokens: int, auto
             skipped[impl] = f"left out: its logits need {tokens * V * FULL_LOGIT_BYTES / 2**30:.1f} GiB"
             continue
         cands[impl] = run(impl)
-    name, timings = time_candidates(cands, device, "eager" if "eager" in cands else None, _tolerance(autocast_dtype))
+    name, timings, agreement = time_candidates(cands, device, "eager", _tolerance(autocast_dtype))
     del h, W, b, y
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return name, {**timings, **skipped}
+    return name, {**timings, **skipped}, agreement
 
 
 # ------------------------------------------------------------------------------------ attention
@@ -231,23 +237,25 @@ def choose_sdpa(requested: str, model_cfg: ModelConfig, device: torch.device, mi
         shape = (micro_batch, model_cfg.n_head, seq_len, model_cfg.head_dim)
         names = [n for n in SDPA_CANDIDATES if n != "math" or device.type != "cuda"
                  or "math" in os.environ.get("GERBIL_AUTOTUNE_ONLY", "")]
+        qkv = sdpa.attention_inputs(device, dtype, shape)
 
         def run(name: str) -> Callable[[], list[torch.Tensor]]:
             def once() -> list[torch.Tensor]:
                 with sdpa.pinned(name):
-                    return sdpa.attention_call(device, dtype, shape)
+                    return sdpa.attention_call(*qkv)
             return once
 
         cands = {"default": run("default"), **{n: run(n) for n in _allowed(tuple(names))}}
-        _, timings = time_candidates(cands, device, "default", _tolerance(autocast_dtype))
+        _, timings, agreement = time_candidates(cands, device, "default", _tolerance(autocast_dtype))
         reference = timings.pop("default", None)
+        agreement.pop("default", None)
         timed = [n for n in cands if n != "default" and isinstance(timings.get(n), float)]
         if not timed:
-            return Choice("default", "default", timings)
+            return Choice("default", "default", timings, agreement)
         best = min(timed, key=lambda n: timings[n])
         log.info("sdpa_backend auto: %s (ms per forward + backward at %s: %s; default dispatch %s ms)", best, shape,
                  timings, reference)
-        return Choice(best, "timed", {**timings, "default dispatch": reference})
+        return Choice(best, "timed", {**timings, "default dispatch": reference}, agreement)
 
     return _on_rank0(dist, choose)
 

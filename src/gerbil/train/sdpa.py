@@ -60,16 +60,22 @@ def dispatched(device: torch.device, dtype: torch.dtype, n_head: int, seq_len: i
     return next((k for k, v in BACKENDS.items() if v == member), member.lower())
 
 
-def attention_call(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int],
-                   masked: bool = False, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """One forward + backward of causal SDPA on random q, k, v of `shape` (B, heads, T, head_dim) in
-    `dtype`: [output, dq, dk, dv] (what the timing compares). masked: a boolean causal mask instead of
-    `is_causal` (what packed fine-tuning rows use)."""
-    g = generator or torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_() for _ in range(3))
+def attention_inputs(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int],
+                     seed: int = 0) -> list[torch.Tensor]:
+    """Random q, k, v of `shape` (B, heads, T, head_dim) in `dtype` on `device`, requiring gradients (a
+    local generator: the run's RNG streams are untouched)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def attention_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: bool = False) -> list[torch.Tensor]:
+    """One forward + backward of causal SDPA: [output, dq, dk, dv] (what the timing compares). masked: a
+    boolean causal mask instead of `is_causal` (what packed fine-tuning rows use)."""
+    for t in (q, k, v):
+        t.grad = None
     if masked:
-        T = shape[2]
-        mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        T = q.shape[2]
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     else:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -83,10 +89,11 @@ def check_runs(name: str, device: torch.device, dtype: torch.dtype, n_head: int,
     if name in ("auto", "default"):
         return
     try:
+        qkv = attention_inputs(device, dtype, (1, n_head, 16, head_dim))
         with pinned(name):
-            attention_call(device, dtype, (1, n_head, 16, head_dim), masked=masked)
-            if masked:  # rows without a mask (the causal fast path) run too
-                attention_call(device, dtype, (1, n_head, 16, head_dim))
+            attention_call(*qkv)
+            if masked:  # packed rows are masked; the others take the causal path above
+                attention_call(*qkv, masked=True)
     except RuntimeError as e:
         why = " ".join(str(e).split())[:200]
         raise GerbilError(f"sdpa_backend {name}: no {name} kernel runs this model's attention on {device} "
