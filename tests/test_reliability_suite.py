@@ -374,11 +374,11 @@ def test_the_cascade_line_never_mixes_scaled_and_unscaled_ratios():
 
 
 def test_the_progress_line_s_rate_is_training_only_like_the_summary(caplog):
-    from gerbil.train.loop import _Progress
+    from gerbil.train.progress import Progress
 
-    p = _Progress(total=256, initial=0, enabled=False, name="x")
+    p = Progress(total=256, initial=0, enabled=False, name="x")
     p.t0 -= 100.0  # 100 s of wall time so far, nearly all of it validation
-    with caplog.at_level(logging.INFO, logger="gerbil.train.loop"):
+    with caplog.at_level(logging.INFO, logger="gerbil.train.progress"):
         p.update(128, 1.0, 1000.0, 2.0)
     assert ", 1000 tok/s, ETA" in caplog.text
 

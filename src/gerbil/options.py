@@ -236,6 +236,10 @@ class Runtime(Options):
                                      "forces it, also on a CPU, --no-compile never)", runtime=RUNTIME)
     deterministic: bool = opt(False, "deterministic algorithms (bitwise-exact resume on a GPU; slower)",
                               runtime=RUNTIME)
+    sdpa_backend: str = opt("auto", "attention kernel: auto (on CUDA the fastest of flash, cudnn and efficient, timed "
+                                    "on the run's shape at its start; PyTorch's choice elsewhere), default "
+                                    "(PyTorch's choice), or one pinned: flash, cudnn, efficient, math",
+                            choices=("auto", "default", "flash", "cudnn", "efficient", "math"), runtime=RUNTIME)
     resume: bool = opt(False, "continue this run from its latest intact checkpoint, or start it if it has "
                               "none yet (--resume auto)", flag="--resume", const="auto", runtime=RUNTIME)
     progress: bool | None = opt(None, "progress bar (default: when stderr is a terminal)", runtime=RUNTIME)

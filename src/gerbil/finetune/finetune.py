@@ -39,6 +39,7 @@ from gerbil.model.config import ModelConfig
 from gerbil.options import OptionError
 from gerbil.runs.rundir import RunDir, resolve_source
 from gerbil.schedules import make_schedule
+from gerbil.train.autotune import choose_sdpa, describe
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.device import peak_flops
 from gerbil.train.distributed import Dist
@@ -112,6 +113,9 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
                              cfg.min_lr_ratio, cfg.cooldown_fraction)
     ex = execution(cfg)
+    # attention: PyTorch's dispatch unless pinned (packed rows are masked: no timing on causal calls)
+    attention = choose_sdpa(cfg.sdpa_backend, model_cfg, ex.device, micro, max_len, ex.autocast_dtype, {},
+                            may_time=False, masked=True)
     run.path.mkdir(parents=True, exist_ok=True)
     plan = RunPlan(
         name=run.name, run=run, model_config=model_cfg, size=base_info.get("size") or _size_name(model_cfg),
@@ -120,7 +124,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
         seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(), micro_batch=micro, eval_micro_batch=micro,
         log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
         flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(ex.device, ex.precision),
-        record={}, resume_from=resume_from)
+        record={}, resume_from=resume_from, sdpa_backend=None if attention.name == "default" else attention.name,
+        tuning={"sdpa_backend": describe(attention, ex.device, model_cfg, max_len, ex.autocast_dtype)})
     r = Finetuning(
         plan=plan, cfg=cfg, base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set,
         val_set=val_set, val_completions=completions, epoch_steps=steps,
