@@ -3,10 +3,14 @@
     python benchmarks/loss_throughput.py                      # CPU, 6.7m shapes: d 64, vocab 50,264, 8,192 tokens
     python benchmarks/loss_throughput.py --chunk 4096 --rounds 7
     python benchmarks/loss_throughput.py --device cuda --tokens 131072 --chunk 4096
+    python benchmarks/loss_throughput.py --triton --tokens 1024 --vocab 4096 --no-memory --low-precision fp16
 
 Variants: `previous` (the chunked loss as of commit 5a00a8e, copied below unchanged so the comparison
 survives later edits), `chunked` (today's default: compiled per chunk on CUDA, eager on CPU), `eager`,
-`compiled` and optionally `full` (plain logits; --full, needs N × V × 8 bytes). All variants run in the
+`compiled`, `triton` (the fused Triton kernels, gerbil/model/fused_loss.py: on CUDA when triton is
+installed; on a CPU only with --triton, under Triton's interpreter — a correctness run, hundreds of times
+slower than the others, so use small --tokens/--vocab) and optionally `full` (plain logits; --full, needs
+N × V × 8 bytes). All variants run in the
 same process, alternated round by round; reported is the median time per variant → tokens/s and the ratio
 to `previous` at the same precision. Compilation happens in warm-up and is not timed.
 
@@ -174,6 +178,15 @@ def _peak_in_subprocess(variant: str, precision: str, args) -> float | None:
         return None
 
 
+def _triton_runs(device: torch.device, forced_on_cpu: bool) -> bool:
+    """The triton variant runs on CUDA with triton installed, on a CPU only when asked (--triton)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return device.type == "cuda" or forced_on_cpu
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -190,8 +203,11 @@ def main() -> None:
     p.add_argument("--full", action="store_true", help="also the plain full-logits loss (fp32)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     p.add_argument("--low-precision", default="bf16,fp16", help="autocast lines to add ('' for none)")
+    p.add_argument("--triton", action="store_true", help="also the triton loss on a CPU (Triton's interpreter)")
     p.add_argument("--_peak", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.triton and args.device == "cpu":  # before anything imports triton (it wraps its helpers then)
+        os.environ["TRITON_INTERPRET"] = "1"
     torch.set_num_threads(args.threads)
     if args._peak:
         print(json.dumps({"peak_mb": peak_memory_mb(*args._peak, args)}))
@@ -199,12 +215,13 @@ def main() -> None:
 
     device = torch.device(args.device)
     inputs = make_inputs(args.tokens, args.d_model, args.vocab, device)
-    runs = [(v, "fp32") for v in ("previous", "chunked", "eager", "compiled")]
+    fused = ["triton"] if _triton_runs(device, args.triton) else []
+    runs = [(v, "fp32") for v in ("previous", "chunked", "eager", "compiled", *fused)]
     if args.full:
         runs.append(("full", "fp32"))
     for prec in filter(None, args.low_precision.split(",")):
-        runs += [(v, prec) for v in ("previous", "chunked", "compiled")]
-    runs += [(v, "fp32 eval") for v in ("previous", "chunked")]  # forward only, under no_grad
+        runs += [(v, prec) for v in ("previous", "chunked", "compiled", *fused)]
+    runs += [(v, "fp32 eval") for v in ("previous", "chunked", *fused)]  # forward only, under no_grad
     steps = {r: make_step(*r, inputs, args.chunk) for r in runs}
     grads = {}
     for r, step in steps.items():  # warm-up (compiles), and the gradients for the comparison

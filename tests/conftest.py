@@ -6,9 +6,38 @@ need network beyond PyPI, and only on the first run on a machine.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+
+def _triton_helpers_for_the_interpreter() -> None:
+    """On a machine without CUDA, import triton once with TRITON_INTERPRET=1 set, then unset it again.
+
+    Why: triton wraps its own jit'd helpers (tl.zeros, tl.sum, …) once, when it is first imported, in the
+    mode TRITON_INTERPRET selects then — and in a test session something (torch's dynamo, through
+    transformers) imports triton during collection, before any test could set the variable. The fused
+    loss's tests (tests/test_fused_loss.py) run its kernels under the interpreter, which needs those
+    helpers interpreted; they set the variable for their own tests only. Nothing else runs Triton kernels
+    on a CPU, and with CUDA nothing is done here (the GPU needs the compiled helpers)."""
+    if "triton" in sys.modules or "TRITON_INTERPRET" in os.environ:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+
+
+_triton_helpers_for_the_interpreter()
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,36 @@ def images_ok(folder: Path, names: list[str]) -> None:
         assert p.is_file() and p.stat().st_size > 0, name
         img = mpimg.imread(p)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100, name
+
+
+def full_disk_open(room: int, suffix: str = ""):
+    """An `open` whose files (those whose path ends with `suffix`) raise ENOSPC once more than `room`
+    bytes were written to them: a disk filling up mid-write, for code that opens its files with `open`
+    (`monkeypatch.setattr(module, "open", full_disk_open(4096), raising=False)`)."""
+    import builtins
+    import errno
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opener(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith(suffix) and "w" in mode else f
+
+    return opener

@@ -133,6 +133,17 @@ def test_classify_improves_on_the_untrained_model_and_keeps_the_best(cls_run):
     assert FinetuneConfig.from_dict(conf["finetune"]).lr == 1e-2
 
 
+def test_grad_clip_0_is_no_clipping(base, cls_file, tmp_path):
+    """`grad_clip: 0` ("no clipping") once clipped every gradient to 0: with weight decay 0 the weights
+    never moved. Now the body moves away from the base model's."""
+    from gerbil.export import load_model
+
+    r = finetune(cls_config(base, cls_file, tmp_path / "ft", grad_clip=0.0, weight_decay=0.0, epochs=1))
+    tuned, base_sd = load_model(r.run_dir)[0].state_dict(), load_model(base)[0].state_dict()
+    moved = [k for k in tuned if k in base_sd and not torch.equal(tuned[k], base_sd[k])]
+    assert "wte.weight" in moved and "h.0.mlp.fc_in.weight" in moved
+
+
 def test_classifier_loss_is_weighted_cross_entropy_at_the_last_token():
     from gerbil.model.classifier import Classifier, classify_loss
     from helpers import tiny_model
@@ -321,7 +332,7 @@ def test_bad_rows_are_counted_and_skipped(base, tmp_path):
     (["--task", "classify", "--train", "T.jsonl", "--out", "o"], "fine-tuning needs RUN_OR_EXPORT"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--epochs", "0"], "epochs: must be > 0"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--lr", "fast"], "lr: expected a number"),
-    (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--class-weights", "1,x"], "class_weights:"),
+    (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--class-weights", "1,x"], "--class-weights:"),
     (["BASE", "--task", "sft", "--train", "T.jsonl", "--out", "o", "--select", "macro_f1"], "select: 'macro_f1' is not"),
     (["BASE", "--task", "classify", "--train", "T.jsonl", "--out", "o", "--template", "no placeholder"], "template:"),
     (["nowhere", "--task", "classify", "--train", "T.jsonl", "--out", "o"], "no such run, checkpoint or export"),

@@ -163,9 +163,9 @@ MODULE_CEILING, FUNCTION_CEILING = 650, 120
 #: the exceptions, each with why ("path" for a module, "path:function" for a function)
 LONG_MODULES: dict[str, str] = {}
 LONG_FUNCTIONS: dict[str, str] = {}
-#: held to the limits once the rewrites under way land (issue 18, wave 2): the training loop (being split
-#: with the fused-loss work) and the eval / fit packages (brought under the limits with the task-law work)
-NOT_YET = ("train/loop.py", "eval/", "fit/")
+#: held to the limits once the rewrite under way lands (issue 18, wave 2): the fit package, brought under
+#: them with the task-law work (`fit/report.py:run_fit` is 101 lines)
+NOT_YET = ("fit/",)
 
 
 def _sizes() -> tuple[dict[str, int], dict[str, int]]:

@@ -218,7 +218,7 @@ def test_eval_batches_causal_mode_for_blender(tmp_path, objective):
 def test_evaluate_loss_counts_only_scored_targets(tmp_path):
     from gerbil.model.config import ModelConfig
     from gerbil.model.model import GPT
-    from gerbil.train.loop import evaluate_loss
+    from gerbil.train.step import evaluate_loss
 
     split = _tiny_val_split(tmp_path)
     torch.manual_seed(0)

@@ -73,9 +73,9 @@ def test_shared_groups_are_declared_once_and_composed():
 
 def test_runtime_fields_are_marked_on_the_field():
     assert set(TrainConfig.runtime_fields()) == {"device", "compile", "progress", "runs", "tokenizer_sha256",
-                                                 "resume", "data", "deterministic", "log", "name"}
+                                                 "resume", "data", "deterministic", "log", "name", "sdpa_backend"}
     assert set(FinetuneConfig.runtime_fields()) == {"device", "compile", "progress", "deterministic", "log",
-                                                    "resume", "out", "base"}
+                                                    "resume", "out", "base", "sdpa_backend"}
 
 
 @pytest.mark.parametrize("cls, section, advice", [(TrainConfig, "train", "--name"), (FinetuneConfig, "finetune", "--out")])

@@ -217,12 +217,14 @@ def test_metrics_lines_are_strict_json(tmp_path):
 
 def test_soak_smoke(tmp_path):
     """benchmarks/soak.py with 3 kills: every kill -9 (at random steps, checkpoint writes included)
-    followed by --resume auto ends bitwise identical to an uninterrupted run."""
+    followed by --resume auto ends bitwise identical to an uninterrupted run; and one suite worker killed
+    and requeued with its own pid in the dead worker's locks finishes, bitwise identical."""
     soak = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
     out = subprocess.run([sys.executable, str(soak), "--kills", "3", "--seed", "1", "--out", str(tmp_path),
-                          "--no-disk", "--no-prepare"], capture_output=True, text=True, timeout=600)
+                          "--no-disk", "--no-prepare", "--requeues", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "3 kills, 3 resumes, 3 bitwise identical, 0 data lost" in out.stdout
+    assert "suite: 1 workers killed and requeued with a reused pid, 1 finished, 1 bitwise identical" in out.stdout
 
 
 del TEST_SHA

@@ -152,11 +152,17 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """A YAML file that must hold a mapping; a missing file, a syntax error or another shape is one line."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise OptionError(f"{p}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise OptionError(f"{p}: {what} must be UTF-8 text; byte 0x{e.object[e.start]:02x} at line {line} is "
+                          f"not") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())
+    except _DuplicateKey as e:
+        raise OptionError(f"{p}: {e}; say it once") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -166,6 +172,34 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise OptionError(f"{p}: {what} must be a mapping of options, got {type(data).__name__}")
     return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last silently: a
+    recipe with two `lr:` lines would train with the second and never say so)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(f"key {key!r} is given twice (lines {first} and {line})")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 # ---------------------------------------------------------------------------------------- shared groups
@@ -197,6 +231,10 @@ class Runtime(Options):
                                      "forces it, also on a CPU, --no-compile never)", runtime=RUNTIME)
     deterministic: bool = opt(False, "deterministic algorithms (bitwise-exact resume on a GPU; slower)",
                               runtime=RUNTIME)
+    sdpa_backend: str = opt("auto", "attention kernel: auto (on CUDA the fastest of flash, cudnn and efficient, timed "
+                                    "on the run's shape at its start; PyTorch's choice elsewhere), default "
+                                    "(PyTorch's choice), or one pinned: flash, cudnn, efficient, math",
+                            choices=("auto", "default", "flash", "cudnn", "efficient", "math"), runtime=RUNTIME)
     resume: bool = opt(False, "continue this run from its latest intact checkpoint, or start it if it has "
                               "none yet (--resume auto)", flag="--resume", const="auto", runtime=RUNTIME)
     progress: bool | None = opt(None, "progress bar (default: when stderr is a terminal)", runtime=RUNTIME)
@@ -275,6 +313,22 @@ def _type_name(kinds: set[type]) -> str:
     return " or ".join(names[k] for k in (int, float, str, bool, list, dict) if k in kinds)
 
 
+_INT64_MAX = 2**63 - 1  # what torch and numpy hold; a larger integer option is a typo
+
+
+def check_range(name: str, value: Any, check: str | None) -> Any:
+    """`value` under one of `opt`'s range checks ("positive", "non_negative", "fraction", "unit"; None:
+    none), or a one-line OptionError naming it (`name`: a field, or a flag such as ``--nproc`` that is
+    not an `opt` field). None passes (an optional value not given)."""
+    if check and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = {"positive": value > 0, "non_negative": value >= 0, "fraction": 0 <= value <= 1,
+              "unit": 0 < value < 1}[check]
+        if not ok:
+            want = {"positive": "> 0", "non_negative": ">= 0", "fraction": "in [0, 1]", "unit": "in (0, 1)"}[check]
+            raise OptionError(f"{name}: must be {want}, got {value!r}")
+    return value
+
+
 def _check_field(f: dataclasses.Field, value: Any, name: str) -> Any:
     """The value of field `f`, converted where its parser allows (e.g. '50M'), or a one-line OptionError
     naming the field (`name`: its spelling in messages)."""
@@ -291,6 +345,8 @@ def _check_field(f: dataclasses.Field, value: Any, name: str) -> Any:
             raise OptionError(f"{name}: {e}") from None
     if isinstance(value, bool) and bool not in kinds:
         raise OptionError(f"{name}: expected {_type_name(kinds)}, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64_MAX:
+        raise OptionError(f"{name}: a number of {len(str(abs(value)))} digits is too large")
     if isinstance(value, int) and not isinstance(value, bool) and float in kinds and int not in kinds:
         value = float(value)
     if isinstance(value, tuple) and list in kinds:
@@ -301,13 +357,7 @@ def _check_field(f: dataclasses.Field, value: Any, name: str) -> Any:
         raise OptionError(f"{name}: must be a finite number, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         raise OptionError(f"{name}: {value!r} is not one of {', '.join(meta['choices'])}")
-    check = meta.get("check")
-    if check and isinstance(value, (int, float)):
-        ok = {"positive": value > 0, "non_negative": value >= 0, "fraction": 0 <= value <= 1,
-              "unit": 0 < value < 1}[check]
-        if not ok:
-            want = {"positive": "> 0", "non_negative": ">= 0", "fraction": "in [0, 1]", "unit": "in (0, 1)"}[check]
-            raise OptionError(f"{name}: must be {want}, got {value!r}")
+    check_range(name, value, meta.get("check"))
     if list in kinds and isinstance(value, list):
         if meta.get("items", float) is str:
             if not all(isinstance(x, str) for x in value):
@@ -384,9 +434,15 @@ def config_from_args(args: argparse.Namespace, cls: type[O], recipe: str | None 
         if hasattr(args, f.name):
             value = getattr(args, f.name)
             given[f.name] = True if f.metadata.get("const") else _from_cli(f, value)
-    if recipe:
-        return cls.from_yaml(recipe, given)
-    return cls.from_dict(given)
+    try:
+        return cls.from_yaml(recipe, given) if recipe else cls.from_dict(given)
+    except OptionError as e:  # a flag's value out of range: name the flag the user typed (--poll, not poll)
+        text = str(e)
+        for name in given:
+            key = cls.key_of(name)
+            if text.startswith(key + ":") and cls.flag_of(name).startswith("-"):
+                raise OptionError(cls.flag_of(name) + text[len(key):]) from None
+        raise
 
 
 def _from_cli(f: dataclasses.Field, value: Any) -> Any:

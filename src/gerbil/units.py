@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from gerbil.errors import OptionError
 
@@ -129,12 +130,16 @@ def fmt_table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Se
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
 _COUNT_RE = re.compile(rf"^{_NUM}(?:e(\d+))?\s*([kmbgt]?)$", re.IGNORECASE)
 _COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+#: The largest count `parse_count` accepts: 10^18 tokens is ~10^5 times any model's compute-optimal
+#: budget here, and stays exact in an int64 (torch, numpy) and in a float64.
+MAX_COUNT = 10**18
 
 
 def parse_count(text: str | int, what: str = "count") -> int:
     """A token count with decimal suffixes: '500M' → 500,000,000, '1.5B' → 1,500,000,000, '2e9'.
 
-    Token counts are decimal, like the seed's 134M. Must be a positive whole number of tokens.
+    Token counts are decimal, like the seed's 134M. Must be a positive whole number of tokens, at most
+    `MAX_COUNT` (10^18); anything else is a one-line ValueError.
     """
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
@@ -145,10 +150,17 @@ def parse_count(text: str | int, what: str = "count") -> int:
         m = _COUNT_RE.match(raw)
         if not m:
             raise OptionError(f"{what} {text!r} is not a number like 134M, 1.5B or 500000000")
-        x = float(m.group(1)) * 10 ** int(m.group(2) or 0) * _COUNT_UNITS[m.group(3).lower()]
-        value = round(x)
+        exponent = int(m.group(2) or 0)
+        if exponent > 40:  # far past MAX_COUNT: refused below without building a 10^400-digit number
+            raise OptionError(f"{what} {text!r} is too large (at most 1e18)")
+        # exact decimal arithmetic: a float overflows at 1e309 and rounds 1e30 to 1000000000000000019884624838656
+        x = Decimal(m.group(1)) * 10 ** exponent * _COUNT_UNITS[m.group(3).lower()]
+        value = int(x.to_integral_value(ROUND_HALF_EVEN))
     if value <= 0:
         raise OptionError(f"{what} must be positive, got {text!r}")
+    if value > MAX_COUNT:
+        shown = repr(text) if isinstance(text, str) else f"{value:,}" if value < 10**30 else f"of {len(str(value))} digits"
+        raise OptionError(f"{what} {shown} is too large (at most 1e18)")
     return int(value)
 
 

@@ -7,6 +7,7 @@ from gerbil.cli.common import add_nproc, relaunch
 from gerbil.errors import GerbilError
 from gerbil.eval.table import render
 from gerbil.eval.tasks import GROUPS, TASKS
+from gerbil.options import check_range
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -41,6 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gerbil.eval.evaluate import evaluate, format_results  # lazy: torch
     from gerbil.train.distributed import from_env
 
+    check_range("--batch-size", args.batch_size, "positive")
     if (rc := relaunch(args)) is not None:
         return rc
     if args.all_checkpoints:

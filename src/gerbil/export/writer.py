@@ -57,7 +57,7 @@ EXPORT_FILES = frozenset({"config.json", "model.safetensors", "generation_config
 PARTIAL_MARK = ".gerbil-partial-export"
 
 
-def _is_own_export(path: Path) -> bool:
+def is_own_export(path: Path) -> bool:
     """An earlier gerbil export: a gerbil-marked config.json and nothing but export files (no folders)."""
     try:
         marked = isinstance(json.loads((path / "config.json").read_text()).get("gerbil"), dict)
@@ -84,7 +84,7 @@ def _publish(tmp: Path, out: Path) -> None:
     delete, with both sides marked, so a crash at any point leaves nothing a later export may not clear."""
     if out.exists():
         # replace only an earlier export of gerbil's own: never delete what gerbil did not write
-        if not out.is_dir() or (any(out.iterdir()) and not _is_own_export(out)):
+        if not out.is_dir() or (any(out.iterdir()) and not is_own_export(out)):
             shutil.rmtree(tmp)
             raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
                               f"choose another --out or empty it yourself")
@@ -140,7 +140,7 @@ def export(
         tokenizer = Tokenizer.load()
 
     out = Path(out_dir).resolve()
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not _is_own_export(out):
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not is_own_export(out):
         raise GerbilError(f"{out} exists and is not an earlier gerbil export (it holds other files); "
                           f"choose another --out or empty it yourself")
     tmp = out.with_name(out.name + ".tmp-export")

@@ -1,5 +1,5 @@
 """`gerbil finetune` and `gerbil predict`: thin verbs over `gerbil.finetune.finetune` and
-`gerbil.finetune.predict` (cli.py adds them with `add_finetune_parser` / `add_predict_parser`).
+`gerbil.finetune.predict` (`gerbil.cli` adds them with `add_finetune_parser` / `add_predict_parser`).
 
 `finetune`'s flags are generated from `FinetuneConfig` (`gerbil.options.add_arguments`), as
 `train`'s are from `TrainConfig`; a YAML recipe (`--config`) holds the same keys, flags win over it.

@@ -40,6 +40,7 @@ from gerbil.model.classifier import Classifier
 from gerbil.model.config import ModelConfig, size_label
 from gerbil.runs.rundir import RunDir, resolve_source
 from gerbil.schedules import make_schedule
+from gerbil.train.autotune import choose_sdpa, describe
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.device import peak_flops
 from gerbil.train.distributed import Dist
@@ -115,6 +116,9 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     schedule = make_schedule(cfg.schedule, cfg.lr, budget, int(round(cfg.warmup_fraction * budget)),
                              cfg.min_lr_ratio, cfg.cooldown_fraction)
     ex = execution(cfg)
+    # attention: PyTorch's dispatch unless pinned (packed rows are masked: no timing on causal calls)
+    attention = choose_sdpa(cfg.sdpa_backend, model_cfg, ex.device, micro, max_len, ex.autocast_dtype, {},
+                            may_time=False, masked=True)
     run.path.mkdir(parents=True, exist_ok=True)
     plan = RunPlan(
         name=run.name, run=run, model_config=model_cfg, size=base_info.get("size") or size_label(model=model_cfg),
@@ -123,7 +127,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
         seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(), micro_batch=micro, eval_micro_batch=micro,
         log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
         flops_per_token=planlib.flops_per_token(model_cfg, max_len), peak_flops=peak_flops(ex.device, ex.precision),
-        record={}, resume_from=resume_from)
+        record={}, resume_from=resume_from, sdpa_backend=None if attention.name == "default" else attention.name,
+        tuning={"sdpa_backend": describe(attention, ex.device, model_cfg, max_len, ex.autocast_dtype)})
     r = Finetuning(
         plan=plan, cfg=cfg, base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set,
         val_set=val_set, val_completions=completions, epoch_steps=steps,

@@ -30,7 +30,7 @@ from gerbil.finetune.decode import greedy
 from gerbil.model.classifier import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
 from gerbil.model.model import GPT
-from gerbil.train.loop import Workload
+from gerbil.train.state import Workload
 from gerbil.train.runplan import RunPlan
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,10 @@ Implementations (`impl`):
   the small (n, d) side of the gradient matmuls instead of the (n, V) logits.
 - ``"full"``: the plain ``F.cross_entropy(hidden @ W.T + b)``, all logits at once (a reference; what
   torch.compile of the whole model fuses when memory allows).
+- ``"triton"``: the head and cross-entropy fused in two Triton kernels that never write a logit to memory
+  (gerbil/model/fused_loss.py; same contract, gradients also computed in forward and scaled in backward).
+  CUDA with triton, or CPU tensors under ``TRITON_INTERPRET=1``; anything else raises a one-line
+  GerbilError — it never falls back silently.
 
 Why eager on CPU: measured on a 2-core Xeon (benchmarks/loss_throughput.py, 6.7m shapes: d 64, vocab 50,264,
 8,192 tokens, chunks of 1,024, fp32, forward + backward), eager 2.2× the tokens/s of the previous chunked
@@ -35,7 +39,8 @@ loss and a third of its peak memory, compiled only 1.1× — inductor allocates 
 and the page faults of those buffers cost as much as the kernels — and a cold compile takes 10–20 s.
 On CUDA the caching allocator makes buffers free and the fused kernels cut the passes over the logits from
 about ten to about four (write the logits, read them for the log-sum-exp, read them and write the
-gradient, read it for the bias sum) besides the two gradient matmuls. No GPU was available when this was
+gradient in the compute dtype, read it for the bias sum) besides the two gradient matmuls: 14 bytes per
+logit in bf16 (docs/performance.md). No GPU was available when this was
 written: the CUDA choice is argued, not measured — check with benchmarks/loss_throughput.py --device cuda
 and force ``impl="eager"`` if it loses.
 
@@ -52,10 +57,11 @@ import torch
 import torch.nn.functional as F
 
 from gerbil.data.tokenizer import IGNORE_INDEX  # the unscored target id (re-exported: gerbil.loss)
+from gerbil.model.fused_loss import TritonBlocks, scaled_gradients, triton_lm_loss
 
 log = logging.getLogger(__name__)
 
-IMPLS = ("chunked", "compiled", "eager", "full")
+IMPLS = ("chunked", "compiled", "eager", "full", "triton")
 
 # Compiled per-chunk functions, created lazily; dynamo keys what it compiled by shape/dtype/device (its
 # guards), so nothing here depends on which model or call came first. Device types whose compile failed
@@ -81,9 +87,11 @@ def _chunk_loss_and_grad(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     loss = ((lse - tgt) * w).sum()
     p = torch.exp(logits - lse[:, None])  # (n, V)
     onehot = torch.arange(logits.shape[1], device=y.device)[None, :] == y[:, None]  # (n, V) bool, fused
-    g = torch.where(onehot, p - 1.0, p) * w[:, None]  # (n, V) fp32 in [−1, 1]
-    g_bias = g.sum(0)  # (V,) fp32
-    g = g.to(h.dtype)
+    g = (torch.where(onehot, p - 1.0, p) * w[:, None]).to(h.dtype)  # (n, V) in [−1, 1], the compute dtype
+    # The bias gradient sums the compute-dtype g that the two matmuls read anyway (fp32 accumulation):
+    # summing the fp32 g instead made inductor write and re-read an (n, V) fp32 softmax buffer, 8 of the
+    # ~22 bytes of traffic per logit (read from inductor's generated code on CPU, bf16).
+    g_bias = g.sum(0, dtype=torch.float32)  # (V,) fp32
     return loss, torch.mm(g, weight), torch.mm(g.t(), h), g_bias
 
 
@@ -124,6 +132,11 @@ def _use_compile(impl: str, device: torch.device) -> bool:
     if impl == "compiled":
         return True
     return impl == "chunked" and device.type == "cuda"
+
+
+def compile_failed(device: torch.device) -> bool:
+    """True once compiling the chunked loss failed on this device type (it runs eager from then on)."""
+    return device.type in _COMPILE_FAILED
 
 
 def _compile_failed(device: torch.device, exc: BaseException) -> None:
@@ -247,13 +260,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         g_hidden, g_weight, g_bias, denom = ctx.saved_tensors
-        # fp32: grad_out may be the GradScaler's 65,536 (inf in fp16); the product is cast only at the end
-        k = grad_out.float() / denom
-        h_dt, w_dt, b_dt = ctx.dtypes
-        gh = (g_hidden * k).to(h_dt) if g_hidden is not None else None
-        gw = (g_weight * k).to(w_dt) if g_weight is not None else None
-        gb = (g_bias * k).to(b_dt) if g_bias is not None else None
-        return gh, gw, gb, None, None, None, None, None
+        return (*scaled_gradients((g_hidden, g_weight, g_bias), ctx.dtypes, grad_out, denom),
+                None, None, None, None, None)
+
+
 
 
 def _compiled_grad_chunks(hidden, W, b, targets, weights, chunk_tokens, compute_dtype, g_hidden, g_weight,
@@ -312,6 +322,12 @@ def _forward_only(h, weight, bias, y, w, chunk_tokens: int, compute_dtype: torch
 
 
 # ------------------------------------------------------------------------------------ public
+def default_chunk_tokens(device: torch.device) -> int:
+    """Rows per chunk of the chunked losses in training: 4,096 on CUDA; 1,024 on a CPU (one chunk's fp32
+    logits ≈ 200 MB there). `loss_impl: auto` times the losses with the same chunks."""
+    return 4096 if device.type == "cuda" else 1024
+
+
 def lm_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -321,6 +337,7 @@ def lm_loss(
     vocab_size: int | None = None,
     chunk_tokens: int = 4096,
     impl: str = "chunked",
+    triton_blocks: TritonBlocks | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over positions with mask 1 and target != -100.
 
@@ -328,7 +345,9 @@ def lm_loss(
     vocab_size: only the first `vocab_size` rows of the head are real — padded rows never get a logit,
     so they can neither win nor receive gradient.
     impl: "chunked" (default: compiled per chunk on CUDA, eager on CPU), "compiled", "eager", "full"
-    (see the module docstring). Under autocast the head runs in the autocast dtype with fp32 softmax math.
+    (see the module docstring), "triton" (gerbil/model/fused_loss.py: CUDA + the triton package, or CPU
+    under TRITON_INTERPRET=1; anything else raises a one-line GerbilError, never a silent fallback).
+    triton_blocks: the triton kernels' block sizes (default: chosen by width; tests use small ones). Under autocast the head runs in the autocast dtype with fp32 softmax math.
     When no gradient is needed (``torch.no_grad()``, or nothing requires grad) the chunked paths compute
     the loss only: no gradient buffers, no gradient matmuls.
     """
@@ -357,6 +376,8 @@ def lm_loss(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, weight, bias))
     with torch.autocast(dev.type, enabled=False):
+        if impl == "triton":
+            return triton_lm_loss(h, weight, bias, y, w, compute_dtype, needs_grad, triton_blocks)
         if not needs_grad:
             with torch.no_grad():
                 return _forward_only(h, weight, bias, y, w, chunk_tokens, compute_dtype, use_compile)

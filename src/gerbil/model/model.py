@@ -16,7 +16,7 @@ evaluation applies `logits()` only where it scores tokens.
 
 Parameter names are transformers' GPT-J names without the `transformer.` prefix, except that
 q/k/v are one fused `qkv_proj` (one matmul instead of three: fewer kernel launches, which matters at
-d_model 32-640); export.py splits it.
+d_model 32-640); export/mapping.py splits it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from gerbil.errors import GerbilError
 from gerbil.eval.table import render
 from gerbil.options import Options, add_arguments, config_from_args, opt, section, setup_logging
-from gerbil.suite.planning import format_suite_plan, plan_suite
+from gerbil.suite.planning import cascade_line, format_suite_plan, plan_suite
 from gerbil.suite.plot import plot_suite
 from gerbil.suite.publish import export_suite
 from gerbil.suite.results import suite_records
@@ -146,9 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name in out.blocked:
         print(f"  blocked: {name}")
     for c in out.cascades:
-        line = (f"cascade {c['trunk']}: {c['tokens']:,} tokens vs {c['independent_tokens']:,} for independent runs "
-                f"({c['ratio']:.3f}x; {c['nominal_per_param']:g} vs {c['nominal_independent_per_param']:g} tokens per "
-                f"parameter)")
+        line = cascade_line(c, suite.budget_scale)
         if c.get("seconds_ratio") is not None:
             line += (f"; training time {fmt_duration(c['seconds'])} vs ~{fmt_duration(c['independent_seconds_estimate'])}"
                      f" ({c['seconds_ratio']:.2f}x, independent runs at the trunk's measured rate)")

@@ -79,6 +79,20 @@ def cascade_savings(suite: Suite) -> list[CascadeSavings]:
     return out
 
 
+def cascade_line(c: dict, budget_scale: float = 1.0) -> str:
+    """What `gerbil suite run` says of a cascade's tokens (a `CascadeSavings.to_dict`): as trained — tokens,
+    their ratio, tokens per parameter — then, apart, the classes' nominal tokens per parameter and their
+    ratio, with the scale when the suite scales its budgets (`budget_scale`): never a trained ratio beside
+    an unscaled one."""
+    nominal = (f"the classes' nominal {c['nominal_per_param']:g} vs {c['nominal_independent_per_param']:g}, "
+               f"{c['nominal_ratio']:.2f}x")
+    if budget_scale != 1.0:
+        nominal += f", here scaled by {budget_scale:g}"
+    return (f"cascade {c['trunk']}: {c['tokens']:,} tokens vs {c['independent_tokens']:,} for independent runs "
+            f"({c['ratio']:.3f}x; {c['tokens_per_param']:.4g} vs {c['independent_tokens_per_param']:.4g} tokens per "
+            f"parameter; {nominal})")
+
+
 @dataclass
 class SuitePlan:
     suite: Suite
@@ -156,4 +170,4 @@ def format_suite_plan(plan: SuitePlan) -> str:
     return "\n".join(out)
 
 
-__all__ = ["CascadeSavings", "SuitePlan", "cascade_savings", "format_suite_plan", "nominal_cascade", "plan_suite"]
+__all__ = ["CascadeSavings", "SuitePlan", "cascade_line", "cascade_savings", "format_suite_plan", "nominal_cascade", "plan_suite"]

@@ -5,8 +5,8 @@ shared filesystem) to split the runs.
 How workers never train a run twice: a worker claims a run (`gerbil.suite.state.Claim`, an O_EXCL file;
 a heartbeat thread refreshes its mtime), re-reads the run's record *under the claim* (another worker may
 have finished it since the last look) and only then works on it; it writes the record `done` before it
-releases the claim. A dead worker's claim is taken over (same host: its pid is gone; elsewhere: no
-heartbeat for 2 minutes) and its run resumes from its latest checkpoint (`TrainConfig.resume`): training
+releases the claim. A dead worker's claim is taken over (same host: its process is gone, its pid reused
+by another; elsewhere: no heartbeat for 2 minutes; `gerbil.lock`) and its run resumes from its latest checkpoint (`TrainConfig.resume`): training
 is exactly resumable, so an interrupted suite ends with the same weights as an uninterrupted one.
 
 What a worker does with a claimed run: record it `running` (with the options it is trained with: a
@@ -39,7 +39,7 @@ from gerbil.runs.rundir import RunDir
 from gerbil.suite.records import RunSpec, Suite
 from gerbil.suite.results import cascade_report, write_tables
 from gerbil.suite.state import (TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
-                                now, parent_ready, run_states)
+                                now, parent_ready, run_states, waiting_on)
 from gerbil.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class Worker:
         self.suite, self.sdir, self.opt, self.stores = suite, sdir, options, stores
         self.id = options.worker or default_worker_id()
         self.retried: set[str] = set()
+        self.outside: dict[str, str] = {}  # runs whose run directory a process outside the suite holds
 
     def event(self, event: str, run: str | None = None, **info: Any) -> None:
         self.sdir.log_event(self.id, event, run, **info)
@@ -184,8 +185,10 @@ class Worker:
         """Work on the first actionable run in dependency order, again and again, until every run is done,
         failed or blocked; while the rest waits on other workers, look again every `poll` seconds."""
         self.event("start", runs=len(self.suite.runs))
+        waited = None
         while True:
             states = run_states(self.sdir, self.suite, self.opt.stale_after)
+            self.outside = {}
             actionable = [spec for spec in self.suite.order() if self._actionable(spec, states[spec.name].status)]
             worked = False
             for spec in actionable:
@@ -196,6 +199,10 @@ class Worker:
                 continue
             if not actionable and all(s.status in TERMINAL for s in states.values()):
                 break
+            line = "; ".join(filter(None, [waiting_on(states), *self.outside.values()]))
+            if line != waited:  # say what this worker waits on (once per change, not every poll)
+                log.info("worker %s: waiting on %s", self.id, line or "other workers' claims")
+                waited = line
             time.sleep(self.opt.poll)
         self.event("stop")
 
@@ -224,8 +231,8 @@ class Worker:
         try:
             rec = self.sdir.record(spec.name) or {}  # re-read under the claim: it may have finished meanwhile
             status = rec.get("status")
-            if status == "done" and not self._eval_missing(spec):
-                return False
+            if status == "done" and is_trained(self.sdir, spec) and not self._eval_missing(spec):
+                return False  # (a run recorded done whose final checkpoint is gone trains again)
             if status == "failed":
                 if not self._retry(spec.name):
                     return False
@@ -234,8 +241,9 @@ class Worker:
                 return False
             run_lock = Lock(self.sdir.run_dir(spec.name).lock, f"run {spec.name}", self.opt.stale_after)
             holder = run_lock.holder()
-            if holder is not None and not run_lock.is_stale(holder):
-                return False  # a training process outside this suite's claims still runs it
+            if holder is not None and not run_lock.is_stale(holder):  # a training process outside the suite
+                self.outside[spec.name] = f"{spec.name} (its run directory is locked by {run_lock.describe(holder)})"
+                return False
             self.event("claim", spec.name, status=status)
             with _Heartbeat(claim, self.opt.heartbeat):
                 self._process(spec, rec)
@@ -251,7 +259,7 @@ class Worker:
                            "device": self.opt.device},
                    started=rec.get("started") or now())
         self.sdir.write_record(spec.name, rec)
-        if not is_trained(self.sdir, spec, rec):
+        if not is_trained(self.sdir, spec):
             try:
                 cfg = self.train_config(spec)
                 self.event("train", spec.name, resume=cfg.resume, from_run=cfg.from_run)

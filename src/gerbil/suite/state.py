@@ -49,6 +49,14 @@ TABLE_MD, TABLE_CSV = "table" + ".md", "table.csv"
 README = "README" + ".md"
 
 
+#: The fields of a registry record that are read back, and their types (`SuiteDir.record`).
+_RECORD_FIELDS = {"status": str, "role": str, "parent": str, "branch_at": int, "options": dict, "reason": str,
+                  "attempts": int, "worker": dict, "started": str, "result": dict, "trained": bool, "eval": dict,
+                  "failed": str, "finished": str}
+_KIND_NAMES = {str: "a string", int: "an integer", dict: "a mapping", bool: "true/false"}
+_WARNED: set[tuple[str, str, str]] = set()
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -68,18 +76,18 @@ def default_worker_id() -> str:
 
 
 class Claim(Lock):
-    """A worker's claim on a run: `gerbil.lock.Lock` (O_EXCL file with pid/host, heartbeat =
-    mtime, a dead holder's claim taken over: same host — its pid is gone; another host — no heartbeat for
-    `STALE_AFTER_S` = 120 s), plus one rule: a claim file without a readable holder, older than
-    `TORN_AFTER_S`, is stale — a worker killed mid-claim never leaves a run unclaimable."""
+    """A worker's claim on a run: `gerbil.lock.Lock` (O_EXCL file with the worker's pid, host and process
+    identity, heartbeat = mtime; a dead holder's claim is taken over: on its host — its process is gone,
+    or its pid now belongs to another process (a restarted container's pid 1, a wrapped-around pid);
+    elsewhere — no heartbeat for `STALE_AFTER_S` = 120 s), plus one rule: a claim file without a readable
+    holder, older than `TORN_AFTER_S`, is stale — a worker killed mid-claim never leaves a run
+    unclaimable."""
 
-    def is_stale(self, info: dict) -> bool:
+    def state(self, info: dict) -> tuple[bool, str]:
         if not info:
-            try:
-                return time.time() - self.path.stat().st_mtime > TORN_AFTER_S
-            except FileNotFoundError:
-                return True
-        return super().is_stale(info)
+            age = self.age()
+            return age > TORN_AFTER_S, f"a claim file without a holder, {age:.0f} s old"
+        return super().state(info)
 
     def live_holder(self) -> dict | None:
         """The holder if it is alive, else None."""
@@ -144,6 +152,8 @@ class SuiteDir:
 
     # ------------------------------------------------------------------------------ records
     def record(self, name: str) -> dict | None:
+        """The run's status record (None: never started). A field of the wrong type (a hand-edited or
+        damaged record) is left out with a warning: never a traceback, never a guess."""
         p = self.registry / f"{name}.json"
         try:
             data = json.loads(p.read_text())
@@ -152,7 +162,18 @@ class SuiteDir:
         except (OSError, ValueError) as e:  # cannot happen with atomic writes; never hide it
             log.warning("unreadable registry record %s (%s); treating the run as not started", p, e)
             return None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            log.warning("registry record %s is not a mapping; treating the run as not started", p)
+            return None
+        for key, kind in _RECORD_FIELDS.items():
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                if (str(p), key, repr(value)) not in _WARNED:  # once, not at every look of a waiting worker
+                    _WARNED.add((str(p), key, repr(value)))
+                    log.warning("registry record %s: %r should be %s, not %r; ignoring it", p, key,
+                                _KIND_NAMES[kind], value)
+                del data[key]
+        return data
 
     def write_record(self, name: str, rec: dict) -> None:
         rec = dict(rec, name=name, updated=now())
@@ -200,13 +221,14 @@ def branch_checkpoint(sdir: SuiteDir, spec: RunSpec) -> Path | None:
     return best[1] if best else None
 
 
-def is_trained(sdir: SuiteDir, spec: RunSpec, rec: dict | None = None) -> bool:
-    """The run reached its budget: its record says so, or its run directory's result.json does (a worker
-    killed between training and writing the record)."""
-    if rec and rec.get("trained"):
-        return True
-    result = sdir.run_dir(spec.name).read_result()
-    return bool(result and int(result.get("tokens") or 0) >= spec.budget)
+def is_trained(sdir: SuiteDir, spec: RunSpec) -> bool:
+    """The run reached its budget: its latest intact checkpoint (sizes checked) is at the budget. Neither
+    the record's `trained` nor result.json is enough: a run whose checkpoints (or whole directory) were
+    removed since is not trained — it trains again, and is never reported or exported as finished."""
+    try:
+        return int(sdir.run_dir(spec.name).latest_meta().get("tokens") or 0) >= spec.budget
+    except (TypeError, ValueError):
+        return False
 
 
 def evals_missing(sdir: SuiteDir, spec: RunSpec, tasks: list[str], limit: int | None) -> list[str]:
@@ -247,35 +269,33 @@ class RunState:
 
 
 def run_states(sdir: SuiteDir, suite: Suite, stale_after: float = STALE_AFTER_S) -> dict[str, RunState]:
-    """Every run's state, derived from its record, its claim, its run directory and its parent's state."""
+    """Every run's state, derived from its record, its claim, its run directory and its parent's state. A
+    run recorded done whose checkpoint at the budget is gone (removed, or its directory) is pending: it
+    trains again, and is never reported as finished."""
     states: dict[str, RunState] = {}
     for spec in suite.order():  # parents first: a child's state depends on its parent's
         rec = sdir.record(spec.name) or {}
-        holder = sdir.claim(spec.name, stale_after).live_holder()
+        claim = sdir.claim(spec.name, stale_after)
+        holder = claim.live_holder()
         run = sdir.run_dir(spec.name)
         st = RunState(spec.name, "pending", spec.role, spec.parent, budget=spec.budget,
                       attempts=int(rec.get("attempts") or 0), reason=rec.get("reason"),
                       evals=dict(rec.get("eval") or {}))
-        tail = run.tail_metrics() if run.path.is_dir() else []
-        if tail:
-            st.tokens = tail[-1].get("tokens")
-            st.loss = tail[-1].get("loss")
-            vals = [m["val_loss"] for m in tail if m.get("val_loss") is not None]
-            st.val_loss = vals[-1] if vals else None
-            rates = [m["tok_s"] for m in tail[-20:] if m.get("tok_s")]
-            st.tok_s = sum(rates) / len(rates) if rates else None
-        result = rec.get("result") or {}
-        if result.get("val_loss") is not None:
-            st.val_loss = result["val_loss"]
+        _progress(st, run)
+        val = (rec.get("result") or {}).get("val_loss")
+        if isinstance(val, (int, float)) and not isinstance(val, bool):
+            st.val_loss = float(val)
         status = rec.get("status")
         parent = states.get(spec.parent) if spec.parent else None
+        lost = status == "done" and not is_trained(sdir, spec)
         if holder is not None:
             st.status = status if status in ("running", "evaluating") else "running"
             w = (rec.get("worker") or {})
             st.worker = w.get("id") or f"pid {holder.get('pid')} on {holder.get('host')}"
+            st.detail = claim.describe(holder)
             if st.tok_s and st.tokens is not None and st.status == "running":
                 st.eta_s = max(0.0, (spec.budget - st.tokens) / st.tok_s)
-        elif status == "done":
+        elif status == "done" and not lost:
             st.status = "done"
         elif status == "failed":
             st.status = "failed"
@@ -287,11 +307,40 @@ def run_states(sdir: SuiteDir, suite: Suite, stale_after: float = STALE_AFTER_S)
                          else f"for {spec.parent}")
         else:
             st.status = "pending"
-            if status in ("running", "evaluating"):
+            if lost:
+                where = run.checkpoints if run.path.is_dir() else run.path
+                st.detail = f"recorded done, but its final checkpoint is gone ({where}): trains again"
+                st.evals, st.val_loss = {}, None
+            elif status in ("running", "evaluating"):
                 st.detail = f"interrupted ({status}); " + ("resumes from its checkpoint" if run.list_checkpoints()
                                                            else "starts again (no checkpoint yet)")
         states[spec.name] = st
     return {r.name: states[r.name] for r in suite.runs}
+
+
+def _progress(st: RunState, run: RunDir) -> None:
+    """Tokens, losses and speed from the tail of the run's metrics.jsonl (nothing for a run not started)."""
+    tail = run.tail_metrics() if run.path.is_dir() else []
+    if not tail:
+        return
+    st.tokens = tail[-1].get("tokens")
+    st.loss = tail[-1].get("loss")
+    vals = [m["val_loss"] for m in tail if m.get("val_loss") is not None]
+    st.val_loss = vals[-1] if vals else None
+    rates = [m["tok_s"] for m in tail[-20:] if m.get("tok_s")]
+    st.tok_s = sum(rates) / len(rates) if rates else None
+
+
+def waiting_on(states: dict[str, RunState]) -> str:
+    """What a worker with nothing to do waits for, in one line: runs other workers hold (with their
+    holder and heartbeat) and runs waiting for a parent — "" when nothing is left to wait for."""
+    parts = []
+    for s in states.values():
+        if s.status in ("running", "evaluating"):
+            parts.append(f"{s.name} ({s.status} on {s.worker}: {s.detail})" if s.detail else f"{s.name} ({s.status})")
+        elif s.status == "waiting":
+            parts.append(f"{s.name} (waiting {s.detail})")
+    return "; ".join(parts)
 
 
 def parent_ready(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState | None = None) -> bool:
@@ -302,7 +351,7 @@ def parent_ready(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState |
         return branch_checkpoint(sdir, spec) is not None
     if parent is not None and parent.status in ("done", "evaluating"):
         return True
-    return is_trained(sdir, suite.get(spec.parent), sdir.record(spec.parent))
+    return is_trained(sdir, suite.get(spec.parent))
 
 
 def _parent_blocks(sdir: SuiteDir, suite: Suite, spec: RunSpec, parent: RunState) -> bool:

@@ -11,10 +11,18 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:  # PEP 562
-    if name in ("train", "train_step", "evaluate_loss", "RunResult", "TrainState", "NonFiniteLoss"):
+    if name == "train":
         from gerbil.train import loop
 
-        return getattr(loop, name)
+        return loop.train
+    if name in ("train_step", "evaluate_loss"):
+        from gerbil.train import step
+
+        return getattr(step, name)
+    if name in ("RunResult", "TrainState", "NonFiniteLoss"):
+        from gerbil.train import state
+
+        return getattr(state, name)
     if name == "TrainConfig":  # torch-free
         from gerbil.train import config
 

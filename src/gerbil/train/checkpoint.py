@@ -101,7 +101,7 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
         module = getattr(model, "_orig_mod", model)  # torch.compile wrapper → the real module
         weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(weights, str(weights_file(tmp)))
-        torch.save(train_state, state_file(tmp))
+        _save_state(train_state, state_file(tmp))
         files = {}
         for name, f in payload_files(tmp).items():
             fsync_file(f)
@@ -126,6 +126,27 @@ def save_checkpoint(root: str | Path, step: int, model: Any, train_state: dict, 
     os.rename(tmp, final)
     set_latest(root, final.name)
     return final
+
+
+def _save_state(obj: Any, path: Path) -> None:
+    """`torch.save` into a file opened here, so that a full disk is the OSError (ENOSPC) Python's write
+    raised: given a path, torch writes from C++ and reports it only as "[enforce fail at
+    inline_container.cc] ... unexpected pos N vs M" (through a file object too, with the OSError as the
+    context). Any OSError in the chain is re-raised as itself."""
+    import torch
+
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 — torch's RuntimeError around Python's OSError
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 # ------------------------------------------------------------------------------------ the policy

@@ -93,10 +93,15 @@ class _Batch(Options):
                                                "131k-262k; default the seed's per size", metavar="B")
     micro_batch: int | None = opt(None, "sequences per forward pass (default: automatic)", check="positive",
                                   metavar="N")
-    warmup_tokens: int | None = opt(None, "tokens of linear warmup (default: 1%% of the budget, at least one "
-                                          "batch)", parse=parse_count, check="non_negative", metavar="N")
-    loss_impl: str = opt("chunked", "chunked (single-pass head + cross-entropy) or full (plain logits)",
-                         choices=("chunked", "full"))
+    warmup_tokens: int | None = opt(None, "tokens of linear warmup (default: the longest of one batch, 1%% of "
+                                          "the run's tokens and its first min(100, 10%% of its) steps; a "
+                                          "resumed run keeps its own)", parse=parse_count, check="non_negative",
+                                    metavar="N")
+    loss_impl: str = opt("auto", "head + cross-entropy: auto (on CUDA the fastest of triton, compiled, eager and "
+                                 "full, timed on the run's micro-batch at its start; eager elsewhere), chunked "
+                                 "(compiled on CUDA, eager elsewhere), compiled, eager, full (plain logits) or "
+                                 "triton (the fused kernels)", choices=("auto", "chunked", "compiled", "eager", "full",
+                                                                       "triton"))
 
 
 @section("checkpoints and validation")

@@ -5,6 +5,8 @@ bf16/fp16 autocast on request (the emulation the tests use for the CUDA paths).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from gerbil import plan as planlib
@@ -12,6 +14,8 @@ from gerbil.errors import GerbilError, OptionError
 from gerbil.model.config import ModelConfig
 from gerbil.model.loss import lm_loss
 from gerbil.model.model import GPT
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str | torch.device | None) -> torch.device:
@@ -73,6 +77,18 @@ def is_alloc_failure(e: BaseException) -> bool:
         "failed to allocate", "Failed to allocate"))
 
 
+def is_compile_failure(e: BaseException) -> bool:
+    """True for an error of torch.compile itself — dynamo, inductor, a backend, a Triton or C++ compile
+    (dynamo compiles lazily: these surface at the first forward or backward of a new graph) — and not
+    for an out-of-memory or an error the model raises eagerly too."""
+    if is_alloc_failure(e):
+        return False
+    from torch._dynamo.exc import TorchDynamoException  # lazy: importing dynamo loads the compiler stack
+
+    module = type(e).__module__ or ""
+    return isinstance(e, TorchDynamoException) or module.startswith(("torch._inductor", "triton"))
+
+
 def largest_fitting(top: int, fits) -> int:
     """The largest power of two ≤ `top` for which `fits(mb)` is true, trying from the top down. `fits`
     returns False or raises an allocation failure (`is_alloc_failure`) when `mb` does not fit; any other
@@ -100,6 +116,10 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
     failure of any kind meaning "does not fit". The chosen size is recorded in config.yaml and reused on
     resume (a different free-memory state must not change the accumulation grouping). CPU: at most 8k
     tokens per micro-batch (the head's chunks dominate memory there, and bigger buys no speed).
+
+    Compiling: each size is compiled with ``dynamic=False`` and dynamo is reset after it, so a second size
+    never turns the model's graph dynamic and the training run compiles its own static graph afresh; a
+    failed compile probes the eager model instead (training falls back the same way).
     """
     top = 1
     while top * 2 <= min(64, seqs_per_step):
@@ -108,28 +128,48 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
         return max(1, min(top, 8192 // seq_len))
 
     model = GPT(model_cfg).to(device)
-    run = torch.compile(model) if compile else model
     free, _ = torch.cuda.mem_get_info(device)
     budget = 0.85 * free - 4 * 4 * model_cfg.n_params()  # weights + grads + Adam m, v (fp32)
+    state = {"compile": compile}
 
     def fits(mb: int) -> bool:
         try:
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            x = torch.zeros(mb, seq_len, dtype=torch.long, device=device)
-            with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                loss = lm_loss(run(x), model.lm_head.weight, model.lm_head.bias, x, impl=loss_impl,
-                               vocab_size=model_cfg.vocab_size)
-            loss.backward()
-            return torch.cuda.max_memory_allocated(device) - base < budget
-        finally:
-            model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
+            return _probe_step(model, mb, seq_len, autocast_dtype, loss_impl, state["compile"], device) < budget
+        except Exception as e:
+            if not (state["compile"] and is_compile_failure(e)):
+                raise
+            log.warning("micro-batch probe: torch.compile failed (%s: %s); probing the eager model",
+                        type(e).__name__, " ".join(str(e).split())[:200])
+            state["compile"] = False
+            return _probe_step(model, mb, seq_len, autocast_dtype, loss_impl, False, device) < budget
 
     try:
         return largest_fitting(top, fits)
     finally:
         model.to("cpu")  # free the probe's device memory before training allocates its own
+        torch.cuda.empty_cache()
+
+
+def _probe_step(model: torch.nn.Module, mb: int, seq_len: int, autocast_dtype: torch.dtype | None, loss_impl: str,
+                compile: bool, device: torch.device) -> int:
+    """Peak bytes one training forward + backward of `mb` sequences adds (compiled: a static graph of this
+    size alone, discarded afterwards)."""
+    run = torch.compile(model, dynamic=False) if compile else model
+    try:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        x = torch.zeros(mb, seq_len, dtype=torch.long, device=device)
+        with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = lm_loss(run(x), model.lm_head.weight, model.lm_head.bias, x, impl=loss_impl,
+                           vocab_size=model.config.vocab_size)
+        loss.backward()
+        return torch.cuda.max_memory_allocated(device) - base
+    finally:
+        model.zero_grad(set_to_none=True)
+        if compile:
+            import torch._dynamo  # lazy: importing dynamo loads the compiler stack
+
+            torch._dynamo.reset()  # no graph (and no dynamic-shape decision) survives into the next size
         torch.cuda.empty_cache()
 
 

@@ -16,10 +16,14 @@ loop has one code path.
 """
 from __future__ import annotations
 
+import codecs
 import datetime
 import importlib.util
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -120,16 +124,69 @@ def rank_slice(n: int, d: Dist) -> tuple[int, int]:
     return start, start + base + (1 if d.rank < extra else 0)
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """`gerbil train --nproc N ...`: run the same command under torchrun on this machine (one node)."""
+def launch(nproc: int, argv: list[str], target: list[str] | None = None) -> int:
+    """`gerbil train|eval --nproc N ...`: run the same command (`argv`, without --nproc) under torchrun on
+    this machine (one node); `target` is what torchrun starts (default ``-m gerbil``). torchrun's output
+    passes through as it comes; when the job fails, a one-line GerbilError follows its tracebacks: which
+    rank failed and how, and the command that continues (`failure_summary`)."""
     if nproc < 1:
         raise GerbilError(f"--nproc must be at least 1, got {nproc}")
     if shutil.which("torchrun") is None and not _has_module("torch.distributed.run"):
         raise GerbilError("torchrun is not available (it comes with PyTorch)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "gerbil", *argv]
+           *(target or ["-m", "gerbil"]), *argv]
+    rc, tail = _run_passing_stderr(cmd)
+    if rc != 0:
+        raise GerbilError(failure_summary(tail, nproc, argv, rc))
+    return 0
 
-    return subprocess.call(cmd)
+
+def _run_passing_stderr(cmd: list[str], keep: int = 1 << 16) -> tuple[int, str]:
+    """Run `cmd`, copying its stderr to ours as it comes (progress bars included); returns its exit
+    status and the last `keep` bytes of its stderr."""
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    try:
+        while chunk := p.stderr.read1(1 << 14):
+            text = decode.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-keep:]
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun too: let it stop its ranks
+        p.wait()
+        raise
+    return p.wait(), tail
+
+
+def failure_summary(stderr: str, nproc: int, argv: list[str], rc: int) -> str:
+    """One line after torchrun's report of a failed job: the rank that failed first (its "Root Cause"
+    block), how, and the command that continues — ``gerbil train --nproc N ... --resume auto`` (the run
+    continues from its latest checkpoint), the same command for another verb."""
+    block = stderr[stderr.rfind("Root Cause"):] if "Root Cause" in stderr else ""
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)\s*(?:\(pid:\s*(\d+)\))?", block)
+    who = f"rank {rank.group(1)} of {nproc}" if rank else f"one of the {nproc} processes"
+    if code and int(code.group(1)) < 0:
+        num = -int(code.group(1))
+        try:
+            what = f"{who} was killed by signal {num} ({signal.Signals(num).name})"
+        except ValueError:
+            what = f"{who} was killed by signal {num}"
+    elif code:
+        what = f"{who} exited with status {code.group(1)} (its error is above)"
+    else:
+        what = f"torchrun exited with status {rc}"
+    if code and code.group(2):
+        what += f" (pid {code.group(2)})"
+    verb, rest = (argv[0], argv[1:]) if argv else ("train", [])
+    again = ["gerbil", verb, "--nproc", str(nproc), *rest]
+    if verb == "train":
+        if "--resume" not in rest and not any(a.startswith("--resume=") for a in rest):
+            again += ["--resume", "auto"]
+        return (f"{what}, and torchrun stopped the job; the run keeps its latest checkpoint — continue it "
+                f"with: {shlex.join(again)}")
+    return f"{what}, and torchrun stopped the job; run it again with: {shlex.join(again)}"
 
 
 def _has_module(name: str) -> bool:

@@ -24,8 +24,10 @@ from gerbil.data.store import Split, TokenStore
 from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from gerbil.errors import GerbilError
 from gerbil.model.config import ModelConfig, default_lr, get_size, ladder_model
+from gerbil.model.loss import default_chunk_tokens
 from gerbil.runs.rundir import RunDir, model_name, read_meta
-from gerbil.schedules import Schedule, StepSchedule, make_schedule
+from gerbil.schedules import BatchSchedule, Schedule, StepSchedule, make_schedule
+from gerbil.train import autotune, sdpa
 from gerbil.train.checkpoint import CheckpointPolicy
 from gerbil.train.config import FRESH_DEFAULTS, TrainConfig
 from gerbil.train.device import auto_micro_batch, peak_flops
@@ -101,17 +103,21 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     _check_writable(run.path)
 
     ex = execution(cfg)
-    micro = _micro_batch(cfg, model_cfg, p, ex, (recorded.get("resolved") or {}).get("micro_batch"), dist)
+    was = recorded.get("resolved") or {}  # what a resumed run decided
+    micro = _micro_batch(cfg, model_cfg, p, ex, was.get("micro_batch"), dist)
+    loss, attention, tuning = _tuning(cfg, model_cfg, ex, micro, was, dist)
     budget = p.budget_tokens
     steps = StepSchedule(p.schedule, budget, cfg.seq_len)
     every = max(cfg.seq_len, budget // 10)
     plan = RunPlan(
         name=name, run=run, model_config=model_cfg, size=size, budget=budget, batch_label=p.batch, cls=p.cls,
-        schedule=_lr_schedule(cfg, size, p, parent), optimizer=AdamW.of(cfg), eval_every=int(cfg.eval_every or every),
+        schedule=_lr_schedule(cfg, size, p, parent, (was.get("schedule") or {}).get("warmup")),
+        optimizer=AdamW.of(cfg), eval_every=int(cfg.eval_every or every),
         checkpoints=_checkpoint_policy(cfg, every), seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(),
         micro_batch=micro, eval_micro_batch=micro, log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
         flops_per_token=planlib.flops_per_token(model_cfg, cfg.seq_len), peak_flops=peak_flops(ex.device, ex.precision),
-        record={}, resume_from=resume_from, parent=parent)
+        record={}, resume_from=resume_from, parent=parent, loss_impl=loss.name,
+        sdpa_backend=None if attention.name == "default" else attention.name, tuning=tuning)
     plan.record = _config_record(plan, cfg, store, train_split, steps)
     return Pretraining(plan=plan, cfg=cfg, steps=steps, store=store, train_split=train_split, val_split=val_split)
 
@@ -140,25 +146,61 @@ def _micro_batch(cfg: TrainConfig, model_cfg: ModelConfig, p: planlib.Plan, ex: 
     """Sequences per forward pass: given, else the resumed run's own, else the largest that fits (probed);
     in a data-parallel job every rank takes rank 0's, so every rank splits steps the same way."""
     seqs_per_step = min(st.batch_tokens for st in p.schedule.stages) // cfg.seq_len
-    micro = cfg.micro_batch or recorded or auto_micro_batch(model_cfg, ex.device, cfg.seq_len, seqs_per_step,
-                                                            ex.autocast_dtype, cfg.loss_impl, ex.compile)
+    if cfg.micro_batch or recorded:
+        return cfg.micro_batch or recorded
+    probe_loss = "chunked" if cfg.loss_impl == "auto" else cfg.loss_impl  # auto: the chunks' memory
+    with sdpa.pinned(None if cfg.sdpa_backend == "auto" else cfg.sdpa_backend):  # a pinned kernel's memory
+        micro = auto_micro_batch(model_cfg, ex.device, cfg.seq_len, seqs_per_step, ex.autocast_dtype, probe_loss,
+                                 ex.compile)
     if dist is not None and dist.enabled:
         micro = dist.broadcast_object(micro)
     return micro
 
 
-def _lr_schedule(cfg: TrainConfig, size: str, p: planlib.Plan, parent: Parent | None) -> Schedule:
+def _tuning(cfg: TrainConfig, model_cfg: ModelConfig, ex: Execution, micro: int, was: dict,
+            dist: Dist | None) -> tuple[autotune.Choice, autotune.Choice, dict]:
+    """The loss implementation and the attention backend (`gerbil.train.autotune`: timed on CUDA for
+    `auto`, a resumed run's recorded choice kept) and what env.json / result.json record of them."""
+    loss = autotune.choose_loss_impl(cfg.loss_impl, model_cfg, ex.device, micro, cfg.seq_len, ex.autocast_dtype,
+                                     default_chunk_tokens(ex.device), was, dist)
+    attention = autotune.choose_sdpa(cfg.sdpa_backend, model_cfg, ex.device, micro, cfg.seq_len, ex.autocast_dtype,
+                                     was, dist)
+    tuning = {"loss_impl": loss.name, "loss_impl_chosen": loss.how, "loss_impl_timings": loss.timings,
+              "loss_impl_agreement": loss.agreement,
+              "sdpa_backend": autotune.describe(attention, ex.device, model_cfg, cfg.seq_len, ex.autocast_dtype),
+              "sdpa_chosen": attention.how, "sdpa_timings": attention.timings, "sdpa_agreement": attention.agreement}
+    return loss, attention, tuning
+
+
+def _lr_schedule(cfg: TrainConfig, size: str, p: planlib.Plan, parent: Parent | None,
+                 recorded_warmup: int | None = None) -> Schedule:
     """The LR as a function of tokens. A continuation's schedule starts where its parent stopped, from
     the parent's final LR (re-warmed to the peak), so the LR is continuous at the join instead of jumping
-    (docs/reference.md §7)."""
+    (docs/reference.md §7). Warmup: the given `warmup_tokens`, else a resumed run's recorded one
+    (`recorded_warmup`: config.yaml's, so a resume never changes its schedule), else `default_warmup`."""
     budget = p.budget_tokens
     peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None)
     start = parent.tokens if parent else 0
     start_lr = float(parent.record.get("lr") or 0.0) if parent else 0.0
-    first_batch = p.schedule.stages[0].batch_tokens
-    warmup = cfg.warmup_tokens if cfg.warmup_tokens is not None else max(first_batch, (budget - start) // 100)
+    if cfg.warmup_tokens is not None:
+        warmup = cfg.warmup_tokens
+    elif recorded_warmup is not None:
+        warmup = int(recorded_warmup)
+    else:
+        warmup = default_warmup(p.schedule, budget - start)
     return make_schedule(cfg.schedule, peak, budget, warmup, cfg.min_lr_ratio, cfg.cooldown_fraction,
                          start=start, start_lr=start_lr)
+
+
+def default_warmup(batches: BatchSchedule, own_tokens: int) -> int:
+    """Tokens of warmup when none is given: the longest of one batch, 1% of the run's own tokens
+    (`own_tokens`) and its first min(100, ⌈10% of its steps⌉) steps (docs/reference.md §7: 1% alone was
+    ~10 steps at 6.7m-A, where the literature finds warmup of about N tokens, ~50 steps, better). A star
+    continuation counts its own steps and tokens, from its parent's end (it re-warms from the parent's
+    final LR)."""
+    steps = min(100, -(-batches.total_steps // 10), batches.total_steps)
+    by_steps = batches.tokens_before(batches.start_step + steps) - batches.start_tokens
+    return max(batches.stages[0].batch_tokens, own_tokens // 100, by_steps)
 
 
 def _config_record(plan: RunPlan, cfg: TrainConfig, store: TokenStore, train_split: Split,
@@ -172,7 +214,8 @@ def _config_record(plan: RunPlan, cfg: TrainConfig, store: TokenStore, train_spl
                  "identity": store.identity()},
         "train": cfg.to_dict(),
         "resolved": {"budget": plan.budget, "batch": plan.batch_label, "batch_schedule": steps.batches.to_dict(),
-                     "micro_batch": plan.micro_batch, "lr": plan.schedule.peak,
+                     "micro_batch": plan.micro_batch, "loss_impl": plan.loss_impl,
+                     "sdpa_backend": plan.sdpa_backend or "default", "lr": plan.schedule.peak,
                      "schedule": dataclasses.asdict(plan.schedule), "precision": plan.precision,
                      "device": str(plan.device), "compile": plan.compile,
                      "checkpoint_every": plan.checkpoints.every, "eval_every": plan.eval_every},

@@ -116,6 +116,11 @@ class RunPlan:
     record: dict  # what config.yaml holds (the loop adds resolved.world_size)
     resume_from: Path | None = None  # this run's own latest checkpoint: continue it exactly
     parent: Parent | None = None  # a continuation (fresh: start from its checkpoint; resumed: its record)
+    loss_impl: str | None = None  # the workload's lm_loss implementation (None: the workload's own)
+    sdpa_backend: str | None = None  # the attention backend pinned for the run (None: PyTorch's dispatch)
+    # how the run executes, for env.json and result.json's info: loss_impl, loss_impl_timings,
+    # sdpa_backend, sdpa_timings (`gerbil.train.autotune`)
+    tuning: dict = dataclasses.field(default_factory=dict)
 
     def mfu(self, tok_s: float) -> float | None:
         if not self.peak_flops:
