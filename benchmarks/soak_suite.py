@@ -38,10 +38,15 @@ def _suite_weights(out: Path) -> dict:
 
 
 def _suite_ref(root: Path, store: Path) -> dict:
+    import torch
+
     from gerbil.suite.runner import RunOptions, run_suite
     from gerbil.suite.spec import load_suite
 
     ref = root / "suite-ref"
+    # the reference runs in this process: on the workers' one thread, since a CPU matmul's reduction order
+    # (so its last bits) depends on the thread count, and a bitwise comparison must not measure that
+    torch.set_num_threads(1)
     if not ref.is_dir():
         assert run_suite(load_suite(_suite_file(root, store)), ref, RunOptions(device="cpu", poll=0.1)).ok
     return _suite_weights(ref)
