@@ -1,0 +1,86 @@
+"""`gerbil train --arch t5` (issue 21 item 1): a tiny T5Blender trained by the one loop on packed
+encoder-decoder Blender rows, exact resume (a resumed run equals the uninterrupted one, bit for bit),
+a star continuation, the run's name, and the refusals (an objective without an encoder-decoder format,
+resuming or continuing a T5 run as GPT-J)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from gerbil.errors import GerbilError
+from gerbil.runs.rundir import RunDir, set_latest
+from gerbil.train import TrainConfig, train
+from gerbil.train.resolve import run_name
+from tests.helpers import make_store, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+T5 = dict(arch="t5", d_model=32, n_layer=2, n_decoder_layer=2, n_head=4, d_kv=8, d_ff=48, rotary_dim=0, rel_buckets=8,
+          rel_max_distance=20, seq_len=64, layer_norm_eps=1e-6, init_std=1.0, name="tiny-t5")
+BUDGET = 128 * 8 - 16  # the last step ends on a shortened row (EncDecLoader.shorten)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("t5store") / "store")
+
+
+@pytest.fixture(scope="module")
+def straight(store, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("t5runs")
+    return train(tiny_config(store, runs, model=T5, arch="t5", objective="blender", tokens=BUDGET, keep_checkpoints=0))
+
+
+def _weights(ckpt):
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def test_t5_trains_on_encoder_decoder_rows(straight):
+    assert straight.steps == 8 and straight.tokens == BUDGET
+    assert straight.val_loss is not None and straight.train_loss < 11.5  # below ln(50264) = 10.8 + noise at init
+    meta = json.loads((straight.checkpoint / "meta.json").read_text())
+    assert meta["model"]["arch"] == "t5" and meta["encoder_len"] == straight.info["encoder_len"]
+    conf = RunDir(straight.run_dir).read_config()
+    assert conf["train"]["arch"] == "t5" and conf["model"]["arch"] == "t5"
+
+
+def test_t5_resume_equals_the_uninterrupted_run(straight, store, tmp_path):
+    run = tmp_path / "tiny"
+    shutil.copytree(straight.run_dir, run)
+    ckpts = RunDir(run).checkpoints
+    shutil.rmtree(ckpts / "step-00000008")  # as if killed after step 4's checkpoint
+    set_latest(ckpts, "step-00000004")
+    (run / "result.json").unlink()
+    resumed = train(tiny_config(store, tmp_path, model=T5, arch="t5", objective="blender", tokens=BUDGET,
+                                keep_checkpoints=0, resume=True))
+    assert resumed.steps == 8 and resumed.train_loss == straight.train_loss
+    a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_t5_star_continuation_and_refusals(straight, store, tmp_path):
+    parent = str(straight.run_dir)
+    with pytest.raises(GerbilError, match="differs from the parent run's arch t5"):
+        train(tiny_config(store, tmp_path, model=None, from_run=parent, arch="gptj", objective="blender", cls=None,
+                          tokens=128 * 10, name="star"))
+    star = train(tiny_config(store, tmp_path, model=None, from_run=parent, objective="blender", cls=None,
+                             tokens=128 * 10, name="star"))
+    assert star.tokens == 128 * 10 and star.steps == 11  # the parent's 8 steps, then 272 tokens: 3 steps
+    with pytest.raises(GerbilError, match="--arch 'gptj' differs from the run's 't5'"):  # resumed as GPT-J
+        train(tiny_config(store, tmp_path, model=None, arch="gptj", objective="blender", cls=None,
+                          tokens=128 * 10, name="star", resume=True))
+    with pytest.raises(GerbilError, match="no encoder-decoder format"):
+        train(tiny_config(store, tmp_path, model=T5, arch="t5", objective="plain", name="plain-t5"))
+    assert not (tmp_path / "plain-t5").exists()
+
+
+def test_t5_run_names_and_presets():
+    assert run_name(TrainConfig(arch="t5", size="24m", cls="A", objective="blender")) == "T5Blender-A-24m"
+    assert run_name(TrainConfig(arch="t5", objective="fim")) == "T5FIM-A-24m"  # a T5's default size: 24m
+    with pytest.raises(GerbilError, match="no T5 preset"):
+        run_name(TrainConfig(arch="t5", size="6.7m", objective="blender"))
