@@ -84,3 +84,28 @@ def test_t5_run_names_and_presets():
     assert run_name(TrainConfig(arch="t5", objective="fim")) == "T5FIM-A-24m"  # a T5's default size: 24m
     with pytest.raises(GerbilError, match="no T5 preset"):
         run_name(TrainConfig(arch="t5", size="6.7m", objective="blender"))
+
+
+def test_t5_export_is_a_native_seq2seq_folder(straight, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from gerbil.export import export, load_model
+
+    out = export(straight.run_dir, tmp_path / "export")
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["architectures"] == ["T5ForConditionalGeneration"] and "auto_map" not in conf
+    assert conf["pad_token_id"] == conf["decoder_start_token_id"] == conf["eos_token_id"] == 50256
+    assert conf["gerbil"]["name"] == "tiny" and conf["gerbil"]["eval_prefix"] is None
+    assert "AutoModelForSeq2SeqLM" in (out / "README.md").read_text()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert len(tok) == 50264 and tok.convert_tokens_to_ids("<fitm_result>") == 50259
+    hf = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
+    mine, meta = load_model(straight.run_dir)
+    back, _ = load_model(out)  # the folder back into gerbil, through the factory
+    enc = torch.tensor([tok("<causal>def count(n): return n + 1").input_ids])
+    dec = torch.tensor([[50256, 50, 51, 52]])
+    with torch.no_grad():
+        ref = hf(input_ids=enc, decoder_input_ids=dec).logits
+        ours = mine.logits(mine(enc, dec))
+        again = back.logits(back(enc, dec))
+    assert (ref - ours).abs().max() <= 1e-5 and torch.equal(ours, again)

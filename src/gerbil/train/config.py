@@ -28,7 +28,9 @@ from gerbil.units import DEFAULT_SEQ_LEN, parse_count
 OBJECTIVE_OPTIONS = {"blender_weights": "weights", "mask_rate": "mask_rate", "spm_rate": "spm_rate",
                      "loss_on": "loss_on"}
 #: Defaults decided at resolve time when a field is None (a continuation inherits its parent's instead).
-FRESH_DEFAULTS = {"arch": "gptj", "size": "6.7m", "seq_len": DEFAULT_SEQ_LEN, "seed": 0}
+FRESH_DEFAULTS = {"size": "6.7m", "seq_len": DEFAULT_SEQ_LEN, "seed": 0}
+#: The architecture of a run that names none (`arch` None: recorded so, as GPT-J runs always were)
+DEFAULT_ARCH = "gptj"
 #: The default size of a fresh run of each architecture (FRESH_DEFAULTS' is GPT-J's)
 DEFAULT_SIZE = {"gptj": "6.7m", "t5": next(iter(T5_SIZES))}
 

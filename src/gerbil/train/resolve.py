@@ -30,7 +30,7 @@ from gerbil.runs.rundir import RunDir, model_name, read_meta
 from gerbil.schedules import BatchSchedule, Schedule, StepSchedule, make_schedule
 from gerbil.train import autotune, sdpa
 from gerbil.train.checkpoint import CheckpointPolicy
-from gerbil.train.config import DEFAULT_SIZE, FRESH_DEFAULTS, TrainConfig
+from gerbil.train.config import DEFAULT_ARCH, DEFAULT_SIZE, FRESH_DEFAULTS, TrainConfig
 from gerbil.train.device import auto_micro_batch, peak_flops
 from gerbil.train.distributed import Dist
 from gerbil.train.runplan import AdamW, Execution, Parent, RunPlan, execution, fresh_start, resume_point
@@ -71,7 +71,7 @@ def run_name(cfg: TrainConfig) -> str:
 
 def _arch(cfg: TrainConfig) -> str:
     """The run's architecture: `--arch`, else an explicit model's, else GPT-J."""
-    return cfg.arch or (cfg.model or {}).get("arch") or FRESH_DEFAULTS["arch"]
+    return cfg.arch or (cfg.model or {}).get("arch") or DEFAULT_ARCH
 
 
 def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
@@ -96,14 +96,14 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     elif resume_from is not None:
         parent = Parent.from_record(read_meta(resume_from).get("parent"))
         point = ParentPoint.read(parent.checkpoint, check_hash=False) if parent else None
-    cfg.arch = _arch(cfg)
+    cfg.arch = _arch(cfg)  # recorded resolved, as size and seq_len are: a resume compares it
     for key, value in FRESH_DEFAULTS.items():
         if getattr(cfg, key) is None and not (key == "size" and cfg.model is not None):
             setattr(cfg, key, DEFAULT_SIZE[cfg.arch] if key == "size" else value)
 
     size, model_cfg = _model(cfg)
     p = planlib.make_plan(model_cfg if cfg.model is not None else size, cfg.cls, seq_len=cfg.seq_len,
-                          batch_tokens=cfg.batch_tokens, from_run=point, tokens=cfg.tokens, arch=cfg.arch)
+                          batch_tokens=cfg.batch_tokens, from_run=point, tokens=cfg.tokens, arch=_arch(cfg))
     store, train_split, val_split = _data(cfg, model_cfg, saved_data)
 
     name = run_name(cfg)
@@ -152,13 +152,13 @@ def _model(cfg: TrainConfig) -> tuple[str, ModelConfig]:
     preset) at the run's context. `--arch` and an explicit model of another architecture: one line."""
     if cfg.model is not None:
         model_cfg = ModelConfig.from_dict(dict(cfg.model))
-        if model_cfg.arch != cfg.arch:
+        if model_cfg.arch != _arch(cfg):
             raise GerbilError(f"--arch {cfg.arch} but the model is arch {model_cfg.arch!r}"
                               + (" (the --from run's)" if cfg.from_run else ""))
         size = model_cfg.name or "custom"
     else:
-        size = get_arch_size(cfg.arch, cfg.size).name
-        model_cfg = ladder_model(size, cfg.seq_len, cfg.arch)
+        size = get_arch_size(_arch(cfg), cfg.size).name
+        model_cfg = ladder_model(size, cfg.seq_len, _arch(cfg))
     if cfg.seq_len > model_cfg.seq_len:
         raise GerbilError(f"seq_len {cfg.seq_len} exceeds the model's context of {model_cfg.seq_len}")
     return size, model_cfg
@@ -203,7 +203,7 @@ def _lr_schedule(cfg: TrainConfig, size: str, p: planlib.Plan, parent: Parent | 
     (docs/reference.md §7). Warmup: the given `warmup_tokens`, else a resumed run's recorded one
     (`recorded_warmup`: config.yaml's, so a resume never changes its schedule), else `default_warmup`."""
     budget = p.budget_tokens
-    peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None, cfg.arch)
+    peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None, _arch(cfg))
     start = parent.tokens if parent else 0
     start_lr = float(parent.record.get("lr") or 0.0) if parent else 0.0
     if cfg.warmup_tokens is not None:
