@@ -15,7 +15,7 @@ from helpers import prose_store  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-N = 20
+N = 12
 TOL = 1e-4
 TASKS = ("hellaswag", "lambada_openai", "winogrande")
 T5 = dict(arch="t5", d_model=32, n_layer=2, n_decoder_layer=2, n_head=4, d_kv=8, d_ff=48, rotary_dim=0, rel_buckets=8,
@@ -29,11 +29,11 @@ def run(tmp_path_factory, tokenizer):
 
     root = tmp_path_factory.mktemp("t5eval")
     store = prose_store(root, tokenizer)
-    steps = 12
-    r = train(TrainConfig(model=dict(T5), arch="t5", data=str(store), objective="blender", seq_len=64, batch_tokens=512,
-                          micro_batch=8, tokens=512 * steps, lr=1e-2, warmup_tokens=512, weight_decay=0.0,
-                          runs=str(root / "runs"), name="T5Blender-tiny", val_tokens=1024, progress=False,
-                          checkpoint_every=512 * steps, eval_every=512 * steps))
+    steps = 8
+    r = train(TrainConfig(model=dict(T5), arch="t5", data=str(store), objective="blender", seq_len=64, batch_tokens=256,
+                          micro_batch=4, tokens=256 * steps, lr=1e-2, warmup_tokens=256, weight_decay=0.0,
+                          runs=str(root / "runs"), name="T5Blender-tiny", val_tokens=256, progress=False,
+                          checkpoint_every=256 * steps, eval_every=256 * steps))
     export(r.run_dir, r.run_dir / "export", tokenizer=tokenizer)
     return r.run_dir
 
