@@ -109,3 +109,30 @@ def test_t5_export_is_a_native_seq2seq_folder(straight, tmp_path):
         ours = mine.logits(mine(enc, dec))
         again = back.logits(back(enc, dec))
     assert (ref - ours).abs().max() <= 1e-5 and torch.equal(ours, again)
+
+
+def test_t5_generation_modes(straight):
+    """sample / infill / unmask on a T5Blender: the decoder-only prompt split at its result token; greedy
+    sampling equals transformers' generate() on the export."""
+    from transformers import T5ForConditionalGeneration
+
+    from gerbil.data.objectives import CAUSAL, FITM_RESULT, MLM_END
+    from gerbil.data.tokenizer import Tokenizer
+    from gerbil.export import load_model
+    from gerbil.generate import encdec_prompt, generate_ids, infill, sample, unmask
+    from gerbil.model.t5_hf import to_hf
+
+    model, meta = load_model(straight.run_dir)
+    assert encdec_prompt([CAUSAL, 5, 6], 50256) == ([CAUSAL, 5, 6], [50256])
+    assert encdec_prompt([1, 2, FITM_RESULT, 7], 50256) == ([1, 2], [50256, FITM_RESULT, 7])
+    hf: T5ForConditionalGeneration = to_hf(model)
+    ids = [CAUSAL, 100, 101, 102]
+    ours = generate_ids(model, ids, 6, temperature=0)
+    ref = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False)[0].tolist()
+    ref = ref[1:]  # the decoder start id
+    assert len(ours) == 6 and ours == ref  # (this model never ends a text: its store's EOT is 1023)
+    tok = Tokenizer.load()
+    assert isinstance(sample(model, tok, "count", max_new_tokens=3, objective="blender"), str)
+    assert isinstance(infill(model, tok, "one two", "five", max_new_tokens=3), str)
+    filled, answers = unmask(model, tok, "one <single_tok_mask> three")
+    assert len(answers) == 1 and MLM_END not in tok.encode(filled)
