@@ -136,3 +136,13 @@ def test_t5_generation_modes(straight):
     assert isinstance(infill(model, tok, "one two", "five", max_new_tokens=3), str)
     filled, answers = unmask(model, tok, "one <single_tok_mask> three")
     assert len(answers) == 1 and MLM_END not in tok.encode(filled)
+
+
+def test_t5_table_row(straight):
+    from gerbil.eval.table import SEED_ROWS, row_for_run
+    from gerbil.model.config import size_label
+
+    row = row_for_run(straight.run_dir)
+    assert row["Model Name"] == "tiny" and row["Tokens"] and row["Training Loss ↓"] != "—"
+    assert size_label("24m") == "24m"  # a T5Blender preset is named as the seed names it
+    assert [r[0] for r in SEED_ROWS[-3:]] == [f"GerbilLab/T5Blender-{c}-24m" for c in ("A", "B-star", "C-star")]
