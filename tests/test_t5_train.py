@@ -147,3 +147,16 @@ def test_t5_table_row(straight):
     assert row["Model Name"] == "tiny" and row["Tokens"] and row["Training Loss ↓"] != "—"
     assert size_label("24m") == "24m"  # a T5Blender preset is named as the seed names it
     assert [r[0] for r in SEED_ROWS[-3:]] == [f"GerbilLab/T5Blender-{c}-24m" for c in ("A", "B-star", "C-star")]
+
+
+def test_plan_arch_t5():
+    from gerbil.plan import encdec_flops_per_token, format_plan, make_plan
+
+    p = make_plan("24m", "A", arch="t5")
+    assert p.params_total == 22_903_040 and p.budget_tokens == 458_060_800 and p.batch == "131k"
+    f_enc, f_dec = encdec_flops_per_token(p.model, 1408, 640)
+    assert p.flops_per_token == (1408 * f_enc + 640 * f_dec) // 2048
+    text = format_plan(p)
+    assert text.startswith("T5Blender-A-24m plan") and f"per decoder token {f_dec:,}" in text
+    with pytest.raises(GerbilError, match="no T5 preset"):
+        make_plan("6.7m", "A", arch="t5")

@@ -191,7 +191,9 @@ def _tuning(cfg: TrainConfig, model_cfg: ModelConfig, ex: Execution, micro: int,
                                      was, dist, may_time=not encdec, masked=encdec)
     tuning = {"loss_impl": loss.name, "loss_impl_chosen": loss.how, "loss_impl_timings": loss.timings,
               "loss_impl_agreement": loss.agreement,
-              "sdpa_backend": autotune.describe(attention, ex.device, model_cfg, cfg.seq_len, ex.autocast_dtype),
+              "sdpa_backend": ("default (an additive position bias: no flash kernel)" if encdec and attention.name ==
+                               "default" else autotune.describe(attention, ex.device, model_cfg, cfg.seq_len,
+                                                                ex.autocast_dtype)),
               "sdpa_chosen": attention.how, "sdpa_timings": attention.timings, "sdpa_agreement": attention.agreement}
     return loss, attention, tuning
 
