@@ -1,5 +1,6 @@
 """Loading models back: `load` (a transformers GPT-J folder, gerbil's or any compatible one), `load_model`
-(a run — its model checkpoint, the best one of a run that keeps its best —, a checkpoint or an export),
+(a run — its model checkpoint, the best one of a run that keeps its best —, a checkpoint or an export, of
+any architecture: checkpoints and encoder-decoder folders through `gerbil.model.factory`),
 `read_info` (an export's ``gerbil`` field, no torch) and `random_model` (a fresh ladder model)."""
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from gerbil.errors import GerbilError
 from gerbil.export.mapping import (config_from_transformers, from_transformers_state_dict, read_transformers_weights,
                                    unwrap)
-from gerbil.model.config import ModelConfig, model_config
-from gerbil.runs.rundir import read_meta, resolve_source
+from gerbil.model import factory
+from gerbil.model.config import T5_SIZES, arch_model_config, model_config
+from gerbil.runs.rundir import resolve_source
 from gerbil.train import checkpoint as ckpt
 
 if TYPE_CHECKING:  # lazy: torch is imported in the functions that need it (`import gerbil.export` stays cheap)
@@ -21,46 +23,36 @@ if TYPE_CHECKING:  # lazy: torch is imported in the functions that need it (`imp
 
 
 def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
-    """(GPT in eval mode, meta) from a run directory (its model checkpoint: the latest intact one, or the
+    """(model in eval mode, meta) from a run directory (its model checkpoint: the latest intact one, or the
     best one of a run that keeps its best), a checkpoint directory or an export folder — what the path
     is comes from `gerbil.runs.rundir.resolve_source`.
 
-    ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
+    The model is a GPT (or a fine-tuned classifier), a T5Blender or a warm-started encoder-decoder
+    (`gerbil.model.factory.is_encoder_decoder`). ``meta["objective"]`` tells which modes the model was
+    trained with (``plain`` if unknown).
     """
     from gerbil.train.device import pick_device  # lazy: it imports torch
 
     device = str(pick_device(device))  # a device this machine lacks: one line, before anything loads
     src = resolve_source(source)
-    if src.kind == "export":
+    if src.kind == "export" and factory.folder_arch(src.export) != "gptj":
+        model, meta = factory.load_folder(src.export, device=device)  # T5Blender, warm start
+    elif src.kind == "export":
         model, meta = load(src.export, device=device)
     else:
         path = src.run.model_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
-        model, meta = _load_checkpoint(path, device)
+        model, meta = ckpt.load_checkpoint(path, device=device)
     meta = dict(meta)
     meta["objective"] = meta.get("objective") or "plain"
     return model.eval(), meta
 
 
-def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
-    """(model, meta) of one checkpoint directory: a `Classifier` for a fine-tuned classifier, else a GPT."""
-    meta = read_meta(path)
-    ft = meta.get("finetune") or {}
-    labels = ft.get("label_names") if ft.get("task") == "classify" else None
-    if not labels:
-        return ckpt.load_checkpoint(path, device=device)
-    from gerbil.model.classifier import Classifier  # lazy: torch
-
-    model = Classifier(ModelConfig.from_dict(meta["model"]), len(labels))
-    ckpt.load_weights(model, path, device="cpu")
-    meta["path"] = str(path)
-    return model.to(device), meta
-
-
 def resolve_model(source: Any) -> tuple[GPT, dict]:
-    """A GPT module (or its compiled wrapper) or anything `load_model` reads → (GPT, meta)."""
-    from gerbil.model.model import GPT  # lazy: torch
+    """A model module (GPT, T5, warm start, or a compiled wrapper of one) or anything `load_model` reads →
+    (model, meta)."""
+    import torch  # lazy: torch
 
-    if isinstance(unwrap(source), GPT):
+    if isinstance(unwrap(source), torch.nn.Module):
         return unwrap(source), {}
     return load_model(source)
 
@@ -136,16 +128,8 @@ def read_info(export_dir: str | Path) -> dict:
 
 
 def random_model(size: str, seed: int = 0, **overrides) -> GPT:
-    """A freshly initialized ladder model (``gerbil export --size S --random-init``), seeded locally
-    (no global RNG is touched)."""
-    import torch  # lazy: torch only when a model is made
-
-    from gerbil.model.model import GPT, rotary_tables  # lazy: torch
-
-    cfg = model_config(size, **overrides)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device="cpu")
-    model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
-    model.reset_parameters(generator=torch.Generator().manual_seed(int(seed)))
-    return model
+    """A freshly initialized preset model (``gerbil export --size S --random-init``): a ladder size, or a
+    T5Blender preset (`T5_SIZES`, e.g. 24m); seeded locally (no global RNG is touched)."""
+    arch = "t5" if str(size).strip().lower() in T5_SIZES else "gptj"
+    cfg = arch_model_config(arch, size, **overrides) if arch == "t5" else model_config(size, **overrides)
+    return factory.build(cfg, seed=seed)
