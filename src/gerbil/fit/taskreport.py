@@ -68,7 +68,7 @@ def predictions(fit: TaskLawFit, points: Sequence[tuple[float, float]], ci: floa
     (null where the fit cannot vouch for it: `TaskLawFit.status`)."""
     out = []
     for n, d in points:
-        loss, metric = (float(x) for x in fit.predict(n, d))
+        loss, metric = (float(x) for x in fit.predict(n, d)) if fit.loss_ok else (None, None)
         iv = fit.metric_interval(n, d, ci) if fit.status == "ok" else None
         out.append({"params": n, "tokens": d, "loss": loss if fit.loss_ok else None,
                     "metric": metric if fit.status == "ok" else None,
