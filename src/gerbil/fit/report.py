@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gerbil.errors import GerbilError
-from gerbil.fsutil import atomic_write_json, atomic_write_text
+from gerbil.fsutil import atomic_write_json, atomic_write_text, read_json_object
 from gerbil.fsutil import json_safe as _jsonable  # strict JSON, numpy included (the one helper)
 from gerbil.fit.laws import HUBER_DELTA, LawFit, allocation, bootstrap_law, fit_law, get_form
 from gerbil.fit.sources import Columns, Dataset, load_points, read_curves
@@ -161,13 +161,38 @@ def compare_counts(fit_total: LawFit, fit_ne: LawFit, ci: float) -> dict:
             "sizes": rows}
 
 
+# ------------------------------------------------------------------------------------------- out folder
+FIT_FILES = ("fit.json", "fit.md")
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` as a folder `gerbil fit` may write into, checked before any fitting: a file there is refused,
+    and so is a folder whose fit.json / fit.md are not a gerbil fit (a fit.json gerbil wrote: an object
+    with its `settings` and `data`) — the user's own files are never replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GerbilError(f"--out {out} is a file: give a folder for fit.json, fit.md and the plots")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GerbilError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    present = [name for name in FIT_FILES if (out / name).exists()]
+    if present:
+        own = read_json_object(out / "fit.json")
+        if own is None or not {"settings", "data"} <= set(own) or (out / "fit.md").is_dir():
+            raise GerbilError(f"--out {out} holds {' and '.join(present)} that gerbil fit did not write: "
+                              f"choose another folder (nothing was replaced)")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- run_fit
 def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions | None = None) -> dict:
     """Fit the sources, write `out`/fit.json, fit.md and the plots; return fit.json's content."""
     t0 = time.perf_counter()
     opt = options or FitOptions()
     opt.check()
-    out = Path(out)
+    out = check_out(out)
     ds = load_points(sources, opt.metric, opt.columns)
     counts = ["total", "non_embedding"] if opt.params == "both" else [opt.params]
     D, L, groups = ds.D, ds.L, ds.groups
