@@ -15,7 +15,7 @@ from gerbil.errors import GerbilError
 from gerbil.fit.report import FitOptions, run_fit
 
 SEED_CSV = Path(__file__).resolve().parents[1] / "src/gerbil/fit/examples/gerbillab_seed.csv"
-QUICK = FitOptions(bootstrap=0, plots=False)
+QUICK = FitOptions(bootstrap=0, plots=False, approaches=(3,), top_k=1)
 
 
 def _one_line(fn, *args, match: str, **kw) -> str:
@@ -50,3 +50,23 @@ def test_fit_out_never_replaces_a_users_fit_md_or_a_file(tmp_path):
     first = json.loads((out / "fit.json").read_text())
     run_fit([SEED_CSV], out, QUICK)
     assert json.loads((out / "fit.json").read_text())["n_points"] == first["n_points"]
+
+
+# ------------------------------------------------------------------------------ item 18: fit's values
+@pytest.mark.parametrize("argv,match", [
+    (["--flops-tol", "-1"], "--flops-tol: must be > 0"),
+    (["--top-k", "0"], "--top-k: must be > 0"),
+    (["--flops", "column"], "--flops column: 6 points have no flops value"),
+    (["--metric", "bogus"], "unknown --metric 'bogus'"),
+    (["--metric", "train_loss"], "--metric train_loss applies to run directories"),
+])
+def test_fit_refuses_nonsense_flag_values_in_one_line(tmp_path, argv, match):
+    out = tmp_path / "out"
+    _one_line(_fit_cli, [str(SEED_CSV), "--out", str(out), "--bootstrap", "0", "--no-plots", *argv], match=match)
+    assert not out.exists()
+
+
+def test_fit_options_check_the_same_values_as_the_flags():
+    for bad, match in (({"top_k": 0}, "--top-k"), ({"flops_tol": -1.0}, "--flops-tol"),
+                       ({"flops_tol": math.nan}, "--flops-tol"), ({"metric": "hellaswag"}, "unknown --metric")):
+        _one_line(FitOptions(**bad).check, match=match)

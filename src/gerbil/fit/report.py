@@ -64,6 +64,23 @@ class FitOptions:
             raise GerbilError(f"--ci must be a percentage between 0 and 100, got {self.ci}")
         if any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
             raise GerbilError("--budgets must be positive FLOP counts")
+        if self.top_k < 1:
+            raise GerbilError(f"--top-k must be at least 1, got {self.top_k}")
+        if not (self.flops_tol > 0 and math.isfinite(self.flops_tol)):
+            raise GerbilError(f"--flops-tol must be a positive number, got {self.flops_tol}")
+        task, sep, name = self.metric.partition(":")
+        if self.metric not in ("val_loss", "train_loss") and not (sep and task and name):
+            raise GerbilError(f"unknown --metric {self.metric!r} (val_loss, train_loss, or TASK:METRIC such as "
+                              f"hellaswag:acc)")
+
+    def check_sources(self, sources: Sequence[str | Path], ds: Dataset) -> None:
+        """What the flags ask of the data: --metric names a run's value (a CSV's is --loss-col), and
+        --flops column needs the column on every point."""
+        if self.metric != "val_loss" and all(Path(s).is_file() for s in sources):
+            raise GerbilError(f"--metric {self.metric} applies to run directories; a CSV's loss is its "
+                              f"--loss-col column")
+        if self.flops == "column":
+            ds.flops("column")  # one line when a point has no flops value
 
 
 def _iv(x: tuple[float, float] | None) -> list[float] | None:
@@ -194,6 +211,7 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
     opt.check()
     out = check_out(out)
     ds = load_points(sources, opt.metric, opt.columns)
+    opt.check_sources(sources, ds)
     counts = ["total", "non_embedding"] if opt.params == "both" else [opt.params]
     D, L, groups = ds.D, ds.L, ds.groups
     approaches = set(opt.approaches) if opt.approaches is not None else None

@@ -154,7 +154,8 @@ class Dataset:
         if convention == "column":
             missing = [p.name for p in self.points if p.flops is None]
             if missing:
-                raise GerbilError(f"{len(missing)} points have no flops value (first: {missing[0]!r})")
+                raise GerbilError(f"--flops column: {len(missing)} points have no flops value (first: {missing[0]!r}; "
+                                  f"--flops-col names the CSV column)")
             return np.array([p.flops for p in self.points], float), "column"
         if convention == "6nd":
             return 6.0 * self.N(kind) * self.D, "6nd"
