@@ -70,3 +70,50 @@ def test_fit_options_check_the_same_values_as_the_flags():
     for bad, match in (({"top_k": 0}, "--top-k"), ({"flops_tol": -1.0}, "--flops-tol"),
                        ({"flops_tol": math.nan}, "--flops-tol"), ({"metric": "hellaswag"}, "unknown --metric")):
         _one_line(FitOptions(**bad).check, match=match)
+
+
+# ------------------------------------------------------------------- items 12, 24: planner inputs
+def _planned(argv: list[str]) -> str | None:
+    from gerbil.options import config_from_args
+    from gerbil.plan_command import PlanOptions, planner_answer
+
+    return planner_answer(config_from_args(build_parser().parse_args(["plan", *argv]), PlanOptions))
+
+
+@pytest.fixture(scope="module")
+def seed_fit(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("seedfit")
+    run_fit([SEED_CSV], out, QUICK)
+    return json.loads((out / "fit.json").read_text())
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("E", math.nan, "E = nan: a law with a non-finite parameter"),
+    ("A", math.inf, "A = inf"),
+    ("alpha", 0.0, "alpha = 0: the chinchilla law needs it positive"),
+    ("beta", -0.3, "beta = -0.3"),
+    ("E", -5.0, "the irreducible loss cannot be negative"),
+    ("B", 1e308, "not a plausible loss"),
+    ("params", None, "the law's params are null"),
+])
+def test_plan_refuses_a_fit_json_it_cannot_plan_from(tmp_path, seed_fit, key, value, match):
+    d = json.loads(json.dumps(seed_fit))
+    if key == "params":
+        d["law"]["params"] = None
+    else:
+        d["law"]["params"][key] = value
+    f = tmp_path / "fit.json"
+    f.write_text(json.dumps(d))  # NaN and Infinity as Python's json writes them
+    for argv in (["--gpu", "T4", "--hours", "2"], ["--loss", "4.0"], ["--gpu", "T4", "--hours", "2", "--json"]):
+        _one_line(_planned, argv + ["--fit", str(f)], match=match)
+
+
+def test_plan_hours_and_seq_len_nonsense_are_refused_and_json_stays_strict(seed_fit, tmp_path):
+    for argv, match in ((["--hours", "-5"], "--hours: must be > 0"), (["--hours", "2", "--seq-len", "-5"],
+                                                                       "--seq-len: must be > 0"),
+                        (["--hours", "1e300"], "more than 1,000,000 GPU hours"), (["--hours", "nan"], "finite")):
+        _one_line(_planned, ["--gpu", "T4", *argv], match=match)
+    f = tmp_path / "fit.json"
+    f.write_text(json.dumps(seed_fit))
+    text = _planned(["--gpu", "T4", "--hours", "2", "--fit", str(f), "--json"])
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the plan's JSON"))
