@@ -117,3 +117,20 @@ def test_plan_hours_and_seq_len_nonsense_are_refused_and_json_stays_strict(seed_
     f.write_text(json.dumps(seed_fit))
     text = _planned(["--gpu", "T4", "--hours", "2", "--fit", str(f), "--json"])
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the plan's JSON"))
+
+
+# ------------------------------------------------------------------------------ item 17: absurd values
+def test_an_absurd_finite_value_is_refused_and_no_numpy_warning_leaks(tmp_path):
+    seed = SEED_CSV.read_text()
+    absurd = tmp_path / "absurd.csv"
+    absurd.write_text(seed + "absurd,1e300,1,1e9,3.0\n")
+    _one_line(run_fit, [absurd], tmp_path / "a", QUICK, match=r"line 8: params 1e\+300 is beyond any real model")
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text(seed + "absurd,6682584,198528,1e300,3.0\n")
+    _one_line(run_fit, [tokens], tmp_path / "b", QUICK, match="tokens 1e.300 is beyond")
+    big = tmp_path / "big.csv"  # the largest plausible values fit without overflow
+    big.write_text(seed + "big,1e15,1e15,1e17,1.9\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = run_fit([big], tmp_path / "c", FitOptions(bootstrap=0, plots=False, top_k=1))
+    assert r["n_points"] == 7 and all(math.isfinite(r[k]) for k in ("E", "A", "B", "alpha", "beta"))

@@ -245,6 +245,21 @@ def read_table(path: str | Path, required: Sequence[tuple[str, str]] = ()) -> tu
     return header, [{(k or "").strip(): v for k, v in r.items()} for r in rows]
 
 
+# beyond these a value is no real model or run (the largest trained models have ~1e12 parameters and ~1e13
+# tokens): a wrong column or unit, refused rather than fitted (one such point moves the whole law)
+PLAUSIBLE_MAX = {"params": 1e15, "non_embedding": 1e15, "tokens": 1e17, "flops": 1e35, "loss": 1e6}
+
+
+def check_value(where: str, what: str, v: float) -> None:
+    """A present value of a point: positive, finite and below `PLAUSIBLE_MAX`, else a one-line error."""
+    if not math.isfinite(v) or v <= 0:
+        raise GerbilError(f"{where}: {what} {v:g} is not a positive number")
+    top = PLAUSIBLE_MAX.get(what)
+    if top is not None and v > top:
+        raise GerbilError(f"{where}: {what} {v:g} is beyond any real model or run (at most {top:g}): a wrong "
+                          f"column or unit?")
+
+
 def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Point], list[dict]]:
     """(points, skipped rows) of one CSV file; see the module docstring for what is skipped."""
     cols = columns or Columns()
@@ -266,12 +281,8 @@ def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Poi
             skipped.append({"source": str(path), "row": i, "name": label,
                             "reason": f"missing {', '.join(missing)}"})
             continue
-        for k, v in vals.items():
-            if not math.isfinite(v) or v <= 0:
-                raise GerbilError(f"{path}: line {i}: {k} {v:g} is not a positive number")
-        for k, v in opt.items():
-            if not math.isnan(v) and (not math.isfinite(v) or v <= 0):
-                raise GerbilError(f"{path}: line {i}: {k} {v:g} is not a positive number")
+        for k, v in list(vals.items()) + [(k, v) for k, v in opt.items() if not math.isnan(v)]:
+            check_value(f"{path}: line {i}", k, v)
         run = (row.get(cols.run) or "").strip() if cols.run in header else ""
         points.append(Point(name=label, run=run or label, params=vals["params"], tokens=vals["tokens"],
                             loss=vals["loss"], non_embedding_params=None if math.isnan(opt["non_embedding"])
@@ -337,9 +348,8 @@ def read_runs(path: str | Path, metric: str = "val_loss") -> tuple[list[Point], 
         if why:
             skipped.append({"source": str(rec.run_dir), "name": rec.name, "reason": why})
             continue
-        if value <= 0 or rec.params <= 0 or rec.tokens <= 0:
-            raise GerbilError(f"{rec.run_dir}: {metric} {value:g}, params {rec.params}, tokens {rec.tokens}: "
-                              f"all must be positive")
+        for what, v in (("loss", value), ("params", rec.params), ("tokens", rec.tokens)):
+            check_value(str(rec.run_dir), metric if what == "loss" else what, float(v))
         model, seq_len = _run_model(Path(rec.run_dir), rec.size)
         ne = ModelConfig.from_dict(model).n_params("non_embedding") if model else None
         points.append(Point(name=rec.name, run=str(Path(rec.run_dir).resolve()), params=float(rec.params),
