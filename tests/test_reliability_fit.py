@@ -134,3 +134,54 @@ def test_an_absurd_finite_value_is_refused_and_no_numpy_warning_leaks(tmp_path):
         warnings.simplefilter("error")
         r = run_fit([big], tmp_path / "c", FitOptions(bootstrap=0, plots=False, top_k=1))
     assert r["n_points"] == 7 and all(math.isfinite(r[k]) for k in ("E", "A", "B", "alpha", "beta"))
+
+
+# ------------------------------------------------------------------ item 9: unfinished, fine-tuned runs
+def _fake_run(root: Path, name: str, size: str, tokens: int, loss: float, budget: int | None = None,
+              task: str | None = None) -> Path:
+    """A run directory as gerbil train / finetune write it (config.yaml, checkpoint meta.json); no weights."""
+    import yaml
+
+    from gerbil.model.config import SIZES
+
+    m = SIZES[size].model_config()
+    rd = root / name
+    ck = rd / "checkpoints" / "step-00000100"
+    ck.mkdir(parents=True)
+    cfg = {"name": name, "class": "A", "objective": "plain", "model": m.to_dict(), "params": m.n_params(),
+           "resolved": {"budget": budget or tokens}}
+    if task:
+        cfg.update(task=task, finetune={"task": task})
+    (rd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (ck / "model.safetensors").write_bytes(b"weights")
+    (ck / "meta.json").write_text(json.dumps({"step": 100, "tokens": tokens, "val_loss": loss, "train_loss": loss,
+                                              "model": m.to_dict(), "run": name,
+                                              "files": {"model.safetensors": {"bytes": 7, "sha256": "-"}}}))
+    (rd / "checkpoints" / "latest").write_text("step-00000100")
+    return rd
+
+
+def test_fit_and_table_skip_or_mark_unfinished_and_fine_tuning_runs(tmp_path):
+    from gerbil.eval.table import render
+
+    runs = tmp_path / "runs"
+    from gerbil.model.config import SIZES
+
+    for i, (size, ratio) in enumerate((("3.3m", 20), ("6.7m", 42), ("15m", 20), ("3.3m", 142), ("32m", 20),
+                                       ("6.7m", 76))):
+        n = SIZES[size].model_config().n_params()
+        _fake_run(runs, f"r{i}", size, ratio * n, 1.8 + 400 / n ** 0.34 + 2000 / (ratio * n) ** 0.37)
+    _fake_run(runs, "killed", "15m", 4096, 9.5, budget=20480)
+    _fake_run(runs, "classifier", "6.7m", 1_000_000, 0.0011, task="classify")
+    r = run_fit([runs], tmp_path / "fit", QUICK)
+    assert r["n_points"] == 6
+    reasons = {s["name"]: s["reason"] for s in r["skipped"]}
+    assert reasons["killed"].startswith("unfinished: 4,096 of 20,480 tokens")
+    assert reasons["classifier"].startswith("a fine-tuning run (task classify)")
+    md = (tmp_path / "fit" / "fit.md").read_text()
+    assert "Skipped 2 rows/runs: " in md and "unfinished" in md and "fine-tuning" in md
+    table = render([runs])
+    row = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "unfinished (4.1k of 20k)" in row["killed"]
+    assert "fine-tuned (classify)" in row["classifier"]
+    assert "custom budget" not in row["killed"] and "A-Class" in row["r0"]

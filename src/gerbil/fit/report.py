@@ -360,7 +360,7 @@ def header_md(r: dict, title: str, fitted: str, status: str = "", skipped_what: 
     lines = [f"# {title}", "", f"{r['n_points']} points from {r['n_runs']} runs; {fitted}; "
                                f"sources: {', '.join(r['settings']['sources'])}.{status}", ""]
     if r.get("skipped"):
-        lines += [f"Skipped {len(r['skipped'])} {skipped_what} with missing values: "
+        lines += [f"Skipped {len(r['skipped'])} {skipped_what}: "
                   + "; ".join(f"{s.get('name')} ({s['reason']})" for s in r["skipped"][:10]), ""]
     lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])]
     return lines + ([""] if r.get("warnings") else [])

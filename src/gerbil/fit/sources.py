@@ -341,7 +341,11 @@ def read_runs(path: str | Path, metric: str = "val_loss") -> tuple[list[Point], 
     points, skipped = [], []
     for rec in records:
         value, why = _metric_value(rec, metric)
-        if value is None or not math.isfinite(value):
+        if rec.task:
+            why = f"a fine-tuning run (task {rec.task}): its loss is no language-model loss"
+        elif rec.unfinished:
+            why = f"unfinished: {rec.tokens:,} of {rec.budget:,} tokens (not at the end of its schedule)"
+        elif value is None or not math.isfinite(value):
             why = why or f"{metric} is {value}"
         elif rec.params is None or rec.tokens is None:
             why = "no parameter count" if rec.params is None else "no token count (no checkpoint)"
@@ -392,7 +396,8 @@ def load_points(sources: Sequence[str | Path], metric: str = "val_loss", columns
         label = f"{label} (runs) and loss (CSV)"
     ds = Dataset(points, metric=label, sources=[str(s) for s in sources], skipped=skipped)
     if skipped:
-        ds.notes.append(f"{len(skipped)} rows/runs skipped for missing values (listed under 'skipped')")
+        ds.notes.append(f"{len(skipped)} rows/runs skipped: missing values, unfinished or fine-tuning runs "
+                        f"(listed under 'skipped' with the reason)")
     return ds
 
 
