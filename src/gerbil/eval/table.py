@@ -99,7 +99,7 @@ def _class_cell(r: RunRecord, cls: str | None) -> str:
     if r.task:
         return f"fine-tuned ({r.task})"
     if not r.tokens:
-        return "—"
+        return "not started" if r.budget else "—"
     if r.unfinished:
         return f"unfinished ({fmt_tokens(r.tokens)} of {fmt_tokens(r.budget)})"
     return f"{cls}-Class" if cls else CUSTOM_BUDGET
@@ -215,7 +215,7 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     runs = list(runs) if runs is not None else None
     records = [r for r in (runs or []) if isinstance(r, RunRecord)]
     paths = [r for r in (runs or []) if not isinstance(r, RunRecord)]
-    if paths or runs is None or not runs:
+    if paths or runs is None:  # an empty list is an empty table, never ./runs
         records += scan(paths or None)
     values = [_values(r) for r in records]
     notes: dict[str, str] = {}
