@@ -132,10 +132,17 @@ def test_micro_suite_end_to_end(reference, tmp_path, capsys):
     assert gerbil_main(["eval", str(sdir.run_dir("micro-base").path), "--all-checkpoints", "--tasks",
                         "winogrande", "--limit", "5", "--device", "cpu"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
-    assert rows[0].split() == ["step", "winogrande", "acc"] and [r.split()[0] for r in rows[1:]] == ["4", "6"]
+    assert rows[0].split() == ["step", "winogrande", "acc", "winogrande", "bpb"]  # the task loss beside the accuracy
+    assert [r.split()[0] for r in rows[1:]] == ["4", "6"]
     assert [float(r.split()[1]) for r in rows[1:]] == [pytest.approx(100 * res[s]["winogrande"]["acc"]) for s in (4, 6)]
+    assert [float(r.split()[2]) for r in rows[1:]] == [pytest.approx(res[s]["winogrande"]["bpb"], abs=1e-4) for s in (4, 6)]
     assert (sdir.run_dir("micro-base").eval_dir / "step-00000004" / "winogrande.partial.json").is_file()
     assert [p.tokens for p in sdir.run_dir("micro-base").eval_history() if p.task == "winogrande"] == [512, 768]
+    # `gerbil fit SUITE --task`: a point per evaluated checkpoint of every run (all scored on 5 items)
+    from gerbil.fit.tasksources import load_task_points
+
+    pts = load_task_points([sdir.path], task="winogrande")
+    assert {"micro-base@4", "micro-base@6"} <= set(pts.name) and pts.chance == 0.5 and "first 5 items" in pts.notes[0]
     if importlib.util.find_spec("matplotlib") is not None:  # the plot extra
         assert main(["plot", str(sdir.path), "--out", str(tmp_path / "plots")]) == 0
         pngs = [Path(p) for p in capsys.readouterr().out.split()]

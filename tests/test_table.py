@@ -32,7 +32,7 @@ def make_run(root: Path, name: str, *, size="6.7m", cls="A", objective="plain", 
         "name": name, "size": size, "class": cls, "objective": objective, "model": cfg.to_dict(),
         "params": cfg.n_params(), "resolved": {"budget": tokens, "batch": batch}}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": step, "loss": 9.9}) + "\n")
-    full = {"hellaswag": 10042, "lambada_openai": 5153, "winogrande": 1267}
+    full = {"hellaswag": 10042, "lambada_openai": 5153, "winogrande": 1267, "piqa": 1838}
     for task, metrics in (evals or {}).items():
         write_eval(run, task, metrics, full[task], full[task], eval_step or step)
     for task, (metrics, n) in (partial or {}).items():
@@ -141,3 +141,35 @@ def test_rows_are_named_by_their_runs_and_classless_runs_say_so(tmp_path):
     empty.mkdir()
     (empty / "config.yaml").write_text(yaml.safe_dump({"name": "fresh", "size": "6.7m", "class": "A"}))
     assert table.row_for_run(empty)["Class"] == "—"
+
+
+def test_metrics_add_task_loss_columns(tmp_path, capsys):
+    """`--metrics`: a bare key adds it for every evaluated task, TASK:KEY (or GROUP:KEY) one column each;
+    the seed's columns stay first and unchanged; unknown keys and tasks are one-line errors."""
+    from gerbil.cli import main
+    from gerbil.errors import GerbilError
+
+    losses = {"hellaswag": {"acc": 0.26, "acc_norm": 0.26, "bpb": 2.41234, "nll_per_token": 6.5},
+              "piqa": ({"acc": 0.5, "acc_norm": 0.51, "bpb": 3.1}, 100),
+              "lambada_openai": {"perplexity": 9e5, "acc": 0.0, "log_perplexity": 13.71, "bpb": 4.2}}
+    make_run(tmp_path, "Gerbil-A-6.7m", evals={k: v for k, v in losses.items() if k != "piqa"},
+             partial={"piqa": losses["piqa"]})
+    out = json.loads(table.render([tmp_path], fmt="json", metrics="bpb,lambada:log_perplexity,piqa:acc"))
+    assert out["columns"][:len(table.COLUMNS)] == list(table.COLUMNS)
+    assert out["columns"][len(table.COLUMNS):] == ["hellaswag bpb ↓", "lambada_openai bpb ↓", "piqa bpb ↓",
+                                                   "lambada_openai log_perplexity ↓", "piqa acc ↑"]
+    cells = out["runs"][0]["cells"]
+    assert (cells["hellaswag bpb ↓"], cells["piqa bpb ↓"], cells["piqa acc ↑"]) == ("2.4123", "3.1000*", "50*")
+    assert cells["lambada_openai log_perplexity ↓"] == "13.7100"
+    # a group, and a task without a result: pending
+    md = table.render([tmp_path], metrics="pythia:bpb")
+    assert "| winogrande bpb ↓ |" in md.splitlines()[0] and "pending" in md.splitlines()[2]
+    assert table.render([tmp_path], metrics=None) == table.render([tmp_path])
+    assert main(["table", str(tmp_path), "--metrics", "bpb", "--format", "csv"]) == 0
+    header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert header[-4:] == ["hellaswag bpb ↓", "lambada_openai bpb ↓", "piqa bpb ↓", "Partial"]
+    for bad, match in (("loss", "unknown metric 'loss'"), ("nosuch:bpb", "unknown task"),
+                       ("winogrande:perplexity", "reports no perplexity")):
+        with pytest.raises(GerbilError, match=match) as e:
+            table.render([tmp_path], metrics=bad)
+        assert "\n" not in str(e.value)

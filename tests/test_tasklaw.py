@@ -221,11 +221,15 @@ def test_task_loss_keys_and_chance_cover_what_evaluate_writes():
     """The keys the task law reads are the ones `gerbil eval` writes (every task's `Task.losses`), and
     every registered task has a chance level."""
     from gerbil.eval.tasks import METRIC_KINDS, TASKS
-    from gerbil.fit.tasksources import CHANCE, TASK_LOSS_KEYS
+    from gerbil.fit.tasksources import TASK_LOSS_KEYS, chance_for
 
     assert set(TASK_LOSS_KEYS) == {k for t in TASKS.values() for k in t.losses}
     assert all(METRIC_KINDS[k] == "loss" for k in TASK_LOSS_KEYS)
-    assert set(CHANCE) == set(TASKS) and all("acc" in t.metrics for t in TASKS.values())
+    assert all("acc" in t.metrics and 0 <= t.chance < 1 for t in TASKS.values())
+    # one home: the task law's floor is the task's own
+    assert {t: chance_for(t, None) for t in TASKS} == {t: r.chance for t, r in TASKS.items()}
+    assert (chance_for("hellaswag", None), chance_for("winogrande", None), chance_for("lambada", None)) == (0.25, 0.5, 0)
+    assert chance_for("hellaswag", 0.3) == 0.3  # --chance overrides
 
 
 def test_task_record_values_reads_the_loss_and_metric_keys():
@@ -238,7 +242,7 @@ def test_task_record_values_reads_the_loss_and_metric_keys():
 
 
 def make_run(root: Path, name: str, n: int, budget: int, task_metrics, *, checkpoints=(0.25, 0.5, 1.0),
-             partial_first: bool = False) -> Path:
+             partial_first: bool = False, limit: int | None = None) -> Path:
     """A run directory as gerbil writes it: config.yaml, the latest checkpoint's meta.json, and an eval
     record of one task per checkpoint (the latest in eval/, older ones in eval/step-XXXXXXXX/)."""
     import yaml
@@ -252,9 +256,9 @@ def make_run(root: Path, name: str, n: int, budget: int, task_metrics, *, checkp
         task, metrics = task_metrics(n, f * budget)
         folder = rd / "eval" if step == steps[-1] else rd / "eval" / f"step-{step:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        partial = partial_first and i == 0
+        partial = (partial_first and i == 0) or limit is not None
         (folder / (f"{task}.partial.json" if partial else f"{task}.json")).write_text(json.dumps(
-            {"task": task, "metrics": metrics, "n_items": 10 if partial else 10042, "n_items_full": 10042,
+            {"task": task, "metrics": metrics, "n_items": (limit or 10) if partial else 10042, "n_items_full": 10042,
              "partial": partial, "model": {"step": step, "tokens": int(f * budget)}}))
     (rd / "checkpoints" / "latest").write_text(f"step-{steps[-1]:08d}")
     (rd / "config.yaml").write_text(yaml.safe_dump({"name": name, "params": n}))
@@ -272,8 +276,8 @@ def test_runs_give_every_checkpoints_record_and_fit_end_to_end(tmp_path):
     for i, n in enumerate((1e7, 1e8, 1e9)):
         for r in (10, 80):
             make_run(runs, f"r{i}-{r}", int(n), int(r * n), hellaswag_metrics, partial_first=(i == 0 and r == 10))
-    rows, skipped = read_task_runs(runs, "hellaswag", AUTO_LOSS, "acc")
-    assert len(rows) == 17 and len(skipped) == 1 and "subset" in skipped[0]["reason"]
+    rows, skipped, notes = read_task_runs(runs, "hellaswag", AUTO_LOSS, "acc")
+    assert len(rows) == 17 and len(skipped) == 1 and "subset" in skipped[0]["reason"] and not notes
     assert {r["loss_key"] for r in rows} == {"bpb"}
     row = next(r for r in rows if r["name"] == "r1-80@500")
     assert row["D"] == pytest.approx(0.5 * 80 * 1e8) and row["L"] == pytest.approx(
@@ -302,3 +306,19 @@ def test_runs_without_a_task_loss_or_task_are_one_line_errors(tmp_path):
     pts = load_task_points([tmp_path / "lam"], task="lambada")
     assert pts.chance == 0.0 and pts.loss_name == "lambada_openai log_perplexity"
     assert sorted(pts.L) == pytest.approx(sorted([math.log(900.0 * 1e8 / 1e8), math.log(900.0 * 1e8 / 2e8)]))
+
+
+def test_a_ladder_scored_on_one_limit_is_fitted_and_says_so(tmp_path):
+    """A CPU ladder evaluated with one `--limit` everywhere: its points are comparable with each other,
+    so they are used — with a warning — and a point scored on another count is skipped."""
+    runs = tmp_path / "runs"
+    for i, n in enumerate((1e7, 1e8, 1e9)):
+        for r in (10, 80):
+            make_run(runs, f"r{i}-{r}", int(n), int(r * n), hellaswag_metrics, limit=100)
+    make_run(runs, "other", int(1e8), int(40 * 1e8), hellaswag_metrics, limit=50, checkpoints=(1.0,))
+    rows, skipped, notes = read_task_runs(runs, "hellaswag", AUTO_LOSS, "acc")
+    assert len(rows) == 18 and [s["reason"] for s in skipped] == ["scored on 50 items, the other points on 100"]
+    assert len(notes) == 1 and "first 100 items" in notes[0]
+    r = run_task_fit([runs], tmp_path / "o", TaskLawOptions(task="hellaswag", bootstrap=0, plots=False))
+    assert r["n_points"] == 18 and "first 100 items" in r["warnings"][0]
+    assert "first 100 items" in (tmp_path / "o" / "fit.md").read_text()

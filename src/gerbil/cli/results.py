@@ -6,7 +6,7 @@ import argparse
 from gerbil.cli.common import add_nproc, relaunch
 from gerbil.errors import GerbilError
 from gerbil.eval.table import render
-from gerbil.eval.tasks import GROUPS, TASKS
+from gerbil.eval.tasks import GROUPS, METRIC_KINDS, TASKS
 from gerbil.options import check_range
 
 
@@ -80,9 +80,13 @@ def add_table(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="md", choices=["md", "csv", "json"], help="output format (default md)")
     p.add_argument("--reference", action="store_true",
                    help="add the seed's published rows and the scores to beat (pythia-70m-deduped)")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help="extra columns after the seed's: TASK:KEY (a task or group: piqa:acc, pythia:bpb) or KEY "
+                        "(bpb: every evaluated task's), keys " + ", ".join(METRIC_KINDS) + " (e.g. task losses: "
+                        "--metrics bpb,lambada:log_perplexity)")
     p.set_defaults(func=_cmd_table)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    print(render(args.runs or None, fmt=args.format, reference=args.reference), end="")
+    print(render(args.runs or None, fmt=args.format, reference=args.reference, metrics=args.metrics), end="")
     return 0

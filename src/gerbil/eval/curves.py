@@ -1,5 +1,5 @@
 """Metrics along the way: evaluate every checkpoint of a run (`gerbil eval RUN --all-checkpoints`) and
-print them as a step × task table (the results at every checkpoint are read back with
+print them as a step × task table, each task's headline metric beside its task loss (the results at every checkpoint are read back with
 `gerbil.runs.rundir.RunDir.eval_history`, e.g. for `gerbil suite plot`'s curves).
 
 `checkpoints: log` (Pythia-style: steps 1, 2, 4, 8, ... never pruned) and `checkpoint_at` keep the
@@ -16,7 +16,7 @@ from typing import Iterable
 
 from gerbil.errors import GerbilError
 from gerbil.eval.evaluate import evaluate
-from gerbil.eval.tasks import TASKS, resolve_tasks
+from gerbil.eval.tasks import METRIC_KINDS, TASKS, resolve_tasks
 from gerbil.runs.rundir import RunDir, checkpoint_name, resolve_source, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,19 @@ def evaluate_checkpoints(run_dir: str | Path, tasks: str | Iterable[str] | None 
 
 
 def format_curves(results: dict[int, dict[str, dict]], skipped: list[tuple[str, str]] = ()) -> str:
-    """A step × task table of each task's headline metric (what `gerbil eval --all-checkpoints` prints),
+    """A step × task table of each task's headline metric and its task loss in bits per byte (what
+    `gerbil eval --all-checkpoints` prints: at tiny scale the loss moves while the accuracy sits at chance),
     then how many damaged checkpoints were skipped and one line each."""
     tasks = [t for t in TASKS if any(t in r for r in results.values())]
-    header = ["step"] + [f"{t} {TASKS[t].metrics[0]}" for t in tasks]
+    cols = [(t, k) for t in tasks for k in (TASKS[t].metrics[0], "bpb")
+            if k in TASKS[t].metric_keys and any(k in r.get(t, {}) for r in results.values())]
+    header = ["step"] + [f"{t} {k}" for t, k in cols]
     rows = []
     for step, res in results.items():
         cells = [str(step)]
-        for t in tasks:
-            m = res.get(t, {}).get(TASKS[t].metrics[0])
-            cells.append("" if m is None else (f"{m:.4f}" if TASKS[t].metrics[0] == "perplexity" else f"{100 * m:.2f}"))
+        for t, k in cols:
+            m = res.get(t, {}).get(k)
+            cells.append("" if m is None else (f"{100 * m:.2f}" if METRIC_KINDS[k] == "pct" else f"{m:.4f}"))
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]

@@ -9,6 +9,9 @@ and so are their footnotes (`Task.note`). Values come from the run registry (`ge
 A full-set result is never mixed with a `--limit` one: a partial result is shown with `*` and a footnote
 giving its item count, a missing one as `pending`, one computed at an older checkpoint than the run's
 latest with `†`.
+`--metrics LIST` adds columns after the seed's: `TASK:KEY` (a task or group and any key of its records —
+`piqa:acc`, `pythia:bpb`) or a bare `KEY` (`bpb`: that key of every task some row has a result for), so a
+suite of tiny models shows the task losses that move while the accuracies sit at chance.
 `--reference` appends the seed's published rows and the "scores to beat" (pythia-70m-deduped, with
 the v0/v1 note) for side-by-side reading.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gerbil.errors import GerbilError
-from gerbil.eval.tasks import TASKS, table_columns
+from gerbil.eval.tasks import METRIC_KINDS, TASKS, resolve_tasks, table_columns
 from gerbil.classes import CUSTOM_BUDGET, claimed_class
 from gerbil.model.config import size_label
 from gerbil.runs.registry import RunRecord, read_run, scan
@@ -68,6 +71,33 @@ SCORES_NOTE = ("The seed's \"scores to beat\" are the original (v0) Pythia numbe
                "winogrande 50; binomial noise ±0.44 points on hellaswag, ±1.4 on winogrande.")
 
 
+#: how an extra column's header marks its direction, by `METRIC_KINDS`
+_ARROW = {"pct": "↑", "ppl": "↓", "loss": "↓"}
+
+
+def extra_columns(metrics: str | Sequence[str] | None,
+                  records: Sequence[RunRecord] = ()) -> tuple[tuple[str, str, str, str], ...]:
+    """(column, task, metric, kind) of `--metrics LIST` (module docstring), after the seed's columns and
+    without repeating one; an unknown task or key is a one-line GerbilError."""
+    items = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics or ()) if m.strip()]
+    have = {t for r in records for t in r.evals}
+    out: list[tuple[str, str, str, str]] = []
+    seed = {(task, metric) for _, task, metric, _ in EVAL_COLUMNS}
+    for item in items:
+        task_part, _, key = item.rpartition(":")
+        key = key.strip()
+        if key not in METRIC_KINDS:
+            raise GerbilError(f"--metrics: unknown metric {key!r} in {item!r} (known: {', '.join(METRIC_KINDS)})")
+        tasks = resolve_tasks(task_part) if task_part else [t for t in TASKS if t in have]
+        if task_part and not any(key in TASKS[t].metric_keys for t in tasks):
+            raise GerbilError(f"--metrics: {task_part} reports no {key} (its keys: "
+                              f"{', '.join(TASKS[tasks[0]].metric_keys)})")
+        for t in tasks:
+            if key in TASKS[t].metric_keys and (t, key) not in seed | {(c[1], c[2]) for c in out}:
+                out.append((f"{t} {key} {_ARROW[METRIC_KINDS[key]]}", t, key, METRIC_KINDS[key]))
+    return tuple(out)
+
+
 # ============================================================================================ format
 def _num(x: float, decimals: int) -> str:
     """Up to `decimals` decimals without trailing zeros, as the seed writes (26.04, 26, 51.7, 0)."""
@@ -105,7 +135,7 @@ def _class_cell(r: RunRecord, cls: str | None) -> str:
     return f"{cls}-Class" if cls else CUSTOM_BUDGET
 
 
-def _values(r: RunRecord) -> dict[str, Any]:
+def _values(r: RunRecord, columns: Sequence[tuple[str, str, str, str]] = EVAL_COLUMNS) -> dict[str, Any]:
     """Raw (unformatted) values of a run's row, plus the flags that decide its markers."""
     cls = _class(r)
     v: dict[str, Any] = {
@@ -116,7 +146,7 @@ def _values(r: RunRecord) -> dict[str, Any]:
         "Ratio": r.ratio, "Tokens": r.tokens, "Batch Size (Tokens)": r.batch, "Training Loss ↓": r.train_loss,
         "run_dir": str(r.run_dir), "step": r.step,
     }
-    for col, task, metric, _ in EVAL_COLUMNS:
+    for col, task, metric, _ in columns:
         e = r.evals.get(task)
         v[col] = None if e is None else e.metrics.get(metric)
         v[col + " partial"] = bool(e and e.partial)
@@ -125,7 +155,8 @@ def _values(r: RunRecord) -> dict[str, Any]:
     return v
 
 
-def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
+def _cells(v: dict[str, Any], notes: dict[str, str],
+           columns: Sequence[tuple[str, str, str, str]] = EVAL_COLUMNS) -> dict[str, str]:
     """Formatted cells for one row; partial/stale footnotes are collected into `notes`."""
     c = {
         "Model Name": v["Model Name"],
@@ -137,12 +168,12 @@ def _cells(v: dict[str, Any], notes: dict[str, str]) -> dict[str, str]:
         "Batch Size (Tokens)": v["Batch Size (Tokens)"] or "—",
         "Training Loss ↓": "—" if v["Training Loss ↓"] is None else f"{v['Training Loss ↓']:.4f}",
     }
-    for col, task, _, kind in EVAL_COLUMNS:
+    for col, task, _, kind in columns:
         x = v[col]
         if x is None:
             c[col] = "pending"
             continue
-        s = fmt_pct(x) if kind == "pct" else fmt_ppl(x)
+        s = fmt_pct(x) if kind == "pct" else fmt_ppl(x)  # a perplexity or a loss: 4 decimals
         if v[col + " partial"]:
             s += "*"
             notes["*"] = "\\* partial: scored on the first items only (`gerbil eval --limit`); not comparable " \
@@ -173,9 +204,9 @@ def _partial_notes(notes: dict[str, str]) -> list[str]:
     return out
 
 
-def _task_notes(values: list[dict[str, Any]]) -> list[str]:
+def _task_notes(values: list[dict[str, Any]], columns: Sequence[tuple[str, str, str, str]] = EVAL_COLUMNS) -> list[str]:
     """The caveat of each task with a value in the table (`Task.note`), once."""
-    shown = dict.fromkeys(task for col, task, *_ in EVAL_COLUMNS if any(v[col] is not None for v in values))
+    shown = dict.fromkeys(task for col, task, *_ in columns if any(v[col] is not None for v in values))
     return [f"{task}: {TASKS[task].note}." for task in shown if TASKS[task].note]
 
 
@@ -191,9 +222,9 @@ def row_for_run(run_dir: str | Path) -> dict[str, str]:
 
 
 # ============================================================================================ render
-def _seed_row(row: tuple[str, ...]) -> tuple[str, ...]:
+def _seed_row(row: tuple[str, ...], header: Sequence[str] = COLUMNS) -> tuple[str, ...]:
     """A published seed row under this table's columns: a task the seed did not report gets "—"."""
-    return row + ("—",) * (len(COLUMNS) - len(row))
+    return row + ("—",) * (len(header) - len(row))
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -203,13 +234,15 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md",
-           reference: bool = False, marks: dict[str, tuple[str, str]] | None = None) -> str:
+           reference: bool = False, marks: dict[str, tuple[str, str]] | None = None,
+           metrics: str | Sequence[str] | None = None) -> str:
     """The table for `runs` (run directories, folders of runs, or records; default `./runs`) as
     Markdown (`md`), `csv` or `json`; with `reference`, the seed's rows and the scores to beat too.
 
     Records are shown in the order given (a suite passes its own order); paths are scanned and sorted
     the seed's way. `marks` maps a run name to (symbol, footnote): the symbol follows the model name
-    (e.g. a suite's cascade branches) and each footnote is printed once under the table."""
+    (e.g. a suite's cascade branches) and each footnote is printed once under the table. `metrics` adds
+    columns (`extra_columns`: `--metrics LIST`)."""
     if fmt not in ("md", "csv", "json"):
         raise GerbilError(f"unknown format {fmt!r} (md, csv, json)")
     runs = list(runs) if runs is not None else None
@@ -217,9 +250,11 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     paths = [r for r in (runs or []) if not isinstance(r, RunRecord)]
     if paths or runs is None:  # an empty list is an empty table, never ./runs
         records += scan(paths or None)
-    values = [_values(r) for r in records]
+    eval_cols = EVAL_COLUMNS + extra_columns(metrics, records)
+    header = COLUMNS + tuple(col for col, *_ in eval_cols[len(EVAL_COLUMNS):])
+    values = [_values(r, eval_cols) for r in records]
     notes: dict[str, str] = {}
-    cells = [_cells(v, notes) for v in values]
+    cells = [_cells(v, notes, eval_cols) for v in values]
     marks = marks or {}
     mark_notes: dict[str, str] = {}
     for v, c in zip(values, cells):
@@ -229,11 +264,11 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
             mark_notes.setdefault(m[0], m[1])
 
     if fmt == "json":
-        out = {"columns": list(COLUMNS),
-               "runs": [{**{k: v[k] for k in COLUMNS}, "cells": c,
-                         "partial": {col: v[col + " partial"] for col, *_ in EVAL_COLUMNS},
-                         "n_items": {col: v[col + " n_items"] for col, *_ in EVAL_COLUMNS},
-                         "stale": {col: v[col + " stale"] for col, *_ in EVAL_COLUMNS},
+        out = {"columns": list(header),
+               "runs": [{**{k: v[k] for k in header}, "cells": c,
+                         "partial": {col: v[col + " partial"] for col, *_ in eval_cols},
+                         "n_items": {col: v[col + " n_items"] for col, *_ in eval_cols},
+                         "stale": {col: v[col + " stale"] for col, *_ in eval_cols},
                          "run_dir": v["run_dir"], "step": v["step"], "params": v["params"],
                          **({"mark": marks[v["Model Name"]][0]} if v["Model Name"] in marks else {})}
                         for v, c in zip(values, cells)]}
@@ -246,28 +281,28 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["Source", *COLUMNS, "Partial"])
+        w.writerow(["Source", *header, "Partial"])
         for c, v in zip(cells, values):
-            partial = ";".join(dict.fromkeys(t for col, t, *_ in EVAL_COLUMNS if v[col + " partial"]))
-            w.writerow(["gerbil", *[c[k] for k in COLUMNS], partial])
+            partial = ";".join(dict.fromkeys(t for col, t, *_ in eval_cols if v[col + " partial"]))
+            w.writerow(["gerbil", *[c[k] for k in header], partial])
         if reference:
             for r in SEED_ROWS:
-                w.writerow(["seed", *_seed_row(r), ""])
+                w.writerow(["seed", *_seed_row(r, header), ""])
             for r in SCORES_TO_BEAT:
                 cells = dict(zip(_TO_BEAT_IN_TABLE, r))
-                w.writerow(["to beat", *[cells.get(c, "") for c in COLUMNS], ""])
+                w.writerow(["to beat", *[cells.get(c, "") for c in header], ""])
         return buf.getvalue()
 
-    parts = [_md_table(COLUMNS, ([c[k] for k in COLUMNS] for c in cells)) if cells
+    parts = [_md_table(header, ([c[k] for k in header] for c in cells)) if cells
              else "_no runs found_"]
     foot = [f"{sym} {text}" for sym, text in mark_notes.items()]
     foot += [notes[k] for k in ("*", "†") if k in notes]
     foot += _partial_notes(notes)
-    foot += _task_notes(values)
+    foot += _task_notes(values, eval_cols)
     if foot:
         parts.append("\n".join(foot))
     if reference:
         parts.append("Seed (GerbilLab, published; lm-evaluation-harness, %):\n\n"
-                     + _md_table(COLUMNS, map(_seed_row, SEED_ROWS)))
+                     + _md_table(header, (_seed_row(r, header) for r in SEED_ROWS)))
         parts.append("Scores to beat:\n\n" + _md_table(SCORES_TO_BEAT_COLUMNS, SCORES_TO_BEAT) + "\n\n" + SCORES_NOTE)
     return "\n\n".join(parts) + "\n"

@@ -213,79 +213,15 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
     ds = load_points(sources, opt.metric, opt.columns)
     opt.check_sources(sources, ds)
     counts = ["total", "non_embedding"] if opt.params == "both" else [opt.params]
-    D, L, groups = ds.D, ds.L, ds.groups
     approaches = set(opt.approaches) if opt.approaches is not None else None
     warnings: list[str] = list(ds.notes)
 
-    # --- approach 3, every (form, count): the same resamples for all (one seed, one set of runs)
-    fits: list[tuple[str, str, LawFit]] = []
-    if approaches is None or 3 in approaches:
-        for form in opt.forms:
-            for count in counts:
-                N = ds.N(count)
-                fit = fit_law(N, D, L, form=form, delta=opt.delta, top_k=opt.top_k, groups=groups)
-                log.info("%s fit (%s params): %s in %.2f s", form, count, fit.params, fit.seconds)
-                if opt.bootstrap:
-                    bootstrap_law(fit, N, D, L, groups=groups, n_resamples=opt.bootstrap, seed=opt.seed,
-                                  workers=opt.workers)
-                fits.append((form, count, fit))
     result: dict[str, Any] = {}
-    if fits:
-        form, count, primary = fits[0]
-        result.update({k: v for k, v in primary.params.items()})
-        rec = _fit_record(primary, count, opt.budgets, opt.ci)
-        result.update(intervals=rec["intervals"], ci=opt.ci, compute_optimal=rec["compute_optimal"],
-                      converged=primary.converged, convergence=rec["convergence"])
-        result["law"] = {"form": form, "params": primary.params, "param_count": count,
-                         "converged": primary.converged, "metric": ds.metric}
-        for f, c, fit in fits:
-            warnings += [f"{f}/{c}: {w}" if len(fits) > 1 else w for w in fit.warnings]
-        result["fits"] = []
-        for _f, c, fit in fits:
-            r = _fit_record(fit, c, opt.budgets, opt.ci)
-            r["frontier_exact_flops"] = exact_frontier(fit, c)
-            result["fits"].append(r)
-        by = {(f, c): fit for f, c, fit in fits}
-        if opt.params == "both":
-            result["param_count_comparison"] = {
-                f: compare_counts(by[(f, "total")], by[(f, "non_embedding")], opt.ci) for f in opt.forms}
-
-    # --- approach 2 (IsoFLOP) and approach 1 (envelope)
-    iso_fits, env_fits, curves_used = {}, {}, []
-    flops_conv = None
-    if approaches is None or 2 in approaches:
-        from gerbil.fit.isoflop import isoflop_fit
-
-        result["approach2"] = {}
-        for count in counts:
-            try:
-                C, flops_conv = ds.flops(opt.flops, count)
-                iso = isoflop_fit(ds.N(count), D, L, C, tol=opt.flops_tol, ci=opt.ci)
-            except GerbilError as e:
-                if approaches is not None:
-                    raise
-                result["approach2"][count] = {"applicable": False, "reason": str(e)}
-                continue
-            iso_fits[count] = iso
-            result["approach2"][count] = dict(applicable=True, flops_convention=flops_conv, **iso.to_dict())
-    if approaches is None or 1 in approaches:
-        from gerbil.fit.envelope import envelope_fit
-
-        dirs = [s for s in sources if Path(s).is_dir()]
-        curves = (read_curves(dirs, opt.curve_metric) if dirs else []) + ds.curves()
-        conv = "6nd" if opt.flops == "6nd" else "exact"
-        result["approach1"] = {}
-        for count in counts:
-            try:
-                env = envelope_fit(curves, kind=count, convention=conv)
-            except GerbilError as e:
-                if approaches is not None:
-                    raise
-                result["approach1"][count] = {"applicable": False, "reason": str(e)}
-                continue
-            env_fits[count] = env
-            curves_used = curves
-            result["approach1"][count] = dict(applicable=True, **env.to_dict())
+    fits = _approach3(ds, counts, opt, result, warnings) if approaches is None or 3 in approaches else []
+    iso_fits, flops_conv = _approach2(ds, counts, opt, approaches, result) \
+        if approaches is None or 2 in approaches else ({}, None)
+    env_fits, curves_used = _approach1(sources, ds, counts, opt, approaches, result) \
+        if approaches is None or 1 in approaches else ({}, [])
     if not fits and not iso_fits and not env_fits:
         raise GerbilError("nothing was fitted (ask for approach 3, or give data for approaches 1-2)")
 
@@ -296,7 +232,7 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
         files = _plots(out, ds, fits, iso_fits, env_fits, curves_used, counts, opt)
     result.update(
         warnings=warnings,
-        n_points=len(ds), n_runs=len(set(groups)), metric=ds.metric,
+        n_points=len(ds), n_runs=len(set(ds.groups)), metric=ds.metric,
         settings=_jsonable({k: v for k, v in asdict(opt).items()} | {"sources": [str(s) for s in sources],
                                                                      "flops_convention_used": flops_conv}),
         data=ds.records(), skipped=ds.skipped, files=["fit.json", "fit.md"] + files,
@@ -306,6 +242,93 @@ def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions 
     atomic_write_json(out / "fit.json", result, indent=2)  # atomic: a reader never sees half a fit
     atomic_write_text(out / "fit.md", render_markdown(result))
     return result
+
+
+def _approach3(ds: Dataset, counts: list[str], opt: FitOptions, result: dict,
+               warnings: list[str]) -> list[tuple[str, str, LawFit]]:
+    """Approach 3 for every (form, count), on the same resamples for all (one seed, one set of runs); fill
+    `result`'s primary-fit keys, `fits`, `param_count_comparison`; add the fits' warnings."""
+    D, L, groups = ds.D, ds.L, ds.groups
+    fits: list[tuple[str, str, LawFit]] = []
+    for form in opt.forms:
+        for count in counts:
+            N = ds.N(count)
+            fit = fit_law(N, D, L, form=form, delta=opt.delta, top_k=opt.top_k, groups=groups)
+            log.info("%s fit (%s params): %s in %.2f s", form, count, fit.params, fit.seconds)
+            if opt.bootstrap:
+                bootstrap_law(fit, N, D, L, groups=groups, n_resamples=opt.bootstrap, seed=opt.seed,
+                              workers=opt.workers)
+            fits.append((form, count, fit))
+    if not fits:
+        return fits
+    form, count, primary = fits[0]
+    result.update({k: v for k, v in primary.params.items()})
+    rec = _fit_record(primary, count, opt.budgets, opt.ci)
+    result.update(intervals=rec["intervals"], ci=opt.ci, compute_optimal=rec["compute_optimal"],
+                  converged=primary.converged, convergence=rec["convergence"])
+    result["law"] = {"form": form, "params": primary.params, "param_count": count,
+                     "converged": primary.converged, "metric": ds.metric}
+    for f, c, fit in fits:
+        warnings += [f"{f}/{c}: {w}" if len(fits) > 1 else w for w in fit.warnings]
+    result["fits"] = []
+    for _f, c, fit in fits:
+        r = _fit_record(fit, c, opt.budgets, opt.ci)
+        r["frontier_exact_flops"] = exact_frontier(fit, c)
+        result["fits"].append(r)
+    by = {(f, c): fit for f, c, fit in fits}
+    if opt.params == "both":
+        result["param_count_comparison"] = {
+            f: compare_counts(by[(f, "total")], by[(f, "non_embedding")], opt.ci) for f in opt.forms}
+    return fits
+
+
+def _approach2(ds: Dataset, counts: list[str], opt: FitOptions, approaches: set[int] | None,
+               result: dict) -> tuple[dict, str | None]:
+    """Approach 2 (IsoFLOP profiles) per count into `result["approach2"]`; (fits by count, FLOPs
+    convention). Not applicable is recorded unless approach 2 was asked for by name."""
+    from gerbil.fit.isoflop import isoflop_fit
+
+    iso_fits: dict = {}
+    flops_conv = None
+    result["approach2"] = {}
+    for count in counts:
+        try:
+            C, flops_conv = ds.flops(opt.flops, count)
+            iso = isoflop_fit(ds.N(count), ds.D, ds.L, C, tol=opt.flops_tol, ci=opt.ci)
+        except GerbilError as e:
+            if approaches is not None:
+                raise
+            result["approach2"][count] = {"applicable": False, "reason": str(e)}
+            continue
+        iso_fits[count] = iso
+        result["approach2"][count] = dict(applicable=True, flops_convention=flops_conv, **iso.to_dict())
+    return iso_fits, flops_conv
+
+
+def _approach1(sources: Sequence[str | Path], ds: Dataset, counts: list[str], opt: FitOptions,
+               approaches: set[int] | None, result: dict) -> tuple[dict, list]:
+    """Approach 1 (training-curve envelope) per count into `result["approach1"]`; (fits by count, the
+    curves used)."""
+    from gerbil.fit.envelope import envelope_fit
+
+    dirs = [s for s in sources if Path(s).is_dir()]
+    curves = (read_curves(dirs, opt.curve_metric) if dirs else []) + ds.curves()
+    conv = "6nd" if opt.flops == "6nd" else "exact"
+    env_fits: dict = {}
+    curves_used: list = []
+    result["approach1"] = {}
+    for count in counts:
+        try:
+            env = envelope_fit(curves, kind=count, convention=conv)
+        except GerbilError as e:
+            if approaches is not None:
+                raise
+            result["approach1"][count] = {"applicable": False, "reason": str(e)}
+            continue
+        env_fits[count] = env
+        curves_used = curves
+        result["approach1"][count] = dict(applicable=True, **env.to_dict())
+    return env_fits, curves_used
 
 
 def _plots(out: Path, ds: Dataset, fits, iso_fits, env_fits, curves, counts, opt: FitOptions) -> list[str]:

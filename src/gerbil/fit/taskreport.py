@@ -135,7 +135,7 @@ def run_task_fit(sources: Sequence[str | Path], out: str | Path, options: TaskLa
 
         files = taskplots.plot_all(out, fit, pts, opt.predict, llo, opt.ci)
     result.update(
-        ci=opt.ci, warnings=fit.warnings, n_points=len(pts), n_runs=len(set(pts.run)),
+        ci=opt.ci, warnings=pts.notes + fit.warnings, n_points=len(pts), n_runs=len(set(pts.run)),
         metric=f"{pts.metric_name} from {pts.loss_name}",
         settings=_jsonable(asdict(opt) | {"sources": [str(s) for s in sources]}),
         data=pts.records(), skipped=pts.skipped, files=["fit.json", "fit.md"] + files,

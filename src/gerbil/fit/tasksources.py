@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 TASK_LOSS_KEYS = ("bpb", "log_perplexity", "nll_per_token")
 #: The default loss column name means "the task's loss, chosen by TASK_LOSS_KEYS" for runs.
 AUTO_LOSS = Columns().loss
-#: Accuracy at random guessing per task (1 / number of choices; lambada's exact-word accuracy is 0).
-CHANCE = {"hellaswag": 0.25, "lambada_openai": 0.0, "winogrande": 0.5, "piqa": 0.5, "arc_easy": 0.25,
-          "arc_challenge": 0.25, "sciq": 0.25, "openbookqa": 0.25, "boolq": 0.5, "copa": 0.5}
 
 
 @dataclass
@@ -59,6 +56,7 @@ class TaskPoints:
     task: str | None = None
     sources: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # caveats of the data, shown with the fit's warnings
 
     def __len__(self) -> int:
         return len(self.L)
@@ -68,7 +66,7 @@ class TaskPoints:
         idx = np.flatnonzero(mask)
         return TaskPoints([self.name[i] for i in idx], [self.run[i] for i in idx], self.N[idx], self.D[idx],
                           self.L[idx], self.M[idx], self.final[idx], self.loss_name, self.metric_name,
-                          self.chance, self.task, self.sources, self.skipped)
+                          self.chance, self.task, self.sources, self.skipped, self.notes)
 
     def records(self) -> list[dict]:
         """The points as plain dicts (fit.json "data")."""
@@ -86,15 +84,12 @@ def task_name(task: str) -> str:
 
 
 def chance_for(task: str | None, chance: float | None) -> float:
-    """The metric at random guessing: `chance` if given, else the task's (a `chance` attribute of its
-    `Task` record, else `CHANCE`). Without either, a one-line GerbilError asks for --chance."""
+    """The metric at random guessing: `chance` if given, else the task's (`Task.chance`, its one home).
+    Without either, a one-line GerbilError asks for --chance."""
     if chance is None and task is not None:
         from gerbil.eval.tasks import get_task
 
-        chance = getattr(get_task(task), "chance", None)
-        chance = CHANCE.get(task_name(task)) if chance is None else chance
-        if chance is None:
-            raise GerbilError(f"no chance level known for task {task!r}: give --chance (1 / number of choices)")
+        chance = get_task(task).chance
     if chance is None:
         raise GerbilError("the task law needs the metric's chance level: give --chance (0.25 for four "
                           "choices, 0.5 for two, 0 for lambada) or --task TASK")
@@ -167,12 +162,29 @@ def _run_records(path: str | Path, task: str) -> list[tuple[Any, list[Any]]]:
     return [(rec, [e for e in RunDir(rec.run_dir).eval_history() if e.task == task]) for rec in records]
 
 
-def read_task_runs(path: str | Path, task: str, loss_key: str, metric_key: str) -> tuple[list[dict], list[dict]]:
-    """(rows, skipped) of the runs under `path`: one row per checkpoint with a full-set result for
-    `task`. `loss_key` AUTO_LOSS picks the first of TASK_LOSS_KEYS the records have."""
+def _limit_rule(pts: list[Any], task: str) -> tuple[int | None, str | None]:
+    """Which records of `task` a fit may use, as the item count every used point shares: None (full sets
+    only) when any record is a full-set one; else the most common `--limit` count, with a note — points
+    scored on the same first items are comparable with each other, never with full-set numbers."""
+    if not pts or any(not p.partial for p in pts):
+        return None, None
+    counts: dict[int, int] = {}
+    for p in pts:
+        counts[p.n_items] = counts.get(p.n_items, 0) + 1
+    n = max(counts, key=lambda c: (counts[c], c))
+    return n, (f"every {task} point was scored on its first {n} items (--limit), not the full set: the points "
+               f"are comparable with each other, not with full-set numbers")
+
+
+def read_task_runs(path: str | Path, task: str, loss_key: str,
+                   metric_key: str) -> tuple[list[dict], list[dict], list[str]]:
+    """(rows, skipped, notes) of the runs under `path`: one row per checkpoint with a result for `task`
+    (full-set results; partial ones only when no point has a full-set one and then only those with one
+    item count, `_limit_rule`). `loss_key` AUTO_LOSS picks the first of TASK_LOSS_KEYS the records have."""
     runs = _run_records(path, task)
     if loss_key == AUTO_LOSS:
         loss_key = pick_loss_key([p.metrics for _, pts in runs for p in pts], task)
+    limit, note = _limit_rule([p for _, pts in runs for p in pts], task)
     out, skipped = [], []
     for rec, pts in runs:
         if not pts:
@@ -180,7 +192,9 @@ def read_task_runs(path: str | Path, task: str, loss_key: str, metric_key: str) 
         for p in pts:
             name = f"{rec.name}@{p.step}"
             loss, metric = task_record_values(p.metrics, loss_key, metric_key)
-            why = ("evaluated on a subset only (--limit)" if p.partial else f"no {loss_key}" if loss is None
+            why = ("evaluated on a subset only (--limit)" if p.partial and limit is None
+                   else f"scored on {p.n_items} items, the other points on {limit}" if p.partial and p.n_items != limit
+                   else f"no {loss_key}" if loss is None
                    else f"no {metric_key}" if metric is None else "no parameter count" if not rec.params
                    else "no token count" if not p.tokens else None)
             if why:
@@ -189,7 +203,7 @@ def read_task_runs(path: str | Path, task: str, loss_key: str, metric_key: str) 
             _check_values(f"{rec.run_dir} step {p.step}", float(rec.params), float(p.tokens), loss, metric)
             out.append({"name": name, "run": str(Path(rec.run_dir).resolve()), "N": float(rec.params),
                         "D": float(p.tokens), "L": loss, "M": metric, "loss_key": loss_key})
-    return out, skipped
+    return out, skipped, [note] if note and out else []
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -203,6 +217,7 @@ def load_task_points(sources: Sequence[str | Path], *, task: str | None = None, 
     chance = chance_for(task, chance)
     rows: list[dict] = []
     skipped: list[dict] = []
+    notes: list[str] = []
     for src in map(Path, sources):
         if src.is_file():
             if src.suffix.lower() not in (".csv", ".tsv", ".txt"):
@@ -211,7 +226,8 @@ def load_task_points(sources: Sequence[str | Path], *, task: str | None = None, 
         elif src.is_dir():
             if task is None:
                 raise GerbilError(f"{src}: runs need --task TASK (which evaluation's loss and {metric_col} to fit)")
-            r, s = read_task_runs(src, task, cols.loss, metric_col)
+            r, s, n = read_task_runs(src, task, cols.loss, metric_col)
+            notes += [x for x in n if x not in notes]
         else:
             raise GerbilError(f"{src}: no such file or directory")
         if not r:
@@ -222,8 +238,10 @@ def load_task_points(sources: Sequence[str | Path], *, task: str | None = None, 
         log.warning("skipped %s: %s", s.get("name") or s.get("source"), s["reason"])
     keys = sorted({r.get("loss_key", cols.loss) for r in rows})
     loss_name = f"{task} {'/'.join(keys)}" if task else "/".join(keys)
-    return _points(rows, loss_name, f"{task} {metric_col}" if task else metric_col, chance, task,
-                   [str(s) for s in sources], skipped)
+    pts = _points(rows, loss_name, f"{task} {metric_col}" if task else metric_col, chance, task,
+                  [str(s) for s in sources], skipped)
+    pts.notes = notes
+    return pts
 
 
 def _points(rows: list[dict], loss_name: str, metric_name: str, chance: float, task: str | None,

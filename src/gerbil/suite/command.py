@@ -17,7 +17,7 @@ from gerbil.options import Options, add_arguments, config_from_args, opt, sectio
 from gerbil.suite.planning import cascade_line, format_suite_plan, plan_suite
 from gerbil.suite.plot import plot_suite
 from gerbil.suite.publish import export_suite
-from gerbil.suite.results import suite_records
+from gerbil.suite.results import SUITE_METRICS, suite_records
 from gerbil.suite.runner import RunOptions, run_suite
 from gerbil.suite.spec import load_suite, shipped_suites
 from gerbil.suite.state import SuiteDir, format_states, run_states
@@ -96,6 +96,8 @@ def add_suite_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     v.add_argument("--format", default="md", choices=["md", "csv", "json"], help="output format (default md)")
     v.add_argument("--no-reference", dest="reference", action="store_false", default=True,
                    help="leave out the seed's rows and the scores to beat")
+    v.add_argument("--metrics", default=SUITE_METRICS, metavar="LIST",
+                   help="extra columns as `gerbil table --metrics` (default bpb: each evaluated task's loss; '' for none)")
     v.set_defaults(func=_cmd_table)
 
     v = verbs.add_parser("plot", help="PNG plots: loss vs tokens, evals vs FLOPs, the cascade tree",
@@ -168,7 +170,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     sdir = SuiteDir(args.dir)
     records, marks = suite_records(sdir, sdir.read_suite())
-    print(render(records, fmt=args.format, reference=args.reference, marks=marks), end="")
+    print(render(records, fmt=args.format, reference=args.reference, marks=marks, metrics=args.metrics), end="")
     return 0
 
 

@@ -2,14 +2,16 @@
 
 * ``loss.png`` — validation loss vs tokens trained (log x) for every run, from metrics.jsonl (a
   continuation's curve starts where its parent's ended);
-* ``evals.png`` — each eval column of the seed's table vs training FLOPs (the model's whole training
-  compute: a continuation counts its parent's tokens), log x; hollow markers for partial (`--limit`)
-  results — written once some run has an evaluation;
+* ``evals.png`` — each eval column of the seed's table, then each evaluated task's loss (bits per byte,
+  `gerbil table --metrics bpb`), vs training FLOPs (the model's whole training compute: a continuation
+  counts its parent's tokens), log x; hollow markers for partial (`--limit`) results — written once some
+  run has an evaluation;
 * ``cascade-<trunk>.png`` — each cascade as a tree: the learning rate vs tokens of the trunk (constant,
   then its own cooldown) and of each branch (leaving the trunk at its branch point, cooling to 0), with
   the final validation losses;
-* ``curves.png`` — metrics vs tokens trained for runs evaluated at every checkpoint
-  (`gerbil eval --all-checkpoints`, read back with `RunDir.eval_history`), when there are any.
+* ``curves.png`` — metrics (top row) and task losses in bits per byte (bottom row) vs tokens trained for
+  runs evaluated at every checkpoint (`gerbil eval --all-checkpoints`, read back with
+  `RunDir.eval_history`), when there are any.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from gerbil.eval.table import EVAL_COLUMNS
+from gerbil.eval.table import EVAL_COLUMNS, extra_columns
 from gerbil.eval.tasks import TASKS
 from gerbil.extras import pyplot
 from gerbil.fsutil import mkdir
@@ -84,16 +86,17 @@ def _loss(sdir: SuiteDir, suite, dest: Path, plt) -> Path:
 
 def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
     """evals.png, or None (nothing written) when no run has an evaluation result yet."""
-    cols = list(EVAL_COLUMNS)
-    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 4), squeeze=False)
-    drawn = 0
+    recs = []
     for spec in suite.runs:
         run = sdir.run_dir(spec.name)
-        if not run.path.is_dir():
-            continue
-        rec = read_run(run.path)
-        if not rec.tokens:
-            continue
+        if run.path.is_dir():
+            rec = read_run(run.path)
+            if rec.tokens:
+                recs.append((spec, rec))
+    cols = list(EVAL_COLUMNS + extra_columns("bpb", [r for _, r in recs]))  # the seed's columns, the task losses
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 4), squeeze=False)
+    drawn = 0
+    for spec, rec in recs:
         flops = float(spec.flops_per_token) * rec.tokens  # the model's whole training compute
         for ax, (col, task, metric, kind) in zip(axes[0], cols):
             e = rec.evals.get(task)
@@ -108,7 +111,7 @@ def _evals(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
         return None
     for ax, (col, task, metric, kind) in zip(axes[0], cols):
         ax.set_xscale("log")
-        if kind != "pct":
+        if kind == "ppl":
             ax.set_yscale("log")
         ax.set_title(col, fontsize=9)
         ax.set_xlabel("training FLOPs")
@@ -162,21 +165,22 @@ def _curves(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
     if not series:
         return None
     tasks = [t for t in TASKS if any(t in s for s in series.values())]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        metric = TASKS[task].metrics[0]
-        for name, by_task in series.items():
-            pts = sorted(by_task.get(task, []), key=lambda p: p.tokens)
-            if pts:
-                ax.plot([max(1, p.tokens) for p in pts], [p.metrics.get(metric) for p in pts], marker="o",
-                        markersize=3, label=name)
-        ax.set_xscale("log")
-        if metric == "perplexity":
-            ax.set_yscale("log")
-        ax.set_title(f"{task} {metric}", fontsize=9)
-        ax.set_xlabel("tokens trained")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 8), squeeze=False)
+    for col, task in enumerate(tasks):
+        for ax, metric in zip(axes[:, col], (TASKS[task].metrics[0], "bpb")):
+            for name, by_task in series.items():
+                pts = sorted((p for p in by_task.get(task, []) if metric in p.metrics), key=lambda p: p.tokens)
+                if pts:
+                    ax.plot([max(1, p.tokens) for p in pts], [p.metrics[metric] for p in pts], marker="o",
+                            markersize=3, label=name)
+            ax.set_xscale("log")
+            if metric == "perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{task} {metric}" + (" (task loss)" if metric == "bpb" else ""), fontsize=9)
+            ax.set_xlabel("tokens trained")
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=6)
     fig.suptitle(f"suite {suite.name}: metrics at every checkpoint")
     path = _save(fig, dest / "curves.png")
     plt.close(fig)

@@ -34,13 +34,20 @@ def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[s
     return records, marks
 
 
+#: the extra columns of a suite's table (`gerbil table --metrics`): every evaluated task's loss in bits per
+#: byte, which still moves at sizes where the accuracies sit at chance
+SUITE_METRICS = "bpb"
+
+
 def write_tables(sdir: SuiteDir, suite: Suite) -> tuple[Path, Path]:
-    """The suite's results table as Markdown and CSV in DIR (with the seed's rows for reference)."""
+    """The suite's results table as Markdown and CSV in DIR (with the seed's rows for reference, and the
+    task losses `SUITE_METRICS`)."""
     records, marks = suite_records(sdir, suite)
     md = sdir.path / TABLE_MD
     csv = sdir.path / TABLE_CSV
-    atomic_write_text(md, f"# suite {suite.name}\n\n" + render(records, "md", reference=True, marks=marks))
-    atomic_write_text(csv, render(records, "csv", reference=True, marks=marks))
+    atomic_write_text(md, f"# suite {suite.name}\n\n" + render(records, "md", reference=True, marks=marks,
+                                                                 metrics=SUITE_METRICS))
+    atomic_write_text(csv, render(records, "csv", reference=True, marks=marks, metrics=SUITE_METRICS))
     return md, csv
 
 

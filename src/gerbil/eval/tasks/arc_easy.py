@@ -29,4 +29,5 @@ TASK = Task(
     build_item=build_item,
     score=score,
     metrics=("acc", "acc_norm"),
+    chance=0.25,  # accuracy at random guessing: four choices (a few items have 3 or 5)
 )

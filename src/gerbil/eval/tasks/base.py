@@ -60,6 +60,7 @@ class Task:
     build_item: Callable[[dict], Item]
     score: Callable[[Sequence[Item], Sequence[Sequence[Score]], int], tuple[dict, list[dict]]]
     metrics: tuple[str, ...]  # headline metrics in display order (each also has `<metric>_stderr`)
+    chance: float  # `acc` at random guessing (1 / number of choices; 0 for an exact-match task): the task law's floor
     columns: tuple[Column, ...] = ()
     aliases: tuple[str, ...] = ()
     note: str | None = None  # a caveat printed with its results and stored in its records

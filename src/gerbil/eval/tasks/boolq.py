@@ -22,5 +22,6 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores),
     metrics=("acc",),
+    chance=0.5,  # accuracy at random guessing: yes / no
     asset="boolq_superglue",  # the `boolq` eval set is google/boolq (no titles), for fine-tuning
 )

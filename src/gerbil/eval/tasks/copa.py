@@ -32,4 +32,5 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores),
     metrics=("acc",),
+    chance=0.5,  # accuracy at random guessing: two alternatives
 )

@@ -35,5 +35,6 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores, norm=True),
     metrics=("acc", "acc_norm"),
+    chance=0.25,  # accuracy at random guessing: four endings
     columns=(Column("hellaswag acc ↑", "acc", "pct"),),
 )

@@ -35,6 +35,7 @@ TASK = Task(
     build_item=build_item,
     score=score,
     metrics=("perplexity", "acc"),
+    chance=0.0,  # accuracy at random guessing: exact last word: no guessing level
     columns=(Column("lambada ppl ↓", "perplexity", "ppl"), Column("lambada acc ↑", "acc", "pct")),
     aliases=("lambada",),
     losses=("log_perplexity", *LOSSES),

@@ -20,4 +20,5 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores, norm=True),
     metrics=("acc", "acc_norm"),
+    chance=0.5,  # accuracy at random guessing: two solutions
 )

