@@ -40,7 +40,7 @@ def test_all_checkpoints_skips_each_damaged_checkpoint_in_one_line_and_keeps_the
     assert main(["eval", str(run.path), "--all-checkpoints", "--tasks", "winogrande", "--limit", "2",
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[0].split() == ["step", "winogrande", "acc"] and out[1].split()[0] == "6"
+    assert out[0].split()[:3] == ["step", "winogrande", "acc"] and out[1].split()[0] == "6"
     assert out[2] == "skipped 2 damaged checkpoints:"
     assert out[3].startswith("  step-00000002: ") and "bytes" in out[3]
     assert out[4].startswith("  step-00000004: ") and "sha256" in out[4] and len(out) == 5
