@@ -185,3 +185,9 @@ def test_fit_and_table_skip_or_mark_unfinished_and_fine_tuning_runs(tmp_path):
     assert "unfinished (4.1k of 20k)" in row["killed"]
     assert "fine-tuned (classify)" in row["classifier"]
     assert "custom budget" not in row["killed"] and "A-Class" in row["r0"]
+
+
+def test_an_optional_column_named_explicitly_must_exist(tmp_path):
+    _one_line(_fit_cli, [str(SEED_CSV), "--out", str(tmp_path / "o"), "--flops-col", "train_flops"],
+              match=r"no column 'train_flops' \(columns: name, params, .*; choose with --flops-col\)")
+    assert not (tmp_path / "o").exists()

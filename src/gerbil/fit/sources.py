@@ -264,8 +264,11 @@ def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Poi
     """(points, skipped rows) of one CSV file; see the module docstring for what is skipped."""
     cols = columns or Columns()
     path = Path(path)
+    # an optional column named explicitly (--flops-col X) must be there: never silently fitted without it
+    named = [(getattr(cols, k), f"--{k.replace('_', '-')}-col") for k in ("flops", "non_embedding", "run", "name")
+             if getattr(cols, k) != getattr(Columns(), k)]
     header, rows = read_table(path, ((cols.params, "--params-col"), (cols.tokens, "--tokens-col"),
-                                     (cols.loss, "--loss-col")))
+                                     (cols.loss, "--loss-col"), *named))
     points, skipped = [], []
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         label = (row.get(cols.name) or "").strip() or f"{path.name}:{i}"
