@@ -182,6 +182,28 @@ def test_unconverged_step1_says_so_instead_of_printing_numbers(tmp_path, monkeyp
     assert any("did not converge" in w for w in r["warnings"])
 
 
+def test_degenerate_step1_says_so_instead_of_printing_numbers(tmp_path, capsys):
+    """A task loss that rises with N and D (a task far from the training text, as lambada and sciq on a
+    Shakespeare ladder) has no power law: step 1 is degenerate, no parameters, losses or metrics are
+    printed, the bootstrap is skipped, and the leave-largest-out check says why it has no numbers."""
+    rows = synthetic_rows(sizes=np.geomspace(1e7, 3e9, 5), ratios=(5, 80), fractions=(1.0,))
+    rows = [dict(r, bpb=f"{3.0 - float(r['bpb']):.6f}") for r in rows]  # 3 − L: rises with N and D
+    csv = write_csv(tmp_path / "rising.csv", rows)
+    args = fit_parser().parse_args(["fit", str(csv), "--task-law", "--loss-col", "bpb", "--metric-col", "accuracy",
+                                    "--chance", "0.25", "--predict", "2.8e9:3e11", "--bootstrap", "20",
+                                    "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "degenerate" in printed and "  step 1: E" not in printed and "task loss –" in printed
+    t = json.loads((tmp_path / "o" / "fit.json").read_text())["task_law"]
+    assert t["status"].startswith("step 1 (task loss) is degenerate") and not t["step1"]["usable"]
+    assert set(t["loss"].values()) == {None} and t["bootstrap"] is None
+    assert t["predictions"][0]["loss"] is None and t["predictions"][0]["metric"] is None
+    assert "degenerate" in t["leave_largest_out"]["status"] and t["leave_largest_out"]["points"] == []
+    md = (tmp_path / "o" / "fit.md").read_text()
+    assert "**Degenerate**" in md and "| alpha |" not in md
+
+
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("argv,match", [
     (["--task-law", "--loss-col", "bpb", "--metric-col", "acc_norm", "--chance", "0.25"], "no column 'acc_norm'"),

@@ -18,6 +18,11 @@ was reached), with the same machinery (`gerbil.fit.optim`): summed Huber loss of
 δ = 0.01 (one accuracy point: residuals beyond it — a noisy small eval set — count linearly), L-BFGS-B
 with the bounds above from a grid of starts scaled to the observed losses. chance is fixed by the task.
 
+Step 1 is *degenerate* — reported as such, with no numbers — when its optimum is not a law of the loss
+falling with N and D: a non-finite or vanishing A or B (an exponent so large that the term is a step), or
+α or β outside (0, `MAX_EXPONENT`] (a task loss that rises with size or tokens, as it can for a task whose
+text is far from the training corpus, gives a negative one).
+
 A prediction chains both: metric(L(N, D)). Its interval comes from a bootstrap that resamples *runs*
 (all points of a run together) and refits both steps on each resample, so the interval carries the
 uncertainty of both. A sigmoid is *flat* when, over the observed task losses, it moves the metric by
@@ -47,6 +52,22 @@ log = logging.getLogger(__name__)
 SIGMOID_DELTA = 0.01  # Huber δ on metric residuals: one accuracy point
 FLAT_SPAN = 0.02  # a sigmoid moving the metric less than this over the observed losses is flat
 STEP1_FORM = "chinchilla"
+MAX_EXPONENT = 3.0  # step 1's α, β beyond this (published fits: 0.08-0.4) are a step, not a power law
+
+
+def step1_problem(loss: LawFit) -> str | None:
+    """Why step 1 cannot be used (did not converge, or degenerate: module docstring), or None."""
+    if not loss.converged:
+        return "step 1 (task loss) did not converge"
+    p = loss.params
+    if not all(math.isfinite(p[k]) and p[k] > 0 for k in ("A", "B")) or not math.isfinite(p["E"]):
+        return (f"step 1 (task loss) is degenerate: A {p['A']:.3g}, B {p['B']:.3g} — the loss does not follow "
+                f"E + A/N^α + B/D^β over these runs")
+    bad = [f"{k} {p[k]:.3g}" for k in ("alpha", "beta") if not 0 < p[k] <= MAX_EXPONENT]
+    if bad:
+        return (f"step 1 (task loss) is degenerate: {', '.join(bad)} outside (0, {MAX_EXPONENT:g}] — the task loss "
+                f"does not fall as a power law of N and D over these runs")
+    return None
 
 
 def _expit(z: np.ndarray) -> np.ndarray:
@@ -169,14 +190,20 @@ class TaskLawFit:
 
     @property
     def status(self) -> str:
-        """"ok", or why predicted metrics are withheld."""
-        if not self.loss.converged:
-            return "step 1 (task loss) did not converge"
+        """"ok", or why predicted metrics (and, when step 1 is the reason, losses) are withheld."""
+        problem = step1_problem(self.loss)
+        if problem:
+            return problem
         if self.sigmoid.flat:
             return "step 2 sigmoid is flat over the observed task losses"
         if not self.sigmoid.converged:
             return "step 2 (sigmoid) did not converge"
         return "ok"
+
+    @property
+    def loss_ok(self) -> bool:
+        """Step 1 converged to a law (`step1_problem`): its parameters and predicted losses may be shown."""
+        return step1_problem(self.loss) is None
 
     @property
     def warnings(self) -> list[str]:
@@ -247,6 +274,9 @@ def bootstrap_task_law(fit: TaskLawFit, points: TaskPoints, *, n_resamples: int 
     refits on `fit.loss.bootstrap` and `fit.sigmoid.bootstrap` (row i of both is the same resample)."""
     if n_resamples < 1:
         raise GerbilError(f"bootstrap needs at least 1 resample, got {n_resamples}")
+    if not fit.loss_ok:  # nothing to resample around: the status says why
+        log.warning("task law bootstrap skipped: %s", fit.status)
+        return
     t0 = time.perf_counter()
     law, sig = fit.loss.law, fit.sigmoid.model
     idx = resample_runs(points.run, n_resamples, seed)
@@ -300,6 +330,9 @@ def leave_largest_out(points: TaskPoints, *, n_resamples: int, seed: int, worker
         out["status"] = f"not possible: {e}"
         return out
     out["status"] = fit.status
+    out["warnings"] = fit.warnings
+    if not fit.loss_ok:
+        return out
     loss_hat, metric_hat = fit.predict(held.N, held.D)
     show_metric = fit.status == "ok"
     for i in range(len(held)):
@@ -315,7 +348,6 @@ def leave_largest_out(points: TaskPoints, *, n_resamples: int, seed: int, worker
     pts = out["points"]
     out["loss_error_rel_mean_abs"] = float(np.mean([abs(p["loss_error_rel"]) for p in pts]))
     out["metric_error_mean_abs"] = float(np.mean([abs(p["metric_error"]) for p in pts])) if show_metric else None
-    out["warnings"] = fit.warnings
     return out
 
 

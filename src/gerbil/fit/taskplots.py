@@ -39,14 +39,15 @@ def plot_task_loss(path: Path, fit: Any, pts: Any, predict: Sequence[tuple[float
         ax.plot(6 * n * pts.D[m & ~pts.final], pts.L[m & ~pts.final], "o", mfc="none", color=color, ms=4, alpha=0.6)
         ax.plot(6 * n * pts.D[m & pts.final], pts.L[m & pts.final], "o", color=color, ms=6, mec="k", mew=0.5,
                 label=_fmt(n))
-        d = np.geomspace(pts.D[m].min() / 1.5, pts.D[m].max() * 1.5, 60)
-        ax.plot(6 * n * d, fit.loss.predict(n, d), "-", color=color, lw=1)
-    for n, d in predict:
+        if fit.loss_ok:  # a degenerate step 1 draws no curves (its status is in the title)
+            d = np.geomspace(pts.D[m].min() / 1.5, pts.D[m].max() * 1.5, 60)
+            ax.plot(6 * n * d, fit.loss.predict(n, d), "-", color=color, lw=1)
+    for n, d in predict if fit.loss_ok else ():
         loss = float(fit.loss.predict(n, d))
         ax.plot(6 * n * d, loss, "*", color="C3", ms=13, mec="k", label=f"predict {_fmt(n)}, {d:.2g} tokens")
     ax.set(xscale="log", xlabel="C = 6·N·D (training FLOPs)", ylabel=f"task loss ({pts.loss_name})",
            title="step 1: task loss (filled: final points, fitted; hollow: checkpoints)"
-           + ("" if fit.loss.converged else " — fit did NOT converge"))
+           + ("" if fit.loss_ok else f"\n({fit.status})"))
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     return _save(fig, path)
 

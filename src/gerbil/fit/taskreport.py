@@ -55,7 +55,7 @@ class TaskLawOptions:
 # ---------------------------------------------------------------------------------------------- JSON
 def _loss_block(fit: TaskLawFit) -> dict:
     p = fit.loss.params
-    return {k: (p[k] if fit.loss.converged else None) for k in ("E", "A", "B", "alpha", "beta")}
+    return {k: (p[k] if fit.loss_ok else None) for k in ("E", "A", "B", "alpha", "beta")}
 
 
 def _sigmoid_block(fit: TaskLawFit) -> dict:
@@ -68,9 +68,9 @@ def predictions(fit: TaskLawFit, points: Sequence[tuple[float, float]], ci: floa
     (null where the fit cannot vouch for it: `TaskLawFit.status`)."""
     out = []
     for n, d in points:
-        loss, metric = (float(x) for x in fit.predict(n, d))
+        loss, metric = (float(x) for x in fit.predict(n, d)) if fit.loss_ok else (None, None)
         iv = fit.metric_interval(n, d, ci) if fit.status == "ok" else None
-        out.append({"params": n, "tokens": d, "loss": loss if fit.loss.converged else None,
+        out.append({"params": n, "tokens": d, "loss": loss if fit.loss_ok else None,
                     "metric": metric if fit.status == "ok" else None,
                     "metric_low": iv[0] if iv else None, "metric_high": iv[1] if iv else None})
     return out
@@ -82,8 +82,9 @@ def _steps(fit: TaskLawFit, points: TaskPoints) -> dict:
              "points": "each run's final point",
              "convergence": {"message": lf.message, "n_iter": lf.n_iter, "max_abs_gradient": lf.grad_max,
                              "objective": lf.objective, "huber_delta": lf.delta, "seconds": lf.seconds}}
-    if not lf.converged:
-        step1["unconverged_estimate"] = lf.params
+    step1["usable"] = fit.loss_ok
+    if not fit.loss_ok:
+        step1["unusable_estimate"] = lf.params
     step2 = {"converged": sf.converged, "flat": sf.flat, "n_points": len(points), "points": "all, checkpoints included",
              "metric_span_over_observed_losses": sf.span, "residual_rms": sf.rms,
              "observed_loss_range": [float(points.L.min()), float(points.L.max())],
@@ -155,8 +156,10 @@ def _param_table(values: dict, ivs: dict, ci: float) -> list[str]:
 def _steps_md(t: dict, ci: float) -> list[str]:
     s1, s2 = t["step1"], t["step2"]
     lines = [f"### Step 1: task loss L(N, D) = E + A/N^α + B/D^β ({s1['n_points']} final points of {s1['n_runs']} runs)", ""]
-    if s1["converged"]:
+    if s1["usable"]:
         lines += _param_table(t["loss"], t["intervals"]["loss"], ci)
+    elif s1["converged"]:
+        lines.append(f"**Degenerate**: {t['status']}. No parameters are reported.")
     else:
         lines.append(f"**Did not converge** ({s1['convergence']['message']}; max |gradient| "
                      f"{_g(s1['convergence']['max_abs_gradient'], 2)}): no parameters are reported.")
@@ -198,6 +201,8 @@ def _llo_md(llo: dict, ci: float) -> list[str]:
     lines = [f"### Leave the largest size out ({_g(llo['held_out_params'], 3)} parameters)", ""]
     if llo["status"].startswith("not possible"):
         return lines + [f"Check {llo['status']}.", ""]
+    if not llo["points"]:
+        return lines + [f"Refitted without the largest size: {llo['status']}; no predictions to compare.", ""]
     lines += ["Both steps refitted without the largest size, then asked to predict its final points:", "",
               f"| point | tokens | task loss obs. | pred. | rel. error | metric obs. | pred. | {ci:g}% interval | error |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -229,7 +234,7 @@ def summarize_task(result: dict, out: str) -> str:
     """The few lines `gerbil fit --task` prints."""
     t, ci = result["task_law"], result["ci"]
     lines = [f"task law ({result['metric']}; {result['n_points']} points, {result['n_runs']} runs): {t['status']}"]
-    if t["step1"]["converged"]:
+    if t["step1"]["usable"]:
         lines.append("  step 1: " + ", ".join(f"{k} {_g(v)}" for k, v in t["loss"].items()))
     if t["sigmoid"]["ceiling"] is not None:
         lines.append("  step 2: " + ", ".join(f"{k} {_g(v)}" for k, v in t["sigmoid"].items()))
@@ -239,7 +244,7 @@ def summarize_task(result: dict, out: str) -> str:
             else "metric not predicted"
         lines.append(f"  predict N={_g(p['params'], 3)} D={_g(p['tokens'], 3)}: task loss {_g(p['loss'])}, {m}")
     llo = t["leave_largest_out"]
-    if llo["status"].startswith("not possible"):
+    if llo["status"].startswith("not possible") or not llo["points"]:
         lines.append(f"  leave-largest-out: {llo['status']}")
     else:
         me = llo["metric_error_mean_abs"]

@@ -177,11 +177,13 @@ def _curves(sdir: SuiteDir, suite, dest: Path, plt) -> Path | None:
             if metric == "perplexity":
                 ax.set_yscale("log")
             ax.set_title(f"{task} {metric}" + (" (task loss)" if metric == "bpb" else ""), fontsize=9)
-            ax.set_xlabel("tokens trained")
+            if metric == "bpb":  # the bottom row
+                ax.set_xlabel("tokens trained")
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=6)
     fig.suptitle(f"suite {suite.name}: metrics at every checkpoint")
+    fig.tight_layout()
     path = _save(fig, dest / "curves.png")
     plt.close(fig)
     return path
