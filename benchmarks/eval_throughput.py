@@ -16,7 +16,9 @@ What is timed, on both sides, is strings → (loglikelihood, is_greedy) for ever
 
 The requests are the harness's own (built by gerbil and checked equal to the harness's task code in
 tests/test_evaluate.py); the script also reports the largest |Δ loglikelihood| between the two.
-Both sides run `--repeats` times interleaved; the best time counts (the machine may be shared).
+Both sides run `--repeats` times interleaved; the best time counts (the machine may be shared), and the
+range over the repeats (each repeat's harness time ÷ its gerbil time, and each side's items/s) is printed
+and written too: on a shared CPU one number is not a measurement, the range is.
 """
 from __future__ import annotations
 
@@ -78,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         flat = [r for it in items for r in it.requests]
         sizes = [len(it.requests) for it in items]
         t_hf, t_g = float("inf"), float("inf")
+        hf_times, g_times = [], []
         for _ in range(args.repeats):
             reqs = [Instance(request_type="loglikelihood", doc={}, arguments=r, idx=0) for r in flat]
             sync()
             t0 = time.perf_counter()
             hf_out = hf.loglikelihood(reqs, disable_tqdm=True)
             sync()
-            t_hf = min(t_hf, time.perf_counter() - t0)
+            hf_times.append(time.perf_counter() - t0)
+            t_hf = min(t_hf, hf_times[-1])
 
             t0 = time.perf_counter()
             enc = em.encoder.encode_pairs(flat)
@@ -94,16 +98,25 @@ def main(argv: list[str] | None = None) -> int:
                 k += n
             g_out = Scorer(em.model, device=device, batch_size=args.batch_size).score(groups)
             sync()
-            t_g = min(t_g, time.perf_counter() - t0)
+            g_times.append(time.perf_counter() - t0)
+            t_g = min(t_g, g_times[-1])
         g_flat = [s for g in g_out for s in g]
         diff = max(abs(a[0] - b[0]) for a, b in zip(hf_out, g_flat))
         greedy_same = all(a[1] == b[1] for a, b in zip(hf_out, g_flat))
         r = {"items": len(items), "requests": len(flat), "harness_items_s": len(items) / t_hf,
              "gerbil_items_s": len(items) / t_g, "ratio": t_hf / t_g, "max_abs_ll_diff": diff,
              "greedy_identical": greedy_same}
+        span = lambda xs: [min(xs), max(xs)]  # noqa: E731
+        r.update(ratio_range=span([h / g for h, g in zip(hf_times, g_times)]),
+                 harness_items_s_range=span([len(items) / t for t in hf_times]),
+                 gerbil_items_s_range=span([len(items) / t for t in g_times]))
         results[task] = r
         print(f"{task:15s} harness {r['harness_items_s']:9.1f} items/s   gerbil {r['gerbil_items_s']:9.1f} items/s"
               f"   ratio {r['ratio']:5.1f}x   max|Δll| {diff:.2e}   greedy identical: {greedy_same}")
+        if args.repeats > 1:
+            (hl, hh), (gl, gh), (rl, rh) = (r["harness_items_s_range"], r["gerbil_items_s_range"], r["ratio_range"])
+            print(f"{'':15s} over {args.repeats} repeats: harness {hl:.1f}–{hh:.1f}, gerbil {gl:.1f}–{gh:.1f} items/s, "
+                  f"ratio {rl:.1f}–{rh:.1f}x")
     if args.json == "-":  # one line on stdout (benchmarks/gpu_check.py reads it)
         print(json.dumps({"model": what, "device": dev_name, "results": results}))
     elif args.json:

@@ -228,3 +228,26 @@ def test_soak_smoke(tmp_path):
 
 
 del TEST_SHA
+
+
+def test_a_dead_prepares_staging_dir_is_judged_by_the_lock_rule_not_by_its_pid_alone(tmp_path):
+    from gerbil.lock import identity, process_start
+    from helpers import make_store
+
+    def leftover(name: str, holder: dict) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "train.bin.tmp").write_bytes(b"\0" * 64)
+        (tmp_path / f"{name}.lock").write_text(json.dumps(holder))
+        return d
+
+    # a killed writer whose pid now belongs to another live process (pid 1: a restarted container's worker)
+    reused = leftover(".store.partial-1", {"pid": 1, "host": platform.node(), **identity(1),
+                                           "start": (process_start(1) or 0) + 12345})
+    # a live writer on another host sharing the filesystem (its pid means nothing here; its heartbeat is fresh)
+    elsewhere = leftover(".store.partial-999999", {"pid": 999999, "host": "another-host"})
+    make_store(tmp_path / "store", n_docs=20)
+    assert not reused.exists() and not (tmp_path / ".store.partial-1.lock").exists()
+    assert elsewhere.is_dir() and (tmp_path / ".store.partial-999999.lock").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".store.partial-999999", ".store.partial-999999.lock",
+                                                          "store"]

@@ -401,3 +401,84 @@ def test_a_killed_rank_ends_with_one_line_and_the_resume_command(tmp_path, capfd
     assert failure_summary(exited, 2, ["eval", "run", "--tasks", "seed"], 1) == (
         "rank 0 of 2 exited with status 1 (its error is above) (pid 7), and torchrun stopped the job; run it again "
         "with: gerbil eval --nproc 2 run --tasks seed")
+
+
+# ------------------------------------------------ suite file versions, another suite, a user's run (11)
+def _suite_file(tmp_path: Path, store: Path, name: str = "rel", lr: float = 3e-3) -> Path:
+    d = dict(_suite_dict(store), name=name, lr=lr)
+    path = tmp_path / f"{name}-{lr}.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def test_a_worker_with_an_older_suite_file_stops_instead_of_mixing_versions(finished, tmp_path):
+    from gerbil.suite.runner import SuiteStopped, Worker, start_suite
+
+    store = finished["file"].parent / "store"
+    v1, v2 = load_suite(_suite_file(tmp_path, store, lr=0.01)), load_suite(_suite_file(tmp_path, store, lr=0.02))
+    out = tmp_path / "out"
+    sdir, stores = start_suite(v1, out)  # worker A starts with v1 ...
+    start_suite(v2, out)  # ... worker B with v2 before A has claimed anything: suite.json says v2
+    a = Worker(v1, sdir, RunOptions(device="cpu", poll=0.05), stores)
+    with pytest.raises(SuiteStopped, match=r"run r1 .* lr 0.01 differs from suite.json's 0.02; another version of "
+                                           r"the suite file was started") as e:
+        a._work_on(v1.get("r1"))
+    assert "\n" not in str(e.value)
+    assert sdir.record("r1") is None and not sdir.run_dir("r1").path.exists()  # nothing trained with v1
+    assert not sdir.claim("r1").path.exists()  # and the claim released
+
+
+def test_suite_run_over_another_suite_s_directory_is_refused(suite_dir, tmp_path):
+    before = suite_dir.suite_json.read_text()
+    other = load_suite(_suite_file(tmp_path, Path(json.loads(before)["data"] or "."), name="other"))
+    with pytest.raises(GerbilError, match=r"holds the suite 'rel', not 'other': give another --out"):
+        run_suite(other, suite_dir.path, RunOptions(device="cpu", poll=0.05))
+    assert suite_dir.suite_json.read_text() == before
+    assert {n: s for n, (s, _) in _states(suite_dir).items()} == {"r1": "done", "r2": "done"}
+
+
+def test_a_user_s_own_run_under_the_suite_s_runs_is_never_adopted(finished, tmp_path):
+    store = finished["file"].parent / "store"
+    out = tmp_path / "out"
+    mine = out / "runs" / "r1"
+    mine.mkdir(parents=True)
+    (mine / "config.yaml").write_text("name: r1\nlr: 0.5\n")
+    (mine / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    outcome = run_suite(load_suite(_suite_file(tmp_path, store)), out, RunOptions(device="cpu", poll=0.05))
+    assert outcome.statuses == {"r1": "failed", "r2": "blocked"}
+    reason = SuiteDir(out).record("r1")["reason"]
+    assert reason == f"{mine} holds a run the suite did not start (your own?): move it away, then run with " \
+                     f"--retry-failed"
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml", "metrics.jsonl"]
+    assert (mine / "config.yaml").read_text() == "name: r1\nlr: 0.5\n"
+    # the suite's table lists both runs, neither started (none is left out, the stranger's run is not read)
+    from gerbil.suite.results import suite_records
+    from gerbil.eval.table import render
+
+    sdir = SuiteDir(out)
+    table = render(*suite_records(sdir, sdir.read_suite())[:1], "md")
+    rows = [ln for ln in table.splitlines() if ln.startswith("| r")]
+    assert [r.split(" | ")[0] for r in rows] == ["| r1", "| r2"] and all("| not started |" in r for r in rows)
+    assert (out / "table.md").is_file()  # finish wrote the table although no run has a checkpoint
+
+
+def test_suite_table_lists_an_unfinished_run(suite_dir):
+    from gerbil.eval.table import render
+    from gerbil.suite.results import suite_records
+
+    r1 = suite_dir.run_dir("r1")
+    shutil.rmtree(r1.list_checkpoints()[-1])  # back to its checkpoint at 512 of 1,024 tokens
+    table = render(suite_records(suite_dir, suite_dir.read_suite())[0], "md")
+    row = next(ln for ln in table.splitlines() if ln.startswith("| r1 "))
+    assert "| unfinished (512 of 1k) |" in row
+
+
+def test_a_suite_claim_beats_at_the_worker_s_heartbeat(tmp_path):
+    sdir = SuiteDir(tmp_path)
+    claim = sdir.claim("r1", beat_every=0.05).acquire()
+    try:
+        os.utime(claim.path, (0, 0))
+        time.sleep(0.3)
+        assert claim.age() < 5
+    finally:
+        claim.release()

@@ -43,6 +43,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from gerbil.train.distributed import from_env
 
     check_range("--batch-size", args.batch_size, "positive")
+    check_range("--limit", args.limit, "positive")
     if (rc := relaunch(args)) is not None:
         return rc
     if args.all_checkpoints:
@@ -51,10 +52,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.output or args.no_save:
             raise GerbilError("--all-checkpoints writes each checkpoint's results into the run; "
                               "--output and --no-save do not apply")
+        skipped: list[tuple[str, str]] = []
         results = evaluate_checkpoints(args.path, args.tasks, limit=args.limit, device=args.device,
-                                       dtype=args.dtype, batch_size=args.batch_size)
+                                       dtype=args.dtype, batch_size=args.batch_size, skipped=skipped)
         if from_env().is_main:
-            print(format_curves(results))
+            print(format_curves(results, skipped))
         return 0
     records = evaluate(args.path, args.tasks, limit=args.limit, batch_size=args.batch_size,
                        device=args.device, dtype=args.dtype, output=args.output, write=not args.no_save)

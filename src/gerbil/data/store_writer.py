@@ -15,7 +15,11 @@ Tokens are appended to ``{split}.bin.tmp`` / ``{split}.idx.tmp`` in a staging di
 output (``.NAME.partial-PID``) as they are produced; at the end they are renamed, their sha256 and
 ``meta.json`` (with ``complete: true``, written last) are added, and the staging directory is swapped in
 for the output. A crash, Ctrl-C or an input that yields no documents therefore leaves an existing store
-exactly as it was (a killed writer's staging directory is removed by the next prepare).
+exactly as it was (a killed writer's staging directory is removed by the next prepare). The staging
+directory is held with a `gerbil.lock.Lock` beside it (``.NAME.partial-PID.lock``), so whether its writer
+is dead is the lock's rule (pid, boot, namespace, start time, heartbeat), never "is that pid alive" alone:
+a reused pid does not keep a dead writer's leftovers forever, and a live writer on another host sharing
+the filesystem keeps its own.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import gerbil
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.fsutil import sha256_file
-from gerbil.lock import pid_alive
+from gerbil.lock import Lock, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class StoreWriter:
         # Everything is written beside the destination and swapped in only when complete, so an
         # existing store survives a new input that yields nothing, a crash or Ctrl-C.
         self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}"
+        self._lock = _staging_lock(self.path).acquire()  # a dead holder's (even with this pid) is taken over
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
@@ -109,9 +114,18 @@ class StoreWriter:
         p.parent.mkdir(parents=True, exist_ok=True)
         for stale in p.parent.glob(f".{p.name}.partial-*"):  # left by a killed prepare
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not pid_alive(int(pid)):
+            if not (stale.is_dir() and pid.isdigit()):
+                continue
+            lock = _staging_lock(stale)
+            info = lock.holder()
+            if info is None:  # no lock beside it (an older gerbil's): its pid is all there is
+                dead, why = not pid_alive(int(pid)), f"pid {pid} is gone"
+            else:
+                dead, why = lock.state(info)
+            if dead:
                 shutil.rmtree(stale, ignore_errors=True)
-                log.info("removed %s, left by an interrupted prepare", stale)
+                lock.path.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted prepare (%s)", stale, why)
 
     # ------------------------------------------------------------------------------------- appending
     def split_of_next(self) -> str:
@@ -268,6 +282,7 @@ class StoreWriter:
         os.replace(tmp, self.path / _META)
         self._swap_in()
         self._finished = True
+        self._lock.release()
         return meta
 
     def _swap_in(self) -> None:
@@ -291,6 +306,7 @@ class StoreWriter:
         for f in (*self._bin.values(), *self._idx.values()):
             f.close()
         shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -298,3 +314,8 @@ class StoreWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self._finished:
             self.abort()
+
+
+def _staging_lock(staging: Path) -> Lock:
+    """The lock beside a writer's staging directory (`StoreWriter`'s docstring)."""
+    return Lock(staging.with_name(staging.name + ".lock"), f"the token store being written in {staging}")

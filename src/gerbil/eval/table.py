@@ -26,7 +26,7 @@ from typing import Any
 
 from gerbil.errors import GerbilError
 from gerbil.eval.tasks import METRIC_KINDS, TASKS, resolve_tasks, table_columns
-from gerbil.classes import claimed_class
+from gerbil.classes import CUSTOM_BUDGET, claimed_class
 from gerbil.model.config import size_label
 from gerbil.runs.registry import RunRecord, read_run, scan
 from gerbil.units import fmt_tokens
@@ -130,13 +130,24 @@ def _class(r: RunRecord) -> str | None:
     return claimed_class(r.cls, r.ratio)
 
 
+def _class_cell(r: RunRecord, cls: str | None) -> str:
+    if r.task:
+        return f"fine-tuned ({r.task})"
+    if not r.tokens:
+        return "not started" if r.budget else "—"
+    if r.unfinished:
+        return f"unfinished ({fmt_tokens(r.tokens)} of {fmt_tokens(r.budget)})"
+    return f"{cls}-Class" if cls else CUSTOM_BUDGET
+
+
 def _values(r: RunRecord, columns: Sequence[tuple[str, str, str, str]] = EVAL_COLUMNS) -> dict[str, Any]:
     """Raw (unformatted) values of a run's row, plus the flags that decide its markers."""
     cls = _class(r)
     v: dict[str, Any] = {
         "Model Name": r.name, "Parameters": _size_label(r), "params": r.params,
-        # no class claimed before a checkpoint exists; a budget short of its class's ratio is "custom"
-        "Class": (f"{cls}-Class" if cls else "custom budget") if r.tokens else "—",
+        # no class claimed before a checkpoint exists; a budget short of its class's ratio is "custom"; a
+        # fine-tuning run or one stopped short of its budget is said so, never shown as a finished model
+        "Class": _class_cell(r, cls),
         "Ratio": r.ratio, "Tokens": r.tokens, "Batch Size (Tokens)": r.batch, "Training Loss ↓": r.train_loss,
         "run_dir": str(r.run_dir), "step": r.step,
     }
@@ -242,7 +253,7 @@ def render(runs: Iterable[str | Path | RunRecord] | None = None, fmt: str = "md"
     runs = list(runs) if runs is not None else None
     records = [r for r in (runs or []) if isinstance(r, RunRecord)]
     paths = [r for r in (runs or []) if not isinstance(r, RunRecord)]
-    if paths or runs is None or not runs:
+    if paths or runs is None:  # an empty list is an empty table, never ./runs
         records += scan(paths or None)
     eval_cols = EVAL_COLUMNS + extra_columns(metrics, records)
     header = COLUMNS + tuple(col for col, *_ in eval_cols[len(EVAL_COLUMNS):])

@@ -266,7 +266,9 @@ def run_planner(p: Planner, gpus: list[str], mfu: float | None, seq_len: int, as
     if p.target_loss is not None:
         parts += [planner.plan_for_loss(p.target_loss, fit, g, runs, mfu, seq_len) for g in (gpus or [None])]
     if as_json:
-        return json.dumps([x.to_dict() for x in parts] if len(parts) > 1 else parts[0].to_dict(), indent=2,
-                          default=float)
+        from gerbil.fsutil import json_safe  # strict JSON: a number that is not finite is null
+
+        return json.dumps(json_safe([x.to_dict() for x in parts] if len(parts) > 1 else parts[0].to_dict()),
+                          indent=2, allow_nan=False)
     return "\n\n".join(planner.format_time_plan(x) if isinstance(x, planner.TimePlan) else planner.format_loss_plan(x)
                        for x in parts)

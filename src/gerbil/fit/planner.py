@@ -89,9 +89,16 @@ def load_fit(source: str | Path | None = None) -> FitSpec:
     law = d.get("law") if isinstance(d, dict) else None
     if not isinstance(law, dict) or "params" not in law:
         raise GerbilError(f"{path}: no 'law' block (write it with `gerbil fit`)")
-    form = get_form(law.get("form", "chinchilla"))
+    try:
+        form = get_form(str(law.get("form", "chinchilla")))
+    except GerbilError as e:
+        raise GerbilError(f"{path}: {e}") from None
     params = law["params"]
-    missing = [k for k in form.param_names if not isinstance(params.get(k), (int, float))]
+    if not isinstance(params, dict):
+        raise GerbilError(f"{path}: the law's params are {json.dumps(params)}, not the fitted parameters "
+                          f"(write it with `gerbil fit`)")
+    missing = [k for k in form.param_names
+               if not isinstance(params.get(k), (int, float)) or isinstance(params.get(k), bool)]
     if missing:
         raise GerbilError(f"{path}: the {form.name} law lacks {', '.join(missing)}")
     count = law.get("param_count", "total")
@@ -101,7 +108,41 @@ def load_fit(source: str | Path | None = None) -> FitSpec:
     label = f"fit {path} ({form.name}, {count} parameters, {d.get('n_points', '?')} points)"
     if not law.get("converged", True):
         warns.append("that fit did not converge")
-    return FitSpec(form.name, {k: float(params[k]) for k in form.param_names}, count, label, warns)
+    spec = FitSpec(form.name, {k: float(params[k]) for k in form.param_names}, count, label,
+                   [str(w) for w in warns])
+    check_law(spec, str(path))
+    return spec
+
+
+# the loss a law may predict on the ladder: far above any language model's (ln 50,257 = 10.8 nats for a
+# uniform guess over the vocabulary), far below what only a broken or hand-edited fit.json yields
+MAX_PLAUSIBLE_LOSS = 1e6
+
+
+def check_law(fit: FitSpec, where: str) -> None:
+    """Refuse (one line) a law nothing can be planned from: a non-finite parameter, a non-positive one (E
+    may be 0) — with an exponent ≤ 0 the loss does not fall with size or data — or predictions on the
+    ladder (3.3m-104m, 1M-10T tokens) that are not finite or not a plausible loss."""
+    import numpy as np
+
+    from gerbil.fit.laws import get_form
+
+    for k, v in fit.params.items():
+        if not math.isfinite(v):
+            raise GerbilError(f"{where}: {k} = {v}: a law with a non-finite parameter predicts nothing")
+        if k == "E" and v < 0:
+            raise GerbilError(f"{where}: E = {v:g}: the irreducible loss cannot be negative")
+        if v <= 0 and k != "E":
+            raise GerbilError(f"{where}: {k} = {v:g}: the {fit.form} law needs it positive (an exponent ≤ 0 "
+                              f"means the loss does not fall with size or data)")
+    N = np.array([fit.n_of(m) for _, m in _ladder()], float)[:, None]
+    with np.errstate(all="ignore"):
+        L = np.asarray(get_form(fit.form).predict(fit.params, N, np.geomspace(1e6, 1e13, 8)[None, :]), float)
+    bad = ~np.isfinite(L) | (L > MAX_PLAUSIBLE_LOSS)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise GerbilError(f"{where}: the law predicts a loss of {L[i, j]:.3g} at {N[i, 0]:,.0f} parameters: "
+                          f"not a plausible loss (a damaged or hand-edited fit?)")
 
 
 # --------------------------------------------------------------------------------------- throughput
@@ -179,6 +220,7 @@ def _ladder() -> list[tuple[str, ModelConfig]]:
 
 
 # -------------------------------------------------------------------------------------------- time
+MAX_HOURS = 1e6
 @dataclass
 class TimePlan:
     """`plan_for_time`'s answer; `rows` has one entry per ladder size."""
@@ -232,6 +274,9 @@ def plan_for_time(gpu: str, hours: float, fit: FitSpec | None = None, runs: Sequ
     g = get_gpu(gpu)
     if not (hours > 0 and math.isfinite(hours)):
         raise GerbilError(f"--hours must be a positive number, got {hours}")
+    if hours > MAX_HOURS:
+        raise GerbilError(f"--hours {hours:g} is more than {MAX_HOURS:,.0f} GPU hours ({MAX_HOURS / 8766:.0f} years "
+                          f"on one GPU): no plan")
     fit = fit or load_fit(None)
     measured, notes = measured_throughput(runs, g.name) if runs else ({}, [])
     secs = hours * 3600.0

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gerbil.errors import GerbilError
-from gerbil.fsutil import atomic_write_json, atomic_write_text
+from gerbil.fsutil import atomic_write_json, atomic_write_text, read_json_object
 from gerbil.fsutil import json_safe as _jsonable  # strict JSON, numpy included (the one helper)
 from gerbil.fit.laws import HUBER_DELTA, LawFit, allocation, bootstrap_law, fit_law, get_form
 from gerbil.fit.sources import Columns, Dataset, load_points, read_curves
@@ -64,6 +64,23 @@ class FitOptions:
             raise GerbilError(f"--ci must be a percentage between 0 and 100, got {self.ci}")
         if any(not (b > 0 and math.isfinite(b)) for b in self.budgets):
             raise GerbilError("--budgets must be positive FLOP counts")
+        if self.top_k < 1:
+            raise GerbilError(f"--top-k must be at least 1, got {self.top_k}")
+        if not (self.flops_tol > 0 and math.isfinite(self.flops_tol)):
+            raise GerbilError(f"--flops-tol must be a positive number, got {self.flops_tol}")
+        task, sep, name = self.metric.partition(":")
+        if self.metric not in ("val_loss", "train_loss") and not (sep and task and name):
+            raise GerbilError(f"unknown --metric {self.metric!r} (val_loss, train_loss, or TASK:METRIC such as "
+                              f"hellaswag:acc)")
+
+    def check_sources(self, sources: Sequence[str | Path], ds: Dataset) -> None:
+        """What the flags ask of the data: --metric names a run's value (a CSV's is --loss-col), and
+        --flops column needs the column on every point."""
+        if self.metric != "val_loss" and all(Path(s).is_file() for s in sources):
+            raise GerbilError(f"--metric {self.metric} applies to run directories; a CSV's loss is its "
+                              f"--loss-col column")
+        if self.flops == "column":
+            ds.flops("column")  # one line when a point has no flops value
 
 
 def _iv(x: tuple[float, float] | None) -> list[float] | None:
@@ -161,14 +178,40 @@ def compare_counts(fit_total: LawFit, fit_ne: LawFit, ci: float) -> dict:
             "sizes": rows}
 
 
+# ------------------------------------------------------------------------------------------- out folder
+FIT_FILES = ("fit.json", "fit.md")
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` as a folder `gerbil fit` may write into, checked before any fitting: a file there is refused,
+    and so is a folder whose fit.json / fit.md are not a gerbil fit (a fit.json gerbil wrote: an object
+    with its `settings` and `data`) — the user's own files are never replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GerbilError(f"--out {out} is a file: give a folder for fit.json, fit.md and the plots")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GerbilError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    present = [name for name in FIT_FILES if (out / name).exists()]
+    if present:
+        own = read_json_object(out / "fit.json")
+        if own is None or not {"settings", "data"} <= set(own) or (out / "fit.md").is_dir():
+            raise GerbilError(f"--out {out} holds {' and '.join(present)} that gerbil fit did not write: "
+                              f"choose another folder (nothing was replaced)")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- run_fit
 def run_fit(sources: Sequence[str | Path], out: str | Path, options: FitOptions | None = None) -> dict:
     """Fit the sources, write `out`/fit.json, fit.md and the plots; return fit.json's content."""
     t0 = time.perf_counter()
     opt = options or FitOptions()
     opt.check()
-    out = Path(out)
+    out = check_out(out)
     ds = load_points(sources, opt.metric, opt.columns)
+    opt.check_sources(sources, ds)
     counts = ["total", "non_embedding"] if opt.params == "both" else [opt.params]
     approaches = set(opt.approaches) if opt.approaches is not None else None
     warnings: list[str] = list(ds.notes)
@@ -340,7 +383,7 @@ def header_md(r: dict, title: str, fitted: str, status: str = "", skipped_what: 
     lines = [f"# {title}", "", f"{r['n_points']} points from {r['n_runs']} runs; {fitted}; "
                                f"sources: {', '.join(r['settings']['sources'])}.{status}", ""]
     if r.get("skipped"):
-        lines += [f"Skipped {len(r['skipped'])} {skipped_what} with missing values: "
+        lines += [f"Skipped {len(r['skipped'])} {skipped_what}: "
                   + "; ".join(f"{s.get('name')} ({s['reason']})" for s in r["skipped"][:10]), ""]
     lines += [f"> **Warning:** {w}" for w in r.get("warnings", [])]
     return lines + ([""] if r.get("warnings") else [])

@@ -154,7 +154,8 @@ class Dataset:
         if convention == "column":
             missing = [p.name for p in self.points if p.flops is None]
             if missing:
-                raise GerbilError(f"{len(missing)} points have no flops value (first: {missing[0]!r})")
+                raise GerbilError(f"--flops column: {len(missing)} points have no flops value (first: {missing[0]!r}; "
+                                  f"--flops-col names the CSV column)")
             return np.array([p.flops for p in self.points], float), "column"
         if convention == "6nd":
             return 6.0 * self.N(kind) * self.D, "6nd"
@@ -244,12 +245,30 @@ def read_table(path: str | Path, required: Sequence[tuple[str, str]] = ()) -> tu
     return header, [{(k or "").strip(): v for k, v in r.items()} for r in rows]
 
 
+# beyond these a value is no real model or run (the largest trained models have ~1e12 parameters and ~1e13
+# tokens): a wrong column or unit, refused rather than fitted (one such point moves the whole law)
+PLAUSIBLE_MAX = {"params": 1e15, "non_embedding": 1e15, "tokens": 1e17, "flops": 1e35, "loss": 1e6}
+
+
+def check_value(where: str, what: str, v: float) -> None:
+    """A present value of a point: positive, finite and below `PLAUSIBLE_MAX`, else a one-line error."""
+    if not math.isfinite(v) or v <= 0:
+        raise GerbilError(f"{where}: {what} {v:g} is not a positive number")
+    top = PLAUSIBLE_MAX.get(what)
+    if top is not None and v > top:
+        raise GerbilError(f"{where}: {what} {v:g} is beyond any real model or run (at most {top:g}): a wrong "
+                          f"column or unit?")
+
+
 def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Point], list[dict]]:
     """(points, skipped rows) of one CSV file; see the module docstring for what is skipped."""
     cols = columns or Columns()
     path = Path(path)
+    # an optional column named explicitly (--flops-col X) must be there: never silently fitted without it
+    named = [(getattr(cols, k), f"--{k.replace('_', '-')}-col") for k in ("flops", "non_embedding", "run", "name")
+             if getattr(cols, k) != getattr(Columns(), k)]
     header, rows = read_table(path, ((cols.params, "--params-col"), (cols.tokens, "--tokens-col"),
-                                     (cols.loss, "--loss-col")))
+                                     (cols.loss, "--loss-col"), *named))
     points, skipped = [], []
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         label = (row.get(cols.name) or "").strip() or f"{path.name}:{i}"
@@ -265,12 +284,8 @@ def read_csv(path: str | Path, columns: Columns | None = None) -> tuple[list[Poi
             skipped.append({"source": str(path), "row": i, "name": label,
                             "reason": f"missing {', '.join(missing)}"})
             continue
-        for k, v in vals.items():
-            if not math.isfinite(v) or v <= 0:
-                raise GerbilError(f"{path}: line {i}: {k} {v:g} is not a positive number")
-        for k, v in opt.items():
-            if not math.isnan(v) and (not math.isfinite(v) or v <= 0):
-                raise GerbilError(f"{path}: line {i}: {k} {v:g} is not a positive number")
+        for k, v in list(vals.items()) + [(k, v) for k, v in opt.items() if not math.isnan(v)]:
+            check_value(f"{path}: line {i}", k, v)
         run = (row.get(cols.run) or "").strip() if cols.run in header else ""
         points.append(Point(name=label, run=run or label, params=vals["params"], tokens=vals["tokens"],
                             loss=vals["loss"], non_embedding_params=None if math.isnan(opt["non_embedding"])
@@ -329,16 +344,19 @@ def read_runs(path: str | Path, metric: str = "val_loss") -> tuple[list[Point], 
     points, skipped = [], []
     for rec in records:
         value, why = _metric_value(rec, metric)
-        if value is None or not math.isfinite(value):
+        if rec.task:
+            why = f"a fine-tuning run (task {rec.task}): its loss is no language-model loss"
+        elif rec.unfinished:
+            why = f"unfinished: {rec.tokens:,} of {rec.budget:,} tokens (not at the end of its schedule)"
+        elif value is None or not math.isfinite(value):
             why = why or f"{metric} is {value}"
         elif rec.params is None or rec.tokens is None:
             why = "no parameter count" if rec.params is None else "no token count (no checkpoint)"
         if why:
             skipped.append({"source": str(rec.run_dir), "name": rec.name, "reason": why})
             continue
-        if value <= 0 or rec.params <= 0 or rec.tokens <= 0:
-            raise GerbilError(f"{rec.run_dir}: {metric} {value:g}, params {rec.params}, tokens {rec.tokens}: "
-                              f"all must be positive")
+        for what, v in (("loss", value), ("params", rec.params), ("tokens", rec.tokens)):
+            check_value(str(rec.run_dir), metric if what == "loss" else what, float(v))
         model, seq_len = _run_model(Path(rec.run_dir), rec.size)
         ne = ModelConfig.from_dict(model).n_params("non_embedding") if model else None
         points.append(Point(name=rec.name, run=str(Path(rec.run_dir).resolve()), params=float(rec.params),
@@ -381,7 +399,8 @@ def load_points(sources: Sequence[str | Path], metric: str = "val_loss", columns
         label = f"{label} (runs) and loss (CSV)"
     ds = Dataset(points, metric=label, sources=[str(s) for s in sources], skipped=skipped)
     if skipped:
-        ds.notes.append(f"{len(skipped)} rows/runs skipped for missing values (listed under 'skipped')")
+        ds.notes.append(f"{len(skipped)} rows/runs skipped: missing values, unfinished or fine-tuning runs "
+                        f"(listed under 'skipped' with the reason)")
     return ds
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from gerbil.errors import GerbilError
 from gerbil.fit.optim import HUBER_DELTA
 from gerbil.fsutil import atomic_write_json, atomic_write_text
-from gerbil.fit.report import _g, _iv, _ivs, _jsonable, data_and_plots_md, header_md
+from gerbil.fit.report import _g, _iv, _ivs, _jsonable, check_out, data_and_plots_md, header_md
 from gerbil.fit.sources import Columns
 from gerbil.fit.tasklaw import (TaskLawFit, bootstrap_task_law, fit_task_law, leave_largest_out,
                                 sigmoid_intervals)
@@ -120,7 +120,7 @@ def run_task_fit(sources: Sequence[str | Path], out: str | Path, options: TaskLa
     t0 = time.perf_counter()
     opt = options or TaskLawOptions()
     opt.check()
-    out = Path(out)
+    out = check_out(out)
     pts = load_task_points(sources, task=opt.task, columns=opt.columns, metric_col=opt.metric_col,
                            chance=opt.chance)
     fit = fit_task_law(pts, top_k=opt.top_k, delta=opt.delta)

@@ -46,6 +46,7 @@ class RunRecord:
     train_loss: float | None = None
     val_loss: float | None = None
     evals: dict[str, EvalRecord] = field(default_factory=dict)
+    task: str | None = None  # a fine-tuning run's task (classify, ...): its loss is no language-model loss
 
     @property
     def ratio(self) -> float | None:
@@ -55,13 +56,19 @@ class RunRecord:
         return None
 
     @property
+    def unfinished(self) -> bool:
+        """Stopped short of its known budget (killed, or still training): its loss is no end-of-schedule
+        point."""
+        return bool(self.budget and self.tokens is not None and self.tokens < self.budget)
+
+    @property
     def complete(self) -> bool:
         """Trained to its budget (when the budget is known)."""
         return bool(self.budget and self.tokens and self.tokens >= self.budget)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "size", "cls", "objective", "params", "tokens", "budget",
-                                            "batch", "step", "train_loss", "val_loss")}
+                                            "batch", "step", "train_loss", "val_loss", "task")}
         d["run_dir"] = str(self.run_dir)
         d["ratio"] = self.ratio
         d["evals"] = {t: {"metrics": e.metrics, "n_items": e.n_items, "n_items_full": e.n_items_full,
@@ -105,6 +112,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         train_loss=float(train_loss) if train_loss is not None else None,
         val_loss=meta.get("val_loss"),
         evals=run.read_evals(step),
+        task=str(cfg.get("task") or "?") if isinstance(cfg.get("finetune"), dict) else None,
     )
 
 

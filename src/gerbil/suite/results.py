@@ -7,22 +7,25 @@ from pathlib import Path
 
 from gerbil.eval.table import render
 from gerbil.fsutil import atomic_write_text
-from gerbil.runs.registry import read_run
+from gerbil.runs.registry import RunRecord, read_run
 from gerbil.suite.planning import cascade_savings
 from gerbil.suite.records import Suite
 from gerbil.suite.state import TABLE_CSV, TABLE_MD, SuiteDir
 
 
 def suite_records(sdir: SuiteDir, suite: Suite) -> tuple[list, dict[str, tuple[str, str]]]:
-    """Registry records of the suite's runs that have a checkpoint, in the suite's order, and the
-    table marks: a cascade branch shows the class it stands for, marked ‡ (its trunk is the largest
-    class's own model, with its own cooldown: no mark)."""
+    """Registry records of every run of the suite, in the suite's order, and the table marks: a cascade
+    branch shows the class it stands for, marked ‡ (its trunk is the largest class's own model, with its
+    own cooldown: no mark). A run without a checkpoint is a bare record (shown "not started"; its
+    directory, if any, is not read: it may be a stranger's), one short of its budget shows "unfinished"."""
     records, marks = [], {}
     for spec in suite.runs:
         run = sdir.run_dir(spec.name)
         if not run.path.is_dir() or run.latest_checkpoint(check_hash=False) is None:
-            continue
-        r = read_run(run.path)
+            r = RunRecord(run_dir=run.path, name=spec.name, size=spec.size or None, params=spec.params or None,
+                          budget=spec.budget or None)
+        else:
+            r = read_run(run.path)
         if spec.role == "branch":
             r.cls = spec.cls_label  # a branch stands for its class (its checkpoints say "A*": continued)
             marks[spec.name] = ("‡", f"cascade branch: cooled down from the constant-LR trunk {spec.parent} at "

@@ -3,7 +3,7 @@ or blocked — started once, or N times on the same directory (one per GPU, or a
 shared filesystem) to split the runs.
 
 How workers never train a run twice: a worker claims a run (`gerbil.suite.state.Claim`, an O_EXCL file;
-a heartbeat thread refreshes its mtime), re-reads the run's record *under the claim* (another worker may
+its own heartbeat thread refreshes its mtime), re-reads the run's record *under the claim* (another worker may
 have finished it since the last look) and only then works on it; it writes the record `done` before it
 releases the claim. A dead worker's claim is taken over (same host: its process is gone, its pid reused
 by another; elsewhere: no heartbeat for 2 minutes; `gerbil.lock`) and its run resumes from its latest checkpoint (`TrainConfig.resume`): training
@@ -24,7 +24,6 @@ import errno
 import logging
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from gerbil.errors import GerbilError
 from gerbil.fsutil import atomic_write_json, mkdir
 from gerbil.lock import STALE_AFTER_S, Lock
 from gerbil.options import Options, opt, refuse_changes, section
-from gerbil.runs.rundir import RunDir
+from gerbil.runs.rundir import RunDir, kind
 from gerbil.suite.records import RunSpec, Suite
 from gerbil.suite.results import cascade_report, write_tables
 from gerbil.suite.state import (TERMINAL, SuiteDir, branch_checkpoint, default_worker_id, evals_missing, is_trained,
@@ -100,6 +99,11 @@ def check_changes(sdir: SuiteDir, suite: Suite) -> None:
     """A run already started with other options is refused, naming the first field that differs (never
     silently mixed; `gerbil.options.refuse_changes`, the wording of every verb that continues a run);
     runs new to the file are simply pending."""
+    if sdir.exists():
+        there = sdir.read_suite()
+        if there.name != suite.name:
+            raise GerbilError(f"{sdir.path} holds the suite {there.name!r}, not {suite.name!r}: give another --out "
+                              f"(its runs are left as they are)")
     for spec in suite.runs:
         rec = sdir.record(spec.name)
         if not rec or "options" not in rec:
@@ -108,6 +112,26 @@ def check_changes(sdir: SuiteDir, suite: Suite) -> None:
         theirs = dict(rec.get("options") or {}, parent=rec.get("parent"), branch_at=rec.get("branch_at"))
         refuse_changes(mine, theirs, action="the suite", where=f"run {spec.name}",
                        advice="restore the suite file, or give the changed run a new name")
+
+
+def check_current(sdir: SuiteDir, spec: RunSpec) -> None:
+    """Before a worker trains `spec`: the directory's suite.json (the latest worker's suite file) has the
+    run with the same options — else another version of the suite file was started on this directory
+    since, and this worker stops (one line) instead of training the run as the directory no longer says."""
+    try:
+        there = sdir.read_suite().get(spec.name)
+    except KeyError:
+        raise SuiteStopped(f"run {spec.name} is not in {sdir.suite_json} any more: another version of the suite "
+                           f"file was started on this directory; this worker stopped (restart every worker with "
+                           f"one file)") from None
+    mine = dict(spec.train_options(), parent=spec.parent, branch_at=spec.branch_at)
+    theirs = dict(there.train_options(), parent=there.parent, branch_at=there.branch_at)
+    try:
+        refuse_changes(mine, theirs, action="this worker", where=f"run {spec.name}",
+                       advice=f"another version of the suite file was started on {sdir.path}; this worker "
+                              f"stopped (restart every worker with one file)", spell=lambda k: k)
+    except GerbilError as e:
+        raise SuiteStopped(str(e).replace("the run's", f"{sdir.suite_json.name}'s")) from None
 
 
 def resolve_data(suite: Suite, progress: bool = False) -> dict[str, str]:
@@ -132,27 +156,6 @@ def resolve_data(suite: Suite, progress: bool = False) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ the worker
-class _Heartbeat:
-    """Refreshes a claim's mtime every `every` seconds while a run is worked on."""
-
-    def __init__(self, claim, every: float):
-        self.claim, self.every = claim, every
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="gerbil-suite-heartbeat")
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.every):
-            self.claim.beat()
-
-    def __enter__(self) -> "_Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
 def _disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -223,7 +226,7 @@ class Worker:
 
     def _work_on(self, spec: RunSpec) -> bool:
         """Claim the run and work on it; False when another worker has it (or it needs nothing now)."""
-        claim = self.sdir.claim(spec.name, self.opt.stale_after)
+        claim = self.sdir.claim(spec.name, self.opt.stale_after, beat_every=self.opt.heartbeat)
         try:
             claim.acquire()
         except GerbilError:
@@ -244,12 +247,25 @@ class Worker:
             if holder is not None and not run_lock.is_stale(holder):  # a training process outside the suite
                 self.outside[spec.name] = f"{spec.name} (its run directory is locked by {run_lock.describe(holder)})"
                 return False
+            check_current(self.sdir, spec)
+            if "options" not in rec and kind(self.sdir.run_dir(spec.name).path) is not None:
+                return self._foreign(spec, rec)
             self.event("claim", spec.name, status=status)
-            with _Heartbeat(claim, self.opt.heartbeat):
-                self._process(spec, rec)
+            self._process(spec, rec)  # the claim beats its own heartbeat while held (gerbil.lock.Lock)
             return True
         finally:
             claim.release()
+
+    def _foreign(self, spec: RunSpec, rec: dict) -> bool:
+        """A run directory the suite never started (no record of it training there): someone's own run,
+        never adopted as the suite's — the run is recorded failed with what to do."""
+        path = self.sdir.run_dir(spec.name).path
+        rec = dict(rec, status="failed", failed=now(), reason=f"{path} holds a run the suite did not start (your "
+                                                              f"own?): move it away, then run with --retry-failed")
+        self.sdir.write_record(spec.name, rec)
+        self.event("failed", spec.name, reason=rec["reason"])
+        log.error("run %s: %s", spec.name, rec["reason"])
+        return True
 
     def _process(self, spec: RunSpec, rec: dict) -> None:
         rec = dict(rec)

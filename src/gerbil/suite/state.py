@@ -130,8 +130,9 @@ class SuiteDir:
     def run_dir(self, name: str) -> RunDir:
         return RunDir(self.runs / name)
 
-    def claim(self, name: str, stale_after: float = STALE_AFTER_S) -> Claim:
-        return Claim(self.claims / f"{name}.lock", f"suite run {name}", stale_after)
+    def claim(self, name: str, stale_after: float = STALE_AFTER_S, beat_every: float | None = None) -> Claim:
+        """The claim on run `name`; while held it beats every `beat_every` s (default `gerbil.lock.Lock`'s)."""
+        return Claim(self.claims / f"{name}.lock", f"suite run {name}", stale_after, beat_every)
 
     # ------------------------------------------------------------------------------ the suite
     def exists(self) -> bool:
