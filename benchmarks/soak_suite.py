@@ -48,11 +48,6 @@ def _suite_ref(root: Path, store: Path) -> dict:
     # (so its last bits) depends on the thread count, and a bitwise comparison must not measure that
     torch.set_num_threads(1)
     if not ref.is_dir():
-        import torch
-
-        # one thread, as the workers compared with it: with more, a loaded machine (MKL's dynamic threads)
-        # can change the reductions' order, and the reference is off in the 6th digit
-        torch.set_num_threads(1)
         assert run_suite(load_suite(_suite_file(root, store)), ref, RunOptions(device="cpu", poll=0.1)).ok
     return _suite_weights(ref)
 
