@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from gerbil.errors import GerbilError
 from gerbil.export.mapping import (config_from_transformers, from_transformers_state_dict, read_transformers_weights,
                                    unwrap)
+from gerbil.model import seq2seq
 from gerbil.model.config import ModelConfig, model_config
 from gerbil.runs.rundir import read_meta, resolve_source
 from gerbil.train import checkpoint as ckpt
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # lazy: torch is imported in the functions that need it (`imp
 
 
 def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
-    """(GPT in eval mode, meta) from a run directory (its model checkpoint: the latest intact one, or the
+    """(model in eval mode — a GPT, a Classifier, or an encoder-decoder (model/seq2seq.py) —, meta) from a run directory (its model checkpoint: the latest intact one, or the
     best one of a run that keeps its best), a checkpoint directory or an export folder — what the path
     is comes from `gerbil.runs.rundir.resolve_source`.
 
@@ -31,7 +32,9 @@ def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
 
     device = str(pick_device(device))  # a device this machine lacks: one line, before anything loads
     src = resolve_source(source)
-    if src.kind == "export":
+    if src.kind == "export" and read_config(src.export).get("model_type") in seq2seq.ENCDEC_MODEL_TYPES:
+        model, meta = _load_encdec_folder(src.export, device)
+    elif src.kind == "export":
         model, meta = load(src.export, device=device)
     else:
         path = src.run.model_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
@@ -42,8 +45,14 @@ def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
 
 
 def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
-    """(model, meta) of one checkpoint directory: a `Classifier` for a fine-tuned classifier, else a GPT."""
+    """(model, meta) of one checkpoint directory: an encoder-decoder (T5Blender, a warm start) by its
+    recorded arch, a `Classifier` for a fine-tuned classifier, else a GPT."""
     meta = read_meta(path)
+    if seq2seq.is_encdec_record(meta.get("model")):  # T5Blender or a warm start (model/seq2seq.py)
+        model = seq2seq.build(seq2seq.config_from_dict(meta["model"]))
+        ckpt.load_weights(model, path, device="cpu")
+        meta["path"] = str(path)
+        return model.to(device), meta
     ft = meta.get("finetune") or {}
     labels = ft.get("label_names") if ft.get("task") == "classify" else None
     if not labels:
@@ -56,11 +65,25 @@ def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
     return model.to(device), meta
 
 
+def _load_encdec_folder(folder: Path, device: str) -> tuple[Any, dict]:
+    """(encoder-decoder, the ``gerbil`` record) of an export folder: a native T5 or a warm start's."""
+    if read_config(folder).get("model_type") == "gerbil-encdec":
+        from gerbil.model.warmstart_hf import load_warmstart_folder  # lazy: torch
+
+        model, meta = load_warmstart_folder(folder, device=device)
+    else:
+        from gerbil.model.t5_hf import load_t5_folder  # lazy: torch
+
+        model, meta = load_t5_folder(folder, device=device)
+    meta["source"] = str(folder)
+    return model, meta
+
+
 def resolve_model(source: Any) -> tuple[GPT, dict]:
     """A GPT module (or its compiled wrapper) or anything `load_model` reads → (GPT, meta)."""
     from gerbil.model.model import GPT  # lazy: torch
 
-    if isinstance(unwrap(source), GPT):
+    if isinstance(unwrap(source), GPT) or seq2seq.is_encdec(source):
         return unwrap(source), {}
     return load_model(source)
 
@@ -124,6 +147,15 @@ def load(
     meta["source"] = str(folder)
     meta["transformers_vocab_size"] = int(hf["vocab_size"])
     return model, meta
+
+
+def read_config(export_dir: str | Path) -> dict:
+    """An export folder's whole config.json ({} when it is missing or unreadable). Reads JSON only."""
+    try:
+        conf = json.loads((Path(export_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return conf if isinstance(conf, dict) else {}
 
 
 def read_info(export_dir: str | Path) -> dict:

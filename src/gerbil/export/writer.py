@@ -18,6 +18,7 @@ from gerbil.errors import GerbilError, OptionError
 from gerbil.export.card import gerbil_field, model_card
 from gerbil.export.loading import resolve_model
 from gerbil.export.mapping import label_names, to_transformers_state_dict, transformers_config
+from gerbil.export.seq2seq import warmstart_card, warmstart_field
 
 if TYPE_CHECKING:
     from gerbil.model.model import GPT
@@ -48,7 +49,8 @@ def _classifier_tokenizer(hf_tok: Any, ft: dict) -> Any:
 #: folder holding only these, with a gerbil config.json, is an earlier export that may be replaced.
 EXPORT_FILES = frozenset({"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                           "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                          "added_tokens.json", "README.md", "chat_template.jinja"})
+                          "added_tokens.json", "README.md", "chat_template.jinja",
+                          "modeling_gerbil_encdec.py"})  # a warm start's remote code (model/warmstart_hf.py)
 
 
 #: Marks a folder beside an export as gerbil's own: the temporary folder an export is written into
@@ -132,7 +134,8 @@ def export(
     info = {**src_meta, **(meta or {})}
     objective = objective or info.get("objective") or "plain"
     cfg = model.config
-    gerbil_meta = gerbil_field(cfg, info, objective)
+    warm = getattr(cfg, "arch", None) == "gptj-warmstart"  # an encoder-decoder with its own modeling file
+    gerbil_meta = warmstart_field(cfg, info, objective) if warm else gerbil_field(cfg, info, objective)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise OptionError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
@@ -150,18 +153,26 @@ def export(
     (tmp / PARTIAL_MARK).touch()
 
     labels = label_names(model, info)
-    state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    transformers_config(cfg, gerbil_meta, dtype=dtype, label_names=labels).save_pretrained(str(tmp))
-    if not labels:
+    if warm:
+        from gerbil.model.warmstart_hf import save_warmstart_folder  # lazy: torch
+
+        save_warmstart_folder(model, tmp, gerbil_meta, dtype=dtype)
+    else:
+        state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        transformers_config(cfg, gerbil_meta, dtype=dtype, label_names=labels).save_pretrained(str(tmp))
+    if not labels and not warm:
         GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(str(tmp))
     if tokenizer:
         hf_tok = tokenizer.to_transformers(model_max_length=cfg.seq_len)
         if labels:
             hf_tok = _classifier_tokenizer(hf_tok, gerbil_meta.get("finetune") or {})
+        elif warm:  # an encoder batch is padded (attention_mask): <|endoftext|>, as config.json's pad_token_id
+            hf_tok.pad_token = {v: k for k, v in SPECIAL_TOKENS.items()}[EOT_ID]
         hf_tok.save_pretrained(str(tmp))
         _portable_tokenizer_config(tmp / "tokenizer_config.json", classifier=bool(labels))
-    (tmp / "README.md").write_text(model_card(gerbil_meta, extra_card), encoding="utf-8")
+    card = warmstart_card(gerbil_meta, extra_card) if warm else model_card(gerbil_meta, extra_card)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     for f in tmp.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
     _publish(tmp, out)
