@@ -205,12 +205,16 @@ def test_shipped_suites_validate():
     iso = load_suite("isoflop-ladder")
     assert len(iso.runs) == 15 and {r.cls_label for r in iso.runs} == {"custom"} and not iso.eval_tasks
     lab = load_suite("gerbillab")
-    assert len(lab.runs) == 15 and lab.eval_limit is None
+    assert len(lab.runs) == 18 and lab.eval_limit is None
     e_star = lab.get("GerbilBlender-E-star-6.7m")
     assert e_star.parent == "GerbilBlender-D-6.7m" and e_star.batch == "131k-262k"
     b_star = lab.get("GerbilBlender-B-star-77m")
     assert b_star.budget == 40 * 76_716_120 and b_star.batch == "262k-524k"
     assert lab.get("GerbilCode-6.7m").corpus == "python" and lab.get("GerbilBlender-A-104m").batch == "1M"
+    t5a, t5b, t5c = (lab.get(f"T5Blender-{c}-24m") for c in ("A", "B-star", "C-star"))  # the seed's hidden rows
+    assert t5a.model["arch"] == "t5" and t5a.budget == 20 * 22_903_040 and t5a.batch == "131k"
+    assert t5b.parent == t5c.parent == "T5Blender-A-24m" and t5b.options["arch"] == "t5"
+    assert t5b.budget == 40 * 22_903_040 and t5c.budget == 60 * 22_903_040 and t5c.batch == "131k-262k"
     smoke = load_suite("cpu-smoke")
     assert smoke.eval_limit and smoke.corpus == "shakespeare" and {r.role for r in smoke.runs} >= {"trunk", "branch", "star"}
 

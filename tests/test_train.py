@@ -55,7 +55,7 @@ def test_trains_exactly_the_budget_and_writes_the_run_dir(store, tmp_path):
     # --class A with 711 tokens is far short of class A's 20 tokens per parameter: a custom budget, recorded
     # as no class (gerbil.classes.claimed_class, the results table's rule)
     assert conf["model"]["d_model"] == 32 and conf["class"] is None and conf["resolved"]["budget"] == budget
-    assert TrainConfig.from_dict(conf["train"]) == tiny_config(store, tmp_path, tokens=budget)
+    assert TrainConfig.from_dict(conf["train"]) == tiny_config(store, tmp_path, tokens=budget, arch="gptj")
     env = json.loads((r.run_dir / "env.json").read_text())
     assert env["packages"]["torch"] and env["device"] == "cpu"
     meta = json.loads((r.checkpoint / "meta.json").read_text())

@@ -6,6 +6,11 @@ The prompts are the training formats of `gerbil.data.objectives` cut where the m
 * `infill`:  ``<fitm_start> prefix <multiple_tok_mask> suffix <fitm_result>`` → middle, until ``<|endoftext|>``;
 * `unmask`:  ``<mlm_start> text with <single_tok_mask>s <mlm_end>`` → one token per mask, in order.
 
+An encoder-decoder (T5Blender, a warm start) runs the same three modes in its own split of those formats
+(data/encdec.py): the encoder reads the prompt up to its result token, the decoder writes from its start
+id — ``<causal> prompt`` → continuation, ``<fitm_start> prefix <multiple_tok_mask> suffix`` →
+``<fitm_result>`` middle, ``<mlm_start> text with masks`` → ``<mlm_end>`` answers (`encdec_prompt`).
+
 No KV cache: the models are tiny, so every step re-runs the (cropped) context; the context is cut to
 the model's ``seq_len`` from the left. ``temperature=0`` is greedy decoding; otherwise logits / T,
 optionally restricted to the ``top_k`` most likely tokens, sampled with a generator seeded by ``seed``
@@ -26,9 +31,11 @@ import numpy as np
 import torch
 
 from gerbil.data.display import from_display
-from gerbil.data.objectives import FillInMiddle, MaskedLM, mode_prefix
+from gerbil.data.objectives import FITM_RESULT, MLM_END, FillInMiddle, MaskedLM, mode_prefix
 from gerbil.data.tokenizer import EOT_ID, SPECIAL_TOKENS
 from gerbil.errors import OptionError
+from gerbil.model.factory import is_encoder_decoder
+from gerbil.model.t5_hf import DECODER_START_ID
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +71,19 @@ def generate_ids(
     ``stop(new_tokens)`` is true (e.g. the decoded text contains a stop string; the token is returned).
     ``banned_ids`` are never produced.
     An empty prompt starts from ``<|endoftext|>``, the boundary every training document follows.
+    An encoder-decoder (T5Blender, a warm start) gets the prompt cut as its training examples are
+    (`encdec_prompt`): the encoder reads it up to its result token, the decoder continues from its start
+    id and the rest.
     """
     _check_options(max_new_tokens, temperature, top_k)
     param = next(model.parameters())
     device = param.device
     seq_len = int(model.config.seq_len)
     ids = list(int(i) for i in prompt_ids) or [EOT_ID]
+    encoded = None
+    if is_encoder_decoder(model):
+        enc_ids, ids = encdec_prompt(ids, int(getattr(model.config, "decoder_start_id", DECODER_START_ID)))
+        encoded = model.eval().encode(torch.tensor([enc_ids[-seq_len:]], dtype=torch.long, device=device))
     gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
     banned = torch.tensor(sorted(set(banned_ids or ())), dtype=torch.long)
     was_training = model.training
@@ -78,7 +92,8 @@ def generate_ids(
     try:
         for _ in range(int(max_new_tokens)):
             ctx = torch.tensor([ids[-seq_len:]], dtype=torch.long, device=device)  # (1, T)
-            hidden = model(ctx)[:, -1, :]  # (1, d): only the last position is needed
+            # (1, d): only the last position is needed
+            hidden = (model(ctx) if encoded is None else model.decode(ctx, encoded))[:, -1, :]
             logits = model.logits(hidden)[0].float().cpu()  # (V,)
             if len(banned):
                 logits[banned] = float("-inf")
@@ -100,6 +115,14 @@ def generate_ids(
     finally:
         model.train(was_training)
     return out
+
+
+def encdec_prompt(ids: list[int], start_id: int) -> tuple[list[int], list[int]]:
+    """(encoder ids, decoder ids) of a decoder-only prompt, split as data/encdec.py splits training
+    examples: at its last result token (``<fitm_result>``, ``<mlm_end>``), which begins the decoder behind
+    the start id; a prompt without one (causal: ``<causal> prompt``) is all encoder."""
+    cut = max((k for k, t in enumerate(ids) if t in (FITM_RESULT, MLM_END)), default=len(ids))
+    return ids[:cut] or [EOT_ID], [start_id] + ids[cut:]
 
 
 def _check_special(text: str, what: str, allow_special: bool, allowed: tuple[str, ...] = ()) -> None:
@@ -205,4 +228,4 @@ def unmask(
     return tokenizer.decode(filled.tolist()), [tokenizer.decode([a]) for a in answers]
 
 
-__all__ = ["generate_ids", "sample", "infill", "unmask"]
+__all__ = ["generate_ids", "encdec_prompt", "sample", "infill", "unmask"]

@@ -30,7 +30,8 @@ from gerbil.classes import CLASSES, class_text, claimed_class, parse_class, star
 from gerbil.continuation import ParentPoint, inherit
 from gerbil.data.encdec import check_objective, default_encoder_len
 from gerbil.errors import OptionError
-from gerbil.model.config import SIZES, ModelConfig, default_mfu, get_size, ladder_model, nearest_rung
+from gerbil.model.config import (SIZES, T5_SIZES, ModelConfig, default_mfu, get_arch_size, ladder_model,
+                                 nearest_rung)
 from gerbil.schedules import BatchSchedule, build_schedule
 from gerbil.units import (DEFAULT_SEQ_LEN, fmt_batch, fmt_duration, fmt_flops, fmt_params, fmt_table, fmt_tokens,
                           parse_batch, parse_batch_spec, parse_count)
@@ -262,7 +263,7 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
               batch_tokens: int | str | tuple[int, int] | None = None, ratio: float | None = None,
               from_run: str | Path | ParentPoint | None = None, *, tokens: int | str | None = None,
               ramp_tokens: int | str | None = None, ramp_shape: str = "step", quantum: int | None = None,
-              mfu: float | None = None, gpus: Iterable[str] | None = None) -> Plan:
+              mfu: float | None = None, gpus: Iterable[str] | None = None, arch: str = "gptj") -> Plan:
     """Plan one training run.
 
     size:         a ladder name ("6.7m"), a ModelConfig for a custom model, or None with `from_run`.
@@ -281,9 +282,12 @@ def make_plan(size: str | ModelConfig | None, cls: str | None = None, seq_len: i
     ramp_shape:   "step" (one switch) or "linear" (see `build_schedule`); quantum: ramp granularity.
     mfu:          model FLOPs utilization for the time estimate (0 < mfu ≤ 1); default `default_mfu`.
     gpus:         GPU names to estimate; default all of `GPUS`.
+    arch:         the architecture a size names: "gptj" (the ladder) or "t5" (`T5_SIZES`: T5Blender, whose
+                  budget and batch count encoder + decoder tokens and whose FLOPs per token are the mean over
+                  a Blender row, `encdec_flops_per_token`).
     """
     parent = ParentPoint.read(from_run, check_hash=False) if isinstance(from_run, (str, Path)) else from_run
-    model, size_name, seq_len = _plan_model(size, seq_len, parent)
+    model, size_name, seq_len = _plan_model(size, seq_len, parent, arch)
     label, r, budget = budget_of(model, cls, ratio, tokens, continues=parent is not None)
     notes: list[str] = []
     if parent is None and parse_class(cls, ratio)[2]:
@@ -313,8 +317,8 @@ def _budget_name(label: str | None) -> str:
     return f"class {label}" if label else "the custom budget"
 
 
-def _plan_model(size: str | ModelConfig | None, seq_len: int | None,
-                parent: ParentPoint | None) -> tuple[ModelConfig, str, int]:
+def _plan_model(size: str | ModelConfig | None, seq_len: int | None, parent: ParentPoint | None,
+                arch: str = "gptj") -> tuple[ModelConfig, str, int]:
     """(model, size name, seq_len): a ladder size at its context (`ladder_model`), a custom model, or —
     for a continuation — the parent's model and context (`gerbil.continuation.inherit`)."""
     if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0):
@@ -328,8 +332,8 @@ def _plan_model(size: str | ModelConfig | None, seq_len: int | None,
         model, size_name, seq_len = size, size.name or "custom", seq_len or DEFAULT_SEQ_LEN
     elif size is not None:
         seq_len = seq_len or DEFAULT_SEQ_LEN
-        size_name = get_size(str(size)).name
-        model = ladder_model(size_name, seq_len)
+        size_name = get_arch_size(arch, str(size)).name
+        model = ladder_model(size_name, seq_len, arch)
     else:
         raise OptionError("no model: give a size (e.g. 6.7m), a ModelConfig, or a run to continue")
     if seq_len > model.seq_len:
@@ -344,7 +348,8 @@ def _plan_schedule(model: ModelConfig, size_name: str, seq_len: int, budget: int
     """The batch schedule from the parent's tokens (or 0) to the budget: an explicit batch or ramp, else the
     seed's batch for the size (for a custom model, the nearest rung's)."""
     if batch_tokens is None:
-        b = SIZES[size_name].batch_tokens if size_name in SIZES else nearest_rung(model).batch_tokens
+        presets = T5_SIZES if model.arch == "t5" else SIZES
+        b = presets[size_name].batch_tokens if size_name in presets else nearest_rung(model).batch_tokens
         if b % seq_len:  # the seed's defaults are "about 131k": round to whole sequences
             b = max(seq_len, int(math.floor(b / seq_len + 0.5)) * seq_len)
             notes.append(f"default batch rounded to {b} tokens = {b // seq_len} × {seq_len}")
@@ -382,9 +387,11 @@ def format_plan(plan: Plan) -> str:
     """A readable multi-line report of one plan (what `gerbil plan` prints)."""
     m = plan.model
     sched = plan.schedule
-    lines = [f"Gerbil-{plan.name} plan",
-             f"  model        {plan.size}: d_model {m.d_model}, n_layer {m.n_layer}, n_head {m.n_head}, "
-             f"rotary_dim {m.rotary_dim}, vocab {m.vocab_size}",
+    shape = (f"T5 encoder-decoder: d_model {m.d_model}, {m.n_layer} encoder + {m.n_decoder_layer} decoder layers, "
+             f"{m.n_head} heads of {m.d_kv}, d_ff {m.d_ff}" if m.arch == "t5" else
+             f"d_model {m.d_model}, n_layer {m.n_layer}, n_head {m.n_head}, rotary_dim {m.rotary_dim}")
+    lines = [f"{'T5Blender' if m.arch == 't5' else 'Gerbil'}-{plan.name} plan",
+             f"  model        {plan.size}: {shape}, vocab {m.vocab_size}",
              f"  params       {fmt_params(plan.params_total)} = {plan.params_total:,} total, "
              f"{plan.params_non_embedding:,} non-embedding",
              f"  class        {class_text(plan.cls)}: {_ratio_str(plan.ratio)} tokens per parameter",
@@ -401,7 +408,7 @@ def format_plan(plan: Plan) -> str:
     lines += [f"  steps        {plan.steps:,} ({plan.trained_tokens:,} tokens trained)",
               f"  FLOPs        {fmt_flops(plan.total_flops)} = {plan.flops_per_token:,} per token "
               f"× {plan.trained_tokens:,}",
-              "               per token: 6·(non-embedding + d·V) + 12·L·T·d",
+              *_flops_lines(plan),
               f"  time         at {plan.mfu:.0%} MFU ({plan.mfu_source}):", ""]
     rows = [[g.name, g.precision, f"{g.peak_flops / 1e12:g}", fmt_duration(plan.seconds_on(g))]
             for g in plan.gpus]
@@ -409,6 +416,17 @@ def format_plan(plan: Plan) -> str:
                                        [False, False, True, True]).splitlines()]
     lines += [f"  note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _flops_lines(plan: Plan) -> list[str]:
+    """How a plan's FLOPs per token are counted: the decoder-only formula, or an encoder-decoder's two."""
+    m = plan.model
+    if not getattr(m, "is_encoder_decoder", False):
+        return ["               per token: 6·(non-embedding + d·V) + 12·L·T·d"]
+    te = _default_encoder_len(plan.seq_len)
+    f_enc, f_dec = encdec_flops_per_token(m, te, plan.seq_len - te)
+    return [f"               per encoder token {f_enc:,}, per decoder token {f_dec:,}: the mean over rows of "
+            f"{te} encoder + {plan.seq_len - te} decoder positions (Blender's split)"]
 
 
 def format_ladder(plans: Sequence[Plan]) -> str:

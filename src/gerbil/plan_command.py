@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gerbil import plan
 from gerbil.fit.command import Planner, run_planner
-from gerbil.model.config import ModelConfig, context_len, size_names
+from gerbil.model.config import ARCHS, T5_SIZES, ModelConfig, context_len, size_names
 from gerbil.options import KEYWORD_KEYS, OptionError, Options, add_arguments, config_from_args, opt, section
 from gerbil.units import DEFAULT_SEQ_LEN
 
@@ -24,6 +24,8 @@ def _fraction(text: str) -> float:
 @section("what to plan")
 class _Run(Options):
     # Budgets, batches and classes are parsed by gerbil.plan itself (its one-line errors)
+    arch: str = opt("gptj", "architecture whose preset --size names: gptj (the ladder) or t5 (T5Blender: "
+                            + " ".join(T5_SIZES) + "; budget and batch count encoder + decoder tokens)", choices=ARCHS)
     size: str | None = opt(None, f"ladder size ({size_names()}) or 'all' for the ladder; default 6.7m, or the "
                                  "--from run's size")
     cls: str | None = opt(None, "A B C D E, a star class (E*), or tokens per parameter (300); default A",
@@ -105,13 +107,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         size = ModelConfig(d_model=o.d_model, n_layer=o.n_layer, n_head=o.n_head, rotary_dim=rot,
                            seq_len=context_len(o.seq_len), name="custom")
     elif size is None and o.from_run is None:
-        size = "6.7m"
+        size = "6.7m" if o.arch == "gptj" else next(iter(T5_SIZES))
     if isinstance(size, str) and size.strip().lower() == "all":
         if o.from_run is not None:
             raise OptionError("--size all plans fresh runs; it cannot be combined with --from")
+        if o.arch != "gptj":
+            raise OptionError("--size all plans the GPT-J ladder; give a T5 size with --arch t5")
         plans = plan.make_ladder(o.cls, **kw)
         print(json.dumps([p.to_dict() for p in plans], indent=2) if o.json else plan.format_ladder(plans))
         return 0
-    p = plan.make_plan(size, o.cls, from_run=o.from_run, **kw)
+    p = plan.make_plan(size, o.cls, from_run=o.from_run, arch=o.arch, **kw)
     print(json.dumps(p.to_dict(), indent=2) if o.json else plan.format_plan(p))
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gerbil.errors import GerbilError, OptionError
 from gerbil.export.loading import read_config
-from gerbil.model import seq2seq
+from gerbil.model import factory
 from gerbil.options import Options, add_arguments, config_from_args, opt, section, setup_logging
 from gerbil.runs.rundir import RunDir, read_meta, resolve_source
 
@@ -57,7 +57,7 @@ def check_base(base: str) -> str:
     if arch == "t5":
         raise GerbilError(f"{base} is a T5 model (already an encoder-decoder): warm-start from a decoder-only "
                           f"Gerbil or GerbilBlender model")
-    if arch in seq2seq.ENCDEC_ARCHS or arch == "gerbil-encdec":
+    if arch in (factory.WARMSTART, "gerbil-encdec"):
         raise GerbilError(f"{base} is already a warm-started encoder-decoder: warm-start from its decoder-only base")
     if classify:
         raise GerbilError(f"{base} is a classifier (no language-model head): warm-start from a pretrained Gerbil, "

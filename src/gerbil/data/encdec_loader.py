@@ -183,6 +183,22 @@ class EncDecLoader:
         self.real_tokens += sum(len(x[0]) + len(x[1]) for row in out for x in row)
         return rows_to_batch(out, self.encoder_len, self.decoder_len, self.start_id, self.pad_id)
 
+    def next_sequences(self, n: int) -> EncDecBatch:
+        """`next_rows` under the decoder-only loader's name (the training loop's steps, data/steps.py)."""
+        return self.next_rows(n)
+
+    def shorten(self, batch: EncDecBatch, length: int) -> EncDecBatch:
+        """The first ``length`` positions of a row, as an exact budget's last step takes them: the encoder
+        keeps its share (Te / T of them, at least one), the decoder the rest (at least one). A decoder token
+        whose example lost every encoder token is left unscored, in segment 0 (it then attends to the whole
+        encoder row: no empty attention row)."""
+        te = min(self.encoder_len, max(1, round(length * self.encoder_len / self.seq_len)))
+        td = min(self.decoder_len, max(1, length - te))
+        enc, tgt, dec, eseg, dseg = (t[:, :w].clone() for t, w in zip(batch, (te, td, td, te, td)))
+        orphan = ~(dseg[:, :, None] == eseg[:, None, :]).any(-1) & (dseg > 0)
+        tgt[orphan], dseg[orphan] = IGNORE_INDEX, 0
+        return EncDecBatch(enc, tgt, dec, eseg, dseg)
+
     @property
     def fill(self) -> float:
         """Real (non-padding) tokens per row position over the rows this loader made."""

@@ -55,13 +55,14 @@ def step_micro_batches(loader: Loader, plan: StepPlanLike, micro_batch: int, ran
         raise ValueError(f"micro_batch must be positive, got {micro_batch}")
     n, out = int(plan.full_sequences), []
     if n > 0:
-        x, y = loader.next_sequences(n)  # (n, T) for all ranks
+        batch = loader.next_sequences(n)  # (n, T) inputs and targets (an encoder-decoder's: its rows) for all ranks
         lo, hi = rank * n // world_size, (rank + 1) * n // world_size
-        out = [(x[a: min(a + micro_batch, hi)], y[a: min(a + micro_batch, hi)]) for a in range(lo, hi, micro_batch)]
+        out = [tuple(t[a: min(a + micro_batch, hi)] for t in batch) for a in range(lo, hi, micro_batch)]
     if plan.last_len:  # exact budget: a last sequence of fewer than seq_len tokens
-        x, y = loader.next_sequences(1)
+        batch = loader.next_sequences(1)
         if rank == world_size - 1:
-            out.append((x[:, : plan.last_len], y[:, : plan.last_len]))
+            shorten = getattr(loader, "shorten", None)  # an encoder-decoder row: EncDecLoader.shorten
+            out.append(shorten(batch, plan.last_len) if shorten else tuple(t[:, : plan.last_len] for t in batch))
     return out
 
 
@@ -70,7 +71,7 @@ class PreparedStep:
     """One step ready to train on this rank."""
 
     plan: Any  # the StepPlanLike it was built for
-    micro_batches: list[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) CPU int64, pinned if asked
+    micro_batches: list[tuple[torch.Tensor, ...]]  # (inputs, targets, ...) CPU int64, pinned if asked
     counts: list[int]  # scored targets (≠ -100) per micro-batch, counted on the CPU
     loader_state: dict = field(repr=False)  # the loader's state_dict() after this step's sequences
 
@@ -133,9 +134,9 @@ class StepPrefetcher:
 
     def _prepare(self, plan: StepPlanLike) -> PreparedStep:
         batches = step_micro_batches(self.loader, plan, self.micro_batch, self.rank, self.world_size)
-        counts = [int(np.count_nonzero(y.numpy() != IGNORE_INDEX)) for _, y in batches]
+        counts = [int(np.count_nonzero(b[1].numpy() != IGNORE_INDEX)) for b in batches]
         if self.pin_memory:
-            batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
+            batches = [tuple(t.pin_memory() for t in b) for b in batches]
         return PreparedStep(plan, batches, counts, self.loader.state_dict())
 
     def _wait_turn(self) -> bool:

@@ -14,7 +14,9 @@ What "exactly" means (docs/reference.md §5; checked against the harness's own s
 * Metrics (each task's `score`, `gerbil.eval.metrics`): the harness's definitions and standard errors.
 
 Blender models are evaluated in causal mode: their contexts start with ``<causal>`` (UL2-style mode
-switching, docs/reference.md §2), from the run's objective or the export's ``gerbil.objective``.
+switching, docs/reference.md §2), from the run's objective or the export's ``gerbil.objective``. An
+encoder-decoder (T5Blender, a warm start) is scored as the harness's ``hf`` model with
+``backend="seq2seq"``: context → encoder with no mode token, continuation → decoder (`gerbil.eval.seq2seq`).
 Results go to the run's `eval/` folder (`RunDir.eval_path`): full sets to ``TASK.json``, `--limit` runs
 to ``TASK.partial.json`` so they can never pass for full-set numbers.
 """
@@ -34,8 +36,10 @@ from gerbil.errors import GerbilError
 from gerbil.eval.encoding import RequestEncoder
 from gerbil.eval.metrics import BOOTSTRAP_ITERS, gold_losses
 from gerbil.eval.scoring import Scorer
+from gerbil.eval.seq2seq import Seq2SeqEncoder, Seq2SeqScorer
 from gerbil.eval.tasks import METRIC_KINDS, TASKS, Task, get_task, resolve_tasks
 from gerbil.fsutil import atomic_write_json, sha256_file
+from gerbil.model.factory import is_encoder_decoder
 from gerbil.runs.rundir import RunDir, eval_file_name, resolve_source
 from gerbil.train.distributed import Dist, rank_slice
 
@@ -146,13 +150,22 @@ def load_for_eval(path: str | Path, prefix: str | Sequence[int] | None = None) -
     from gerbil.data.tokenizer import Tokenizer
 
     tok = Tokenizer.load()
-    encoder = RequestEncoder(lambda texts: tok.encode_batch(texts, allow_special=True), EOT_ID,
-                             _prefix_for(objective, prefix))
+    encoder = _request_encoder(model, lambda texts: tok.encode_batch(texts, allow_special=True), EOT_ID, objective,
+                               prefix)
     info = {"path": str(Path(path).resolve()), "kind": "checkpoint", "checkpoint": str(src.checkpoint.resolve()),
             "step": meta.get("step"), "tokens": meta.get("tokens"), "objective": objective,
             "size": meta.get("size"), "class": meta.get("class"), "tokenizer_sha256": tok.sha256,
-            "prefix": encoder.prefix}
+            "prefix": encoder.prefix, "backend": _backend(model)}
     return EvalModel(model, encoder, info, src.run, src.checkpoint)
+
+
+def _request_encoder(model: Any, encode_batch, eot: int, objective: str | None, prefix) -> Any:
+    """How requests become ids: lm-eval's causal rules with the objective's mode prefix, or — for an
+    encoder-decoder — its seq2seq rules with no mode token (`gerbil.eval.seq2seq`; an explicit prefix
+    still applies)."""
+    if is_encoder_decoder(model):
+        return Seq2SeqEncoder(encode_batch, eot, [] if prefix is None else _prefix_for(objective, prefix))
+    return RequestEncoder(encode_batch, eot, _prefix_for(objective, prefix))
 
 
 def _load_export(src, prefix: str | Sequence[int] | None) -> EvalModel:
@@ -171,17 +184,22 @@ def _load_export(src, prefix: str | Sequence[int] | None) -> EvalModel:
     eot = EOT_ID if eot is None else eot
     if prefix is None and meta.get("eval_prefix"):  # the export says how it must be prompted
         prefix = backend.encode(str(meta["eval_prefix"]), add_special_tokens=False).ids
-    encoder_prefix = _prefix_for(objective, prefix)
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
         # add_special_tokens=True is what transformers' encode() does (no BOS for GPT-2 tokenizers)
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=True)]
 
-    encoder = RequestEncoder(encode_batch, eot, encoder_prefix)
+    encoder = _request_encoder(model, encode_batch, eot, objective, prefix)
     info = {"path": str(p.resolve()), "kind": "export", "step": meta.get("step"), "tokens": meta.get("tokens"),
             "objective": objective, "size": meta.get("size"), "class": meta.get("class"),
-            "name": meta.get("name"), "tokenizer_sha256": sha256_file(tj), "prefix": encoder.prefix}
+            "name": meta.get("name"), "tokenizer_sha256": sha256_file(tj), "prefix": encoder.prefix,
+            "backend": _backend(model)}
     return EvalModel(model, encoder, info, src.run, None)
+
+
+def _backend(model: Any) -> str:
+    """The lm-eval backend whose rules scored the model: "causal" or "seq2seq"."""
+    return "seq2seq" if is_encoder_decoder(model) else "causal"
 
 
 # ========================================================================================= evaluation
@@ -227,7 +245,10 @@ def run_task(em: EvalModel, task: str, *, limit: int | None = None, batch_size: 
     for it in items:
         groups.append(enc[k: k + len(it.requests)])
         k += len(it.requests)
-    scorer = Scorer(em.model, device=device, batch_size=batch_size, share_prefix=share_prefix)
+    if is_encoder_decoder(em.model):  # lm-eval's hf model with backend=seq2seq
+        scorer: Any = Seq2SeqScorer(em.model, device=device, batch_size=batch_size)
+    else:
+        scorer = Scorer(em.model, device=device, batch_size=batch_size, share_prefix=share_prefix)
     lo, hi = rank_slice(len(groups), dist) if dist.enabled else (0, len(groups))
     bar = tqdm(total=hi - lo, desc=task, unit="item", disable=not progress or not dist.is_main, dynamic_ncols=True)
     try:

@@ -53,6 +53,11 @@ SEED_ROWS: tuple[tuple[str, ...], ...] = (
     ("GerbilLab/GerbilBlender-B-star-77m", "77m", "B*-Class", "40", "3040M", "262K-524K", "3.1879", "26.33", "1766.5002", "18.24", "53.43"),
     ("GerbilLab/GerbilBlender-A-104m", "104m", "A-Class", "20", "2060M", "1M", "3.592", "26.41", "2972.4260", "17.31", "49.6"),
     ("GerbilLab/GerbilCode-6.7m", "6.7m", ".", "~300", "2852M", "131k", "3.98", "25.4", "124001.9108", "0.08", "52.72"),
+    # the T5Blender rows the seed keeps in a hidden comment of its table (B* without evals, C* "coming soon")
+    ("GerbilLab/T5Blender-A-24m", "24m", "A-class", "20", "460M", "131K", "5.5642", "25.85", "57122770.9237", "0",
+     "52.25"),
+    ("GerbilLab/T5Blender-B-star-24m", "24m", "B*-Class", "40", "920M", "131K-262K", "5.419"),
+    ("GerbilLab/T5Blender-C-star-24m", "24m", "C*-Class", "60", "1380M", "131K-262K", "coming soon"),
 )
 SCORES_TO_BEAT_COLUMNS = ("Model Name", "Parameters", "Tokens", "hellaswag", "lambada ppl", "lambada acc",
                           "winogrande acc")

@@ -27,12 +27,13 @@ def gerbil_field(cfg: ModelConfig, meta: dict, objective: str) -> dict:
     budget = meta.get("budget")
     cls = claimed_class(meta.get("class"), budget / cfg.n_params("total") if budget else None)
     names = {v: k for k, v in SPECIAL_TOKENS.items()}
-    prefix = "".join(names[t] for t in mode_prefix(objective))
+    # an encoder-decoder is scored like lm-eval's seq2seq backend: no mode token (docs/reference.md §9)
+    prefix = "" if cfg.is_encoder_decoder else "".join(names[t] for t in mode_prefix(objective))
     return {
         "format_version": _FORMAT_VERSION,
         "gerbil_version": gerbil.__version__,
         # the run's own name (as in its directory and the results table), else the model name
-        "name": meta.get("name") or meta.get("run") or model_name(objective, cls, size),
+        "name": meta.get("name") or meta.get("run") or model_name(objective, cls, size, cfg.arch),
         "objective": objective,
         "objective_options": meta.get("objective_options"),
         # Blender/causal models were trained with every causal example starting with <causal>; the
@@ -48,6 +49,7 @@ def gerbil_field(cfg: ModelConfig, meta: dict, objective: str) -> dict:
         "vocab_size": cfg.vocab_size,
         "model": cfg.to_dict(),
         "seq_len": meta.get("seq_len"),  # the sequence length it was trained at (≤ the context)
+        "encoder_len": meta.get("encoder_len"),  # an encoder-decoder's encoder positions per training row
         # a fine-tuned model: task, labels, prompt format and tokens, template, max_len (gerbil predict)
         "finetune": meta.get("finetune"),
     }
@@ -60,6 +62,8 @@ def model_card(info: dict, extra: str | None) -> str:
     ft = info.get("finetune") or {}
     if ft.get("task") == "classify":
         return classifier_card(info, ft, extra)
+    if info["model"].get("arch") == "t5":
+        return t5_card(info, extra)
     lines = [
         "---",
         "library_name: transformers",
@@ -158,6 +162,55 @@ def classifier_card(info: dict, ft: dict, extra: str | None) -> str:
         "",
         "The tokenizer pads on the right and cuts long texts from the left (the end is kept); the model "
         "reads the last non-padding token. Or with gerbil: `gerbil predict PATH --input FILE`.",
+        "",
+    ]
+    if extra:
+        lines += [extra.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def t5_card(info: dict, extra: str | None) -> str:
+    """The model card of a T5Blender export (a native ``T5ForConditionalGeneration`` folder)."""
+    m = info["model"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text2text-generation",
+        "tags: [gerbil, t5, encoder-decoder, tiny-language-model]",
+        "---",
+        f"# {info['name']}",
+        "",
+        f"A {info['size']} T5 encoder-decoder (T5Blender) trained with gerbil on the Blender formats split for "
+        "encoder-decoders: causal (a prefix LM), fill-in-the-middle and masked language modelling.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| size | {info['size']} ({info['params']:,} parameters, {info['non_embedding_params']:,} non-embedding) |",
+        f"| class | {class_text(info.get('class')) if info.get('tokens') else '—'} |",
+        f"| training tokens | {fmt_count(info.get('tokens'))} (encoder + decoder) |",
+        f"| objective | {info['objective']} |",
+        f"| vocabulary | {info['vocab_size']:,} (GPT-2 BPE + 7 Blender special tokens) |",
+        f"| architecture | d_model {m['d_model']}, {m['n_layer']} encoder + {m['n_decoder_layer']} decoder layers, "
+        f"{m['n_head']} heads of {m['d_kv']}, gated-GELU d_ff {m['d_ff']}, tied embedding and head |",
+        "| decoder start / pad / end | `<|endoftext|>` (50256) |",
+        "",
+        "Formats (encoder → decoder): `<causal> prefix` → `rest <|endoftext|>`; `<fitm_start> prefix "
+        "<multiple_tok_mask> suffix` → `<fitm_result> middle <|endoftext|>`; `<mlm_start> text with "
+        "<single_tok_mask>s` → `<mlm_end> masked tokens <|endoftext|>`. Benchmarks score it as lm-eval's "
+        "seq2seq backend does: context → encoder (no mode token), continuation → decoder.",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+        "",
+        'tok = AutoTokenizer.from_pretrained("PATH")',
+        'model = AutoModelForSeq2SeqLM.from_pretrained("PATH")  # T5ForConditionalGeneration, fp32',
+        'ids = tok("<causal>The meaning of life is", return_tensors="pt").input_ids',
+        "print(tok.decode(model.generate(ids, max_new_tokens=20)[0]))",
+        "```",
+        "",
+        "Or back into gerbil: `model, meta = gerbil.export.load_model(\"PATH\")`.",
         "",
     ]
     if extra:

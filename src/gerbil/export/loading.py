@@ -1,5 +1,6 @@
 """Loading models back: `load` (a transformers GPT-J folder, gerbil's or any compatible one), `load_model`
-(a run — its model checkpoint, the best one of a run that keeps its best —, a checkpoint or an export),
+(a run — its model checkpoint, the best one of a run that keeps its best —, a checkpoint or an export, of
+any architecture: checkpoints and encoder-decoder folders through `gerbil.model.factory`),
 `read_info` (an export's ``gerbil`` field, no torch) and `random_model` (a fresh ladder model)."""
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from gerbil.errors import GerbilError
 from gerbil.export.mapping import (config_from_transformers, from_transformers_state_dict, read_transformers_weights,
                                    unwrap)
-from gerbil.model import seq2seq
-from gerbil.model.config import ModelConfig, model_config
-from gerbil.runs.rundir import read_meta, resolve_source
+from gerbil.model import factory
+from gerbil.model.config import model_config
+from gerbil.runs.rundir import resolve_source
 from gerbil.train import checkpoint as ckpt
 
 if TYPE_CHECKING:  # lazy: torch is imported in the functions that need it (`import gerbil.export` stays cheap)
@@ -22,68 +23,36 @@ if TYPE_CHECKING:  # lazy: torch is imported in the functions that need it (`imp
 
 
 def load_model(source: str | Path, device: str = "cpu") -> tuple[GPT, dict]:
-    """(model in eval mode — a GPT, a Classifier, or an encoder-decoder (model/seq2seq.py) —, meta) from a run directory (its model checkpoint: the latest intact one, or the
+    """(model in eval mode, meta) from a run directory (its model checkpoint: the latest intact one, or the
     best one of a run that keeps its best), a checkpoint directory or an export folder — what the path
     is comes from `gerbil.runs.rundir.resolve_source`.
 
-    ``meta["objective"]`` tells which modes the model was trained with (``plain`` if unknown).
+    The model is a GPT (or a fine-tuned classifier), a T5Blender or a warm-started encoder-decoder
+    (`gerbil.model.factory.is_encoder_decoder`). ``meta["objective"]`` tells which modes the model was
+    trained with (``plain`` if unknown).
     """
     from gerbil.train.device import pick_device  # lazy: it imports torch
 
     device = str(pick_device(device))  # a device this machine lacks: one line, before anything loads
     src = resolve_source(source)
-    if src.kind == "export" and read_config(src.export).get("model_type") in seq2seq.ENCDEC_MODEL_TYPES:
-        model, meta = _load_encdec_folder(src.export, device)
+    if src.kind == "export" and factory.folder_arch(src.export) != "gptj":
+        model, meta = factory.load_folder(src.export, device=device)  # T5Blender, warm start
     elif src.kind == "export":
         model, meta = load(src.export, device=device)
     else:
         path = src.run.model_checkpoint(src.checkpoint) if src.kind == "run" else src.checkpoint
-        model, meta = _load_checkpoint(path, device)
+        model, meta = ckpt.load_checkpoint(path, device=device)
     meta = dict(meta)
     meta["objective"] = meta.get("objective") or "plain"
     return model.eval(), meta
 
 
-def _load_checkpoint(path: Path, device: str) -> tuple[GPT, dict]:
-    """(model, meta) of one checkpoint directory: an encoder-decoder (T5Blender, a warm start) by its
-    recorded arch, a `Classifier` for a fine-tuned classifier, else a GPT."""
-    meta = read_meta(path)
-    if seq2seq.is_encdec_record(meta.get("model")):  # T5Blender or a warm start (model/seq2seq.py)
-        model = seq2seq.build(seq2seq.config_from_dict(meta["model"]))
-        ckpt.load_weights(model, path, device="cpu")
-        meta["path"] = str(path)
-        return model.to(device), meta
-    ft = meta.get("finetune") or {}
-    labels = ft.get("label_names") if ft.get("task") == "classify" else None
-    if not labels:
-        return ckpt.load_checkpoint(path, device=device)
-    from gerbil.model.classifier import Classifier  # lazy: torch
-
-    model = Classifier(ModelConfig.from_dict(meta["model"]), len(labels))
-    ckpt.load_weights(model, path, device="cpu")
-    meta["path"] = str(path)
-    return model.to(device), meta
-
-
-def _load_encdec_folder(folder: Path, device: str) -> tuple[Any, dict]:
-    """(encoder-decoder, the ``gerbil`` record) of an export folder: a native T5 or a warm start's."""
-    if read_config(folder).get("model_type") == "gerbil-encdec":
-        from gerbil.model.warmstart_hf import load_warmstart_folder  # lazy: torch
-
-        model, meta = load_warmstart_folder(folder, device=device)
-    else:
-        from gerbil.model.t5_hf import load_t5_folder  # lazy: torch
-
-        model, meta = load_t5_folder(folder, device=device)
-    meta["source"] = str(folder)
-    return model, meta
-
-
 def resolve_model(source: Any) -> tuple[GPT, dict]:
-    """A GPT module (or its compiled wrapper) or anything `load_model` reads → (GPT, meta)."""
-    from gerbil.model.model import GPT  # lazy: torch
+    """A model module (GPT, T5, warm start, or a compiled wrapper of one) or anything `load_model` reads →
+    (model, meta)."""
+    import torch  # lazy: torch
 
-    if isinstance(unwrap(source), GPT) or seq2seq.is_encdec(source):
+    if isinstance(unwrap(source), torch.nn.Module):
         return unwrap(source), {}
     return load_model(source)
 

@@ -1,5 +1,6 @@
-"""`export`: a gerbil model written as a transformers folder (``GPTJForCausalLM``, or
-``GPTJForSequenceClassification`` for a fine-tuned classifier) with its tokenizer and model card.
+"""`export`: a gerbil model written as a transformers folder (``GPTJForCausalLM``,
+``GPTJForSequenceClassification`` for a fine-tuned classifier, or a T5Blender's native
+``T5ForConditionalGeneration``, `model.t5_hf`) with its tokenizer and model card.
 
 The folder is written into ``OUT.tmp-export`` and swapped with an earlier export through ``OUT.old-export``;
 both carry a `PARTIAL_MARK` while they exist, and only marked folders holding export files are ever deleted
@@ -19,6 +20,7 @@ from gerbil.export.card import gerbil_field, model_card
 from gerbil.export.loading import resolve_model
 from gerbil.export.mapping import label_names, to_transformers_state_dict, transformers_config
 from gerbil.export.seq2seq import warmstart_card, warmstart_field
+from gerbil.model import factory
 
 if TYPE_CHECKING:
     from gerbil.model.model import GPT
@@ -110,7 +112,8 @@ def export(
     meta: dict | None = None,
     dtype: str = "float32",
 ) -> Path:
-    """Write ``model_or_path`` as a transformers ``GPTJForCausalLM`` folder in ``out_dir``.
+    """Write ``model_or_path`` as a transformers ``GPTJForCausalLM`` folder in ``out_dir`` (a T5Blender: a
+    ``T5ForConditionalGeneration`` folder that ``AutoModelForSeq2SeqLM`` loads without custom code).
 
     model_or_path: a ``GPT`` (or its compiled wrapper), a run directory (its latest checkpoint), a
         checkpoint directory, or another export folder.
@@ -126,18 +129,13 @@ def export(
     Returns the output directory. Files are written into a temporary sibling directory that is renamed
     into place when complete, so an interrupted export never looks like a finished one (`_publish`).
     """
-    import torch  # lazy: torch, safetensors and transformers only when an export is written
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig
-
     model, src_meta = resolve_model(model_or_path)
     info = {**src_meta, **(meta or {})}
     objective = objective or info.get("objective") or "plain"
     cfg = model.config
-    warm = getattr(cfg, "arch", None) == "gptj-warmstart"  # an encoder-decoder with its own modeling file
+    warm = factory.arch_of(model) == factory.WARMSTART  # an encoder-decoder with its own modeling file
     gerbil_meta = warmstart_field(cfg, info, objective) if warm else gerbil_field(cfg, info, objective)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
+    if dtype not in _DTYPES:
         raise OptionError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
     if tokenizer is None:
         tokenizer = Tokenizer.load()
@@ -152,22 +150,12 @@ def export(
     tmp.mkdir(parents=True)
     (tmp / PARTIAL_MARK).touch()
 
-    labels = label_names(model, info)
-    if warm:
-        from gerbil.model.warmstart_hf import save_warmstart_folder  # lazy: torch
-
-        save_warmstart_folder(model, tmp, gerbil_meta, dtype=dtype)
-    else:
-        state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        transformers_config(cfg, gerbil_meta, dtype=dtype, label_names=labels).save_pretrained(str(tmp))
-    if not labels and not warm:
-        GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(str(tmp))
+    labels = _write_model(model, tmp, info, gerbil_meta, dtype)
     if tokenizer:
         hf_tok = tokenizer.to_transformers(model_max_length=cfg.seq_len)
         if labels:
             hf_tok = _classifier_tokenizer(hf_tok, gerbil_meta.get("finetune") or {})
-        elif warm:  # an encoder batch is padded (attention_mask): <|endoftext|>, as config.json's pad_token_id
+        elif factory.is_encoder_decoder(model):  # encoder batches are padded: <|endoftext|>, config's pad_token_id
             hf_tok.pad_token = {v: k for k, v in SPECIAL_TOKENS.items()}[EOT_ID]
         hf_tok.save_pretrained(str(tmp))
         _portable_tokenizer_config(tmp / "tokenizer_config.json", classifier=bool(labels))
@@ -178,6 +166,40 @@ def export(
     _publish(tmp, out)
     log.info("exported %s (%s) to %s", gerbil_meta["name"], objective, out)
     return out
+
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _write_model(model: Any, tmp: Path, info: dict, gerbil_meta: dict, dtype: str) -> list[str] | None:
+    """config.json, model.safetensors and generation_config.json into ``tmp``: a GPT-J folder (a classifier's
+    ``GPTJForSequenceClassification``: returns its label names), or a T5Blender's native
+    ``T5ForConditionalGeneration`` folder (`model.t5_hf.save_t5_folder`), or a warm start's folder with its
+    own modeling file (`model.warmstart_hf.save_warmstart_folder`)."""
+    import torch  # lazy: torch, safetensors and transformers only when an export is written
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    if factory.arch_of(model) == "t5":
+        from gerbil.model.t5_hf import save_t5_folder  # lazy: torch, transformers
+
+        save_t5_folder(model, tmp, gerbil_meta, dtype=dtype)
+        return None
+    if factory.arch_of(model) == factory.WARMSTART:
+        from gerbil.model.warmstart_hf import save_warmstart_folder  # lazy: torch, transformers
+
+        save_warmstart_folder(model, tmp, gerbil_meta, dtype=dtype)  # + modeling_gerbil_encdec.py, auto_map
+        return None
+    if factory.is_encoder_decoder(model):
+        raise GerbilError(f"gerbil export does not write a {factory.arch_of(model)} model yet")
+    torch_dtype = getattr(torch, dtype)
+    labels = label_names(model, info)
+    state = {k: v.to(device="cpu", dtype=torch_dtype) for k, v in to_transformers_state_dict(model).items()}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    transformers_config(model.config, gerbil_meta, dtype=dtype, label_names=labels).save_pretrained(str(tmp))
+    if not labels:
+        GenerationConfig(bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(str(tmp))
+    return labels
 
 
 def _portable_tokenizer_config(path: Path, classifier: bool = False) -> None:

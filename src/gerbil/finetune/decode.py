@@ -15,6 +15,7 @@ off at ``max_new_tokens`` averages what it produced.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,6 +24,18 @@ from gerbil.errors import GerbilError
 
 #: Rows decoded together (tiny models: the cost is the per-step overhead, not the rows).
 DEFAULT_BATCH = 128
+
+
+def decoder_start_id(model: Any) -> int:
+    """The token an encoder-decoder's decoder starts from: a warm start's own (`WarmStartConfig`), else
+    T5Blender's (`model.t5_hf.DECODER_START_ID`). ``model``: a module (or its compiled wrapper) or config."""
+    cfg = getattr(getattr(model, "_orig_mod", model), "config", model)
+    start = getattr(cfg, "decoder_start_id", None)
+    if start is not None:
+        return int(start)
+    from gerbil.model.t5_hf import DECODER_START_ID  # lazy: transformers names beside it
+
+    return int(DECODER_START_ID)
 
 
 def check_room(max_new_tokens: int, seq_len: int, what: str = "max_new_tokens") -> None:

@@ -33,10 +33,10 @@ from gerbil.export import load_model
 from gerbil.finetune import data as fdata
 from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_seq2seq, encode_sft
 from gerbil.finetune.config import FinetuneConfig
-from gerbil.finetune.decode import check_room
+from gerbil.finetune.decode import check_room, decoder_start_id
 from gerbil.finetune.workloads import WORKLOADS, Finetuning
 from gerbil.fsutil import sha256_file
-from gerbil.model import seq2seq
+from gerbil.model import factory
 from gerbil.model.classifier import Classifier
 from gerbil.model.config import size_label
 from gerbil.runs.rundir import RunDir, resolve_source
@@ -105,7 +105,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     max_len = cfg.max_len or int(base_info.get("seq_len") or min(model_cfg.seq_len, 1024))
     if max_len > model_cfg.seq_len:
         raise GerbilError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
-    start = seq2seq.decoder_start_id(model_cfg) if cfg.task == "seq2seq" else None
+    start = decoder_start_id(model_cfg) if cfg.task == "seq2seq" else None
     train_set, val_set, completions, max_new = _encode(cfg, tokenizer, train, val, prefix, prompt_format, max_len,
                                                        model_cfg.seq_len, start)
     data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
@@ -193,14 +193,14 @@ def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, Any]:
     loads the base model; a resumed one needs only its recorded shape (the checkpoint holds the weights;
     the base may have moved). seq2seq takes an encoder-decoder, the other tasks a decoder-only model."""
     if recorded:
-        return None, dict(recorded.get("base") or {}), seq2seq.config_from_dict(dict(recorded["model"]))
+        return None, dict(recorded.get("base") or {}), factory.config_from_dict(dict(recorded["model"]))
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
     model, meta = load_model(cfg.base)
     if isinstance(model, Classifier):
         raise GerbilError(f"{cfg.base} is a classifier; fine-tune from a language model (a pretraining or sft run)")
-    if seq2seq.is_encdec(model) != (cfg.task == "seq2seq"):
+    if factory.is_encoder_decoder(model) != (cfg.task == "seq2seq"):
         raise GerbilError(f"{cfg.base} is an encoder-decoder: fine-tune it with --task seq2seq"
-                          if seq2seq.is_encdec(model) else
+                          if factory.is_encoder_decoder(model) else
                           f"--task seq2seq needs an encoder-decoder base, and {cfg.base} is decoder-only: warm-start "
                           f"one (gerbil warmstart {cfg.base} --out RUN) or use --task sft")
     info = {"path": str(Path(cfg.base).resolve()), "kind": src.kind,

@@ -38,10 +38,9 @@ from gerbil.data.tokenizer import Tokenizer
 from gerbil.errors import GerbilError
 from gerbil.export import load_model
 from gerbil.finetune.batches import encode_classify, prompt_ids
-from gerbil.finetune.decode import check_room, greedy, greedy_seq2seq
+from gerbil.finetune.decode import check_room, decoder_start_id, greedy, greedy_seq2seq
 from gerbil.finetune.rows import read_texts
 from gerbil.fsutil import atomic_write_text
-from gerbil.model import seq2seq
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class Predictor:
                         "--max-new-tokens %d: their first tokens are cut", cut, len(ids), seq_len - max_new,
                         seq_len, max_new)
         if self.task == "seq2seq":  # the source to the encoder, decoded from the model's start token
-            start = int(rec.get("decoder_start_id", seq2seq.decoder_start_id(self.model)))
+            start = int(rec.get("decoder_start_id", decoder_start_id(self.model)))
             outs = greedy_seq2seq(self.model, ids, max_new, start, batch_size=max(self.batch_size, 1))
         else:
             outs = greedy(self.model, ids, max_new, batch_size=max(self.batch_size, 1))

@@ -6,7 +6,7 @@ fine-tuning workloads the training loop runs (`gerbil.train.loop.Workload`).
 * **sft** — the base GPT itself, next-token cross-entropy on the completion tokens only (examples packed
   with block-diagonal attention, or one per row), validation loss over the completion tokens and the
   exact-match rate of greedy completions;
-* **seq2seq** — an encoder-decoder (a warm start or T5Blender, `gerbil.model.seq2seq`): the source to the
+* **seq2seq** — an encoder-decoder (a warm start or T5Blender, `gerbil.model.factory`): the source to the
   encoder, cross-entropy on the target tokens the decoder predicts, the same validation as sft (greedy
   decoding from the model's decoder start id).
 
@@ -29,8 +29,8 @@ from gerbil.errors import GerbilError
 from gerbil.finetune.batches import (Encoded, EpochSteps, ExamplePrefetcher, ExampleStep, classify_batch,
                                      pad_micro_batch, packed_layout, seq2seq_batch, sft_batch)
 from gerbil.finetune.config import FinetuneConfig
-from gerbil.finetune.decode import greedy, greedy_seq2seq
-from gerbil.model import seq2seq
+from gerbil.finetune.decode import decoder_start_id, greedy, greedy_seq2seq
+from gerbil.model import factory
 from gerbil.model.classifier import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
 from gerbil.model.model import GPT
@@ -224,7 +224,7 @@ def sft_workload(r: Finetuning) -> Workload:
     if r.base_model is not None:
         model = r.base_model
     else:  # resume: the shape only; the loop loads the checkpoint's weights
-        model = seq2seq.build(r.plan.model_config) if encdec else GPT(r.plan.model_config)
+        model = factory.build(r.plan.model_config) if encdec else GPT(r.plan.model_config)
     model.to(device)
     head, vocab = model.lm_head, r.plan.model_config.vocab_size
     chunk = 4096 if device.type == "cuda" else 1024
@@ -239,7 +239,7 @@ def sft_workload(r: Finetuning) -> Workload:
         if n_em:
             prompts = [val.ids[i][: int(val.prompt_len[i])].tolist() for i in range(n_em)]
             if encdec:
-                outs = greedy_seq2seq(model, prompts, r.max_new_tokens, seq2seq.decoder_start_id(model),
+                outs = greedy_seq2seq(model, prompts, r.max_new_tokens, decoder_start_id(model),
                                       autocast_dtype=r.plan.autocast_dtype)
             else:
                 outs = greedy(model, prompts, r.max_new_tokens, autocast_dtype=r.plan.autocast_dtype)

@@ -339,7 +339,7 @@ def nearest_rung(model: ModelConfig) -> SizeSpec:
 def size_label(size: str | None = None, model: ModelConfig | None = None, params: int | None = None) -> str:
     """The ladder name of a model — a recorded one, else the rung its shape is (`rung`) — or, for a custom
     shape, its parameter count the seed's way ("12m"); the recorded name, else "—", when nothing is known."""
-    if size and str(size).strip().lower() in SIZES:
+    if size and str(size).strip().lower() in (*SIZES, *T5_SIZES):  # a ladder rung or a T5Blender preset
         return str(size).strip().lower()
     found = rung(model) if model is not None else None
     if found:

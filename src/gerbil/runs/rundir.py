@@ -64,11 +64,14 @@ _TMP_PREFIX = ".tmp-"  # a checkpoint being written: .tmp-step-XXXXXXXX-PID
 _PARTIAL = ".partial"  # eval/TASK.partial.json: a --limit result
 
 
-def model_name(objective: str | None, cls: str | None, size: str | None) -> str:
+def model_name(objective: str | None, cls: str | None, size: str | None, arch: str | None = None) -> str:
     """The seed's naming, for every objective: ``Gerbil-A-6.7m``, ``GerbilBlender-E-star-6.7m``,
-    ``GerbilFIM-A-3.3m``; no class for a custom token budget (``Gerbil-6.7m``). A run's default name,
-    hence its table row and its export, are this name (the class spelled by `gerbil.classes.name_part`)."""
+    ``GerbilFIM-A-3.3m``; no class for a custom token budget (``Gerbil-6.7m``); a T5 model (``arch="t5"``)
+    is ``T5`` + the objective's family (``T5Blender-A-24m``, ``T5FIM-A-24m``). A run's default name, hence
+    its table row and its export, are this name (the class spelled by `gerbil.classes.name_part`)."""
     family = objective_class(objective).display
+    if arch == "t5":
+        family = "T5" + family.removeprefix("Gerbil")
     return "-".join(p for p in (family, name_part(cls), size or "custom") if p)
 
 

@@ -49,7 +49,7 @@ def resolve_runs(entries: list[Entry], models: dict[str, dict], scale: float) ->
 def _entry(w: str, opts: dict, extra: dict, models: dict[str, dict]) -> dict[str, Any]:
     """One entry checked: its options, objective, corpus, ratio, class; the model it names (None: its parent's)."""
     check_train_options(w, opts)
-    check_objective(w, opts.get("objective", "plain"))
+    check_objective(w, opts.get("objective", "plain"), opts.get("arch"))
     check_corpus(w, extra.get("corpus"))
     ratio = extra.get("ratio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio <= 0):
@@ -77,13 +77,13 @@ def _name(info: list[dict[str, Any]]) -> None:
         for e in info:
             if e["name"] is not None:
                 continue
-            size = (e["model"] or {}).get("name") or e["size"]
+            size, arch = (e["model"] or {}).get("name") or e["size"], _arch(e)
             if not size and e["parent"] in known:
                 p = known[e["parent"]]
-                size = (p["model"] or {}).get("name") or p["size"] or None
+                size, arch = (p["model"] or {}).get("name") or p["size"] or None, _arch(p)
             if size:
                 suffix = e["extra"].get("suffix", "")
-                e["name"] = model_name(e["opts"].get("objective", "plain"), e["label"], size) + suffix
+                e["name"] = model_name(e["opts"].get("objective", "plain"), e["label"], size, arch) + suffix
     seen: dict[str, str] = {}
     for e in info:
         if e["name"] is None:
@@ -94,6 +94,11 @@ def _name(info: list[dict[str, Any]]) -> None:
             raise fail(e["where"], f"two runs are named {e['name']!r} (the other: {seen[e['name']]}); give one a "
                                    f"`name`")
         seen[e["name"]] = e["where"]
+
+
+def _arch(e: dict[str, Any]) -> str:
+    """An entry's architecture: its `arch`, else its explicit model's, else GPT-J."""
+    return e["opts"].get("arch") or (e["model"] or {}).get("arch") or "gptj"
 
 
 def _link(info: list[dict[str, Any]]) -> None:
@@ -133,7 +138,8 @@ def _build(name: str, by_name: dict[str, dict], specs: dict[str, RunSpec], plans
     size_label, model = _model_options(w, e, opts, ps)
     seq_len = opts["seq_len"] = int(opts.get("seq_len") or DEFAULT_SEQ_LEN)
     opts["seed"] = int(opts.get("seed") or 0)
-    mc = ModelConfig.from_dict(dict(model)) if model is not None else ladder_model(size_label, seq_len)
+    arch = opts.get("arch") or "gptj"
+    mc = ModelConfig.from_dict(dict(model)) if model is not None else ladder_model(size_label, seq_len, arch)
     tokens, scaled = opts.get("tokens"), False
     if tokens is None and (scale != 1.0 or extra.get("ratio") is not None):
         tokens = opts["tokens"] = int(round(scale * ratio * mc.n_params("total")))  # a proxy keeps the ratios
@@ -152,7 +158,8 @@ def _build(name: str, by_name: dict[str, dict], specs: dict[str, RunSpec], plans
                             child="the cooldown branch" if role == "branch" else "the continuation")
     try:
         plan = make_plan(None if point else (mc if model is not None else size_label), opts.get("cls"),
-                         seq_len=seq_len, batch_tokens=opts.get("batch_tokens"), tokens=tokens, from_run=point)
+                         seq_len=seq_len, batch_tokens=opts.get("batch_tokens"), tokens=tokens, from_run=point,
+                         arch=arch)
     except (ValueError, GerbilError) as err:
         raise fail(w, str(err)) from None
     plans[name] = plan
@@ -187,7 +194,7 @@ def _model_options(w: str, e: dict, opts: dict, ps: RunSpec | None) -> tuple[str
     given = ModelConfig.from_dict(dict(e["model"])) if e["model"] is not None else None
     inherit(point, w, size=e["size"] if e["size"] and given is None else None, model=given,
             seq_len=e["opts"].get("seq_len"), seed=e["opts"].get("seed"), objective=opts.get("objective", "plain"))
-    for key in ("size", "model", "seq_len", "seed"):
+    for key in ("arch", "size", "model", "seq_len", "seed"):
         opts.pop(key, None)
         if ps.options.get(key) is not None:
             opts[key] = ps.options[key]

@@ -14,7 +14,8 @@ from gerbil.data.builtin import CORPORA
 from gerbil.data.objectives import objective_class
 from gerbil.errors import GerbilError
 from gerbil.fit.isoflop import isoflop_grid
-from gerbil.model.config import SIZES, ModelConfig
+from gerbil.data.encdec import check_objective as check_encdec_objective
+from gerbil.model.config import SIZES, T5_SIZES, ModelConfig
 from gerbil.suite.records import MANAGED, TRAIN_FIELDS
 from gerbil.train.config import TrainConfig
 from gerbil.units import DEFAULT_SEQ_LEN
@@ -103,15 +104,19 @@ def model_of(where: str, opts: dict[str, Any], models: dict[str, dict]) -> tuple
         raise fail(where, f"size: expected a string, got {size!r}")
     if size in models:
         return size, dict(models[size], name=models[size].get("name") or size)
-    if size.strip().lower() in SIZES:
+    presets = T5_SIZES if opts.get("arch") == "t5" else SIZES  # `arch: t5` names a T5Blender preset
+    if size.strip().lower() in presets:
         return size.strip().lower(), None
-    known = list(SIZES) + list(models)
+    known = list(presets) + list(models)
     raise fail(where, f"unknown size {size!r} (known: {', '.join(known)})")
 
 
-def check_objective(where: str, objective: str) -> None:
+def check_objective(where: str, objective: str, arch: str | None = None) -> None:
+    """A known objective; for ``arch: t5`` one with an encoder-decoder format."""
     try:
         objective_class(objective)
+        if arch == "t5":
+            check_encdec_objective(objective)
     except (ValueError, GerbilError, KeyError) as e:
         raise fail(where, f"objective: {str(e).splitlines()[0] if str(e) else objective}") from None
 

@@ -252,11 +252,10 @@ def load_weights(model: Any, path: str | Path, device: str = "cpu") -> None:
 
 
 def load_checkpoint(ckpt: str | Path, device: str = "cpu"):
-    """(GPT, meta) from one checkpoint directory; `meta["path"]` is the directory."""
-    from gerbil.model.model import GPT  # lazy: torch (this module is torch-free until a checkpoint is touched)
+    """(model, meta) from one checkpoint directory — a GPT, classifier, T5 or warm start, by its recorded
+    model (`gerbil.model.factory.from_checkpoint`); `meta["path"]` is the directory."""
+    from gerbil.model.factory import from_checkpoint  # lazy: torch (this module is torch-free until a checkpoint is touched)
 
-    meta = read_meta(ckpt)
-    model = GPT(ModelConfig.from_dict(meta["model"]))
-    load_weights(model, ckpt, device="cpu")
+    model, meta = from_checkpoint(read_meta(ckpt), weights_file(ckpt), device=device)
     meta["path"] = str(ckpt)
-    return model.to(device), meta
+    return model, meta

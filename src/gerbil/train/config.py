@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gerbil.data.objectives import objective_class
-from gerbil.model.config import size_names
+from gerbil.model.config import ARCHS, T5_SIZES, size_names
 from gerbil.options import (FALLBACK, KEYWORD_KEYS, RUNTIME, Optimization, OptionError, Options, Runtime, opt,
                             section)
 from gerbil.units import DEFAULT_SEQ_LEN, parse_count
@@ -29,6 +29,10 @@ OBJECTIVE_OPTIONS = {"blender_weights": "weights", "mask_rate": "mask_rate", "sp
                      "loss_on": "loss_on"}
 #: Defaults decided at resolve time when a field is None (a continuation inherits its parent's instead).
 FRESH_DEFAULTS = {"size": "6.7m", "seq_len": DEFAULT_SEQ_LEN, "seed": 0}
+#: The architecture of a run that names none (`arch` None: recorded so, as GPT-J runs always were)
+DEFAULT_ARCH = "gptj"
+#: The default size of a fresh run of each architecture (FRESH_DEFAULTS' is GPT-J's)
+DEFAULT_SIZE = {"gptj": "6.7m", "t5": next(iter(T5_SIZES))}
 
 
 def _parse_model(text: str) -> dict:
@@ -58,8 +62,11 @@ def _parse_weights(text: str) -> list[float]:
 
 @section("what is trained")
 class _Trained(Options):
-    size: str | None = opt(None, f"ladder size: {size_names()} (default 6.7m, or the --from run's; "
-                                 "ignored when `model` is given)")
+    arch: str | None = opt(None, "architecture: gptj (decoder-only, the ladder) or t5 (T5Blender encoder-decoder: "
+                                 "sizes " + " ".join(T5_SIZES) + "; objectives causal, fim, mlm, blender); default "
+                                 "gptj, or the --from run's", choices=ARCHS)
+    size: str | None = opt(None, f"ladder size: {size_names()} (default 6.7m; 24m with --arch t5; or the --from "
+                                 "run's; ignored when `model` is given)")
     cls: str | None = opt(None, "token class: A B C D E (20/42/76/142/284 tokens per parameter), a star class "
                                 "such as E* (with --from), or tokens per parameter (300); default A, or a "
                                 "custom budget when --tokens is given", flag="--class", metavar="CLASS")

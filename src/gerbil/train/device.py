@@ -13,7 +13,7 @@ from gerbil import plan as planlib
 from gerbil.errors import GerbilError, OptionError
 from gerbil.model.config import ModelConfig
 from gerbil.model.loss import lm_loss
-from gerbil.model.model import GPT
+from gerbil.model import factory
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def auto_micro_batch(model_cfg: ModelConfig, device: torch.device, seq_len: int,
     if device.type != "cuda":
         return max(1, min(top, 8192 // seq_len))
 
-    model = GPT(model_cfg).to(device)
+    model = factory.build(model_cfg, seed=0, device=device)  # GPT or T5 (rows split like Blender's, `_probe_inputs`)
     free, _ = torch.cuda.mem_get_info(device)
     budget = 0.85 * free - 4 * 4 * model_cfg.n_params()  # weights + grads + Adam m, v (fp32)
     state = {"compile": compile}
@@ -158,9 +158,9 @@ def _probe_step(model: torch.nn.Module, mb: int, seq_len: int, autocast_dtype: t
     try:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        x = torch.zeros(mb, seq_len, dtype=torch.long, device=device)
+        inputs = _probe_inputs(model, mb, seq_len, device)
         with torch.autocast("cuda", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = lm_loss(run(x), model.lm_head.weight, model.lm_head.bias, x, impl=loss_impl,
+            loss = lm_loss(run(*inputs), model.lm_head.weight, model.lm_head.bias, inputs[-1], impl=loss_impl,
                            vocab_size=model.config.vocab_size)
         loss.backward()
         return torch.cuda.max_memory_allocated(device) - base
@@ -171,6 +171,16 @@ def _probe_step(model: torch.nn.Module, mb: int, seq_len: int, autocast_dtype: t
 
             torch._dynamo.reset()  # no graph (and no dynamic-shape decision) survives into the next size
         torch.cuda.empty_cache()
+
+
+def _probe_inputs(model: torch.nn.Module, mb: int, seq_len: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A probe's model inputs (the last one doubles as targets): (B, T) ids, or an encoder-decoder's
+    encoder and decoder ids of a row split 11:5 (about Blender's split at 2048, `encdec.default_encoder_len`)."""
+    if not model.config.is_encoder_decoder:
+        return (torch.zeros(mb, seq_len, dtype=torch.long, device=device),)
+    te = max(1, seq_len * 11 // 16)
+    return (torch.zeros(mb, te, dtype=torch.long, device=device),
+            torch.zeros(mb, max(1, seq_len - te), dtype=torch.long, device=device))
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

@@ -23,13 +23,14 @@ from gerbil.data.objectives import objective_class
 from gerbil.data.store import Split, TokenStore
 from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from gerbil.errors import GerbilError
-from gerbil.model.config import ModelConfig, default_lr, get_size, ladder_model
+from gerbil.data.encdec import check_objective, default_encoder_len
+from gerbil.model.config import ModelConfig, default_lr, get_arch_size, ladder_model
 from gerbil.model.loss import default_chunk_tokens
 from gerbil.runs.rundir import RunDir, model_name, read_meta
 from gerbil.schedules import BatchSchedule, Schedule, StepSchedule, make_schedule
 from gerbil.train import autotune, sdpa
 from gerbil.train.checkpoint import CheckpointPolicy
-from gerbil.train.config import FRESH_DEFAULTS, TrainConfig
+from gerbil.train.config import DEFAULT_ARCH, DEFAULT_SIZE, FRESH_DEFAULTS, TrainConfig
 from gerbil.train.device import auto_micro_batch, peak_flops
 from gerbil.train.distributed import Dist
 from gerbil.train.runplan import AdamW, Execution, Parent, RunPlan, execution, fresh_start, resume_point
@@ -60,11 +61,17 @@ def run_name(cfg: TrainConfig) -> str:
         cls = parse_class(cfg.cls)[0]
         if cfg.from_run:
             cls = star(cls)  # a continuation is a star class (gerbil.continuation)
+    arch = _arch(cfg)
     if cfg.model is not None:
         size = cfg.model.get("name") or "custom"
     else:
-        size = get_size(cfg.size or FRESH_DEFAULTS["size"]).name
-    return model_name(cfg.objective, cls, size)
+        size = get_arch_size(arch, cfg.size or DEFAULT_SIZE[arch]).name
+    return model_name(cfg.objective, cls, size, arch)
+
+
+def _arch(cfg: TrainConfig) -> str:
+    """The run's architecture: `--arch`, else an explicit model's, else GPT-J."""
+    return cfg.arch or (cfg.model or {}).get("arch") or DEFAULT_ARCH
 
 
 def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
@@ -79,6 +86,8 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
         cfg.data = cfg.data or saved_data.get("path")  # a moved store may be re-pointed: identity checked below
     resolve_objective(cfg.objective)  # unknown objective → one-line error, before anything else
     cfg.objective_options()  # an option the objective does not take → one-line error
+    if _arch(cfg) == "t5":  # an objective without an encoder-decoder format (plain) → one line
+        check_objective(cfg.objective, **cfg.objective_options())
 
     parent, point = None, None
     if cfg.from_run and resume_from is None:
@@ -87,13 +96,14 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
     elif resume_from is not None:
         parent = Parent.from_record(read_meta(resume_from).get("parent"))
         point = ParentPoint.read(parent.checkpoint, check_hash=False) if parent else None
+    cfg.arch = _arch(cfg)  # recorded resolved, as size and seq_len are: a resume compares it
     for key, value in FRESH_DEFAULTS.items():
         if getattr(cfg, key) is None and not (key == "size" and cfg.model is not None):
-            setattr(cfg, key, value)
+            setattr(cfg, key, DEFAULT_SIZE[cfg.arch] if key == "size" else value)
 
     size, model_cfg = _model(cfg)
     p = planlib.make_plan(model_cfg if cfg.model is not None else size, cfg.cls, seq_len=cfg.seq_len,
-                          batch_tokens=cfg.batch_tokens, from_run=point, tokens=cfg.tokens)
+                          batch_tokens=cfg.batch_tokens, from_run=point, tokens=cfg.tokens, arch=_arch(cfg))
     store, train_split, val_split = _data(cfg, model_cfg, saved_data)
 
     name = run_name(cfg)
@@ -115,7 +125,8 @@ def resolve(cfg: TrainConfig, dist: Dist | None = None) -> Pretraining:
         optimizer=AdamW.of(cfg), eval_every=int(cfg.eval_every or every),
         checkpoints=_checkpoint_policy(cfg, every), seed=cfg.seed, deterministic=cfg.deterministic, **ex._asdict(),
         micro_batch=micro, eval_micro_batch=micro, log=cfg.log, log_every=cfg.log_every, progress=cfg.progress,
-        flops_per_token=planlib.flops_per_token(model_cfg, cfg.seq_len), peak_flops=peak_flops(ex.device, ex.precision),
+        flops_per_token=planlib.flops_per_token(model_cfg, cfg.seq_len, encoder_len=encoder_len(cfg, model_cfg)),
+        peak_flops=peak_flops(ex.device, ex.precision),
         record={}, resume_from=resume_from, parent=parent, loss_impl=loss.name,
         sdpa_backend=None if attention.name == "default" else attention.name, tuning=tuning)
     plan.record = _config_record(plan, cfg, store, train_split, steps)
@@ -128,14 +139,26 @@ def _checkpoint_policy(cfg: TrainConfig, every: int) -> CheckpointPolicy:
                             log_spaced=cfg.checkpoints == "log", marks=tuple(cfg.checkpoint_at or ()))
 
 
+def encoder_len(cfg: TrainConfig, model_cfg: ModelConfig) -> int | None:
+    """An encoder-decoder's encoder positions per row (`data.encdec.default_encoder_len` of its objective);
+    None for a decoder-only model."""
+    if not model_cfg.is_encoder_decoder:
+        return None
+    return default_encoder_len(cfg.seq_len, check_objective(cfg.objective, **cfg.objective_options()))
+
+
 def _model(cfg: TrainConfig) -> tuple[str, ModelConfig]:
-    """(size name, model): the explicit `model`, or the ladder size's at the run's context."""
+    """(size name, model): the explicit `model`, or the preset's (`--arch`: the GPT-J ladder or a T5
+    preset) at the run's context. `--arch` and an explicit model of another architecture: one line."""
     if cfg.model is not None:
         model_cfg = ModelConfig.from_dict(dict(cfg.model))
+        if model_cfg.arch != _arch(cfg):
+            raise GerbilError(f"--arch {cfg.arch} but the model is arch {model_cfg.arch!r}"
+                              + (" (the --from run's)" if cfg.from_run else ""))
         size = model_cfg.name or "custom"
     else:
-        size = get_size(cfg.size).name
-        model_cfg = ladder_model(size, cfg.seq_len)
+        size = get_arch_size(_arch(cfg), cfg.size).name
+        model_cfg = ladder_model(size, cfg.seq_len, _arch(cfg))
     if cfg.seq_len > model_cfg.seq_len:
         raise GerbilError(f"seq_len {cfg.seq_len} exceeds the model's context of {model_cfg.seq_len}")
     return size, model_cfg
@@ -163,11 +186,14 @@ def _tuning(cfg: TrainConfig, model_cfg: ModelConfig, ex: Execution, micro: int,
     `auto`, a resumed run's recorded choice kept) and what env.json / result.json record of them."""
     loss = autotune.choose_loss_impl(cfg.loss_impl, model_cfg, ex.device, micro, cfg.seq_len, ex.autocast_dtype,
                                      default_chunk_tokens(ex.device), was, dist)
+    encdec = model_cfg.is_encoder_decoder  # T5 adds a position bias to its scores: PyTorch's dispatch, untimed
     attention = autotune.choose_sdpa(cfg.sdpa_backend, model_cfg, ex.device, micro, cfg.seq_len, ex.autocast_dtype,
-                                     was, dist)
+                                     was, dist, may_time=not encdec, masked=encdec)
     tuning = {"loss_impl": loss.name, "loss_impl_chosen": loss.how, "loss_impl_timings": loss.timings,
               "loss_impl_agreement": loss.agreement,
-              "sdpa_backend": autotune.describe(attention, ex.device, model_cfg, cfg.seq_len, ex.autocast_dtype),
+              "sdpa_backend": ("default (an additive position bias: no flash kernel)" if encdec and attention.name ==
+                               "default" else autotune.describe(attention, ex.device, model_cfg, cfg.seq_len,
+                                                                ex.autocast_dtype)),
               "sdpa_chosen": attention.how, "sdpa_timings": attention.timings, "sdpa_agreement": attention.agreement}
     return loss, attention, tuning
 
@@ -179,7 +205,7 @@ def _lr_schedule(cfg: TrainConfig, size: str, p: planlib.Plan, parent: Parent | 
     (docs/reference.md §7). Warmup: the given `warmup_tokens`, else a resumed run's recorded one
     (`recorded_warmup`: config.yaml's, so a resume never changes its schedule), else `default_warmup`."""
     budget = p.budget_tokens
-    peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None)
+    peak = cfg.lr if cfg.lr is not None else default_lr(size if cfg.model is None else None, _arch(cfg))
     start = parent.tokens if parent else 0
     start_lr = float(parent.record.get("lr") or 0.0) if parent else 0.0
     if cfg.warmup_tokens is not None:
@@ -227,6 +253,11 @@ def _continuation(cfg: TrainConfig, point: ParentPoint) -> tuple[Parent, dict]:
     """A star continuation (`--from`, `gerbil.continuation`): the parent (the latest intact checkpoint of the
     run, or the checkpoint given) and the data record the continuation must read. Its model, seq_len and
     seed are the parent's (set on `cfg`); a different given one is refused."""
+    theirs = point.model_config().arch
+    if cfg.arch is not None and cfg.arch != theirs:
+        raise GerbilError(f"--from: --arch {cfg.arch} differs from the parent run's arch {theirs} (a continuation "
+                          f"trains its parent's model; leave --arch out)")
+    cfg.arch = theirs
     given = ModelConfig.from_dict(dict(cfg.model)) if cfg.model is not None else None
     inherited = inherit(point, "--from", size=cfg.size if given is None else None, model=given,
                         seq_len=cfg.seq_len, seed=cfg.seed, objective=cfg.objective)

@@ -116,23 +116,26 @@ def _loss_shares(counts: list[float], dist: Dist, device: torch.device) -> list:
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_batch: int,
                   device: torch.device, autocast_dtype: torch.dtype | None, vocab_size: int,
-                  chunk_tokens: int = 4096, pad_fill: int | None = None, dist: Dist = Dist()) -> float:
+                  chunk_tokens: int = 4096, pad_fill: int | None = None, dist: Dist = Dist(),
+                  pad: Callable[[tuple], tuple] | None = None) -> float:
     """Mean next-token loss over the scored targets, every one counted once, in fp32 accumulation.
 
     windows: raw windows (N, T+1) (every target scored), or ``(inputs, targets)`` of shape (N, T) with
-    -100 where a target is not scored (`validation.eval_batches`, e.g. the ``<causal>`` mode tokens).
+    -100 where a target is not scored (`validation.eval_batches`, e.g. the ``<causal>`` mode tokens), or
+    an encoder-decoder's rows ``(encoder_ids, targets, decoder_ids, encoder_segments, decoder_segments)``
+    (`data.encdec_loader.eval_rows`: the model is called with every tensor but the targets).
+    pad: make a short last micro-batch full-size (a compiled model's one graph), for any layout;
     pad_fill: pad a short last micro-batch to (micro_batch, T) with this input id and unscored targets
     (a compiled model then keeps its one evaluation graph; `pad_batch`).
     dist: data-parallel — each rank scores its contiguous share of the windows and the sums are
     all-reduced, so every rank returns the same mean over the whole set.
     """
     if isinstance(windows, torch.Tensor):
-        inputs, targets = windows[:, :-1], windows[:, 1:]
-    else:
-        inputs, targets = windows
+        windows = (windows[:, :-1], windows[:, 1:])
     if dist.enabled:
-        lo, hi = rank_slice(len(inputs), dist)
-        inputs, targets = inputs[lo:hi], targets[lo:hi]
+        lo, hi = rank_slice(len(windows[0]), dist)
+        windows = tuple(t[lo:hi] for t in windows)
+    inputs, targets, extra = windows[0], windows[1], windows[2:]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -141,13 +144,14 @@ def evaluate_loss(model: torch.nn.Module, head: torch.nn.Linear, windows, micro_
         n = int((y_cpu != -100).sum())  # counted on the CPU copy: no device sync
         if n == 0:  # nothing scored here (lm_loss would return 0 for it; skip the forward pass)
             continue
-        x_cpu = inputs[s : s + micro_batch]
-        if pad_fill is not None:
-            x_cpu, y_cpu = pad_batch(x_cpu, y_cpu, micro_batch, inputs.shape[1], pad_fill)
-        x = x_cpu.to(device, non_blocking=True)
-        y = y_cpu.to(device, non_blocking=True)
+        batch = (inputs[s : s + micro_batch], y_cpu, *(t[s : s + micro_batch] for t in extra))
+        if pad is not None:
+            batch = pad(batch)
+        elif pad_fill is not None:
+            batch = pad_batch(batch[0], batch[1], micro_batch, inputs.shape[1], pad_fill)
+        x, y, *rest = (t.to(device, non_blocking=True) for t in batch)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = lm_loss(model(x), head.weight, head.bias, y, vocab_size=vocab_size, chunk_tokens=chunk_tokens)
+            loss = lm_loss(model(x, *rest), head.weight, head.bias, y, vocab_size=vocab_size, chunk_tokens=chunk_tokens)
         total += float(loss) * n  # lm_loss is the mean over this micro-batch's scored targets
         count += n
     model.train(was_training)
