@@ -22,7 +22,9 @@
      the base's shape (transformers' GPT-J init, seed 0): the architecture without the pretraining;
    * ``sft``: the base decoder itself, `gerbil finetune --task sft` (prompt format ``auto``: ``<causal>``
      + ``{prompt}\\n`` + completion);
-   * ``t5`` (``--t5 RUN``): a T5Blender run pretrained on the same tokens, when one is given.
+   * ``t5``: a T5Blender (`gerbil train --arch t5`, d_model 64, 4 + 4 layers, 4 heads of 16, gated-GELU
+     d_ff 128, tied head) pretrained with the Blender objective on the base's store, tokens (encoder +
+     decoder), batch, LR and seed, then `gerbil finetune --task seq2seq` (``--t5 none`` leaves it out).
 4. **Measured**: validation loss over the target tokens and their end-of-text (the same tokens for
    seq2seq and sft), best over the epochs; exact match of greedy decoding on the whole validation set at
    the best checkpoint; training tokens/s (median of metrics.jsonl's ``tok_s``: encoder + decoder inputs
@@ -45,6 +47,9 @@ import time
 from pathlib import Path
 
 BASE_MODEL = dict(d_model=64, n_layer=4, n_head=4, rotary_dim=16, seq_len=128, name="bench-64x4")
+#: T5Blender of the same width and depth per stack (4 heads of 16, gated-GELU d_ff 2·d, tied head)
+T5_MODEL = dict(arch="t5", d_model=64, n_layer=4, n_decoder_layer=4, n_head=4, d_kv=16, d_ff=128, rotary_dim=0,
+                seq_len=128, name="bench-t5-64x4")
 
 
 def docname_pairs(limit: int) -> list[dict]:
@@ -105,20 +110,22 @@ def _head(path: Path, n: int) -> Path:
     return out
 
 
-def pretrain_base(root: Path, tokens: int, batch: int, seed: int) -> Path:
+def pretrain(root: Path, name: str, model: dict, tokens: int, batch: int, seed: int) -> Path:
+    """A Blender run of ``model`` on the built-in Shakespeare store: ``tokens`` tokens in batches of ``batch``
+    (a T5's batch and budget count encoder + decoder tokens, `gerbil train --arch t5`)."""
     from gerbil.data.builtin import builtin_store
     from gerbil.train import train
     from gerbil.train.config import TrainConfig
 
-    run = root / "base"
+    run = root / name
     if (run / "result.json").is_file():
         return run
     store = builtin_store("shakespeare")
-    r = train(TrainConfig(model=dict(BASE_MODEL), data=str(store), objective="blender", seq_len=128,
+    arch = {"arch": "t5"} if model.get("arch") == "t5" else {}
+    r = train(TrainConfig(model=dict(model), data=str(store), objective="blender", seq_len=128, **arch,
                           batch_tokens=batch, micro_batch=batch // 128, tokens=tokens, lr=3e-3,
-                          warmup_tokens=tokens // 20,
-                          runs=str(root), name="base", val_tokens=32768, progress=False, seed=seed,
-                          checkpoint_every=tokens, eval_every=tokens, resume=True))
+                          warmup_tokens=tokens // 20, runs=str(root), name=name, val_tokens=16384, progress=False,
+                          seed=seed, checkpoint_every=tokens, eval_every=tokens, resume=True))
     return r.run_dir
 
 
@@ -195,15 +202,16 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/encdec-warmstart")
-    ap.add_argument("--base-tokens", type=int, default=40_960, help="pretraining tokens of the base")
+    ap.add_argument("--base-tokens", type=int, default=16_384, help="pretraining tokens of the base (and T5)")
     ap.add_argument("--base-batch", type=int, default=1024, help="pretraining batch in tokens (128 per sequence)")
-    ap.add_argument("--train", type=int, default=200, help="training pairs per task")
-    ap.add_argument("--val", type=int, default=50, help="validation pairs per task")
+    ap.add_argument("--train", type=int, default=128, help="training pairs per task")
+    ap.add_argument("--val", type=int, default=32, help="validation pairs per task")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--t5", default=None, help="a T5Blender run pretrained on the same tokens (optional)")
+    ap.add_argument("--t5", default="train", help="train: pretrain a T5Blender (T5_MODEL) on the base's tokens; "
+                                                  "RUN: a T5Blender run to use; none: leave it out")
     ap.add_argument("--tasks", default="dates,docnames")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -214,10 +222,14 @@ def main() -> None:
     root = Path(args.runs)
     t0 = time.perf_counter()
     print(f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, load {os.getloadavg()}", flush=True)
-    base = pretrain_base(root, args.base_tokens, args.base_batch, seed=0)
+    base = pretrain(root, "base", BASE_MODEL, args.base_tokens, args.base_batch, seed=0)
     print(f"base pretrained: {time.perf_counter() - t0:.0f} s", flush=True)
+    t5 = args.t5
+    if t5 == "train":  # a T5Blender on the same store, tokens, batch, LR and seed as the base
+        t5 = str(pretrain(root, "t5", T5_MODEL, args.base_tokens, args.base_batch, seed=0))
+        print(f"T5Blender pretrained: {time.perf_counter() - t0:.0f} s", flush=True)
     tasks = write_tasks(root, args.train, args.val)
-    starts = variants(root, base, args.t5)
+    starts = variants(root, base, t5 if t5 != "none" else None)
     rows = []
     for task in args.tasks.split(","):
         train, val = tasks[task]
