@@ -53,7 +53,7 @@ def warmstart_card(info: dict, extra: str | None = None) -> str:
     lines += [
         "## How to load", "", "```python",
         "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer", "",
-        'tok = AutoTokenizer.from_pretrained("PATH")',
+        'tok = AutoTokenizer.from_pretrained("PATH", trust_remote_code=True)',
         'model = AutoModelForSeq2SeqLM.from_pretrained("PATH", trust_remote_code=True)',
         'enc = tok(["3rd of March, 2021"], return_tensors="pt")',
         "print(tok.decode(model.generate(**enc, max_new_tokens=20)[0], skip_special_tokens=True))", "```", "",
