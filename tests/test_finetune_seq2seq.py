@@ -169,7 +169,8 @@ def test_bad_rows_and_bases(base, ws, pairs, tmp_path):
 
 
 def test_any_encoder_decoder_t5blender(pairs, tmp_path):
-    """The same verb fine-tunes a T5Blender checkpoint (arch t5): the path is by interface, not by model."""
+    """The same verb fine-tunes a T5Blender checkpoint (arch t5) from a CSV file: the path is by interface,
+    not by model."""
     from gerbil.model.config import ModelConfig
     from gerbil.model.t5 import T5
     from gerbil.train.checkpoint import save_checkpoint
@@ -178,7 +179,41 @@ def test_any_encoder_decoder_t5blender(pairs, tmp_path):
                       seq_len=64)
     ckpt = save_checkpoint(tmp_path / "t5" / "checkpoints", 1, T5(cfg), {},
                            {"model": cfg.to_dict(), "objective": "blender", "seq_len": 64})
-    r = finetune(config(ckpt, pairs, tmp_path / "ft", epochs=1))
+    import csv  # the CSV reader of --task sft, as every reader is shared
+
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["source", "target"])
+        w.writeheader()
+        w.writerows(json.loads(line) for line in pairs.read_text().splitlines())
+    r = finetune(config(ckpt, tmp_path / "pairs.csv", tmp_path / "ft", epochs=1))
     assert r.info["task"] == "seq2seq" and r.steps == 5
     rows = predict(r.run_dir, pairs, field="source")
     assert len(rows) == 96 and all(isinstance(x["completion"], str) for x in rows)
+
+
+def test_greedy_when_a_longer_row_finishes_first():
+    """Decoder-only batched greedy: a row with a longer prompt that stops while shorter rows go on (the
+    batch then runs narrower than that row) — a regression: its last position was read out of range."""
+    import types
+
+    from gerbil.finetune.decode import greedy
+
+    V = 8
+
+    class Chain(torch.nn.Module):  # next token = (t + 1) % V; token 5 is followed by 0, the stop token
+        config = types.SimpleNamespace(seq_len=64)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids):
+            return torch.nn.functional.one_hot(ids.clamp(max=V - 1), V).float()  # padding (EOT) → V - 1
+
+        def logits(self, h):
+            nxt = torch.roll(torch.eye(V), 1, dims=1)
+            nxt[5] = torch.eye(V)[0]
+            return (h @ nxt) * 10
+
+    out = greedy(Chain(), [[1, 1, 1, 1, 1, 1, 5], [1]], 6, stop_id=0)
+    assert [ids for ids, _ in out] == [[], [2, 3, 4, 5]]

@@ -47,6 +47,12 @@ def test_warm_started_run_decodes_exactly_as_the_base(base, share, tmp_path):
         want = gpt.logits(gpt(dec))
         for enc in (_ids(2, 7, seed=1), _ids(2, 40, seed=2)):
             assert torch.equal(model.logits(model(enc, dec)), want)  # bitwise, whatever the encoder reads
+    if share:  # BASE may also be a checkpoint or an export folder: the same warm start
+        ckpt = RunDir(base).latest_checkpoint()
+        for src in (ckpt, export(base, tmp_path / "base-export")):
+            other, _ = load_model(warmstart(dict(base=str(src), out=str(tmp_path / src.name / "ws"), share=True)).path)
+            for (k, x), (_, y) in zip(model.state_dict().items(), other.state_dict().items()):
+                assert torch.equal(x, y), k
 
 
 def test_export_loads_in_transformers_with_remote_code(ws_run, tmp_path):

@@ -93,7 +93,9 @@ def _greedy_batch(model, prompts: list[list[int]], max_new: int, stop_id: int, d
         width = int(cur[alive].max())
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             hidden = model(buf[:, :width])  # (B, width, d)
-        h = hidden[rows, cur - 1]  # (B, d): each row's last real token
+        # (B, d): each row's last real token; a finished row may be longer than the live ones (its
+        # prompt was): it reads any in-range position, its result is masked out below
+        h = hidden[rows, (cur - 1).clamp(max=width - 1)]
         lp = torch.log_softmax(model.logits(h).float(), dim=-1)  # (B, V)
         nxt = lp.argmax(dim=-1)
         logp += torch.where(alive, lp[rows, nxt].double(), 0.0)
