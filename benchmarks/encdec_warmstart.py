@@ -27,7 +27,9 @@
      decoder), batch, LR and seed, then `gerbil finetune --task seq2seq` (``--t5 none`` leaves it out).
 4. **Measured**: validation loss over the target tokens and their end-of-text (the same tokens for
    seq2seq and sft), best over the epochs; exact match of greedy decoding on the whole validation set at
-   the best checkpoint; training tokens/s (median of metrics.jsonl's ``tok_s``: encoder + decoder inputs
+   the best checkpoint, how many distinct answers it gives (1 = the same answer whatever the source) and
+   its character accuracy (matching characters at the same position / the longer string's length, averaged
+   over pairs: partial credit); training tokens/s (median of metrics.jsonl's ``tok_s``: encoder + decoder inputs
    for seq2seq, prompt + completion inputs for sft); parameters (total, at the real vocabulary).
 
 Writes RUNS/results.json and prints the markdown table.
@@ -169,6 +171,7 @@ def variants(root: Path, base: Path, t5: str | None) -> dict[str, tuple[str, str
 def finetune_one(root: Path, task: str, name: str, start: str, kind: str, train: Path, val: Path,
                  args: argparse.Namespace) -> dict:
     from gerbil.finetune.finetune import finetune
+    from gerbil.finetune.predict import predict
     from gerbil.runs.rundir import RunDir
 
     out = root / "ft" / f"{task}-{name}"
@@ -178,6 +181,11 @@ def finetune_one(root: Path, task: str, name: str, start: str, kind: str, train:
                       batch_size=args.batch_size, lr=args.lr, max_len=64, exact_match_examples=n_val, patience=0,
                       progress=False, seed=0, resume=True))
     wall = time.perf_counter() - t0
+    preds = predict(out, val)  # greedy answers of the best checkpoint, every validation pair
+    gold = [json.loads(line)["completion"] for line in open(val)]
+    answers = [p["completion"] for p in preds]
+    char_acc = statistics.mean(sum(a == b for a, b in zip(p, g)) / max(len(g), len(p), 1)
+                               for p, g in zip(answers, gold))
     metrics = list(RunDir(out).read_metrics())
     tok_s = statistics.median(m["tok_s"] for m in metrics if m.get("tok_s"))
     cfg = RunDir(out).read_config()
@@ -186,16 +194,18 @@ def finetune_one(root: Path, task: str, name: str, start: str, kind: str, train:
             "val_loss": best["val_loss"], "exact_match": best.get("val_exact_match"),
             "untrained_val_loss": r.info["initial_validation"]["val_loss"],
             "last_val_loss": r.info["last_validation"]["val_loss"], "tok_s": tok_s, "wall_s": wall,
-            "best_step": r.info["best"]["step"]}
+            "best_step": r.info["best"]["step"], "distinct_answers": len(set(answers)), "val_pairs": len(gold),
+            "char_accuracy": char_acc}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | variant | parameters | steps | val loss (untrained → best) | exact match | tokens/s |",
-             "|---|---|---:|---:|---|---:|---:|"]
+    lines = ["| task | variant | parameters | steps | val loss (untrained → best) | exact match | distinct answers "
+             "| char. accuracy | tokens/s |", "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         em = "—" if r["exact_match"] is None else f"{100 * r['exact_match']:.1f}%"
         lines.append(f"| {r['task']} | {r['variant']} | {r['params'] / 1e6:.2f}M | {r['steps']} | "
-                     f"{r['untrained_val_loss']:.3f} → {r['val_loss']:.3f} | {em} | {r['tok_s']:,.0f} |")
+                     f"{r['untrained_val_loss']:.3f} → {r['val_loss']:.3f} | {em} | {r['distinct_answers']} / "
+                     f"{r['val_pairs']} | {100 * r['char_accuracy']:.1f}% | {r['tok_s']:,.0f} |")
     return "\n".join(lines)
 
 
