@@ -61,9 +61,10 @@ def test_native_matches_harness_seq2seq_on_export(run, native):
     from gerbil.eval.tasks import get_task
 
     names = {t: get_task(t).harness_name for t in TASKS}
+    tm = task_manager(TASKS)
     out = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={run / 'export'},backend=seq2seq,dtype=float32", device="cpu",
-        batch_size=8, tasks=list(names.values()), task_manager=task_manager(TASKS), limit=N, log_samples=True,
+        batch_size=8, tasks=list(names.values()), task_manager=tm, limit=N, log_samples=True,
         bootstrap_iters=100)
     worst = {}
     for t, h in names.items():
@@ -81,3 +82,10 @@ def test_native_matches_harness_seq2seq_on_export(run, native):
             else:
                 assert math.isclose(rec["metrics"][metric], out["results"][h][f"{metric},none"], rel_tol=1e-4)
     print("max |Δ loglikelihood| gerbil vs harness HFLM seq2seq:", worst)
+    from gerbil.eval.harness import GerbilLM  # the in-process adapter scores a T5Blender the same way
+
+    mine = lm_eval.simple_evaluate(model=GerbilLM(pretrained=str(run)), tasks=[names["winogrande"]],
+                                   task_manager=tm, limit=N, log_samples=True, bootstrap_iters=100)
+    a = {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in mine["samples"][names["winogrande"]]}
+    b = {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in out["samples"][names["winogrande"]]}
+    assert max(abs(x - y) for i in b for x, y in zip(a[i], b[i])) <= TOL

@@ -1,20 +1,25 @@
 """`gerbil train --arch t5` (issue 21 item 1): a tiny T5Blender trained by the one loop on packed
-encoder-decoder Blender rows, exact resume (a resumed run equals the uninterrupted one, bit for bit),
+encoder-decoder Blender rows, exact resume (killed with SIGKILL and resumed = uninterrupted, bit for bit),
 a star continuation, the run's name, and the refusals (an objective without an encoder-decoder format,
 resuming or continuing a T5 run as GPT-J)."""
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from gerbil.errors import GerbilError
-from gerbil.runs.rundir import RunDir, set_latest
+from gerbil.runs.rundir import RunDir
 from gerbil.train import TrainConfig, train
 from gerbil.train.resolve import run_name
 from tests.helpers import make_store, tiny_config
+from tests.test_train import KILL_SCRIPT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,15 +54,16 @@ def test_t5_trains_on_encoder_decoder_rows(straight):
     assert conf["train"]["arch"] == "t5" and conf["model"]["arch"] == "t5"
 
 
-def test_t5_resume_equals_the_uninterrupted_run(straight, store, tmp_path):
-    run = tmp_path / "tiny"
-    shutil.copytree(straight.run_dir, run)
-    ckpts = RunDir(run).checkpoints
-    shutil.rmtree(ckpts / "step-00000008")  # as if killed after step 4's checkpoint
-    set_latest(ckpts, "step-00000004")
-    (run / "result.json").unlink()
-    resumed = train(tiny_config(store, tmp_path, model=T5, arch="t5", objective="blender", tokens=BUDGET,
-                                keep_checkpoints=0, resume=True))
+def test_t5_sigkill_then_resume_equals_the_uninterrupted_run(straight, store, tmp_path):
+    """Killed with SIGKILL at step 7 (steps 5-6 lost with it), resumed: the weights equal the uninterrupted
+    run's bit for bit — the loader's open rows and cursor come back from the step-4 checkpoint."""
+    cfg = tiny_config(store, tmp_path, model=T5, arch="t5", objective="blender", tokens=BUDGET, keep_checkpoints=0)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.to_dict()), "7"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert RunDir(tmp_path / "tiny").latest_checkpoint().name == "step-00000004"
+    resumed = train(dataclasses.replace(cfg, resume=True))
     assert resumed.steps == 8 and resumed.train_loss == straight.train_loss
     a, b = _weights(straight.checkpoint), _weights(resumed.checkpoint)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,7 +10,7 @@ from gerbil.cli.common import add_nproc, relaunch
 from gerbil.data.objectives import OBJECTIVES, supports
 from gerbil.data.tokenizer import Tokenizer
 from gerbil.errors import GerbilError
-from gerbil.model.config import size_names
+from gerbil.model.config import T5_SIZES, size_names
 from gerbil.options import add_arguments, config_from_args, setup_logging
 from gerbil.runs.rundir import RunDir, kind
 from gerbil.train.config import TrainConfig
@@ -63,7 +63,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="a run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--out", metavar="DIR",
                    help="output folder, replaced if it is an earlier export (default for a run: RUN/export)")
-    p.add_argument("--size", help=f"with --random-init: ladder size ({size_names()})")
+    p.add_argument("--size", help=f"with --random-init: ladder size ({size_names()}) or a T5Blender preset "
+                                  f"({' '.join(T5_SIZES)})")
     p.add_argument("--random-init", action="store_true", help="export a freshly initialized --size model")
     p.add_argument("--seed", type=int, default=0, help="with --random-init: initialization seed (default 0)")
     p.add_argument("--objective", choices=tuple(OBJECTIVES),

@@ -101,7 +101,8 @@ except ImportError as _e:  # pragma: no cover
 
 @_register
 class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
-    """lm-evaluation-harness `LM` backed by a gerbil GPT.
+    """lm-evaluation-harness `LM` backed by a gerbil GPT (or an encoder-decoder, scored as the harness's
+    ``hf`` model with ``backend="seq2seq"``: `gerbil.eval.seq2seq`).
 
     model: a `gerbil.model.model.GPT` (or its compiled wrapper) — or give `pretrained`, a run directory,
         checkpoint or transformers export folder. tokenizer: a `gerbil.data.tokenizer.Tokenizer` (default:
@@ -124,8 +125,9 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
         super().__init__()
         from gerbil.data.tokenizer import EOT_ID
         from gerbil.eval import evaluate as ev
-        from gerbil.eval.encoding import RequestEncoder
         from gerbil.eval.scoring import Scorer
+        from gerbil.eval.seq2seq import Seq2SeqScorer
+        from gerbil.model.factory import is_encoder_decoder
 
         if model is None and pretrained is None:
             raise GerbilError("GerbilLM needs model= (a GPT) or pretrained= (a run, checkpoint or export)")
@@ -141,15 +143,19 @@ class GerbilLM(_TemplateLM):  # type: ignore[misc,valid-type]
 
                 tokenizer = Tokenizer.load()
             tok = tokenizer
-            encoder = RequestEncoder(lambda texts: tok.encode_batch(list(texts), allow_special=True),
-                                     EOT_ID, ev._prefix_for(ev._objective_name(objective), prefix))
+            encoder = ev._request_encoder(model, lambda texts: tok.encode_batch(list(texts), allow_special=True),
+                                          EOT_ID, ev._objective_name(objective), prefix)
         self.encoder = encoder
         self.model = model.to(device=self._device, dtype=ev._dtype(dtype)).eval()
         bs = None if batch_size in (None, "auto", "") else int(batch_size)
         self.batch_size = bs
         cfg = getattr(model, "_orig_mod", model).config
         self._max_length = int(max_length or cfg.seq_len)
-        self.scorer = Scorer(self.model, device=self._device, batch_size=bs, max_length=self._max_length)
+        if is_encoder_decoder(model):  # the harness's seq2seq rules: `_encode_pair` encodes the two sides apart
+            self.backend = "seq2seq"
+            self.scorer: Any = Seq2SeqScorer(self.model, device=self._device, batch_size=bs, max_length=self._max_length)
+        else:
+            self.scorer = Scorer(self.model, device=self._device, batch_size=bs, max_length=self._max_length)
 
     # --------------------------------------------------------------------------- TemplateLM hooks
     @property

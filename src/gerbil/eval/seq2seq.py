@@ -43,6 +43,10 @@ class Seq2SeqEncoder:
                  prefix: Sequence[int] = ()):
         self.encode_batch, self.prefix_id, self.prefix = encode_batch, int(prefix_id), list(prefix)
 
+    @property
+    def eot_id(self) -> int:  # `RequestEncoder`'s name for it (gerbil.eval.harness reads it)
+        return self.prefix_id
+
     def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
         texts = []
         for ctx, cont in pairs:

@@ -12,7 +12,7 @@ from gerbil.errors import GerbilError
 from gerbil.export.mapping import (config_from_transformers, from_transformers_state_dict, read_transformers_weights,
                                    unwrap)
 from gerbil.model import factory
-from gerbil.model.config import model_config
+from gerbil.model.config import T5_SIZES, arch_model_config, model_config
 from gerbil.runs.rundir import resolve_source
 from gerbil.train import checkpoint as ckpt
 
@@ -137,16 +137,8 @@ def read_info(export_dir: str | Path) -> dict:
 
 
 def random_model(size: str, seed: int = 0, **overrides) -> GPT:
-    """A freshly initialized ladder model (``gerbil export --size S --random-init``), seeded locally
-    (no global RNG is touched)."""
-    import torch  # lazy: torch only when a model is made
-
-    from gerbil.model.model import GPT, rotary_tables  # lazy: torch
-
-    cfg = model_config(size, **overrides)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device="cpu")
-    model.rope_cos, model.rope_sin = rotary_tables(cfg.seq_len, cfg.rotary_dim)
-    model.reset_parameters(generator=torch.Generator().manual_seed(int(seed)))
-    return model
+    """A freshly initialized preset model (``gerbil export --size S --random-init``): a ladder size, or a
+    T5Blender preset (`T5_SIZES`, e.g. 24m); seeded locally (no global RNG is touched)."""
+    arch = "t5" if str(size).strip().lower() in T5_SIZES else "gptj"
+    cfg = arch_model_config(arch, size, **overrides) if arch == "t5" else model_config(size, **overrides)
+    return factory.build(cfg, seed=seed)
