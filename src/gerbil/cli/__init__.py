@@ -3,7 +3,8 @@
 Errors from the library (GerbilError — OptionError included —, ValueError, FileNotFoundError) become one line
 on stderr and exit status 2; nothing else is done here. The verbs: `data` (assets, prepare), `models` (train,
 export, sample / infill / unmask, demo), `results` (eval, table), and the verbs that live with their
-library: `gerbil.plan_command`, `gerbil.fit.command`, `gerbil.suite.command`, `gerbil.finetune.command`.
+library: `gerbil.plan_command`, `gerbil.fit.command`, `gerbil.suite.command`, `gerbil.finetune.command`,
+`gerbil.warmstart_command`.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gerbil.finetune.command import add_finetune_parser, add_predict_parser
 from gerbil.fit.command import add_fit_parser
 from gerbil.plan_command import add_plan_parser
 from gerbil.suite.command import add_suite_parser
+from gerbil.warmstart_command import add_warmstart_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fit_parser(sub)
     add_finetune_parser(sub)
     add_predict_parser(sub)
+    add_warmstart_parser(sub)
     return parser
 
 

@@ -118,6 +118,15 @@ def load(
     return model, meta
 
 
+def read_config(export_dir: str | Path) -> dict:
+    """An export folder's whole config.json ({} when it is missing or unreadable). Reads JSON only."""
+    try:
+        conf = json.loads((Path(export_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return conf if isinstance(conf, dict) else {}
+
+
 def read_info(export_dir: str | Path) -> dict:
     """The ``gerbil`` field of an export's config.json (objective, eval_prefix, size, class, tokens,
     params, model config); ``{}`` for a foreign GPT-J folder. Reads JSON only: no torch."""

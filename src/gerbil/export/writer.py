@@ -19,6 +19,7 @@ from gerbil.errors import GerbilError, OptionError
 from gerbil.export.card import gerbil_field, model_card
 from gerbil.export.loading import resolve_model
 from gerbil.export.mapping import label_names, to_transformers_state_dict, transformers_config
+from gerbil.export.seq2seq import warmstart_card, warmstart_field
 from gerbil.model import factory
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def _classifier_tokenizer(hf_tok: Any, ft: dict) -> Any:
 #: folder holding only these, with a gerbil config.json, is an earlier export that may be replaced.
 EXPORT_FILES = frozenset({"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
                           "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                          "added_tokens.json", "README.md", "chat_template.jinja"})
+                          "added_tokens.json", "README.md", "chat_template.jinja",
+                          "modeling_gerbil_encdec.py"})  # a warm start's remote code (model/warmstart_hf.py)
 
 
 #: Marks a folder beside an export as gerbil's own: the temporary folder an export is written into
@@ -131,7 +133,8 @@ def export(
     info = {**src_meta, **(meta or {})}
     objective = objective or info.get("objective") or "plain"
     cfg = model.config
-    gerbil_meta = gerbil_field(cfg, info, objective)
+    warm = factory.arch_of(model) == factory.WARMSTART  # an encoder-decoder with its own modeling file
+    gerbil_meta = warmstart_field(cfg, info, objective) if warm else gerbil_field(cfg, info, objective)
     if dtype not in _DTYPES:
         raise OptionError(f"unknown dtype {dtype!r} (float32, bfloat16, float16)")
     if tokenizer is None:
@@ -152,9 +155,12 @@ def export(
         hf_tok = tokenizer.to_transformers(model_max_length=cfg.seq_len)
         if labels:
             hf_tok = _classifier_tokenizer(hf_tok, gerbil_meta.get("finetune") or {})
+        elif factory.is_encoder_decoder(model):  # encoder batches are padded: <|endoftext|>, config's pad_token_id
+            hf_tok.pad_token = {v: k for k, v in SPECIAL_TOKENS.items()}[EOT_ID]
         hf_tok.save_pretrained(str(tmp))
         _portable_tokenizer_config(tmp / "tokenizer_config.json", classifier=bool(labels))
-    (tmp / "README.md").write_text(model_card(gerbil_meta, extra_card), encoding="utf-8")
+    card = warmstart_card(gerbil_meta, extra_card) if warm else model_card(gerbil_meta, extra_card)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
     for f in tmp.iterdir():
         f.chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
     _publish(tmp, out)
@@ -168,7 +174,8 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def _write_model(model: Any, tmp: Path, info: dict, gerbil_meta: dict, dtype: str) -> list[str] | None:
     """config.json, model.safetensors and generation_config.json into ``tmp``: a GPT-J folder (a classifier's
     ``GPTJForSequenceClassification``: returns its label names), or a T5Blender's native
-    ``T5ForConditionalGeneration`` folder (`model.t5_hf.save_t5_folder`)."""
+    ``T5ForConditionalGeneration`` folder (`model.t5_hf.save_t5_folder`), or a warm start's folder with its
+    own modeling file (`model.warmstart_hf.save_warmstart_folder`)."""
     import torch  # lazy: torch, safetensors and transformers only when an export is written
     from safetensors.torch import save_file
     from transformers import GenerationConfig
@@ -177,6 +184,11 @@ def _write_model(model: Any, tmp: Path, info: dict, gerbil_meta: dict, dtype: st
         from gerbil.model.t5_hf import save_t5_folder  # lazy: torch, transformers
 
         save_t5_folder(model, tmp, gerbil_meta, dtype=dtype)
+        return None
+    if factory.arch_of(model) == factory.WARMSTART:
+        from gerbil.model.warmstart_hf import save_warmstart_folder  # lazy: torch, transformers
+
+        save_warmstart_folder(model, tmp, gerbil_meta, dtype=dtype)  # + modeling_gerbil_encdec.py, auto_map
         return None
     if factory.is_encoder_decoder(model):
         raise GerbilError(f"gerbil export does not write a {factory.arch_of(model)} model yet")

@@ -13,6 +13,11 @@ comes first:
   completion is the middle, `FillInMiddle.prompt`). Only the completion and its end-of-text are targets.
   A too-long example loses prompt tokens from the left (the mode tokens stay), then completion tokens
   from the right (and then has no end-of-text to learn).
+* seq2seq (an encoder-decoder base): ``encoder part + [decoder start] + target + <|endoftext|>`` in one
+  array, ``prompt_len`` = the encoder part (``prefix + template(source)``, at most ``max_len``); the
+  decoder reads the start token and the target and predicts the target and its end-of-text
+  (`encode_seq2seq`). Its tokens are the encoder's and the decoder's inputs, as an encoder-decoder's
+  batch counts them.
 
 Steps (`EpochSteps`). An epoch visits every training example once, in an order drawn from
 ``(seed, epoch)``; a step takes ``batch_size`` examples of it, the epoch's last step the rest, so epochs
@@ -29,7 +34,8 @@ micro-batches, each right-padded to its longest row:
 * sft packed (`pack=True`): rows of up to ``max_len`` tokens holding several examples (first-fit
   decreasing), with a third tensor ``segments`` (B, T): the example's index in its row, -1 on padding.
   `packed_layout` turns it into per-example rotary positions (restarting at 0) and a block-diagonal
-  causal attention mask, so each example is computed exactly as alone in its row.
+  causal attention mask, so each example is computed exactly as alone in its row;
+* seq2seq: ``(encoder ids, targets, decoder ids, encoder mask)``, one example per row (`seq2seq_batch`).
 
 ``counts`` (what the loop weights micro-batches by) are the scored targets, or for class-weighted
 classification the sum of the rows' class weights: a step is then the (weighted) mean over its examples.
@@ -136,6 +142,26 @@ def encode_sft(prompts: Sequence[str], completions: Sequence[str], tokenizer, pr
     return Encoded("sft", ids, np.asarray(plen, dtype=np.int64), np.zeros(0, dtype=np.int64), truncated)
 
 
+def encode_seq2seq(sources: Sequence[str], targets: Sequence[str], tokenizer, prefix: list[int], template: str,
+                   max_len: int, start_id: int) -> Encoded:
+    """``encoder ids + [start_id] + target + EOT`` per example (``prompt_len`` = the encoder's length): the
+    encoder reads ``prefix + template(source)``, at most `max_len` tokens (a longer one loses tokens from
+    the left, the prefix stays); the decoder reads ``start_id + target`` and predicts ``target + EOT``, at
+    most `max_len` positions (a longer target is cut at the right, and then has no end-of-text to learn)."""
+    tgts = tokenizer.encode_batch(list(targets))
+    ids, plen, truncated = [], [], 0
+    for source, tgt in zip(sources, tgts):
+        enc = prompt_ids(source, tokenizer, prefix, template, False)
+        dec = [int(start_id)] + list(tgt) + [EOT_ID]
+        if len(enc) > max_len or len(dec) > max_len + 1:
+            truncated += 1
+            enc = enc[: len(prefix)] + enc[len(enc) - (max_len - len(prefix)):] if len(enc) > max_len else enc
+            dec = dec[: max_len + 1]
+        ids.append(np.asarray(enc + dec, dtype=np.int64))
+        plen.append(len(enc))
+    return Encoded("seq2seq", ids, np.asarray(plen, dtype=np.int64), np.zeros(0, dtype=np.int64), truncated)
+
+
 # ------------------------------------------------------------------------------------------ steps
 @dataclass(frozen=True)
 class ExampleStep:
@@ -234,7 +260,7 @@ class EpochSteps:
             batches = [sft_packed_batch(self.data, g) for g in groups]
         else:
             groups = [idx[a: a + self.micro_batch] for a in range(0, len(idx), self.micro_batch)]
-            make = classify_batch if self.data.task == "classify" else sft_batch
+            make = {"classify": classify_batch, "sft": sft_batch, "seq2seq": seq2seq_batch}[self.data.task]
             batches = [make(self.data, g) for g in groups]
         return batches, [self._weight(b) for b in batches]
 
@@ -269,6 +295,25 @@ def sft_batch(data: Encoded, indices: Sequence[int]) -> tuple[torch.Tensor, torc
         x[r, :n] = seq[:-1]
         y[r, p - 1: n] = seq[p:]  # position j predicts seq[j + 1]: the completion starts at p
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def seq2seq_batch(data: Encoded, indices: Sequence[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(encoder ids (b, Le), targets (b, Ld), decoder ids (b, Ld), encoder mask (b, Le)), one example per row,
+    right-padded: the decoder reads ``start + target`` and predicts ``target + EOT``; the mask is 1 on real
+    encoder tokens (model/encdec.py). Targets come second, as the loop's micro-batches have them."""
+    Le = max(int(data.prompt_len[i]) for i in indices)
+    Ld = max(len(data.ids[i]) - int(data.prompt_len[i]) - 1 for i in indices)
+    enc = np.full((len(indices), Le), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(indices), Le), dtype=np.int64)
+    dec = np.full((len(indices), Ld), PAD_ID, dtype=np.int64)
+    y = np.full((len(indices), Ld), IGNORE_INDEX, dtype=np.int64)
+    for r, i in enumerate(indices):
+        seq, p = data.ids[i], int(data.prompt_len[i])
+        n = len(seq) - p - 1
+        enc[r, :p], mask[r, :p] = seq[:p], 1
+        dec[r, :n], y[r, :n] = seq[p:-1], seq[p + 1:]
+    return torch.from_numpy(enc), torch.from_numpy(y), torch.from_numpy(dec), torch.from_numpy(mask)
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from gerbil.options import FALLBACK, RUNTIME, Optimization, OptionError, Options, Runtime, opt, section
 
-TASKS = ("classify", "sft")
+TASKS = ("classify", "sft", "seq2seq")
 #: Validation metrics a run can select its best checkpoint by, per task, and which way is better.
 SELECT_METRICS: dict[str, dict[str, str]] = {
     "classify": {"macro_f1": "max", "accuracy": "max", "val_loss": "min"},
     "sft": {"val_loss": "min", "exact_match": "max"},
+    "seq2seq": {"val_loss": "min", "exact_match": "max"},
 }
-DEFAULT_SELECT = {"classify": "macro_f1", "sft": "val_loss"}
+DEFAULT_SELECT = {"classify": "macro_f1", "sft": "val_loss", "seq2seq": "val_loss"}
 
 
 def _parse_names(text: str) -> list[str]:
@@ -39,7 +40,9 @@ class _Task(Options):
     # weights), so a base that moved may be given anew
     base: str | None = opt(None, "the pretrained model: a run directory, a checkpoint or an export folder",
                            flag="RUN_OR_EXPORT", runtime=FALLBACK)
-    task: str | None = opt(None, "classify (text → label) or sft (prompt → completion)", choices=TASKS)
+    task: str | None = opt(None, "classify (text → label), sft (prompt → completion) or seq2seq (source → target, "
+                                       "for an encoder-decoder: a gerbil warmstart run or a T5Blender)",
+                          choices=TASKS)
     train: str | None = opt(None, "training examples: .jsonl, .csv or .parquet", metavar="FILE")
     val: str | None = opt(None, "validation examples (default: a deterministic, stratified --val-fraction of "
                                 "--train)", metavar="FILE")
@@ -49,8 +52,9 @@ class _Task(Options):
     split_seed: int = opt(0, "seed of that split (gerbil.finetune.data.split_validation)", check="non_negative")
     text_field: str = opt("text", "classify: the field holding the text")
     label_field: str = opt("label", "classify: the field holding the label (strings or integer ids)")
-    prompt_field: str = opt("prompt", "sft: the field holding the prompt")
-    completion_field: str = opt("completion", "sft: the field holding the completion")
+    prompt_field: str = opt("prompt", "sft: the field holding the prompt; seq2seq: the source")
+    completion_field: str = opt("completion", "sft: the field holding the completion; seq2seq: the "
+                                                      "target")
     label_names: list[str] | None = opt(None, "classify: the labels in id order, e.g. ham,spam (default: the "
                                               "sorted label strings, or 0..K-1 for integer labels)",
                                         parse=_parse_names, items=str, metavar="A,B,...")
@@ -68,7 +72,7 @@ class _Encoding(Options):
                                      "<fitm_result>, the completion as the middle",
                              choices=("auto", "plain", "causal", "fim"))
     template: str = opt("{prompt}\n", "sft: how a prompt is written before its completion ({prompt} is the "
-                                      "prompt)")
+                                      "prompt); seq2seq: what the encoder reads")
     pack: bool = opt(True, "sft: several examples per row, each attending only to itself (block-diagonal "
                            "attention, positions restarting per example): the same loss as one per row, "
                            "less padding")
@@ -92,10 +96,10 @@ class _Selection(Options):
                                    "(default), accuracy or val_loss; sft val_loss (default) or exact_match")
     patience: int = opt(2, "stop after this many validations (epochs) without a better --select (0: never)",
                         check="non_negative", metavar="N")
-    exact_match_examples: int = opt(200, "sft: validation examples whose greedy completion is checked for an "
+    exact_match_examples: int = opt(200, "sft, seq2seq: validation examples whose greedy completion is checked for an "
                                          "exact match at every validation (0: none)", check="non_negative",
                                     metavar="N")
-    max_new_tokens: int | None = opt(None, "sft: longest completion generated (default: the longest training "
+    max_new_tokens: int | None = opt(None, "sft, seq2seq: longest completion generated (default: the longest training "
                                            "completion + 8)", check="positive", metavar="N")
 
 
@@ -125,7 +129,7 @@ class FinetuneConfig(Runtime, _Selection, Optimization, _Budget, _Encoding, _Tas
             if self.task is not None and self.select not in SELECT_METRICS[self.task]:
                 raise OptionError(f"select: {self.select!r} is not a {self.task} metric "
                                  f"({', '.join(SELECT_METRICS[self.task])})")
-        if self.task == "classify" and self.prompt_format == "fim":
+        if self.task in ("classify", "seq2seq") and self.prompt_format == "fim":
             raise OptionError("prompt_format: fim is an sft format (the prompt as a fill-in-the-middle prefix)")
 
     def class_weight_values(self) -> str | list[float]:

@@ -70,7 +70,7 @@ from gerbil.finetune.rows import BadRows, check_string, csv_rows, has_surrogates
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classify", "sft")
+TASKS = ("classify", "sft", "seq2seq")  # seq2seq rows are sft rows: source = prompt, target = completion
 #: Largest integer label accepted as a class id: ids index a classifier head of ``max + 1`` rows.
 MAX_LABEL_ID = 65_535
 _INT_LITERAL = re.compile(r"[+-]?\d+")
@@ -194,7 +194,7 @@ def read_examples(path: str | Path, task: str, text_field: str = "text", label_f
     rows = reader(p, bad, wanted)
     ex = Examples(task, str(p), bad=bad)
 
-    if task == "sft":
+    if task in ("sft", "seq2seq"):
         for n, row in rows:
             prompt = check_string(row.get(prompt_field), bad)
             completion = check_string(row.get(completion_field), bad) if prompt is not None else None

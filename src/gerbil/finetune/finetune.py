@@ -31,13 +31,14 @@ from gerbil.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from gerbil.errors import GerbilError, OptionError
 from gerbil.export import load_model
 from gerbil.finetune import data as fdata
-from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_sft
+from gerbil.finetune.batches import EpochSteps, Encoded, encode_classify, encode_seq2seq, encode_sft
 from gerbil.finetune.config import FinetuneConfig
-from gerbil.finetune.decode import check_room
+from gerbil.finetune.decode import check_room, decoder_start_id
 from gerbil.finetune.workloads import WORKLOADS, Finetuning
 from gerbil.fsutil import sha256_file
+from gerbil.model import factory
 from gerbil.model.classifier import Classifier
-from gerbil.model.config import ModelConfig, size_label
+from gerbil.model.config import size_label
 from gerbil.runs.rundir import RunDir, resolve_source
 from gerbil.schedules import make_schedule
 from gerbil.train.autotune import choose_sdpa, describe
@@ -92,8 +93,8 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
 
     # --- how examples become tokens
     prompt_format = cfg.prompt_format
-    if prompt_format == "auto":
-        prompt_format = "causal" if mode_prefix(objective) else "plain"
+    if prompt_format == "auto":  # an encoder reads no mode token (T5Blender's and a warm start's encoder)
+        prompt_format = "causal" if mode_prefix(objective) and cfg.task != "seq2seq" else "plain"
     if prompt_format == "fim" and not supports(objective, "infills"):
         log.warning("prompt_format fim: the base model (objective %s) was not trained to fill in the middle", objective)
     prefix = [SPECIAL_TOKENS["<causal>"]] if prompt_format == "causal" else []
@@ -104,8 +105,9 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
     max_len = cfg.max_len or int(base_info.get("seq_len") or min(model_cfg.seq_len, 1024))
     if max_len > model_cfg.seq_len:
         raise GerbilError(f"max_len {max_len} exceeds the base model's context of {model_cfg.seq_len}")
+    start = decoder_start_id(model_cfg) if cfg.task == "seq2seq" else None
     train_set, val_set, completions, max_new = _encode(cfg, tokenizer, train, val, prefix, prompt_format, max_len,
-                                                       model_cfg.seq_len)
+                                                       model_cfg.seq_len, start)
     data_record["truncated"] = {"train": train_set.truncated, "val": val_set.truncated}
 
     # --- steps, budget, schedule
@@ -133,7 +135,7 @@ def resolve_finetune(cfg: FinetuneConfig) -> Finetuning:
         plan=plan, cfg=cfg, base_model=base_model, base_info=base_info, tokenizer=tokenizer, train_set=train_set,
         val_set=val_set, val_completions=completions, epoch_steps=steps,
         label_names=list(train.label_names) if cfg.task == "classify" else [], prompt_format=prompt_format,
-        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record)
+        prefix=prefix, max_len=max_len, max_new_tokens=max_new, data_record=data_record, decoder_start_id=start)
     plan.record = _config_record(r)
     return r
 
@@ -157,7 +159,7 @@ def _config_record(r: Finetuning) -> dict:
 
 
 def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: list[int], prompt_format: str,
-            max_len: int, context: int) -> tuple[Encoded, Encoded, list[str], int]:
+            max_len: int, context: int, start: int | None = None) -> tuple[Encoded, Encoded, list[str], int]:
     """(train set, validation set, validation completions, longest completion to generate, below the
     model's `context`): the examples as tokens (`batches.encode_classify` / `encode_sft`); examples longer
     than `max_len` are cut, with a warning."""
@@ -168,10 +170,15 @@ def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: l
         max_new = 0
     else:
         fim = prompt_format == "fim"
-        train_set = encode_sft(train.prompts, train.completions, tokenizer, prefix, cfg.template, fim, max_len)
-        val_set = encode_sft(val.prompts, val.completions, tokenizer, prefix, cfg.template, fim, max_len)
+        if cfg.task == "seq2seq":
+            train_set, val_set = (encode_seq2seq(d.prompts, d.completions, tokenizer, prefix, cfg.template, max_len,
+                                                 start) for d in (train, val))
+        else:
+            train_set, val_set = (encode_sft(d.prompts, d.completions, tokenizer, prefix, cfg.template, fim, max_len)
+                                  for d in (train, val))
         completions = list(val.completions)
-        longest = int(max(len(x) - p for x, p in zip(train_set.ids, train_set.prompt_len)))
+        # the longest completion (+ EOT; a seq2seq target: after the decoder start, + EOT)
+        longest = int(max(len(x) - p for x, p in zip(train_set.ids, train_set.prompt_len))) - (start is not None)
         max_new = cfg.max_new_tokens or min(longest + 8, context - 1)
         check_room(max_new, context, "max_new_tokens")  # validation's greedy completions fit
     for name, s in (("train", train_set), ("validation", val_set)):
@@ -181,15 +188,21 @@ def _encode(cfg: FinetuneConfig, tokenizer: Any, train: Any, val: Any, prefix: l
     return train_set, val_set, completions, max_new
 
 
-def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, ModelConfig]:
-    """(base GPT or None on resume, what it is, its ModelConfig). A fresh run loads the base model; a
-    resumed one needs only its recorded shape (the checkpoint holds the weights; the base may have moved)."""
+def _base(cfg: FinetuneConfig, recorded: dict) -> tuple[Any, dict, Any]:
+    """(base model or None on resume, what it is, its config: a ModelConfig, or a warm start's). A fresh run
+    loads the base model; a resumed one needs only its recorded shape (the checkpoint holds the weights;
+    the base may have moved). seq2seq takes an encoder-decoder, the other tasks a decoder-only model."""
     if recorded:
-        return None, dict(recorded.get("base") or {}), ModelConfig.from_dict(dict(recorded["model"]))
+        return None, dict(recorded.get("base") or {}), factory.config_from_dict(dict(recorded["model"]))
     src = resolve_source(cfg.base)  # a run, checkpoint or export; anything else is one line
     model, meta = load_model(cfg.base)
     if isinstance(model, Classifier):
         raise GerbilError(f"{cfg.base} is a classifier; fine-tune from a language model (a pretraining or sft run)")
+    if factory.is_encoder_decoder(model) != (cfg.task == "seq2seq"):
+        raise GerbilError(f"{cfg.base} is an encoder-decoder: fine-tune it with --task seq2seq"
+                          if factory.is_encoder_decoder(model) else
+                          f"--task seq2seq needs an encoder-decoder base, and {cfg.base} is decoder-only: warm-start "
+                          f"one (gerbil warmstart {cfg.base} --out RUN) or use --task sft")
     info = {"path": str(Path(cfg.base).resolve()), "kind": src.kind,
             "checkpoint": str(meta.get("path")) if meta.get("path") else None,
             "name": meta.get("run") or meta.get("name"), "objective": meta.get("objective") or "plain",

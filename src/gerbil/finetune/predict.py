@@ -12,7 +12,9 @@ Output rows (JSONL, or CSV by the output file's suffix), one per usable input ro
 * classify: ``row`` (the input's row number), ``label``, ``probability`` (of that label), and
   ``probs`` (every label's probability; a ``p_<label>`` column each in CSV);
 * sft: ``row``, ``completion``, ``logprob`` (mean log-probability per generated token, the end-of-text
-  included: the confidence a fuzzy wrapper thresholds).
+  included: the confidence a fuzzy wrapper thresholds);
+* seq2seq (an encoder-decoder): the same columns; the source goes to the encoder (``prefix +
+  template(source)``), the decoder starts from the recorded decoder start id (`decode.greedy_seq2seq`).
 
 The output never replaces the input file, nor a file that is not an earlier output of this verb (a
 JSONL file whose first line, or a CSV file whose header, has the columns above) unless ``overwrite``
@@ -36,7 +38,7 @@ from gerbil.data.tokenizer import Tokenizer
 from gerbil.errors import GerbilError
 from gerbil.export import load_model
 from gerbil.finetune.batches import encode_classify, prompt_ids
-from gerbil.finetune.decode import check_room, greedy
+from gerbil.finetune.decode import check_room, decoder_start_id, greedy, greedy_seq2seq
 from gerbil.finetune.rows import read_texts
 from gerbil.fsutil import atomic_write_text
 
@@ -99,12 +101,16 @@ class Predictor:
         max_new = int(max_new_tokens or rec.get("max_new_tokens") or 64)
         seq_len = int(self.model.config.seq_len)
         check_room(max_new, seq_len, "--max-new-tokens")
-        cut = sum(len(x) > seq_len - max_new for x in ids)
+        cut = sum(len(x) > (seq_len if self.task == "seq2seq" else seq_len - max_new) for x in ids)
         if cut:
             log.warning("%d of %d prompts are longer than the %d tokens the model's context (%d) leaves beside "
                         "--max-new-tokens %d: their first tokens are cut", cut, len(ids), seq_len - max_new,
                         seq_len, max_new)
-        outs = greedy(self.model, ids, max_new, batch_size=max(self.batch_size, 1))
+        if self.task == "seq2seq":  # the source to the encoder, decoded from the model's start token
+            start = int(rec.get("decoder_start_id", decoder_start_id(self.model)))
+            outs = greedy_seq2seq(self.model, ids, max_new, start, batch_size=max(self.batch_size, 1))
+        else:
+            outs = greedy(self.model, ids, max_new, batch_size=max(self.batch_size, 1))
         return [{"completion": self.tokenizer.decode(new), "logprob": lp} for new, lp in outs]
 
 

@@ -5,7 +5,10 @@ fine-tuning workloads the training loop runs (`gerbil.train.loop.Workload`).
   example's last token (optionally class-weighted), validation loss, accuracy and macro-F1;
 * **sft** — the base GPT itself, next-token cross-entropy on the completion tokens only (examples packed
   with block-diagonal attention, or one per row), validation loss over the completion tokens and the
-  exact-match rate of greedy completions.
+  exact-match rate of greedy completions;
+* **seq2seq** — an encoder-decoder (a warm start or T5Blender, `gerbil.model.factory`): the source to the
+  encoder, cross-entropy on the target tokens the decoder predicts, the same validation as sft (greedy
+  decoding from the model's decoder start id).
 
 Both validate every epoch (and once before training, for the untrained model's scores), keep the
 best checkpoint by the run's `select` metric and stop after `patience` validations without improvement.
@@ -24,9 +27,10 @@ import torch
 from gerbil.data.tokenizer import SPECIAL_TOKENS
 from gerbil.errors import GerbilError
 from gerbil.finetune.batches import (Encoded, EpochSteps, ExamplePrefetcher, ExampleStep, classify_batch,
-                                     pad_micro_batch, packed_layout, sft_batch)
+                                     pad_micro_batch, packed_layout, seq2seq_batch, sft_batch)
 from gerbil.finetune.config import FinetuneConfig
-from gerbil.finetune.decode import greedy
+from gerbil.finetune.decode import decoder_start_id, greedy, greedy_seq2seq
+from gerbil.model import factory
 from gerbil.model.classifier import Classifier, classify_loss
 from gerbil.model.loss import IGNORE_INDEX, lm_loss
 from gerbil.model.model import GPT
@@ -56,6 +60,7 @@ class Finetuning:
     max_len: int
     max_new_tokens: int
     data_record: dict
+    decoder_start_id: int | None = None  # seq2seq: the encoder-decoder's decoder start token
 
     @property
     def num_labels(self) -> int:
@@ -73,6 +78,8 @@ class Finetuning:
         else:
             rec.update(template=cfg.template, max_new_tokens=self.max_new_tokens, prompt_field=cfg.prompt_field,
                        completion_field=cfg.completion_field)
+        if cfg.task == "seq2seq":  # the encoder reads prefix + template(source); the decoder starts here
+            rec["decoder_start_id"] = self.decoder_start_id
         rec["base"] = {k: self.base_info.get(k) for k in ("path", "name", "objective", "size", "tokens", "step")}
         return rec
 
@@ -162,12 +169,18 @@ def sft_loss(run_model: torch.nn.Module, head: torch.nn.Linear, vocab_size: int,
              chunk_tokens: int = 1024) -> torch.Tensor:
     """Mean next-token cross-entropy over one micro-batch's completion tokens; a packed micro-batch
     (inputs, targets, segments) runs with per-example positions and block-diagonal attention."""
+    return _completion_loss(_hidden(run_model, batch), head, vocab_size, batch[1], chunk_tokens)
+
+
+def _hidden(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+    """The hidden states of a micro-batch of any generative task: one example per row (inputs, targets),
+    packed (+ segments), or seq2seq (encoder ids, targets, decoder ids, encoder mask)."""
+    if len(batch) == 4:
+        return model(batch[0], batch[2], encoder_mask=batch[3])
     if len(batch) == 3:
         positions, mask = packed_layout(batch[2])
-        hidden = run_model(batch[0], positions=positions, attn_mask=mask)
-    else:
-        hidden = run_model(batch[0])
-    return _completion_loss(hidden, head, vocab_size, batch[1], chunk_tokens)
+        return model(batch[0], positions=positions, attn_mask=mask)
+    return model(batch[0])
 
 
 def _completion_loss(hidden: torch.Tensor, head: torch.nn.Linear, vocab_size: int, targets: torch.Tensor,
@@ -182,18 +195,19 @@ def _completion_loss(hidden: torch.Tensor, head: torch.nn.Linear, vocab_size: in
 @torch.no_grad()
 def sft_val_loss(model: torch.nn.Module, data, micro_batch: int, device: torch.device,
                  autocast_dtype: torch.dtype | None = None) -> float:
-    """Mean cross-entropy over every completion token (and end-of-text) of the encoded examples, each
-    counted once, one example per row."""
+    """Mean cross-entropy over every completion (or seq2seq target) token and its end-of-text of the
+    encoded examples, each counted once, one example per row."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     lengths = np.fromiter((len(x) for x in data.ids), dtype=np.int64)
     try:
         for group in _eval_order(lengths, micro_batch):
-            x, y = sft_batch(data, group)
-            n = int((y != IGNORE_INDEX).sum())
+            make = seq2seq_batch if data.task == "seq2seq" else sft_batch
+            batch = tuple(t.to(device) for t in make(data, group))
+            n = int((batch[1] != IGNORE_INDEX).sum())
             with _autocast(device, autocast_dtype):
-                loss = _completion_loss(model(x.to(device)), model.lm_head, model.config.vocab_size, y.to(device),
+                loss = _completion_loss(_hidden(model, batch), model.lm_head, model.config.vocab_size, batch[1],
                                         1024)
             total += float(loss) * n
             count += n
@@ -203,9 +217,14 @@ def sft_val_loss(model: torch.nn.Module, data, micro_batch: int, device: torch.d
 
 
 def sft_workload(r: Finetuning) -> Workload:
-    """The prompt → completion workload of a resolved fine-tuning run (`gerbil.finetune.finetune`)."""
+    """The prompt → completion workload (and, with an encoder-decoder, source → target: seq2seq) of a
+    resolved fine-tuning run (`gerbil.finetune.finetune`)."""
     device, steps = r.plan.device, r.epoch_steps
-    model = r.base_model if r.base_model is not None else GPT(r.plan.model_config)
+    encdec = r.cfg.task == "seq2seq"
+    if r.base_model is not None:
+        model = r.base_model
+    else:  # resume: the shape only; the loop loads the checkpoint's weights
+        model = factory.build(r.plan.model_config) if encdec else GPT(r.plan.model_config)
     model.to(device)
     head, vocab = model.lm_head, r.plan.model_config.vocab_size
     chunk = 4096 if device.type == "cuda" else 1024
@@ -219,7 +238,11 @@ def sft_workload(r: Finetuning) -> Workload:
         metrics = {"val_loss": sft_val_loss(model, val, r.plan.eval_micro_batch, device, r.plan.autocast_dtype)}
         if n_em:
             prompts = [val.ids[i][: int(val.prompt_len[i])].tolist() for i in range(n_em)]
-            outs = greedy(model, prompts, r.max_new_tokens, autocast_dtype=r.plan.autocast_dtype)
+            if encdec:
+                outs = greedy_seq2seq(model, prompts, r.max_new_tokens, decoder_start_id(model),
+                                      autocast_dtype=r.plan.autocast_dtype)
+            else:
+                outs = greedy(model, prompts, r.max_new_tokens, autocast_dtype=r.plan.autocast_dtype)
             hits = sum(r.tokenizer.decode(ids) == texts[i] for i, (ids, _) in enumerate(outs))
             metrics["val_exact_match"] = hits / n_em
         return metrics
@@ -253,7 +276,9 @@ def _workload(r: Finetuning, model: torch.nn.Module, steps: EpochSteps, loss, va
     select, mode = r.cfg.select_metric
     return Workload(
         model=model, data=steps, steps=step_source, loss=loss, validate=logged, meta=r.checkpoint_meta(),
-        pad=(lambda b: pad_micro_batch(b, r.plan.micro_batch, r.max_len)) if r.plan.compile else None,
+        # one shape for a compiled graph; seq2seq rows keep theirs (torch.compile re-traces per shape)
+        pad=(lambda b: pad_micro_batch(b, r.plan.micro_batch, r.max_len)) if r.plan.compile and r.cfg.task != "seq2seq"
+        else None,
         select=(select if select == "val_loss" else f"val_{select}", mode), patience=r.cfg.patience,
         validate_first=True, step_record=step_record,
         info={"task": r.cfg.task, "epochs": r.cfg.epochs, "examples": {"train": n, "val": len(r.val_set)},
@@ -261,4 +286,4 @@ def _workload(r: Finetuning, model: torch.nn.Module, steps: EpochSteps, loss, va
     )
 
 
-WORKLOADS = {"classify": classify_workload, "sft": sft_workload}
+WORKLOADS = {"classify": classify_workload, "sft": sft_workload, "seq2seq": sft_workload}
