@@ -251,3 +251,14 @@ def test_a_dead_prepares_staging_dir_is_judged_by_the_lock_rule_not_by_its_pid_a
     assert elsewhere.is_dir() and (tmp_path / ".store.partial-999999.lock").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".store.partial-999999", ".store.partial-999999.lock",
                                                           "store"]
+
+
+def test_train_help_says_a_flipped_token_needs_prepare_verify(capsys):
+    """Known and kept: opening a store samples its fingerprint, so a flipped in-vocabulary token in train.bin
+    trains silently; `gerbil train --help` says that `gerbil prepare --verify` finds it."""
+    from gerbil.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "flipped token" in text and "gerbil prepare --verify STORE" in text

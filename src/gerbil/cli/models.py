@@ -23,7 +23,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a Gerbil model on a token store for exactly its class's token budget "
                     "(ratio x total parameters). Every option is a field of gerbil.train.TrainConfig and "
                     "also a key of a YAML recipe (--config); flags given on the command line win over "
-                    "the recipe. Token counts accept 50M / 1.5B.")
+                    "the recipe. Token counts accept 50M / 1.5B. Opening a store checks its size, dtype and "
+                    "a sampled fingerprint, not every byte: a flipped token inside train.bin trains "
+                    "silently; `gerbil prepare --verify STORE` reads every byte against its checksums.")
     p.add_argument("--config", metavar="FILE", help="YAML recipe with the same keys (e.g. src/gerbil/recipes/)")
     add_nproc(p, "train on N processes of this machine (torchrun + DDP, one per GPU; gloo on CPUs); for "
                   "several machines run `torchrun ... -m gerbil train ...` yourself (docs/distributed.md)")
