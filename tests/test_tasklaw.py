@@ -344,3 +344,18 @@ def test_a_ladder_scored_on_one_limit_is_fitted_and_says_so(tmp_path):
     r = run_task_fit([runs], tmp_path / "o", TaskLawOptions(task="hellaswag", bootstrap=0, plots=False))
     assert r["n_points"] == 18 and "first 100 items" in r["warnings"][0]
     assert "first 100 items" in (tmp_path / "o" / "fit.md").read_text()
+
+
+def test_a_runaway_coefficient_is_inf_and_nan_without_numpy_warnings():
+    """A degenerate step 1 (log A → 1000) gives A = inf and NaN predictions, which the fit reports as
+    degenerate; numpy's overflow / invalid-value warnings must not leak out on the way (seen on a CPU suite)."""
+    import warnings
+
+    from gerbil.fit.forms import Chinchilla
+
+    form = Chinchilla()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = form.to_params(np.array([1000.0, 1000.0, 0.0, 0.3, 0.3]))
+        pred = form.log_predict(p, np.array([1e6, 1e7]), np.array([1e8, 1e9]))
+    assert math.isinf(p["A"]) and np.isnan(pred).all()

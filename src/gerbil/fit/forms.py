@@ -126,7 +126,8 @@ class Chinchilla(Form):
 
     def to_params(self, theta):
         a, b, e, alpha, beta = (theta[..., i] for i in range(5))
-        return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
+        with np.errstate(over="ignore"):  # a runaway log-coefficient becomes inf, which the fit reports as degenerate
+            return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta}
 
     def to_theta(self, p):
         return np.array([math.log(p["A"]), math.log(p["B"]), math.log(p["E"]), p["alpha"], p["beta"]], float)
@@ -136,7 +137,8 @@ class Chinchilla(Form):
         t = np.stack(np.broadcast_arrays(np.log(p["A"]) - p["alpha"] * lN, np.log(p["B"]) - p["beta"] * lD,
                                          np.log(p["E"]) + 0 * lN))
         m = t.max(axis=0)
-        return m + np.log(np.exp(t - m).sum(axis=0))
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf coefficient gives NaN: judged degenerate, not warned
+            return m + np.log(np.exp(t - m).sum(axis=0))
 
     def exponents(self, p):
         s = p["alpha"] + p["beta"]
