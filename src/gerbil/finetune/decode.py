@@ -14,7 +14,7 @@ off at ``max_new_tokens`` averages what it produced.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -61,15 +61,23 @@ def greedy(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tok
     check_room(max_new_tokens, model.config.seq_len)
     room = int(model.config.seq_len) - int(max_new_tokens)
     prompts = [list(p)[-room:] or [EOT_ID] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths together
-    out: list[tuple[list[int], float]] = [([], 0.0)] * len(prompts)
+    return _by_length(model, prompts, batch_size, lambda rows: _greedy_batch(
+        model, rows, int(max_new_tokens), stop_id, device, autocast_dtype))
+
+
+def _by_length(model: torch.nn.Module, rows: list[list[int]], batch_size: int,
+               run_batch: Callable[[list[list[int]]], list[tuple[list[int], float]]]
+               ) -> list[tuple[list[int], float]]:
+    """`run_batch` over batches of rows of similar length (less padding), in eval mode; results in the
+    rows' order, and the model's train/eval mode restored even when a batch raises."""
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))  # similar lengths together
+    out: list[tuple[list[int], float]] = [([], 0.0)] * len(rows)
     was_training = model.training
     model.eval()
     try:
         for a in range(0, len(order), batch_size):
             chunk = order[a: a + batch_size]
-            for i, res in zip(chunk, _greedy_batch(model, [prompts[i] for i in chunk], int(max_new_tokens),
-                                                    stop_id, device, autocast_dtype)):
+            for i, res in zip(chunk, run_batch([rows[i] for i in chunk])):
                 out[i] = res
     finally:
         model.train(was_training)
@@ -126,19 +134,8 @@ def greedy_seq2seq(model: torch.nn.Module, sources: Sequence[Sequence[int]], max
     seq_len = int(model.config.seq_len)
     check_room(max_new_tokens, seq_len)
     sources = [list(s)[-seq_len:] or [EOT_ID] for s in sources]
-    order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), i))
-    out: list[tuple[list[int], float]] = [([], 0.0)] * len(sources)
-    was_training = model.training
-    model.eval()
-    try:
-        for a in range(0, len(order), batch_size):
-            chunk = order[a: a + batch_size]
-            for i, res in zip(chunk, _greedy_encdec_batch(model, [sources[i] for i in chunk], int(max_new_tokens),
-                                                           int(start_id), stop_id, device, autocast_dtype)):
-                out[i] = res
-    finally:
-        model.train(was_training)
-    return out
+    return _by_length(model, sources, batch_size, lambda rows: _greedy_encdec_batch(
+        model, rows, int(max_new_tokens), int(start_id), stop_id, device, autocast_dtype))
 
 
 def _greedy_encdec_batch(model, sources: list[list[int]], max_new: int, start_id: int, stop_id: int,

@@ -288,20 +288,16 @@ def _approach2(ds: Dataset, counts: list[str], opt: FitOptions, approaches: set[
     convention). Not applicable is recorded unless approach 2 was asked for by name."""
     from gerbil.fit.isoflop import isoflop_fit
 
-    iso_fits: dict = {}
     flops_conv = None
-    result["approach2"] = {}
-    for count in counts:
-        try:
-            C, flops_conv = ds.flops(opt.flops, count)
-            iso = isoflop_fit(ds.N(count), ds.D, ds.L, C, tol=opt.flops_tol, ci=opt.ci)
-        except GerbilError as e:
-            if approaches is not None:
-                raise
-            result["approach2"][count] = {"applicable": False, "reason": str(e)}
-            continue
-        iso_fits[count] = iso
-        result["approach2"][count] = dict(applicable=True, flops_convention=flops_conv, **iso.to_dict())
+
+    def fit_one(count: str):
+        nonlocal flops_conv
+        C, flops_conv = ds.flops(opt.flops, count)
+        iso = isoflop_fit(ds.N(count), ds.D, ds.L, C, tol=opt.flops_tol, ci=opt.ci)
+        return iso, dict(flops_convention=flops_conv, **iso.to_dict())
+
+    result["approach2"] = section = {}
+    iso_fits = _per_count(counts, fit_one, approaches is not None, section)
     return iso_fits, flops_conv
 
 
@@ -314,21 +310,32 @@ def _approach1(sources: Sequence[str | Path], ds: Dataset, counts: list[str], op
     dirs = [s for s in sources if Path(s).is_dir()]
     curves = (read_curves(dirs, opt.curve_metric) if dirs else []) + ds.curves()
     conv = "6nd" if opt.flops == "6nd" else "exact"
-    env_fits: dict = {}
-    curves_used: list = []
-    result["approach1"] = {}
+
+    def fit_one(count: str):
+        env = envelope_fit(curves, kind=count, convention=conv)
+        return env, env.to_dict()
+
+    result["approach1"] = section = {}
+    env_fits = _per_count(counts, fit_one, approaches is not None, section)
+    return env_fits, (curves if env_fits else [])
+
+
+def _per_count(counts: list[str], fit_one, strict: bool, section: dict) -> dict:
+    """`fit_one(count)` → (fit, its record) for each parameter count; the fits by count. A count the
+    approach does not apply to is recorded in `section` with its reason, or raises when `strict` (the
+    approach was asked for by name)."""
+    fits: dict = {}
     for count in counts:
         try:
-            env = envelope_fit(curves, kind=count, convention=conv)
+            fit, record = fit_one(count)
         except GerbilError as e:
-            if approaches is not None:
+            if strict:
                 raise
-            result["approach1"][count] = {"applicable": False, "reason": str(e)}
+            section[count] = {"applicable": False, "reason": str(e)}
             continue
-        env_fits[count] = env
-        curves_used = curves
-        result["approach1"][count] = dict(applicable=True, **env.to_dict())
-    return env_fits, curves_used
+        fits[count] = fit
+        section[count] = dict(applicable=True, **record)
+    return fits
 
 
 def _plots(out: Path, ds: Dataset, fits, iso_fits, env_fits, curves, counts, opt: FitOptions) -> list[str]:
