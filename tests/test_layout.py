@@ -126,7 +126,6 @@ def test_run_directory_file_names_are_spelled_in_one_module():
     assert {"config.yaml", "env.json", "metrics.jsonl", "result.json", "meta.json", "state.pt",
             "model.safetensors"} <= names
     elsewhere = {  # (name, module): why that module owns a file of the same name
-        ("meta.json", "data/store.py"): "a token store's index",
         ("meta.json", "data/store_writer.py"): "a token store's index (written by it)",
         ("meta.json", "finetune/datasets/fuzzy.py"): "a generated dataset's metadata",
         ("config.json", "export/"): "transformers' config of an export folder (the export package)",

@@ -38,16 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from gerbil.data.store_writer import (DTYPE, FORMAT_VERSION, MAGIC, SPLITS, STORE_FILES, StoreWriter,
-                                      is_val_document)
+from gerbil.data.store_writer import (DTYPE, FORMAT_VERSION, MAGIC, SPLITS, STORE_FILES, STORE_META,
+                                      StoreWriter, is_val_document)
 from gerbil.data.tokenizer import EOT_ID
 from gerbil.errors import GerbilError
 from gerbil.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
-#: the store's index, written last (a store without it is incomplete); a token store's file, not a run's
-_META = "meta.json"
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -82,7 +80,7 @@ def is_token_store(path: str | os.PathLike) -> bool:
     """Whether `path` is a token store (its meta.json has the store's magic) — data, never a model: a
     checkpoint also holds a meta.json (`gerbil.runs.rundir.kind` tells them apart with this)."""
     try:
-        meta = json.loads((Path(path) / _META).read_text(encoding="utf-8"))
+        meta = json.loads((Path(path) / STORE_META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("magic") == MAGIC
@@ -107,7 +105,7 @@ class TokenStore:
         given — a store made with a different tokenizer. With `check` (default) the contents are checked
         too, vectorised (module docstring, "Reading checks")."""
         path = Path(path)
-        meta_path = path / _META
+        meta_path = path / STORE_META
         if not path.is_dir():
             raise _refuse(path, "not found" if not path.exists() else "not a directory")
         if not meta_path.is_file():

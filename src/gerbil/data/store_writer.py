@@ -47,9 +47,9 @@ FORMAT_VERSION = 1
 DTYPE = "uint16"
 SPLITS = ("train", "val")
 #: the store's index, written last (a store without it is incomplete); a token store's file, not a run's
-_META = "meta.json"
+STORE_META = "meta.json"
 #: the files of a complete store: its index and each split's tokens and offsets
-STORE_FILES = {_META} | {f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")}
+STORE_FILES = {STORE_META} | {f"{s}.{ext}" for s in SPLITS for ext in ("bin", "idx")}
 
 
 def is_val_document(index: int, val_fraction: float, seed: int) -> bool:
@@ -109,7 +109,7 @@ class StoreWriter:
             if foreign:
                 raise GerbilError(f"output {p} holds other files ({', '.join(foreign[:3])}); "
                                   "choose an empty or new directory")
-            if _META in names and not overwrite:
+            if STORE_META in names and not overwrite:
                 raise GerbilError(f"output {p} is already a token store (pass --overwrite to replace it)")
         p.parent.mkdir(parents=True, exist_ok=True)
         for stale in p.parent.glob(f".{p.name}.partial-*"):  # left by a killed prepare
@@ -279,7 +279,7 @@ class StoreWriter:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.path / _META)
+        os.replace(tmp, self.path / STORE_META)
         self._swap_in()
         self._finished = True
         self._lock.release()
