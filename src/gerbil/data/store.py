@@ -47,7 +47,6 @@ from gerbil.fsutil import sha256_file
 log = logging.getLogger(__name__)
 
 
-
 # ------------------------------------------------------------------------------------------ reading
 @dataclass
 class Split:
